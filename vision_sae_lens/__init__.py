@@ -1,0 +1,1 @@
+"""vision_sae_lens: SAELens for vision transformers."""

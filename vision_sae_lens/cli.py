@@ -1,0 +1,54 @@
+"""Command line: ``vision-sae-lens {demo,cache,train,evaluate,analyze,publish,import-saev,backbones}``.
+
+Each pipeline stage registers its own sub-commands (``<stage>/commands.py: register(subparsers)``);
+this module only builds the parser, dispatches, and turns errors into a one-line reason and a
+non-zero exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+STAGES = ("backbones", "store", "train", "hub", "analysis", "demo")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser with every stage's sub-commands."""
+    parser = argparse.ArgumentParser(
+        prog="vision-sae-lens",
+        description="SAELens for vision transformers: record activations, train, publish and analyse SAEs.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for stage in STAGES:
+        importlib.import_module(f"vision_sae_lens.{stage}.commands").register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``vision-sae-lens`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # one-line reason for people; --verbose shows the traceback
+        if args.verbose:
+            raise
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""One error hierarchy for the package.
+
+Every error derives from :class:`VisionSAELensError` and also from the builtin a caller would
+naturally catch (``KeyError`` for unknown names, ``ValueError`` for bad values, ...), so both
+``except VisionSAELensError`` and ``except ValueError`` work. Messages say what failed, what
+exists, and how to fix it.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class VisionSAELensError(Exception):
+    """Base class of every error raised by vision_sae_lens."""
+
+    def __str__(self) -> str:
+        # KeyError.__str__ would wrap the message in quotes; keep messages readable.
+        return str(self.args[0]) if self.args else ""
+
+
+class UnknownBackboneError(VisionSAELensError, KeyError):
+    """A backbone id that no registry entry or library understands."""
+
+
+class UnknownSiteError(VisionSAELensError, KeyError):
+    """A hook name (site) that the model does not have."""
+
+
+class ImageInputError(VisionSAELensError, ValueError):
+    """Images that cannot be turned into the backbone's input."""
+
+
+class SAEMismatchError(VisionSAELensError, ValueError):
+    """An SAE that does not fit the model or store it is used with (d_in, site, tokens)."""
+
+
+class StoreError(VisionSAELensError, RuntimeError):
+    """An activation store that cannot be written or read."""
+
+
+class StoreCorruptError(StoreError):
+    """A shard whose checksum, size or count does not match the manifest."""
+
+
+class StoreMismatchError(StoreError, ValueError):
+    """Re-recording into a store directory with different settings."""
+
+
+class TrainingError(VisionSAELensError, RuntimeError):
+    """Training that cannot start or had to stop (bad config, NaN loss, ...)."""
+
+
+class HubError(VisionSAELensError, RuntimeError):
+    """Publishing to or loading from the Hugging Face Hub failed."""
+
+
+class ConversionError(VisionSAELensError, ValueError):
+    """A foreign checkpoint (saev, ViT-Prisma) that cannot be interpreted."""
+
+
+class UnsafeCheckpointError(VisionSAELensError, ValueError):
+    """A checkpoint that would execute code on load (a pickle) without an explicit opt-in."""
+
+
+class BackboneMismatchWarning(UserWarning):
+    """An SAE whose metadata names another backbone than the one it is spliced into."""
+
+
+def close_matches(name: str, candidates: Iterable[str], n: int = 5) -> str:
+    """A ``did you mean ...`` fragment for an error message (empty when nothing is close)."""
+    matches = difflib.get_close_matches(name, list(candidates), n=n, cutoff=0.5)
+    return f" Did you mean: {', '.join(matches)}?" if matches else ""
