@@ -1,0 +1,83 @@
+"""Hook a model object the user already has (a fine-tuned checkpoint, or any ViT given its blocks)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from vision_sae_lens.backbones.layout import TokenLayout
+from vision_sae_lens.backbones.spec import BackboneSpec, BlockSites
+from vision_sae_lens.errors import UnknownBackboneError
+
+
+def spec_from_module(
+    module: nn.Module,
+    *,
+    backbone_id: str | None = None,
+    blocks: str | Sequence[nn.Module] | None = None,
+    layout: TokenLayout | None = None,
+    transform: Callable[[Any], torch.Tensor] | None = None,
+    preprocessing: dict[str, Any] | None = None,
+    output_kind: str = "embedding",
+    processor: Any = None,
+) -> BackboneSpec:
+    """A BackboneSpec for ``module``.
+
+    timm ViTs, open_clip CLIP models and transformers vision models are recognised and described by
+    their adapter. Any other module needs ``blocks`` (the transformer blocks, or their attribute path
+    such as ``"encoder.blocks"``; each block maps (b, t, d) to (b, t, d)) and ``layout``; ``transform``
+    (PIL image -> (c, h, w) tensor) is needed only to feed it PIL images or paths.
+    """
+    name = backbone_id or f"module:{type(module).__name__}"
+    if blocks is None:
+        if type(module).__module__.startswith("timm.") or (hasattr(module, "patch_embed") and hasattr(module, "blocks")):
+            from vision_sae_lens.backbones.timm_adapter import timm_spec
+
+            return timm_spec(module, backbone_id=name)
+        if hasattr(module, "visual") and hasattr(module, "encode_image"):
+            from vision_sae_lens.backbones.open_clip_adapter import open_clip_spec
+
+            return open_clip_spec(module, backbone_id=name)
+        if type(module).__module__.startswith("transformers."):
+            from vision_sae_lens.backbones.hf_adapter import hf_spec
+
+            return hf_spec(module, processor=processor, backbone_id=name)
+        raise UnknownBackboneError(
+            f"{type(module).__name__} is not a timm, open_clip or transformers model; pass blocks= (the list "
+            "of transformer blocks or their attribute path) and layout=TokenLayout(...)."
+        )
+    block_list = list(module.get_submodule(blocks)) if isinstance(blocks, str) else list(blocks)
+    if not block_list:
+        raise UnknownBackboneError("blocks is empty: pass the model's transformer blocks")
+    if layout is None:
+        raise UnknownBackboneError("pass layout=TokenLayout(image_size=..., patch_size=..., has_cls=...)")
+
+    def no_transform(_img: Any) -> torch.Tensor:
+        raise UnknownBackboneError(
+            f"{name} was hooked without a transform: pass preprocessed float tensors, or give "
+            "HookedSAEViT.from_module(..., transform=...)"
+        )
+
+    d_model = _guess_d_model(module)
+    return BackboneSpec(
+        backbone_id=name,
+        model=module,
+        blocks=block_list,
+        block_sites=BlockSites(),
+        layout=layout,
+        transform=transform or no_transform,
+        preprocessing=preprocessing or {"size": list(layout.image_size), "channels": 3},
+        output_kind=output_kind,  # type: ignore[arg-type]
+        d_model=d_model,
+    )
+
+
+def _guess_d_model(module: nn.Module) -> int:
+    for attr in ("embed_dim", "hidden_size", "width", "d_model"):
+        value = getattr(module, attr, None)
+        if isinstance(value, int):
+            return value
+    return 0

@@ -1,0 +1,123 @@
+"""open_clip image towers as a BackboneSpec: native ViTs and towers that wrap a timm trunk (SigLIP, EVA)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from vision_sae_lens.backbones.layout import TokenLayout
+from vision_sae_lens.backbones.spec import BackboneSpec, BlockSites, ModuleSite
+from vision_sae_lens.errors import UnknownBackboneError, close_matches
+
+
+def load_open_clip(arch_and_tag: str, *, pretrained: bool, **kwargs: Any) -> BackboneSpec:
+    """Create ``open_clip:ARCH[/TAG]`` with open_clip's loader; TAG may be a tag or a local weights file."""
+    import open_clip
+
+    arch, _, tag = arch_and_tag.partition("/")
+    if not arch.startswith(("hf-hub:", "local-dir:")) and arch not in open_clip.list_models():
+        raise UnknownBackboneError(
+            f"open_clip has no architecture {arch!r}.{close_matches(arch, open_clip.list_models())} "
+            "List them with open_clip.list_models()."
+        )
+    if pretrained and not tag and not arch.startswith(("hf-hub:", "local-dir:")):
+        raise UnknownBackboneError(
+            f"open_clip:{arch} needs a pretrained tag (e.g. open_clip:{arch}/openai); "
+            f"known tags: {', '.join(t for a, t in open_clip.list_pretrained() if a == arch) or 'none'}; "
+            "or pass pretrained=False for random weights."
+        )
+    model, _, preprocess = open_clip.create_model_and_transforms(
+        arch, pretrained=(tag or None) if pretrained else None, **kwargs
+    )
+    return open_clip_spec(model, preprocess=preprocess, backbone_id=f"open_clip:{arch_and_tag}")
+
+
+def open_clip_spec(model: nn.Module, *, preprocess: Any = None, backbone_id: str) -> BackboneSpec:
+    """Describe an open_clip CLIP model (its ``visual`` tower); ``preprocess`` defaults to open_clip's eval transform."""
+    import open_clip
+
+    visual = model.visual
+    if preprocess is None:
+        cfg = getattr(visual, "preprocess_cfg", {}) or {}
+        preprocess = open_clip.image_transform(
+            visual.image_size,
+            is_train=False,
+            mean=cfg.get("mean"),
+            std=cfg.get("std"),
+            resize_mode=cfg.get("resize_mode"),
+            interpolation=cfg.get("interpolation"),
+        )
+    if hasattr(visual, "trunk"):
+        from vision_sae_lens.backbones.timm_adapter import timm_spec
+
+        spec = timm_spec(visual.trunk, backbone_id=backbone_id)
+        spec.final_norm = None if not isinstance(getattr(visual.trunk, "norm", None), nn.Module) else spec.final_norm
+    elif hasattr(visual, "transformer") and hasattr(visual.transformer, "resblocks"):
+        spec = _native_spec(visual, backbone_id)
+    else:
+        raise UnknownBackboneError(
+            f"unsupported open_clip image tower {type(visual).__name__} (not a ViT); "
+            "only ViT towers (native or timm trunks) can be hooked."
+        )
+    spec.model = model
+    spec.transform = preprocess
+    spec.preprocessing = _describe(visual, spec.layout)
+    spec.call = lambda m, pixels, **kw: m.encode_image(pixels, **kw)
+    spec.output_tensor = lambda out: out
+    spec.output_kind = "embedding"
+    spec.pooled = ModuleSite(visual)
+    return spec
+
+
+def _native_spec(visual: nn.Module, backbone_id: str) -> BackboneSpec:
+    blocks = list(visual.transformer.resblocks)
+    if not getattr(visual.transformer, "batch_first", True):
+        raise UnknownBackboneError("sequence-first open_clip transformers are not supported; upgrade open_clip")
+    has_cls = getattr(visual, "class_embedding", None) is not None
+    layout = TokenLayout(image_size=_pair(visual.image_size), patch_size=_pair(visual.patch_size), has_cls=has_cls)
+    mlp = blocks[0].mlp
+    tokens_normed = getattr(visual, "attn_pool", None) is None and not getattr(visual, "final_ln_after_pool", False)
+    return BackboneSpec(
+        backbone_id=backbone_id,
+        model=visual,
+        blocks=blocks,
+        block_sites=BlockSites(
+            attn_out="ls_1", mlp_out="ls_2", resid_mid="ln_2", mlp_post="mlp.gelu" if hasattr(mlp, "gelu") else None
+        ),
+        layout=layout,
+        transform=lambda img: img,
+        preprocessing={},
+        embed=ModuleSite(visual.patch_dropout),
+        final_norm=ModuleSite(visual.ln_post) if tokens_normed else None,
+        d_model=int(visual.transformer.width),
+        d_mlp=int(mlp.c_fc.out_features) if hasattr(mlp, "c_fc") else None,
+    )
+
+
+def _pair(v: Any) -> tuple[int, int]:
+    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+def _describe(visual: nn.Module, layout: TokenLayout) -> dict[str, Any]:
+    cfg = getattr(visual, "preprocess_cfg", {}) or {}
+    mean = cfg.get("mean") or getattr(visual, "image_mean", None) or open_clip_default("mean")
+    std = cfg.get("std") or getattr(visual, "image_std", None) or open_clip_default("std")
+    return {
+        "library": "open_clip",
+        "size": list(layout.image_size),
+        "resize": list(layout.image_size),
+        "crop": "center",
+        "resize_mode": cfg.get("resize_mode", "shortest"),
+        "interpolation": cfg.get("interpolation", "bicubic"),
+        "mean": list(mean),
+        "std": list(std),
+        "channels": 3,
+    }
+
+
+def open_clip_default(which: str) -> tuple[float, ...]:
+    """OpenAI CLIP normalisation, open_clip's default."""
+    from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+
+    return OPENAI_DATASET_MEAN if which == "mean" else OPENAI_DATASET_STD

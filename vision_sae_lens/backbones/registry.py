@@ -1,0 +1,119 @@
+"""Backbone ids -> BackboneSpec, and the list of supported families.
+
+Id syntax (``library:rest``):
+
+* ``timm:NAME`` — any timm ViT (``timm:vit_base_patch16_clip_224.openai``, ``timm:vit_small_patch14_reg4_dinov2``),
+  also ``timm:local-dir:DIR`` and ``timm:hf-hub:ORG/NAME``;
+* ``open_clip:ARCH/TAG`` — an open_clip model and pretrained tag or weights file (``open_clip:ViT-B-16/openai``);
+* ``hf:MODEL_ID_OR_DIR`` — a transformers model (``hf:facebook/dinov2-small``, ``hf:openai/clip-vit-base-patch16``);
+* ``demo:mnist-vit`` — the small MNIST ViT shipped in the package;
+* a local directory: saved by ``timm.models.save_for_hf`` or transformers' ``save_pretrained``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from vision_sae_lens.backbones.spec import BackboneSpec
+from vision_sae_lens.errors import UnknownBackboneError
+
+PREFIXES = ("timm", "open_clip", "hf", "demo")
+
+
+def load_backbone_spec(backbone_id: str, *, pretrained: bool = True, **kwargs: Any) -> BackboneSpec:
+    """Resolve an id to a BackboneSpec with the owning library's own loading code."""
+    if not isinstance(backbone_id, str) or not backbone_id:
+        raise UnknownBackboneError(f"a backbone id must be a non-empty string, got {backbone_id!r}")
+    local = Path(backbone_id)
+    if local.is_dir():
+        return _load_local_dir(local, pretrained=pretrained, **kwargs)
+    prefix, sep, rest = backbone_id.partition(":")
+    if not sep or prefix not in PREFIXES or not rest:
+        raise UnknownBackboneError(
+            f"unknown backbone id {backbone_id!r}: use one of "
+            + ", ".join(f"'{p}:...'" for p in PREFIXES)
+            + " or a local directory (see list_backbones())."
+        )
+    if prefix == "timm":
+        from vision_sae_lens.backbones.timm_adapter import load_timm
+
+        return load_timm(rest, pretrained=pretrained, **kwargs)
+    if prefix == "open_clip":
+        from vision_sae_lens.backbones.open_clip_adapter import load_open_clip
+
+        return load_open_clip(rest, pretrained=pretrained, **kwargs)
+    if prefix == "hf":
+        from vision_sae_lens.backbones.hf_adapter import load_hf
+
+        return load_hf(rest, pretrained=pretrained, **kwargs)
+    return _load_demo(rest, pretrained=pretrained)
+
+
+def list_backbones() -> list[dict[str, str]]:
+    """Supported backbone families with their id syntax, examples and site notes."""
+    return [
+        {
+            "family": "timm",
+            "id": "timm:NAME",
+            "examples": "timm:vit_base_patch16_clip_224.openai, timm:vit_small_patch14_reg4_dinov2, "
+            "timm:vit_base_patch16_siglip_224, timm:deit_small_patch16_224, timm:eva02_base_patch14_224",
+            "sites": "all block sites; mlp.hook_post absent for SwiGLU MLPs (EVA-02)",
+        },
+        {
+            "family": "open_clip",
+            "id": "open_clip:ARCH/TAG",
+            "examples": "open_clip:ViT-B-16/openai, open_clip:ViT-B-16-SigLIP/webli, open_clip:ViT-L-14/laion2b_s32b_b82k",
+            "sites": "all block sites; hook_pooled is the projected image embedding",
+        },
+        {
+            "family": "transformers",
+            "id": "hf:MODEL_ID_OR_DIR",
+            "examples": "hf:openai/clip-vit-base-patch16, hf:facebook/dinov2-small, hf:facebook/dinov2-with-registers-small, "
+            "hf:google/siglip-base-patch16-224, hf:google/vit-base-patch16-224",
+            "sites": "all block sites; no ln_final.hook_normalized for CLIP (its final norm sees only the pooled CLS)",
+        },
+        {
+            "family": "demo",
+            "id": "demo:mnist-vit",
+            "examples": "demo:mnist-vit",
+            "sites": "all block sites (a 4-block timm ViT on 28x28 digits, shipped in the package)",
+        },
+        {
+            "family": "module",
+            "id": "HookedSAEViT.from_module(model, ...)",
+            "examples": "your fine-tuned timm / open_clip / transformers model object, or any ViT given its blocks",
+            "sites": "as its library; for other modules hook_resid_pre/hook_resid_post per block",
+        },
+    ]
+
+
+def _load_local_dir(path: Path, *, pretrained: bool, **kwargs: Any) -> BackboneSpec:
+    config_file = path / "config.json"
+    if (path / "open_clip_config.json").is_file():
+        from vision_sae_lens.backbones.open_clip_adapter import load_open_clip
+
+        return load_open_clip(f"local-dir:{path}", pretrained=pretrained, **kwargs)
+    if config_file.is_file():
+        config = json.loads(config_file.read_text())
+        if "architecture" in config and "model_type" not in config:
+            from vision_sae_lens.backbones.timm_adapter import load_timm
+
+            return load_timm(f"local-dir:{path}", pretrained=pretrained, **kwargs)
+        from vision_sae_lens.backbones.hf_adapter import load_hf
+
+        return load_hf(str(path), pretrained=pretrained, **kwargs)
+    raise UnknownBackboneError(
+        f"{path} has no config.json or open_clip_config.json; save the model with timm.models.save_for_hf "
+        "or save_pretrained(), or load it yourself and use HookedSAEViT.from_module(model)."
+    )
+
+
+def _load_demo(name: str, *, pretrained: bool) -> BackboneSpec:
+    from vision_sae_lens.backbones.timm_adapter import timm_spec
+    from vision_sae_lens.demo.backbone import DEMO_BACKBONE_ID, demo_backbone
+
+    if f"demo:{name}" != DEMO_BACKBONE_ID:
+        raise UnknownBackboneError(f"unknown demo backbone 'demo:{name}'; the shipped one is {DEMO_BACKBONE_ID!r}")
+    return timm_spec(demo_backbone(pretrained=pretrained), backbone_id=DEMO_BACKBONE_ID)

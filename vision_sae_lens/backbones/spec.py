@@ -1,0 +1,78 @@
+"""What an adapter tells the hooked wrapper about one backbone.
+
+An adapter (timm, open_clip, transformers, a user's module) never changes the model: it only
+says where the blocks are, which sub-module inside a block produces each site, how images are
+preprocessed and how to call the model. ``HookedSAEViT`` turns that into HookPoints.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from vision_sae_lens.backbones.layout import TokenLayout
+
+
+@dataclass(frozen=True)
+class BlockSites:
+    """Paths (relative to a block) of the sub-modules that carry a block's inner sites.
+
+    ``attn_out``/``mlp_out``/``mlp_post`` name a module whose output (or ``output[0]`` for modules that
+    return tuples) is the site; ``resid_mid`` names a module whose first input is the residual stream
+    between attention and MLP. ``None`` means the family does not expose that site.
+    """
+
+    attn_out: str | None = None
+    mlp_out: str | None = None
+    resid_mid: str | None = None
+    mlp_post: str | None = None
+
+
+@dataclass(frozen=True)
+class ModuleSite:
+    """A model-level site: a module and whether the site is its input or its output."""
+
+    module: nn.Module
+    where: Literal["input", "output"] = "output"
+
+
+@dataclass
+class BackboneSpec:
+    """Everything ``HookedSAEViT`` needs to hook one backbone without changing it."""
+
+    backbone_id: str
+    """Id the model was loaded from (``timm:NAME``, ``open_clip:ARCH/TAG``, ``hf:ID``, ``module:CLASS``)."""
+    model: nn.Module
+    """The unmodified model (whole model, not only the blocks)."""
+    blocks: list[nn.Module]
+    """Transformer blocks in execution order; each maps (b, t, d) to (b, t, d), batch first."""
+    block_sites: BlockSites
+    """Where each block's inner sites live."""
+    layout: TokenLayout
+    """Token layout at the model's input size."""
+    transform: Callable[[Any], torch.Tensor]
+    """The backbone's own preprocessing: one PIL image in the right mode -> (c, h, w) float tensor."""
+    preprocessing: dict[str, Any]
+    """JSON description of ``transform`` (mean, std, size, resize, crop, interpolation, channels)."""
+    call: Callable[[nn.Module, torch.Tensor], Any] = lambda model, pixels: model(pixels)
+    """How to run the model on preprocessed pixels; the result is returned unchanged."""
+    output_tensor: Callable[[Any], torch.Tensor] = lambda out: out
+    """Picks the tensor metrics compare (logits or image embedding) from the model's output."""
+    output_kind: Literal["logits", "embedding"] = "embedding"
+    """Whether ``output_tensor`` gives class logits or an embedding."""
+    embed: ModuleSite | None = None
+    """``hook_embed``: tokens with position embeddings, before any pre-norm, shape (b, t, d)."""
+    final_norm: ModuleSite | None = None
+    """``ln_final.hook_normalized``: the final norm applied to every token, shape (b, t, d)."""
+    pooled: ModuleSite | None = None
+    """``hook_pooled``: the pooled image vector the head or projection reads, shape (b, d)."""
+    d_model: int = 0
+    """Residual stream width."""
+    d_mlp: int | None = None
+    """MLP hidden width (``mlp.hook_post``), when known."""
+    notes: list[str] = field(default_factory=list)
+    """Family-specific facts worth showing a user (missing sites and why)."""

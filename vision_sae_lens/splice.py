@@ -1,0 +1,162 @@
+"""SAEs in the forward pass of a hooked ViT, with SAELens' own API and semantics.
+
+``add_sae``, ``run_with_saes``, ``run_with_cache_with_saes``, ``run_with_hooks_with_saes``, ``saes``,
+``reset_saes`` and ``use_error_term`` are SAELens' ``HookedSAETransformer`` methods themselves
+(borrowed, not copied), so an SAE behaves on images exactly as on text. What vision adds:
+
+* validation before anything is attached: unknown site (with close names), d_in mismatch, a token
+  layout that does not fit, and a warning when the SAE's metadata names another backbone;
+* token selection: an SAE trained on patches only is applied to patches only. CLS and register
+  tokens bypass it untouched, through SAELens' per-position bypass mask (``_SAEWrapper.set_token_mask``);
+* an exact error term: SAELens returns ``x_hat + (x - x_hat_clean)``, which differs from ``x`` by float
+  rounding; :class:`ExactErrorSAEWrapper` returns ``x + (x_hat - x_hat_clean)``, the same sum, which is
+  ``x`` bit for bit when no latent was edited.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from sae_lens import SAE
+from sae_lens.analysis.hooked_sae_transformer import HookedSAETransformer, _SAEWrapper, set_deep_attr
+from sae_lens.saes.sae import _disable_hooks
+
+from vision_sae_lens.errors import BackboneMismatchWarning, SAEMismatchError
+from vision_sae_lens.metadata import vision_facts_of
+
+
+class SAESpliceMixin:
+    """SAELens' SAE splicing API for a ``HookedRootModule`` whose hook points can be swapped.
+
+    The host keeps ``_acts_to_saes`` and ``_transcoder_output_hooks`` dicts (as HookedSAETransformer
+    does), offers ``check_site``/``site_dim``/``layout``/``backbone_id``, and wraps its forward in
+    :meth:`_sae_token_masks`.
+    """
+
+    # Borrowed unchanged from SAELens: identical behaviour, one implementation.
+    acts_to_saes = HookedSAETransformer.acts_to_saes
+    _reset_sae = HookedSAETransformer._reset_sae
+    reset_saes = HookedSAETransformer.reset_saes
+    saes = HookedSAETransformer.saes
+    run_with_saes = HookedSAETransformer.run_with_saes
+    run_with_cache_with_saes = HookedSAETransformer.run_with_cache_with_saes
+    run_with_hooks_with_saes = HookedSAETransformer.run_with_hooks_with_saes
+
+    def add_sae(
+        self, sae: SAE[Any], use_error_term: bool | None = None, exclude_special_tokens: bool | list[int] = False
+    ) -> None:
+        """Attach ``sae`` at its ``cfg.metadata.hook_name`` until :meth:`reset_saes` (SAELens semantics).
+
+        With ``use_error_term=True`` the model output is unchanged (the SAE error is added back) while
+        the SAE's latents are cached and editable. Tokens outside the SAE's ``metadata.tokens`` (e.g. CLS
+        for a patches-only SAE) bypass it. Raises :class:`UnknownSiteError` or
+        :class:`SAEMismatchError` instead of SAELens' warn-and-skip.
+        """
+        self.check_sae(sae)
+        site = sae.cfg.metadata.hook_name
+        if sae.cfg.metadata.hook_name_out not in (None, site):  # transcoders: SAELens' own path
+            HookedSAETransformer.add_sae(self, sae, use_error_term, exclude_special_tokens)
+            return
+        wrapper = ExactErrorSAEWrapper(
+            sae,
+            use_error_term=sae.use_error_term if use_error_term is None else use_error_term,
+            exclude_special_tokens=exclude_special_tokens,
+        )
+        self._acts_to_saes[site] = wrapper
+        set_deep_attr(self, site, wrapper)
+        self.setup()
+
+    def check_sae(self, sae: SAE[Any]) -> None:
+        """Raise a clear error when ``sae`` cannot be spliced into this model; warn on a backbone mismatch."""
+        site = sae.cfg.metadata.hook_name
+        if not site:
+            raise SAEMismatchError(
+                "the SAE has no cfg.metadata.hook_name; set it to a site of this model, "
+                "e.g. sae.cfg.metadata.hook_name = 'blocks.0.hook_resid_post'."
+            )
+        self.check_site(site)
+        dim = self.site_dim(site)
+        if dim is not None and sae.cfg.d_in != dim:
+            raise SAEMismatchError(
+                f"the SAE reads d_in={sae.cfg.d_in} but {site} of {self.backbone_id} has width {dim}; "
+                "use an SAE trained on this backbone and site."
+            )
+        facts = vision_facts_of(sae)
+        if facts is None:
+            return
+        if facts.backbone and facts.backbone != self.backbone_id:
+            warnings.warn(
+                f"SAE metadata names backbone {facts.backbone!r} but it is spliced into "
+                f"{self.backbone_id!r}. Silence with warnings.simplefilter('ignore', BackboneMismatchWarning).",
+                BackboneMismatchWarning,
+                stacklevel=3,
+            )
+        if facts.tokens != "all" and facts.layout.n_tokens != self.layout.n_tokens:
+            raise SAEMismatchError(
+                f"the SAE was trained on {facts.tokens} of a {facts.layout.grid} grid with "
+                f"{facts.layout.n_prefix} prefix tokens ({facts.layout.n_tokens} tokens), but this model has "
+                f"{self.layout.n_tokens} tokens; run the model at the SAE's image size "
+                f"{tuple(facts.layout.image_size)}."
+            )
+
+    @contextmanager
+    def _sae_token_masks(self, batch_size: int) -> Iterator[None]:
+        """For one forward: SAEs with a token selection bypass the tokens outside it."""
+        masked = []
+        for site, wrapper in self._acts_to_saes.items():
+            facts = vision_facts_of(wrapper.sae)
+            if facts is None or facts.tokens == "all" or not _is_token_site(site):
+                continue
+            bypass_t = ~self.layout.token_mask(facts.tokens).to(self.device)
+            wrapper.set_token_mask(bypass_t.unsqueeze(0).expand(batch_size, -1))
+            masked.append(wrapper)
+        try:
+            yield
+        finally:
+            for wrapper in masked:
+                wrapper.set_token_mask(None)
+
+
+class ExactErrorSAEWrapper(_SAEWrapper):
+    """SAELens' ``_SAEWrapper`` (same hooks, same cache names) with an exact error term."""
+
+    def forward(self, original_output: torch.Tensor) -> torch.Tensor:
+        mask = self._token_mask
+        if mask is not None:
+            mask = mask.reshape(*mask.shape, *([1] * (original_output.dim() - mask.dim())))
+        feature_acts = self.sae.encode(original_output)
+        sae_out = self.sae.decode(feature_acts)
+        if self.use_error_term:
+            with torch.no_grad(), _disable_hooks(self.sae):
+                sae_out_clean = self.sae.decode(self.sae.encode(original_output))
+            error = original_output - sae_out_clean
+            if mask is not None:
+                error = torch.where(mask, torch.zeros_like(error), error)
+            hooked_error = self.hook_sae_error(error)
+            if hooked_error is error:
+                # Same value as sae_out + error, but exactly original_output when no latent changed.
+                sae_out = original_output + (sae_out - sae_out_clean)
+            else:
+                sae_out = sae_out + hooked_error
+        if mask is not None:
+            sae_out = torch.where(mask, original_output, sae_out)
+        return self.hook_sae_output(sae_out)
+
+
+def _is_token_site(site: str) -> bool:
+    """Sites shaped (batch, tokens, d); the pooled vector has no token axis."""
+    return site != "hook_pooled"
+
+
+def sae_token_mask(sae: SAE[Any], n_tokens: int) -> torch.Tensor | None:
+    """Boolean (tokens,) mask of the positions an SAE applies to, or None for all positions."""
+    facts = vision_facts_of(sae)
+    if facts is None or facts.tokens == "all":
+        return None
+    if facts.layout.n_tokens != n_tokens:
+        raise SAEMismatchError(f"SAE layout has {facts.layout.n_tokens} tokens, activations have {n_tokens}")
+    return facts.layout.token_mask(facts.tokens)
