@@ -60,8 +60,10 @@ def load_hf(source: str, *, pretrained: bool, **kwargs: Any) -> BackboneSpec:
 def hf_spec(model: nn.Module, *, processor: Any = None, backbone_id: str) -> BackboneSpec:
     """Describe a transformers vision model (optionally with its image processor)."""
     layers_path, layers = _find_layers(model)
-    vision_path = layers_path.rsplit(".encoder", 1)[0] if ".encoder" in layers_path else layers_path.rsplit(".", 1)[0]
-    vision = model.get_submodule(vision_path) if vision_path and vision_path != layers_path else model
+    # The vision root holds `embeddings`: "encoder.layers" -> "", "vision_model.encoder.layers" -> "vision_model".
+    parts = layers_path.split(".")[:-1]
+    vision_path = ".".join(parts[:-1] if parts and parts[-1] == "encoder" else parts)
+    vision = model.get_submodule(vision_path) if vision_path else model
     config = getattr(vision, "config", None) or model.config
     config = getattr(config, "vision_config", config)
     embeddings = vision.embeddings
