@@ -1,0 +1,61 @@
+"""Benchmark: cost of the hook points, as ratios to the plain timm model.
+
+Forward time of vit_small_patch16_224 (random weights, batch 32, CPU) for: the plain timm model, the
+hooked model with no hooks active, a full ``run_with_cache`` (every site), and one SAE spliced
+(d_sae = 8 x d_model at blocks.6.hook_resid_post). Runs are interleaved; medians are reported.
+
+    .venv/bin/python scripts/bench/hooks.py [--repeats 5] [--batch 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import timm
+import torch
+from sae_lens import StandardSAE, StandardSAEConfig
+
+from vision_sae_lens.backbones import HookedSAEViT
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--model", default="vit_small_patch16_224")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    plain = timm.create_model(args.model, pretrained=False).eval()
+    hooked_source = timm.create_model(args.model, pretrained=False).eval()
+    hooked_source.load_state_dict(plain.state_dict())
+    hooked = HookedSAEViT.from_module(hooked_source, backbone_id=f"timm:{args.model}")
+    sae = StandardSAE(StandardSAEConfig(d_in=hooked.d_model, d_sae=8 * hooked.d_model))
+    sae.cfg.metadata.hook_name = "blocks.6.hook_resid_post"
+    pixels = torch.randn(args.batch, 3, *hooked.layout.image_size)
+
+    runs = {
+        "plain timm": lambda: plain(pixels),
+        "hooked, no hooks": lambda: hooked(pixels),
+        "run_with_cache (all sites)": lambda: hooked.run_with_cache(pixels),
+        "run_with_saes (1 SAE)": lambda: hooked.run_with_saes(pixels, saes=[sae]),
+    }
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    with torch.inference_mode():
+        for fn in runs.values():  # warm-up
+            fn()
+        for _ in range(args.repeats):
+            for name, fn in runs.items():
+                start = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - start)
+    base = statistics.median(times["plain timm"])
+    print(f"{args.model}, batch {args.batch}, {torch.get_num_threads()} threads, {args.repeats} repeats (medians)")
+    for name, ts in times.items():
+        med = statistics.median(ts)
+        print(f"  {name:<28} {med * 1000:8.1f} ms   ratio {med / base:5.3f}")
+
+
+if __name__ == "__main__":
+    main()
