@@ -3,6 +3,8 @@
 Forward time of vit_small_patch16_224 (random weights, batch 32, CPU) for: the plain timm model, the
 hooked model with no hooks active, a full ``run_with_cache`` (every site), and one SAE spliced
 (d_sae = 8 x d_model at blocks.6.hook_resid_post). Runs are interleaved; medians are reported.
+By default glibc is told to keep freed memory (``vision_sae_lens.cpu_memory.keep_freed_memory``) for
+every run alike; ``--raw-malloc`` measures without it.
 
     .venv/bin/python scripts/bench/hooks.py [--repeats 5] [--batch 32]
 """
@@ -18,6 +20,7 @@ import torch
 from sae_lens import StandardSAE, StandardSAEConfig
 
 from vision_sae_lens.backbones import HookedSAEViT
+from vision_sae_lens.cpu_memory import keep_freed_memory
 
 
 def main() -> None:
@@ -25,7 +28,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--model", default="vit_small_patch16_224")
+    parser.add_argument(
+        "--raw-malloc", action="store_true", help="skip keep_freed_memory() (glibc returns freed memory at once)"
+    )
     args = parser.parse_args()
+    tuned = not args.raw_malloc and keep_freed_memory()
     torch.manual_seed(0)
     plain = timm.create_model(args.model, pretrained=False).eval()
     hooked_source = timm.create_model(args.model, pretrained=False).eval()
@@ -51,7 +58,10 @@ def main() -> None:
                 fn()
                 times[name].append(time.perf_counter() - start)
     base = statistics.median(times["plain timm"])
-    print(f"{args.model}, batch {args.batch}, {torch.get_num_threads()} threads, {args.repeats} repeats (medians)")
+    print(
+        f"{args.model}, batch {args.batch}, {torch.get_num_threads()} threads, {args.repeats} repeats (medians), "
+        f"allocator tuned: {tuned}"
+    )
     for name, ts in times.items():
         med = statistics.median(ts)
         print(f"  {name:<28} {med * 1000:8.1f} ms   ratio {med / base:5.3f}")
