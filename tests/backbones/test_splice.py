@@ -141,3 +141,22 @@ def test_bad_saes_raise_clear_errors(tiny_vit):
         tiny_vit.add_sae(other)
     tiny_vit.reset_saes()
     assert tiny_vit.acts_to_saes == {}
+
+
+@pytest.mark.parametrize("tokens", ["patches", "registers", "cls"])
+def test_token_selection_with_registers(tokens, tmp_path_factory):
+    """DINOv2 with 4 registers: only the SAE's tokens are reconstructed, the others pass through."""
+    from tests.backbones.conftest import build_family
+
+    model, _ = build_family("timm-dinov2-reg", tmp_path_factory)
+    site = "blocks.0.hook_resid_post"
+    sae = make_sae("standard", model, tokens=tokens, site=site)
+    pixels = torch.randn(2, 3, *model.layout.image_size)
+    with torch.no_grad():
+        _, clean = model.run_with_cache(pixels, names_filter=[site])
+        _, cache = model.run_with_cache_with_saes(pixels, saes=[sae])
+    selected = model.layout.token_mask(tokens)
+    out = cache[f"{site}.hook_sae_output"]
+    assert torch.equal(out[:, ~selected], clean[site][:, ~selected])
+    x = clean[site][:, selected]
+    torch.testing.assert_close(out[:, selected], sae.decode(sae.encode(x)))  # BLAS may tile differently
