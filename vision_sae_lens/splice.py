@@ -47,7 +47,10 @@ class SAESpliceMixin:
     run_with_hooks_with_saes = HookedSAETransformer.run_with_hooks_with_saes
 
     def add_sae(
-        self, sae: SAE[Any], use_error_term: bool | None = None, exclude_special_tokens: bool | list[int] = False
+        self,
+        sae: SAE[Any],
+        use_error_term: bool | None = None,
+        exclude_special_tokens: bool | list[int] = False,
     ) -> None:
         """Attach ``sae`` at its ``cfg.metadata.hook_name`` until :meth:`reset_saes` (SAELens semantics).
 

@@ -24,12 +24,16 @@ from vision_sae_lens.cpu_memory import keep_freed_memory
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--model", default="vit_small_patch16_224")
     parser.add_argument(
-        "--raw-malloc", action="store_true", help="skip keep_freed_memory() (glibc returns freed memory at once)"
+        "--raw-malloc",
+        action="store_true",
+        help="skip keep_freed_memory() (glibc returns freed memory at once)",
     )
     args = parser.parse_args()
     tuned = not args.raw_malloc and keep_freed_memory()

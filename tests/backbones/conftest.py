@@ -42,7 +42,9 @@ def _hf_models():
     return {
         "hf-clip-vision": lambda: tf.CLIPVisionModel(tf.CLIPVisionConfig(**vision)),
         "hf-clip": lambda: tf.CLIPModel(
-            tf.CLIPConfig(vision_config=vision, text_config=dict(small, num_hidden_layers=1), projection_dim=16)
+            tf.CLIPConfig(
+                vision_config=vision, text_config=dict(small, num_hidden_layers=1), projection_dim=16
+            )
         ),
         "hf-siglip": lambda: tf.SiglipVisionModel(tf.SiglipVisionConfig(**vision)),
         "hf-dinov2": lambda: tf.Dinov2Model(tf.Dinov2Config(**vision)),

@@ -62,7 +62,11 @@ def test_sites_are_consistent(family):
 
 def test_zero_ablation_changes_output(family):
     _, hooked, _, pixels = family
-    site = f"blocks.{hooked.n_layers - 1}.hook_resid_post" if hooked.spec.final_norm is None else "blocks.0.hook_attn_out"
+    site = (
+        f"blocks.{hooked.n_layers - 1}.hook_resid_post"
+        if hooked.spec.final_norm is None
+        else "blocks.0.hook_attn_out"
+    )
     site = site if site in hooked.hook_dict else "blocks.0.hook_resid_post"
     with torch.no_grad():
         clean = hooked.output_tensor(hooked(pixels))
@@ -79,7 +83,9 @@ def test_stop_at_layer_caches_equal_full_run(family):
     site = "blocks.0.hook_resid_post"
     with torch.no_grad():
         _, full = hooked.run_with_cache(pixels)
-        resid, partial = hooked.run_with_cache(pixels, names_filter=[site], stop_at_layer=hooked.layer_of(site))
+        resid, partial = hooked.run_with_cache(
+            pixels, names_filter=[site], stop_at_layer=hooked.layer_of(site)
+        )
     assert list(partial.keys()) == [site]
     assert torch.equal(partial[site], full[site])
     assert torch.equal(resid, full[site])

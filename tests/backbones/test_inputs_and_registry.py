@@ -65,7 +65,12 @@ def test_unreadable_file(tiny_vit, tmp_path):
     registers=st.integers(0, 4),
 )
 def test_layout_selection_and_boxes(grid, patch, has_cls, registers):
-    layout = TokenLayout(image_size=(grid[0] * patch, grid[1] * patch), patch_size=(patch, patch), has_cls=has_cls, n_registers=registers)
+    layout = TokenLayout(
+        image_size=(grid[0] * patch, grid[1] * patch),
+        patch_size=(patch, patch),
+        has_cls=has_cls,
+        n_registers=registers,
+    )
     acts = torch.arange(layout.n_tokens).float().reshape(1, -1, 1)
     patches = layout.select(acts, "patches")
     assert patches.shape[1] == grid[0] * grid[1]
@@ -74,7 +79,9 @@ def test_layout_selection_and_boxes(grid, patch, has_cls, registers):
     if has_cls:
         assert layout.select(acts, "cls")[0, 0, 0] == 0
     if registers:
-        assert layout.select(acts, "registers")[0, :, 0].tolist() == list(range(int(has_cls), layout.n_prefix))
+        assert layout.select(acts, "registers")[0, :, 0].tolist() == list(
+            range(int(has_cls), layout.n_prefix)
+        )
     covered = np.zeros(layout.image_size)
     for p in range(layout.n_patches):
         left, top, right, bottom = layout.patch_box(p)
@@ -122,9 +129,20 @@ def test_pretrained_timm_from_local_dir(tmp_path, tiny_vit):
 def test_pretrained_transformers_from_local_dir(tmp_path):
     import transformers as tf
 
-    model = tf.Dinov2Model(tf.Dinov2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=28, patch_size=14)).eval()
+    model = tf.Dinov2Model(
+        tf.Dinov2Config(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=28,
+            patch_size=14,
+        )
+    ).eval()
     model.save_pretrained(tmp_path)
-    tf.BitImageProcessor(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28}).save_pretrained(tmp_path)
+    tf.BitImageProcessor(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28}).save_pretrained(
+        tmp_path
+    )
     hooked = HookedSAEViT.from_pretrained(f"hf:{tmp_path}")
     assert hooked.layout.n_tokens == 5 and hooked.preprocessing["library"] == "transformers"
     pixels = hooked.preprocess([_photo("RGB")])

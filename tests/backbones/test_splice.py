@@ -36,12 +36,16 @@ def make_sae(kind: str, model, *, tokens: str | None = "patches", site: str = SI
             p.copy_(torch.randn_like(p) * 0.1 if "threshold" not in name else torch.full_like(p, 0.01))
     sae.cfg.metadata.hook_name = site
     if tokens is not None:
-        apply_vision_facts(sae, VisionFacts(backbone=model.backbone_id, hook_name=site, tokens=tokens, layout=model.layout))
+        apply_vision_facts(
+            sae, VisionFacts(backbone=model.backbone_id, hook_name=site, tokens=tokens, layout=model.layout)
+        )
     return sae
 
 
 def torch_hook_count(model) -> int:
-    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in model.modules())
+    return sum(
+        len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in model.modules()
+    )
 
 
 @pytest.fixture
@@ -69,7 +73,9 @@ def test_splice_equals_manual_application_on_selected_tokens(tiny_vit, pixels, k
         manual[:, 1:] = sae.decode(sae.encode(x[:, 1:]))  # CLS (token 0) passes through untouched
         seen = {}
         tiny_vit.run_with_hooks_with_saes(
-            pixels, saes=[sae], fwd_hooks=[(f"{SITE}.hook_sae_output", lambda t, hook: seen.setdefault("out", t))]
+            pixels,
+            saes=[sae],
+            fwd_hooks=[(f"{SITE}.hook_sae_output", lambda t, hook: seen.setdefault("out", t))],
         )
         # Downstream: the model run on the manually edited stream.
         manual_out = tiny_vit.run_with_hooks(pixels, fwd_hooks=[(SITE, lambda t, hook: manual)])

@@ -13,7 +13,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="List the supported backbone id syntaxes, or with --sites ID the hook sites of one backbone.",
     )
     parser.add_argument("--sites", metavar="ID", help="backbone id whose sites to list (e.g. demo:mnist-vit)")
-    parser.add_argument("--random-init", action="store_true", help="build --sites ID with random weights (no download)")
+    parser.add_argument(
+        "--random-init", action="store_true", help="build --sites ID with random weights (no download)"
+    )
     parser.set_defaults(func=run)
 
 

@@ -33,7 +33,9 @@ def spec_from_module(
     """
     name = backbone_id or f"module:{type(module).__name__}"
     if blocks is None:
-        if type(module).__module__.startswith("timm.") or (hasattr(module, "patch_embed") and hasattr(module, "blocks")):
+        if type(module).__module__.startswith("timm.") or (
+            hasattr(module, "patch_embed") and hasattr(module, "blocks")
+        ):
             from vision_sae_lens.backbones.timm_adapter import timm_spec
 
             return timm_spec(module, backbone_id=name)

@@ -78,7 +78,11 @@ def hf_spec(model: nn.Module, *, processor: Any = None, backbone_id: str) -> Bac
     transform, preprocessing = _preprocessing(processor, layout, family)
     is_classifier = hasattr(model, "classifier")
     final_norm = next(
-        (getattr(vision, a) for a in ("layernorm", "post_layernorm") if isinstance(getattr(vision, a, None), nn.Module)),
+        (
+            getattr(vision, a)
+            for a in ("layernorm", "post_layernorm")
+            if isinstance(getattr(vision, a, None), nn.Module)
+        ),
         None,
     )
     if family == "clip":
@@ -117,9 +121,15 @@ def _find_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
 def _block_sites(layer: nn.Module) -> BlockSites:
     names = dict(layer.named_children())
     mlp = names.get("mlp")
-    mlp_post = "mlp.activation_fn" if mlp is not None and isinstance(getattr(mlp, "activation_fn", None), nn.Module) else None
+    mlp_post = (
+        "mlp.activation_fn"
+        if mlp is not None and isinstance(getattr(mlp, "activation_fn", None), nn.Module)
+        else None
+    )
     if "layer_scale1" in names:  # DINOv2: norm1, attention, layer_scale1, norm2, mlp, layer_scale2
-        return BlockSites(attn_out="layer_scale1", mlp_out="layer_scale2", resid_mid="norm2", mlp_post=mlp_post)
+        return BlockSites(
+            attn_out="layer_scale1", mlp_out="layer_scale2", resid_mid="norm2", mlp_post=mlp_post
+        )
     if "self_attn" in names:  # CLIP / SigLIP
         return BlockSites(attn_out="self_attn", mlp_out="mlp", resid_mid="layer_norm2", mlp_post=mlp_post)
     if "layernorm_after" in names:  # ViT

@@ -80,7 +80,11 @@ class HookedSAEViT(SAESpliceMixin, HookedRootModule):
         self.d_model = spec.d_model
         self.n_layers = len(spec.blocks)
         sites = spec.block_sites
-        optional = {"hook_attn_out": sites.attn_out, "hook_resid_mid": sites.resid_mid, "hook_mlp_out": sites.mlp_out}
+        optional = {
+            "hook_attn_out": sites.attn_out,
+            "hook_resid_mid": sites.resid_mid,
+            "hook_mlp_out": sites.mlp_out,
+        }
         block_site_names = [name for name in BLOCK_SITES if optional.get(name, "always") is not None]
         self.blocks = nn.ModuleList(
             _BlockHooks(block_site_names, sites.mlp_post is not None) for _ in spec.blocks
@@ -102,7 +106,12 @@ class HookedSAEViT(SAESpliceMixin, HookedRootModule):
     # ----------------------------------------------------------------------------------- building
     @classmethod
     def from_pretrained(
-        cls, backbone_id: str, *, pretrained: bool = True, device: str | torch.device | None = None, **kwargs: Any
+        cls,
+        backbone_id: str,
+        *,
+        pretrained: bool = True,
+        device: str | torch.device | None = None,
+        **kwargs: Any,
     ) -> HookedSAEViT:
         """Load a backbone by id and hook it.
 

@@ -52,7 +52,9 @@ def open_clip_spec(model: nn.Module, *, preprocess: Any = None, backbone_id: str
         from vision_sae_lens.backbones.timm_adapter import timm_spec
 
         spec = timm_spec(visual.trunk, backbone_id=backbone_id)
-        spec.final_norm = None if not isinstance(getattr(visual.trunk, "norm", None), nn.Module) else spec.final_norm
+        spec.final_norm = (
+            None if not isinstance(getattr(visual.trunk, "norm", None), nn.Module) else spec.final_norm
+        )
     elif hasattr(visual, "transformer") and hasattr(visual.transformer, "resblocks"):
         spec = _native_spec(visual, backbone_id)
     else:
@@ -73,17 +75,26 @@ def open_clip_spec(model: nn.Module, *, preprocess: Any = None, backbone_id: str
 def _native_spec(visual: nn.Module, backbone_id: str) -> BackboneSpec:
     blocks = list(visual.transformer.resblocks)
     if not getattr(visual.transformer, "batch_first", True):
-        raise UnknownBackboneError("sequence-first open_clip transformers are not supported; upgrade open_clip")
+        raise UnknownBackboneError(
+            "sequence-first open_clip transformers are not supported; upgrade open_clip"
+        )
     has_cls = getattr(visual, "class_embedding", None) is not None
-    layout = TokenLayout(image_size=_pair(visual.image_size), patch_size=_pair(visual.patch_size), has_cls=has_cls)
+    layout = TokenLayout(
+        image_size=_pair(visual.image_size), patch_size=_pair(visual.patch_size), has_cls=has_cls
+    )
     mlp = blocks[0].mlp
-    tokens_normed = getattr(visual, "attn_pool", None) is None and not getattr(visual, "final_ln_after_pool", False)
+    tokens_normed = getattr(visual, "attn_pool", None) is None and not getattr(
+        visual, "final_ln_after_pool", False
+    )
     return BackboneSpec(
         backbone_id=backbone_id,
         model=visual,
         blocks=blocks,
         block_sites=BlockSites(
-            attn_out="ls_1", mlp_out="ls_2", resid_mid="ln_2", mlp_post="mlp.gelu" if hasattr(mlp, "gelu") else None
+            attn_out="ls_1",
+            mlp_out="ls_2",
+            resid_mid="ln_2",
+            mlp_post="mlp.gelu" if hasattr(mlp, "gelu") else None,
         ),
         layout=layout,
         transform=lambda img: img,

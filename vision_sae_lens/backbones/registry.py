@@ -115,5 +115,7 @@ def _load_demo(name: str, *, pretrained: bool) -> BackboneSpec:
     from vision_sae_lens.demo.backbone import DEMO_BACKBONE_ID, demo_backbone
 
     if f"demo:{name}" != DEMO_BACKBONE_ID:
-        raise UnknownBackboneError(f"unknown demo backbone 'demo:{name}'; the shipped one is {DEMO_BACKBONE_ID!r}")
+        raise UnknownBackboneError(
+            f"unknown demo backbone 'demo:{name}'; the shipped one is {DEMO_BACKBONE_ID!r}"
+        )
     return timm_spec(demo_backbone(pretrained=pretrained), backbone_id=DEMO_BACKBONE_ID)

@@ -61,7 +61,9 @@ def timm_spec(model: nn.Module, *, backbone_id: str) -> BackboneSpec:
         output_kind="logits" if num_classes > 0 else "embedding",
         embed=ModuleSite(model.pos_drop) if hasattr(model, "pos_drop") else None,
         final_norm=ModuleSite(model.norm) if isinstance(getattr(model, "norm", None), nn.Module) else None,
-        pooled=ModuleSite(model.head, "input") if isinstance(getattr(model, "head", None), nn.Module) else None,
+        pooled=ModuleSite(model.head, "input")
+        if isinstance(getattr(model, "head", None), nn.Module)
+        else None,
         d_model=int(model.embed_dim),
         d_mlp=_d_mlp(block),
     )
