@@ -111,3 +111,13 @@ def test_resid_mid_edit_reaches_block_output(tiny_vit):
         zeros = torch.zeros_like(seen["post"])
         expected = zeros + block.drop_path2(block.ls2(block.mlp(block.norm2(zeros))))
     torch.testing.assert_close(seen["post"], expected)
+
+
+def test_layer_of_sites(tiny_vit):
+    assert tiny_vit.layer_of("blocks.1.mlp.hook_post") == 2
+    assert tiny_vit.layer_of("hook_embed") == 1
+    assert tiny_vit.layer_of("hook_pooled") is None  # needs the whole forward
+    with pytest.raises(KeyError, match="Did you mean"):
+        tiny_vit.layer_of("blocks.1.hook_resid_psot")
+    with pytest.raises(ValueError, match="stop_at_layer must be in 1..2"):
+        tiny_vit(torch.randn(1, 3, 32, 32), stop_at_layer=3)

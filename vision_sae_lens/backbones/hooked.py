@@ -181,13 +181,14 @@ class HookedSAEViT(SAESpliceMixin, HookedRootModule):
         """Every hook name of the model (SAE-internal hooks included when SAEs are attached)."""
         return list(self.hook_dict)
 
-    def layer_of(self, site: str) -> int:
-        """Number of blocks that must run for ``site`` to be computed (a ``stop_at_layer`` value)."""
+    def layer_of(self, site: str) -> int | None:
+        """The smallest ``stop_at_layer`` that still computes ``site``, or None when the site needs the
+        full forward (``ln_final.hook_normalized``, ``hook_pooled``)."""
         self.check_site(site)
         match = _BLOCK_SITE_RE.match(site)
         if match:
             return int(match.group(1)) + 1
-        return 0 if site == "hook_embed" else self.n_layers
+        return 1 if site == "hook_embed" else None
 
     def check_site(self, site: str) -> None:
         """Raise :class:`UnknownSiteError` (with close names) unless ``site`` is a hook of this model."""
