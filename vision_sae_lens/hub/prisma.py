@@ -1,0 +1,261 @@
+"""Import ViT-Prisma SAEs (``{"cfg": VisionModelSAERunnerConfig, "state_dict": ...}`` pickles).
+
+ViT-Prisma saves its SAEs with ``torch.save`` of a dict holding its config *object*, so a plain
+``torch.load`` would have to unpickle arbitrary classes, and unpickling can execute code. By
+default the file is read with ``torch.load(weights_only=True)``, torch's restricted unpickler,
+extended by exactly two inert stand-ins registered under Prisma's config class paths
+(``vit_prisma.sae.config.VisionModelSAERunnerConfig`` and ``vit_prisma.configs.HookedViTConfig``):
+they only receive attribute dicts. Any other global in the file (``os.system``, ``builtins.eval``,
+...) is refused with :class:`UnsafeCheckpointError`. ``trust_remote_pickle=True`` is the explicit
+opt-in to a full unpickle for files you trust.
+
+Config mapping (Prisma ``vit_prisma/sae/config.py``): ``hook_point_layer`` + ``layer_subtype`` ->
+``hook_name``; ``d_in``, ``d_sae`` (or ``d_in * expansion_factor``); ``activation_fn_str`` relu ->
+standard, topk (``activation_fn_kwargs.k``) -> topk; ``architecture`` gated -> gated;
+``normalize_activations`` (layer_norm / constant_norm_rescale / none) maps to SAELens' option of the
+same name; Prisma's encoder subtracts ``b_dec`` (``apply_b_dec_to_input=True``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import pickle
+import re
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import sae_lens
+import torch
+from sae_lens import SAE, GatedSAE, GatedSAEConfig, StandardSAE, StandardSAEConfig, TopKSAE, TopKSAEConfig
+
+from vision_sae_lens.backbones.layout import TokenLayout
+from vision_sae_lens.errors import ConversionError, UnsafeCheckpointError
+from vision_sae_lens.metadata import VisionFacts
+
+logger = logging.getLogger(__name__)
+
+PRISMA_CONFIG_CLASSES = (
+    "vit_prisma.sae.config.VisionModelSAERunnerConfig",
+    "vit_prisma.sae.config.RunnerConfig",
+    "vit_prisma.configs.HookedViTConfig.HookedViTConfig",
+)
+
+
+class PrismaConfigStandIn:
+    """Inert stand-in for Prisma's config dataclasses: it only stores the pickled attributes."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        self.__dict__.update(kwargs)
+
+
+def import_prisma(
+    path_or_repo: str | Path,
+    *,
+    out_dir: str | Path | None = None,
+    filename: str | None = None,
+    trust_remote_pickle: bool = False,
+) -> SAE:
+    """Load a ViT-Prisma SAE (local ``.pt`` / folder, or a Hub repo id) as a SAELens SAE.
+
+    With ``out_dir`` the SAE is also saved there as a SAELens folder. Hub repos are fetched with
+    ``snapshot_download`` (``*.pt`` and ``*.json`` only), so a warm cache works offline.
+    """
+    weights, config_json = _locate(Path(path_or_repo), str(path_or_repo), filename)
+    payload = load_prisma_pickle(weights, trust_remote_pickle=trust_remote_pickle)
+    if not isinstance(payload, dict) or "state_dict" not in payload:
+        raise ConversionError(
+            f"{weights}: expected a dict with 'cfg' and 'state_dict', got {type(payload).__name__}"
+        )
+    cfg = _config_dict(payload.get("cfg"), config_json)
+    sae = convert_prisma(cfg, payload["state_dict"])
+    if out_dir is not None:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        sae.save_model(str(out_dir))
+    return sae
+
+
+def load_prisma_pickle(path: str | Path, *, trust_remote_pickle: bool = False) -> Any:
+    """Unpickle a Prisma ``.pt`` safely (restricted unpickler), or fully when explicitly trusted."""
+    if trust_remote_pickle:
+        logger.warning(
+            "trust_remote_pickle=True: fully unpickling %s (this can execute code from the file).", path
+        )
+        return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_TRUSTING_PICKLE)
+    stand_ins = [(PrismaConfigStandIn, name) for name in PRISMA_CONFIG_CLASSES]
+    try:
+        with torch.serialization.safe_globals(stand_ins):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        offending = _offending_global(str(exc))
+        raise UnsafeCheckpointError(
+            f"{path}: refused to unpickle {offending or 'an object'}: only tensors, plain containers and "
+            "Prisma's config classes are allowed, because unpickling other objects can run code from the "
+            "file. If you trust the file, pass trust_remote_pickle=True (CLI: --trust-remote-pickle)."
+        ) from None
+    except Exception as exc:
+        raise ConversionError(f"{path}: cannot read the checkpoint: {exc}") from exc
+
+
+def convert_prisma(cfg: dict[str, Any], state_dict: dict[str, torch.Tensor]) -> SAE:
+    """A SAELens SAE from a Prisma config dict and state dict (same latents as Prisma's encoder)."""
+    d_in = cfg.get("d_in")
+    if not isinstance(d_in, int):
+        raise ConversionError(f"Prisma config field d_in is missing or not an integer: {d_in!r}")
+    d_sae = cfg.get("d_sae") or (
+        d_in * cfg["expansion_factor"] if isinstance(cfg.get("expansion_factor"), int) else None
+    )
+    if not isinstance(d_sae, int):
+        raise ConversionError("Prisma config needs d_sae or an integer expansion_factor")
+    norm = cfg.get("normalize_activations") or "none"
+    if norm not in ("none", "layer_norm", "constant_norm_rescale"):
+        raise ConversionError(f"Prisma config field normalize_activations={norm!r} is not supported")
+    common = {"d_in": d_in, "d_sae": d_sae, "apply_b_dec_to_input": True, "normalize_activations": norm}
+    arch = cfg.get("architecture") or "standard"
+    act = cfg.get("activation_fn_str") or "relu"
+    kwargs = cfg.get("activation_fn_kwargs") or {}
+    if arch == "gated":
+        sae: SAE = GatedSAE(GatedSAEConfig(**common))
+    elif arch == "standard" and act == "relu":
+        sae = StandardSAE(StandardSAEConfig(**common))
+    elif arch == "standard" and act == "topk":
+        if not isinstance(kwargs.get("k"), int):
+            raise ConversionError(
+                f"Prisma config field activation_fn_kwargs.k must be an integer, got {kwargs!r}"
+            )
+        sae = TopKSAE(TopKSAEConfig(k=kwargs["k"], **common))
+    else:
+        raise ConversionError(
+            f"Prisma config fields architecture={arch!r}, activation_fn_str={act!r} have no SAELens equivalent "
+            "(supported: standard+relu, standard+topk, gated)."
+        )
+    wanted = set(sae.state_dict())
+    missing = wanted - set(state_dict)
+    if missing:
+        raise ConversionError(f"Prisma state dict lacks {sorted(missing)} (has {sorted(state_dict)})")
+    sae.load_state_dict({k: state_dict[k].detach().float().contiguous() for k in wanted})
+    _write_metadata(sae, cfg)
+    return sae
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+
+def _locate(local: Path, spec: str, filename: str | None) -> tuple[Path, Path | None]:
+    if local.is_file():
+        cfg = local.parent / "config.json"
+        return local, cfg if cfg.exists() else None
+    if not local.exists():
+        from huggingface_hub import snapshot_download
+
+        local = Path(snapshot_download(spec, allow_patterns=["*.pt", "*.json"]))
+    candidates = [local / filename] if filename else sorted(local.rglob("*.pt"))
+    if not candidates or not candidates[0].exists():
+        raise ConversionError(f"no .pt checkpoint found in {spec}")
+    if len(candidates) > 1:
+        raise ConversionError(
+            f"{spec} holds several .pt files {[c.name for c in candidates]}; pass filename="
+        )
+    cfg = candidates[0].parent / "config.json"
+    return candidates[0], cfg if cfg.exists() else None
+
+
+def _config_dict(cfg_obj: Any, config_json: Path | None) -> dict[str, Any]:
+    if config_json is not None:
+        data = json.loads(config_json.read_text())
+    elif isinstance(cfg_obj, dict):
+        data = dict(cfg_obj)
+    elif cfg_obj is not None and hasattr(cfg_obj, "__dict__"):
+        data = dict(vars(cfg_obj))
+    else:
+        raise ConversionError("the checkpoint has no 'cfg' and there is no config.json beside it")
+    return {k: _plain(v) for k, v in data.items()}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict) and "__type__" in value:
+        return value.get("value")
+    if isinstance(value, torch.device | torch.dtype):
+        return str(value)
+    if isinstance(value, PrismaConfigStandIn):
+        return {k: _plain(v) for k, v in vars(value).items()}
+    return value
+
+
+def _write_metadata(sae: SAE, cfg: dict[str, Any]) -> None:
+    md = sae.cfg.metadata
+    md.sae_lens_version = sae_lens.__version__
+    md.converted_from = "vit_prisma"
+    layer = cfg.get("hook_point_layer")
+    layer = layer[0] if isinstance(layer, list) and len(layer) == 1 else layer
+    hook = cfg.get("hook_point") or (
+        f"blocks.{layer}.{cfg.get('layer_subtype', 'hook_resid_post')}" if layer is not None else None
+    )
+    md.hook_name = hook
+    md.prisma_model_name = cfg.get("model_name")
+    md.context_size = cfg.get("context_size")
+    facts = _facts(cfg, hook)
+    if facts is None:
+        logger.warning(
+            "could not derive the patch size of %r; vision facts left incomplete", cfg.get("model_name")
+        )
+        return
+    for key, value in facts.to_metadata().items():
+        setattr(md, key, value)
+
+
+def _facts(cfg: dict[str, Any], hook: str | None) -> VisionFacts | None:
+    name = str(cfg.get("model_name") or "")
+    vit_cfg = cfg.get("vit_model_cfg") if isinstance(cfg.get("vit_model_cfg"), dict) else {}
+    patch = vit_cfg.get("patch_size")
+    if patch is None:
+        m = re.search(r"(?:ViT-[A-Za-z]+-|patch)(\d+)", name)
+        patch = int(m.group(1)) if m else None
+    size = int(cfg.get("image_size") or vit_cfg.get("image_size") or 224)
+    if patch is None or hook is None or size % int(patch):
+        return None
+    if cfg.get("cls_token_only"):
+        tokens = "cls"
+    elif cfg.get("use_patches_only"):
+        tokens = "patches"
+    else:
+        tokens = "all"
+    if name.startswith("open-clip:"):
+        backbone = "open_clip:hf-hub:" + name[len("open-clip:") :]
+    elif name.startswith("timm/"):
+        backbone = "timm:" + name[len("timm/") :]
+    else:
+        backbone = "hf:" + name
+    layout = TokenLayout(image_size=(size, size), patch_size=(int(patch), int(patch)), has_cls=True)
+    return VisionFacts(
+        backbone=backbone,
+        hook_name=hook,
+        tokens=tokens,
+        layout=layout,
+        dataset={"name": cfg.get("dataset_name"), "source": "vit_prisma"},
+    )
+
+
+class _TrustingUnpickler(pickle.Unpickler):
+    # Full unpickling (opt-in), but Prisma's config classes fall back to the stand-in when
+    # vit_prisma is not installed.
+    def find_class(self, module: str, name: str) -> Any:
+        if f"{module}.{name}" in PRISMA_CONFIG_CLASSES:
+            try:
+                return super().find_class(module, name)
+            except ImportError:
+                return PrismaConfigStandIn
+        return super().find_class(module, name)
+
+
+_TRUSTING_PICKLE = SimpleNamespace(
+    __name__="vision_sae_lens_trusting_pickle",
+    Unpickler=_TrustingUnpickler,
+    load=lambda f, **kw: _TrustingUnpickler(f, **kw).load(),
+)
+
+
+def _offending_global(message: str) -> str | None:
+    m = re.search(r"(?:GLOBAL|global|function|get_global)\s+([\w.]+)", message)
+    return m.group(1) if m else None
