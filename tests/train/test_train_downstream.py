@@ -1,0 +1,138 @@
+"""The spliced downstream metric on a tiny timm ViT: 1.0 for a perfect SAE, lower for ablations."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import write_store
+from sae_lens import StandardSAE, StandardSAEConfig, TopKTrainingSAEConfig
+
+from vision_sae_lens.backbones import HookedSAEViT
+from vision_sae_lens.metadata import VisionFacts, apply_vision_facts
+from vision_sae_lens.train import TrainConfig, evaluate_sae, train_sae
+
+SITE = "blocks.0.hook_resid_post"
+
+
+def _model(num_classes):
+    torch.manual_seed(0)
+    return HookedSAEViT.from_pretrained(
+        "timm:vit_tiny_patch16_224",
+        pretrained=False,
+        img_size=32,
+        patch_size=8,
+        depth=2,
+        num_classes=num_classes,
+    )
+
+
+def _record(model, images, path):
+    _, cache = model.run_with_cache(images, names_filter=[SITE])
+    patches = model.layout.select(cache[SITE], "patches")  # (b, 16, d)
+    b, t, d = patches.shape
+    rows = patches.reshape(b * t, d).detach().numpy()
+    return write_store(path, {SITE: rows}, layout=model.layout, backbone=model.backbone_id)
+
+
+@pytest.fixture(scope="module")
+def images():
+    return torch.randn(48, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.fixture(scope="module")
+def classifier(images, tmp_path_factory):
+    model = _model(10)
+    return model, _record(model, images, tmp_path_factory.mktemp("clf") / "acts")
+
+
+def _facts(store):
+    return VisionFacts(backbone=store.backbone_id, hook_name=SITE, tokens="patches", layout=store.layout)
+
+
+def _identity_sae(store):
+    """ReLU SAE with W_enc = [I, -I]: relu(x) - relu(-x) = x, a perfect reconstruction."""
+    d = store.d_model
+    sae = StandardSAE(StandardSAEConfig(d_in=d, d_sae=2 * d, apply_b_dec_to_input=False))
+    eye = torch.eye(d)
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.cat([eye, -eye], dim=1))
+        sae.W_dec.copy_(torch.cat([eye, -eye], dim=0))
+        sae.b_enc.zero_()
+        sae.b_dec.zero_()
+    apply_vision_facts(sae, _facts(store))
+    return sae
+
+
+def _random_sae(store):
+    torch.manual_seed(0)
+    sae = StandardSAE(StandardSAEConfig(d_in=store.d_model, d_sae=64))
+    apply_vision_facts(sae, _facts(store))
+    return sae
+
+
+def test_error_term_splice_recovers_everything_and_zero_ablation_does_not(classifier, images):
+    model, store = classifier
+    report = evaluate_sae(_random_sae(store), store, model=model, images=images, use_error_term=True)
+    down = report["downstream"]
+    assert down["kind"] == "classifier" and down["n_images"] == 48
+    assert down["fraction_recovered"] == 1.0 and down["top1_agreement"] == 1.0 and down["kl"] == 0.0
+    zero = down["zero_ablation"]
+    assert zero["kl"] > 1e-3 and zero["top1_agreement"] < 1.0
+    assert down["mean_ablation"]["kl"] > 0
+
+    lossy = evaluate_sae(_random_sae(store), store, model=model, images=images)["downstream"]
+    assert lossy["kl"] > 0 and lossy["fraction_recovered"] < 1.0
+
+
+def test_perfect_reconstruction_without_error_term_scores_one(classifier, images):
+    model, store = classifier
+    report = evaluate_sae(_identity_sae(store), store, model=model, images=images)
+    assert report["nmse"] == pytest.approx(0.0, abs=1e-10) and report["explained_variance"] == pytest.approx(
+        1.0
+    )
+    down = report["downstream"]
+    assert down["fraction_recovered"] == pytest.approx(1.0, abs=1e-5)
+    assert down["top1_agreement"] == 1.0 and down["kl"] == pytest.approx(0.0, abs=1e-7)
+
+
+def test_encoder_backbone_uses_embedding_cosine(images, tmp_path):
+    model = _model(0)
+    assert model.output_kind == "embedding"
+    store = _record(model, images, tmp_path / "acts")
+    down = evaluate_sae(_identity_sae(store), store, model=model, images=images)["downstream"]
+    assert down["kind"] == "encoder" and down["top1_agreement"] is None
+    assert down["cosine"] == pytest.approx(1.0, abs=1e-6) and down["fraction_recovered"] == pytest.approx(
+        1.0, abs=1e-4
+    )
+    assert down["zero_ablation"]["cosine"] < 0.999
+
+
+def test_training_with_a_model_writes_the_downstream_report(classifier, images, tmp_path):
+    model, store = classifier
+    cfg = TrainConfig(
+        store=store.path,
+        site=SITE,
+        sae=TopKTrainingSAEConfig(d_in=store.d_model, d_sae=256, k=16),
+        training_tokens=64 * 40,
+        batch_size=64,
+        lr=1e-3,
+        eval_fraction=0.25,
+        downstream_images=16,
+    )
+    run = train_sae(cfg, out_dir=tmp_path, model=model, images=images, progress=False)
+    report = json.loads((run.path / "eval.json").read_text())
+    down = report["downstream"]
+    for key in ("kind", "fraction_recovered", "top1_agreement", "kl", "zero_ablation", "mean_ablation"):
+        assert key in down
+    # 40 steps on a random-weight model: the value is not meaningful yet, only well-formed.
+    assert down["n_images"] == 16 and down["kl"] > 0 and isinstance(down["fraction_recovered"], float)
+    assert report["rows"][0] == store.n_rows - store.n_rows // 4  # the held-out quarter
+    # The checkpoint splices into the backbone as-is (HookedSAEViT.add_sae reads its metadata).
+    model.add_sae(run.sae)
+    try:
+        assert np.isfinite(model(images[:2]).detach().numpy()).all()
+    finally:
+        model.reset_saes()

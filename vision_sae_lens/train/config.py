@@ -1,0 +1,198 @@
+"""What one SAE training run needs: :class:`TrainConfig`, plus SAELens architecture look-ups.
+
+A ``TrainConfig`` names the data (a store and a site), the SAE (one of SAELens' own
+``*TrainingSAEConfig`` objects, any registered training architecture) and every field of
+SAELens' ``SAETrainerConfig`` explicitly. Several configs over the same store, site and
+batch stream train together in one data pass (see :mod:`vision_sae_lens.train.sweep`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from sae_lens.registry import SAE_TRAINING_CLASS_REGISTRY
+from sae_lens.saes.sae import TrainingSAEConfig
+
+from vision_sae_lens.errors import close_matches
+
+LR_SCHEDULERS = ("constant", "cosineannealing", "cosineannealingwarmrestarts")
+ARCHITECTURE_ALIASES = {"l1": "standard", "relu": "standard", "matryoshka": "matryoshka_batchtopk"}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One SAE to train on one site of an activation store, through ``sae_lens.SAETrainer``."""
+
+    store: Any
+    """Activation store directory (or an opened ``ActivationStore``)."""
+    site: str
+    """Hook name to train on, e.g. ``blocks.10.hook_resid_post``; must be one of the store's sites."""
+    sae: TrainingSAEConfig
+    """SAELens training config, e.g. ``TopKTrainingSAEConfig(d_in=768, d_sae=24576, k=64)``."""
+    training_tokens: int
+    """Activation rows to train on (rounded down to whole batches); the store is re-read in new
+    shuffled epochs when it holds fewer rows."""
+    batch_size: int = 4096
+    """Rows per optimizer step (SAELens ``train_batch_size_samples``)."""
+    lr: float = 3e-4
+    """Adam learning rate."""
+    lr_end: float | None = None
+    """Final learning rate of the cosine schedules; None means ``lr / 10`` (SAELens' runner default)."""
+    lr_scheduler: str = "constant"
+    """One of ``constant``, ``cosineannealing``, ``cosineannealingwarmrestarts``."""
+    lr_warm_up_steps: int = 0
+    """Linear learning-rate warm-up steps."""
+    lr_decay_steps: int = 0
+    """Linear decay-to-zero steps at the end of training."""
+    n_restart_cycles: int = 1
+    """Cycles of ``cosineannealingwarmrestarts``."""
+    adam_beta1: float = 0.9
+    """Adam beta1."""
+    adam_beta2: float = 0.999
+    """Adam beta2."""
+    dead_feature_window: int = 1000
+    """Steps without firing after which a latent counts as dead (TopK aux loss, statistics)."""
+    feature_sampling_window: int = 2000
+    """Steps per window of the feature-density statistics."""
+    n_batches_for_norm_estimate: int = 100
+    """Batches read to estimate the activation normalisation (``normalize_activations`` =
+    ``expected_average_only_in`` or ``covariance_whitening``); folded into the saved weights."""
+    seed: int = 0
+    """Seed of the SAE's initial weights."""
+    data_seed: int = 0
+    """Seed of the shuffled batch order (runs sharing a data pass must share it)."""
+    device: str = "auto"
+    """``auto`` (cuda when present, else cpu), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``."""
+    autocast: bool = False
+    """bfloat16 autocast of the training step (useful on GPU)."""
+    checkpoint_every_tokens: int | None = None
+    """Write a resumable checkpoint every this many rows (None: only the final one)."""
+    keep_checkpoints: int = 2
+    """Newest periodic checkpoints kept on disk (older ones are deleted)."""
+    eval_fraction: float = 0.05
+    """Share of the store's rows (the last ones) held out of training and used for evaluation."""
+    max_eval_rows: int = 65536
+    """Upper bound on the held-out rows."""
+    downstream_images: int = 64
+    """Images used for the spliced downstream metric at the end of training (when a model is given)."""
+    name: str | None = None
+    """Folder name of this SAE under ``out_dir``; default ``<architecture>_<d_sae>_<site>``."""
+    wandb_project: str | None = None
+    """Weights & Biases project to log to; None disables W&B."""
+    wandb_mode: str = "online"
+    """``online``, ``offline`` (no network needed) or ``disabled``."""
+    log_every: int = 20
+    """Steps between progress-bar / W&B updates of loss, L0 and NMSE."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.sae, TrainingSAEConfig):
+            raise ValueError(
+                f"sae must be a SAELens training config (e.g. TopKTrainingSAEConfig), got {type(self.sae).__name__}; "
+                "use vision_sae_lens.train.build_sae_config(architecture, **fields) to build one by name."
+            )
+        if not self.site:
+            raise ValueError("site must name a hook of the store, e.g. 'blocks.10.hook_resid_post'")
+        if self.batch_size <= 0:
+            raise ValueError(f"batch_size must be > 0, got {self.batch_size}")
+        if self.training_tokens < self.batch_size:
+            raise ValueError(
+                f"training_tokens ({self.training_tokens}) is smaller than one batch ({self.batch_size}); "
+                "raise training_tokens or lower batch_size."
+            )
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.lr_end is None:
+            object.__setattr__(self, "lr_end", self.lr / 10)
+        if self.lr_scheduler.lower() not in LR_SCHEDULERS:
+            raise ValueError(
+                f"unknown lr_scheduler {self.lr_scheduler!r}; choose one of {', '.join(LR_SCHEDULERS)}"
+            )
+        for name in ("lr_warm_up_steps", "lr_decay_steps", "keep_checkpoints", "downstream_images"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.lr_warm_up_steps + self.lr_decay_steps > self.n_steps:
+            raise ValueError(
+                f"lr_warm_up_steps + lr_decay_steps ({self.lr_warm_up_steps + self.lr_decay_steps}) exceed the "
+                f"{self.n_steps} training steps."
+            )
+        for name in ("n_restart_cycles", "dead_feature_window", "feature_sampling_window", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.n_batches_for_norm_estimate < 1:
+            raise ValueError("n_batches_for_norm_estimate must be >= 1")
+        if not 0.0 <= self.eval_fraction < 1.0:
+            raise ValueError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
+        if self.checkpoint_every_tokens is not None and self.checkpoint_every_tokens < self.batch_size:
+            raise ValueError("checkpoint_every_tokens must be at least one batch (or None)")
+        if self.wandb_mode not in ("online", "offline", "disabled"):
+            raise ValueError(f"wandb_mode must be online, offline or disabled, got {self.wandb_mode!r}")
+        resolve_device(self.device)
+
+    @property
+    def n_steps(self) -> int:
+        """Optimizer steps: whole batches in ``training_tokens``."""
+        return self.training_tokens // self.batch_size
+
+    @property
+    def architecture(self) -> str:
+        """SAELens training architecture name (``topk``, ``batchtopk``, ...)."""
+        return self.sae.architecture()
+
+    @property
+    def default_name(self) -> str:
+        """``<architecture>_<d_sae>_<site>`` with the site's dots kept."""
+        return self.name or f"{self.architecture}_{self.sae.d_sae}_{self.site}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready description (written as ``train_config.json`` beside each checkpoint)."""
+        d = {
+            f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("store", "sae")
+        }
+        d["store"] = str(getattr(self.store, "path", self.store))
+        sae = self.sae.to_dict()
+        sae.pop("metadata", None)
+        d["sae"] = sae
+        return d
+
+
+def build_sae_config(architecture: str, **fields: Any) -> TrainingSAEConfig:
+    """A SAELens ``*TrainingSAEConfig`` from an architecture name and its fields (e.g. from TOML).
+
+    Every training architecture registered with SAELens works (``standard``, ``topk``, ``batchtopk``,
+    ``jumprelu``, ``gated``, ``matryoshka_batchtopk``, ...); ``l1`` and ``matryoshka`` are aliases.
+    """
+    arch = ARCHITECTURE_ALIASES.get(architecture, architecture)
+    if arch not in SAE_TRAINING_CLASS_REGISTRY:
+        known = sorted(SAE_TRAINING_CLASS_REGISTRY)
+        raise ValueError(
+            f"unknown SAE architecture {architecture!r}.{close_matches(architecture, known)} "
+            f"SAELens training architectures: {', '.join(known)}"
+        )
+    cfg_cls = SAE_TRAINING_CLASS_REGISTRY[arch][1]
+    valid = {f.name for f in dataclasses.fields(cfg_cls)} - {"metadata"}
+    unknown = sorted(set(fields) - valid)
+    if unknown:
+        raise ValueError(
+            f"{cfg_cls.__name__} has no field(s) {', '.join(unknown)}."
+            f"{close_matches(unknown[0], valid)} Fields: {', '.join(sorted(valid))}"
+        )
+    return cfg_cls(**fields)
+
+
+def training_architectures() -> list[str]:
+    """Names of every SAELens training architecture."""
+    return sorted(SAE_TRAINING_CLASS_REGISTRY)
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; other names are checked and passed on."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps") from exc
+    return device

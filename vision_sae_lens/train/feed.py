@@ -1,0 +1,172 @@
+"""From an activation store to training batches: opening, validating, splitting, streaming.
+
+The last ``eval_fraction`` of the store's rows (rows are in image order, so these are the last
+images) is held out for evaluation; training reads the rest through ``ActivationStore.shuffled``,
+one epoch at a time with the epoch folded into the seed, so the stream is the same prefix however
+many epochs a run needs (a sweep member equals the same config trained alone). A background
+thread (SAELens' ``PrefetchingIterator``) reads the next batches while the SAEs train.
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vision_sae_lens.errors import SAEMismatchError, TrainingError, UnknownSiteError, close_matches
+
+logger = logging.getLogger(__name__)
+
+_EPOCH_SEED_STRIDE = 1_000_003
+
+
+def open_store(store: Any) -> Any:
+    """An ``ActivationStore`` from a path; an object that already looks like a store is returned as is."""
+    if hasattr(store, "shuffled") and hasattr(store, "ordered"):
+        return store
+    try:
+        from vision_sae_lens.store import ActivationStore
+    except ImportError:  # older layout of the store package
+        from vision_sae_lens.store.reader import ActivationStore
+
+    path = Path(store)
+    if not path.exists():
+        raise TrainingError(
+            f"activation store {path} does not exist; record one with `vision-sae-lens cache`."
+        )
+    return ActivationStore(path)
+
+
+def store_key(store: Any) -> str:
+    """Identity of a store for grouping runs into one data pass."""
+    if hasattr(store, "shuffled") and hasattr(store, "ordered"):
+        path = getattr(store, "path", None)
+        return str(Path(path).resolve()) if path is not None else f"<store object {id(store)}>"
+    return str(Path(store).resolve())
+
+
+def site_width(store: Any, site: str) -> int:
+    """Width (d_in) of a site's rows in the store."""
+    for attr in ("site_dim", "d_in"):
+        fn = getattr(store, attr, None)
+        if callable(fn):
+            return int(fn(site))
+    dims = (getattr(store, "metadata", None) or {}).get("site_dims") if hasattr(store, "metadata") else None
+    if isinstance(dims, dict) and site in dims:
+        return int(dims[site])
+    return int(store.d_model)
+
+
+def check_store_for(store: Any, site: str, d_in: int, name: str) -> None:
+    """Clear errors for an unknown site, an empty store and a d_in that does not match."""
+    sites = list(store.sites)
+    if site not in sites:
+        raise UnknownSiteError(
+            f"run {name!r}: the store has no site {site!r}.{close_matches(site, sites)} "
+            f"Recorded sites: {', '.join(sites) or '(none)'}."
+        )
+    if int(store.n_rows) == 0:
+        raise TrainingError(
+            f"run {name!r}: the activation store is empty (0 rows); record images into it first."
+        )
+    width = site_width(store, site)
+    if d_in != width:
+        raise SAEMismatchError(
+            f"run {name!r}: the SAE config has d_in={d_in} but {site} rows in the store are {width} wide; "
+            f"set d_in={width}."
+        )
+
+
+@dataclass(frozen=True)
+class Split:
+    """Training rows ``[0, n_train)`` and held-out rows ``[n_train, n_rows)`` of a store."""
+
+    n_rows: int
+    n_train: int
+
+    @property
+    def n_eval(self) -> int:
+        """Held-out rows."""
+        return self.n_rows - self.n_train
+
+
+def split_rows(n_rows: int, *, eval_fraction: float, max_eval_rows: int, batch_size: int) -> Split:
+    """Hold out the last rows for evaluation; at least one training batch must remain."""
+    n_eval = min(int(round(n_rows * eval_fraction)), max_eval_rows) if eval_fraction > 0 else 0
+    if eval_fraction > 0 and n_eval == 0 and n_rows > batch_size:
+        n_eval = 1
+    split = Split(n_rows=n_rows, n_train=n_rows - n_eval)
+    if split.n_train < batch_size:
+        raise TrainingError(
+            f"the store's training slice has {split.n_train} rows ({n_rows} rows, {n_eval} held out), fewer than "
+            f"one batch of {batch_size}; record more images or lower batch_size / eval_fraction."
+        )
+    return split
+
+
+def batch_stream(
+    store: Any, site: str, *, batch_size: int, seed: int, stop_row: int, skip_batches: int = 0
+) -> Iterator[torch.Tensor]:
+    """Endless (batch_size, d_in) float32 batches over rows ``[0, stop_row)``, epoch after epoch.
+
+    ``skip_batches`` resumes the stream after that many batches: whole epochs are skipped without
+    reading; inside an epoch the store skips for us when its ``shuffled`` takes ``skip_batches``,
+    else the batches are read and dropped.
+    """
+    per_epoch = stop_row // batch_size
+    first_epoch, skip_in_epoch = divmod(skip_batches, per_epoch)
+    store_skips = "skip_batches" in inspect.signature(store.shuffled).parameters
+    for epoch in itertools.count(first_epoch):
+        kwargs: dict[str, Any] = dict(seed=seed + epoch * _EPOCH_SEED_STRIDE, start_row=0, stop_row=stop_row)
+        skip = skip_in_epoch if epoch == first_epoch else 0
+        if store_skips and skip:
+            kwargs["skip_batches"], skip = skip, 0
+        if epoch > 0:
+            logger.info("starting epoch %d over the %d training rows of %s", epoch + 1, stop_row, site)
+        batches = store.shuffled(site, batch_size, epochs=1, drop_last=True, **kwargs)
+        yield from itertools.islice(batches, skip, None)
+
+
+def estimation_batches(
+    store: Any, site: str, *, batch_size: int, seed: int, stop_row: int, n: int
+) -> Iterator[torch.Tensor]:
+    """An iterator of ``n`` batches for the activation-normalisation estimate (its own seed, so the
+    training stream is not consumed)."""
+    return itertools.islice(
+        batch_stream(store, site, batch_size=batch_size, seed=seed + 7919, stop_row=stop_row), n
+    )
+
+
+def check_finite_batch(batch: torch.Tensor, *, step: int, site: str) -> None:
+    """Stop with a clear message on NaN/inf activations (a corrupt or badly recorded store)."""
+    if not torch.isfinite(batch).all():
+        bad = int((~torch.isfinite(batch)).any(dim=-1).sum())
+        raise TrainingError(
+            f"activation batch {step} of {site} holds NaN/inf in {bad} of {batch.shape[0]} rows; the store is "
+            "corrupt or was recorded from a diverging model. Run ActivationStore.verify() and re-record."
+        )
+
+
+def store_preprocessing(store: Any) -> dict:
+    """The backbone preprocessing recorded with the store (empty when unknown)."""
+    meta = getattr(store, "metadata", None) or {}
+    for value in (
+        getattr(store, "preprocessing", None),
+        meta.get("preprocessing"),
+        (meta.get("backbone") or {}).get("preprocessing") if isinstance(meta.get("backbone"), dict) else None,
+    ):
+        if value:
+            return dict(value)
+    return {}
+
+
+def store_dataset(store: Any) -> dict:
+    """The dataset description recorded with the store (empty when unknown)."""
+    value = getattr(store, "dataset", None) or (getattr(store, "metadata", None) or {}).get("dataset")
+    return dict(value) if isinstance(value, dict) else ({"description": str(value)} if value else {})

@@ -1,0 +1,462 @@
+"""``train_sae``: SAELens SAEs trained from an activation store, one or many per data pass.
+
+Each SAE gets its own ``sae_lens.SAETrainer`` (its own Adam, lr and coefficient schedules, dead-
+feature statistics, activation scaler), built from a ``SAETrainerConfig`` whose every field comes
+from the :class:`TrainConfig`. We drive the trainers through SAELens' public ``step`` seam instead
+of ``fit`` (as SAELens' ``MultiSAETrainer`` does), so configs in one group see each batch once:
+read it, check it, move it to the device, and step every SAE on it. ``MultiSAETrainer`` itself is
+not used because it shares one trainer config (one lr) across SAEs.
+
+Output under ``out_dir``: ``<name>/`` (SAELens inference folder + ``eval.json`` + plots +
+``train_config.json``), ``checkpoints/<name>/<step>/`` (resumable), and for sweeps
+``sweep.json`` + ``sweep_l0_vs_nmse.png``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from sae_lens import SAE
+from sae_lens.config import LoggingConfig
+from sae_lens.registry import get_sae_training_class
+from sae_lens.saes.sae import TrainingSAE, TrainStepOutput
+from sae_lens.training.prefetch import PrefetchingIterator
+from sae_lens.training.sae_trainer import SAETrainer, SAETrainerConfig
+from tqdm.auto import tqdm
+
+from vision_sae_lens.errors import TrainingError
+from vision_sae_lens.metadata import VisionFacts
+from vision_sae_lens.train import checkpoint as ckpt
+from vision_sae_lens.train.config import TrainConfig, resolve_device
+from vision_sae_lens.train.evaluate import evaluate_sae
+from vision_sae_lens.train.feed import (
+    Split,
+    batch_stream,
+    check_finite_batch,
+    check_store_for,
+    estimation_batches,
+    open_store,
+    split_rows,
+    store_dataset,
+    store_preprocessing,
+)
+from vision_sae_lens.train.plots import plot_sweep
+from vision_sae_lens.train.sweep import group_configs, unique_names
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainRun:
+    """One trained SAE: where it is, the SAE itself, and its evaluation report."""
+
+    name: str
+    config: TrainConfig
+    path: Path
+    """SAELens folder (``SAE.load_from_disk(path)``)."""
+    sae: SAE
+    """The inference SAE, loaded back from ``path``."""
+    report: dict[str, Any]
+    """Contents of ``eval.json``."""
+    training_sae: TrainingSAE | None = None
+    """The training SAE at the end of training (normalisation folded); None when the run was
+    already finished and only loaded."""
+    n_steps: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+    """Per ``log_every`` steps: step, loss, l0, nmse."""
+    train_seconds: float = 0.0
+    """Wall time of the training loop up to this SAE's last step (shared by a group; no evaluation)."""
+
+
+def train_sae(
+    configs: TrainConfig | list[TrainConfig],
+    *,
+    out_dir: str | Path,
+    resume: bool = False,
+    overwrite: bool = False,
+    model: Any = None,
+    images: Any = None,
+    progress: bool = True,
+) -> TrainRun | list[TrainRun]:
+    """Train one SAE (a ``TrainConfig``) or a sweep (a list) and write SAELens checkpoint folders.
+
+    Configs that read the same batch stream train in one pass over the data; others are split
+    into their own pass (logged). ``resume=True`` continues every unfinished run from its newest
+    checkpoint (finished runs are loaded, not retrained); ``overwrite=True`` deletes earlier
+    output of these runs. With ``model`` (a ``HookedSAEViT``) and ``images``, the evaluation at the
+    end includes the spliced downstream metric. Returns a ``TrainRun`` (or a list, for a list).
+    """
+    single = isinstance(configs, TrainConfig)
+    cfgs = [configs] if single else list(configs)
+    if not cfgs:
+        raise ValueError("no configs to train")
+    out = Path(out_dir)
+    names = unique_names(cfgs)
+    results: dict[int, TrainRun] = {}
+    for group in group_configs(cfgs, names):
+        members = [_Member(cfgs[i], names[i], out) for i in group]
+        for i, run in zip(
+            group, _GroupTrainer(members, resume, overwrite, model, images, progress).run(), strict=True
+        ):
+            results[i] = run
+    runs = [results[i] for i in range(len(cfgs))]
+    if len(runs) > 1:
+        summary = [
+            {"name": r.name, "architecture": r.config.architecture, **_summary(r.report)} for r in runs
+        ]
+        (out / "sweep.json").write_text(json.dumps(summary, indent=1))
+        plot_sweep(summary, out / "sweep_l0_vs_nmse.png")
+    return runs[0] if single else runs
+
+
+def _summary(report: dict) -> dict:
+    keys = ("l0", "nmse", "explained_variance", "dead_fraction")
+    d = {k: report.get(k) for k in keys}
+    d["fraction_recovered"] = (report.get("downstream") or {}).get("fraction_recovered")
+    return d
+
+
+class _Member:
+    """One SAE of a group: its config, folders, training SAE and trainer."""
+
+    def __init__(self, cfg: TrainConfig, name: str, out: Path) -> None:
+        self.cfg, self.name = cfg, name
+        self.folder = out / name
+        self.ckpt_root = out / "checkpoints" / name
+        self.trainer: SAETrainer | None = None
+        self.history: list[dict[str, float]] = []
+        self.wandb_run: Any = None
+        self.result: TrainRun | None = None
+        self.train_seconds = 0.0
+
+
+class _GroupTrainer:
+    """Trains the members of one group in lockstep over one batch stream."""
+
+    def __init__(
+        self, members: list[_Member], resume: bool, overwrite: bool, model, images, progress
+    ) -> None:
+        self.members, self.resume, self.overwrite = members, resume, overwrite
+        self.model, self.images, self.progress = model, images, progress
+        lead = members[0].cfg
+        self.lead = lead
+        self.store = open_store(lead.store)
+        for m in members:
+            check_store_for(self.store, m.cfg.site, m.cfg.sae.d_in, m.name)
+        self.split: Split = split_rows(
+            int(self.store.n_rows),
+            eval_fraction=lead.eval_fraction,
+            max_eval_rows=lead.max_eval_rows,
+            batch_size=lead.batch_size,
+        )
+        self.device = resolve_device(lead.device)
+        self.fingerprint = str(getattr(self.store, "fingerprint", ""))
+
+    # ------------------------------------------------------------------------------------ driver
+    def run(self) -> list[TrainRun]:
+        active = [m for m in self.members if not self._prepare_folder(m)]
+        for m in active:
+            m.trainer = self._build_trainer(m)
+        start = self._resume_step(active) if self.resume else 0
+        for m in active:
+            self._estimate_normalisation(m)
+            self._start_wandb(m)
+        try:
+            if active:
+                self._loop(active, start)
+        finally:
+            for m in active:
+                if m.wandb_run is not None:
+                    m.wandb_run.finish()
+        return [m.result for m in self.members]
+
+    def _loop(self, active: list[_Member], start: int) -> None:
+        lead = self.lead
+        n_steps = max(m.cfg.n_steps for m in active)
+        every = lead.checkpoint_every_tokens // lead.batch_size if lead.checkpoint_every_tokens else 0
+        source = batch_stream(
+            self.store,
+            lead.site,
+            batch_size=lead.batch_size,
+            seed=lead.data_seed,
+            stop_row=self.split.n_train,
+            skip_batches=start,
+        )
+        source = itertools.islice(source, n_steps - start)  # read ahead, never past the last step
+        pin = self.device.startswith("cuda")
+        # Checking and pinning run in the prefetch thread, overlapped with the training steps.
+        stream = PrefetchingIterator(_checked(source, start=start, site=lead.site, pin=pin), prefetch=4)
+        desc = active[0].name if len(active) == 1 else f"{len(active)} SAEs"
+        pbar = tqdm(total=n_steps, initial=start, desc=desc, unit="step", disable=not self.progress)
+        self._t0 = time.perf_counter()
+        try:
+            for step in range(start, n_steps):
+                batch = next(stream).to(self.device, non_blocking=True)
+                for m in active:
+                    if step < m.cfg.n_steps:
+                        self._step(m, batch, step)
+                done = step + 1
+                for m in active:
+                    if done == m.cfg.n_steps:
+                        self._finish(m)
+                    elif every and done % every == 0 and done < m.cfg.n_steps:
+                        ckpt.save_resumable(
+                            m.trainer,
+                            m.ckpt_root,
+                            self._facts(m),
+                            self._progress(m),
+                            keep=m.cfg.keep_checkpoints,
+                        )
+                pbar.update(1)
+                if done % lead.log_every == 0 or done == n_steps:
+                    pbar.set_postfix_str(_postfix(active))
+        finally:
+            stream.close()
+            pbar.close()
+
+    def _step(self, m: _Member, batch: torch.Tensor, step: int) -> None:
+        trainer = m.trainer
+        sparsity_log = trainer.maybe_reset_sparsity()
+        if sparsity_log and m.wandb_run is not None:
+            m.wandb_run.log(sparsity_log, step=trainer.n_training_steps)
+        out = trainer.step(batch)
+        if not torch.isfinite(out.loss):
+            last = ckpt.list_checkpoints(m.ckpt_root)
+            keep = (
+                f"the last good checkpoint is {m.ckpt_root / str(last[-1])}"
+                if last
+                else "no checkpoint was written"
+            )
+            raise TrainingError(
+                f"run {m.name!r}: the loss became {out.loss.item()} at step {step}; stopped ({keep}). "
+                "Lower lr, add lr_warm_up_steps, or enable normalize_activations='expected_average_only_in'."
+            )
+        trainer.n_training_steps += 1
+        if trainer.n_training_steps % m.cfg.log_every == 0:
+            m.history.append({"step": trainer.n_training_steps, **_step_metrics(out)})
+            if m.wandb_run is not None:
+                log = trainer.build_train_step_log_dict(
+                    output=out, n_training_samples=trainer.n_training_samples
+                )
+                m.wandb_run.log(log, step=trainer.n_training_steps)
+
+    # ------------------------------------------------------------------------------- set-up bits
+    def _prepare_folder(self, m: _Member) -> bool:
+        """True when the member is already finished (resume) and only needs loading."""
+        exists = m.folder.exists() and any(m.folder.iterdir()) or bool(ckpt.list_checkpoints(m.ckpt_root))
+        if self.overwrite:
+            shutil.rmtree(m.folder, ignore_errors=True)
+            shutil.rmtree(m.ckpt_root, ignore_errors=True)
+        elif exists and not self.resume:
+            raise TrainingError(
+                f"{m.folder} already holds output of run {m.name!r}; pass resume=True (--resume) to continue it "
+                "or overwrite=True (--overwrite) to start again."
+            )
+        if self.resume and ckpt.is_finished(m.folder):
+            logger.info("run %r is already finished in %s; loading it", m.name, m.folder)
+            m.result = self._load_result(m, training_sae=None, n_steps=m.cfg.n_steps)
+            return True
+        return False
+
+    def _build_trainer(self, m: _Member) -> SAETrainer:
+        cfg = m.cfg
+        sae_cfg = _copy_sae_config(cfg.sae, device=self.device)
+        torch.manual_seed(cfg.seed)
+        sae_cls = get_sae_training_class(sae_cfg.architecture())[0]
+        sae = sae_cls(sae_cfg)
+        trainer_cfg = SAETrainerConfig(
+            total_training_samples=cfg.n_steps * cfg.batch_size,
+            train_batch_size_samples=cfg.batch_size,
+            lr=cfg.lr,
+            lr_end=cfg.lr_end,
+            lr_scheduler_name=cfg.lr_scheduler,
+            lr_warm_up_steps=cfg.lr_warm_up_steps,
+            lr_decay_steps=cfg.lr_decay_steps,
+            n_restart_cycles=cfg.n_restart_cycles,
+            adam_beta1=cfg.adam_beta1,
+            adam_beta2=cfg.adam_beta2,
+            device=self.device,
+            autocast=cfg.autocast,
+            dead_feature_window=cfg.dead_feature_window,
+            feature_sampling_window=cfg.feature_sampling_window,
+            n_checkpoints=0,  # checkpoints are written here, on the group's schedule
+            checkpoint_path=None,
+            save_final_checkpoint=False,
+            logger=LoggingConfig(log_to_wandb=False),  # W&B runs are managed here, one per SAE
+            n_batches_for_norm_estimate=cfg.n_batches_for_norm_estimate,
+        )
+        trainer = SAETrainer(cfg=trainer_cfg, sae=sae, data_provider=iter(()))
+        sae.to(self.device)
+        return trainer
+
+    def _resume_step(self, active: list[_Member]) -> int:
+        """Newest step at which every unfinished member has a checkpoint; loads them there."""
+        available = [set(ckpt.list_checkpoints(m.ckpt_root)) for m in active]
+        common = set.intersection(*available) if available else set()
+        if not common:
+            if any(available):
+                logger.warning("no checkpoint step common to all runs of this group; starting from step 0")
+            else:
+                logger.info("nothing to resume for %s; starting from step 0", [m.name for m in active])
+            return 0
+        step = max(common)
+        for m in active:
+            path = m.ckpt_root / str(step)
+            progress = ckpt.read_progress(path)
+            if progress.get("store_fingerprint") != self.fingerprint:
+                raise TrainingError(
+                    f"checkpoint {path} was trained on store {progress.get('store_fingerprint')!r}, not on "
+                    f"{self.fingerprint!r}; resume with the same store or pass overwrite=True."
+                )
+            ckpt.load_resumable(m.trainer, path)
+            if m.trainer.n_training_steps != step:
+                raise TrainingError(
+                    f"checkpoint {path} holds step {m.trainer.n_training_steps}, expected {step}"
+                )
+        logger.info("resuming %s from step %d", [m.name for m in active], step)
+        return step
+
+    def _estimate_normalisation(self, m: _Member) -> None:
+        scaler, sae, cfg = m.trainer.activation_scaler, m.trainer.sae, m.cfg
+        norm = sae.cfg.normalize_activations
+        if norm not in ("expected_average_only_in", "covariance_whitening"):
+            return
+        if scaler.scaling_factor is not None or scaler.whitening is not None:
+            return  # restored from a checkpoint: the weights were trained against these statistics
+        kwargs = dict(batch_size=cfg.batch_size, seed=cfg.data_seed, stop_row=self.split.n_train)
+        batches = estimation_batches(self.store, cfg.site, n=cfg.n_batches_for_norm_estimate, **kwargs)
+        batches = (b.to(self.device) for b in batches)
+        estimate = (
+            scaler.estimate_scaling_factor
+            if norm == "expected_average_only_in"
+            else scaler.estimate_whitening
+        )
+        estimate(
+            d_in=sae.cfg.d_in,
+            data_provider=batches,
+            n_batches_for_norm_estimate=cfg.n_batches_for_norm_estimate,
+        )
+
+    def _start_wandb(self, m: _Member) -> None:
+        if not m.cfg.wandb_project or m.cfg.wandb_mode == "disabled":
+            return
+        import wandb
+
+        m.wandb_run = wandb.init(
+            project=m.cfg.wandb_project,
+            name=m.name,
+            mode=m.cfg.wandb_mode,
+            config=m.cfg.to_dict(),
+            reinit="create_new",
+        )
+
+    # ------------------------------------------------------------------------------- finishing
+    def _facts(self, m: _Member) -> VisionFacts:
+        store = self.store
+        return VisionFacts(
+            backbone=str(getattr(store, "backbone_id", "") or ""),
+            hook_name=m.cfg.site,
+            tokens=str(store.tokens),
+            layout=store.layout,
+            preprocessing=store_preprocessing(store),
+            dataset=store_dataset(store),
+            store_fingerprint=self.fingerprint or None,
+            training_tokens=int(m.trainer.n_training_samples),
+        )
+
+    def _progress(self, m: _Member) -> dict[str, Any]:
+        return {
+            "n_training_steps": m.trainer.n_training_steps,
+            "n_training_samples": m.trainer.n_training_samples,
+            "store_fingerprint": self.fingerprint,
+            "data_seed": m.cfg.data_seed,
+            "batch_size": m.cfg.batch_size,
+        }
+
+    def _finish(self, m: _Member) -> None:
+        if m.cfg.device.startswith("cuda") or self.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        m.train_seconds = time.perf_counter() - self._t0
+        trainer = m.trainer
+        trainer.set_final_sae_metadata()
+        ckpt.write_inference_folder(trainer, m.folder, self._facts(m), fold_in_place=True)
+        (m.folder / "train_config.json").write_text(json.dumps(m.cfg.to_dict(), indent=1, default=str))
+        m.result = self._load_result(m, training_sae=trainer.sae, n_steps=trainer.n_training_steps)
+        ckpt.mark_finished(m.folder, self._progress(m))
+        if m.wandb_run is not None:
+            m.wandb_run.summary.update(
+                {k: v for k, v in m.result.report.items() if isinstance(v, (int, float))}
+            )
+        self._t0 += time.perf_counter() - self._t0 - m.train_seconds  # saving and evaluating are not training
+
+    def _load_result(self, m: _Member, *, training_sae: TrainingSAE | None, n_steps: int) -> TrainRun:
+        sae = SAE.load_from_disk(m.folder, device=self.device)
+        report_path = m.folder / "eval.json"
+        if report_path.exists() and training_sae is None:
+            report = json.loads(report_path.read_text())
+        else:
+            report = evaluate_sae(
+                sae,
+                self.store,
+                model=self.model,
+                images=self.images,
+                start_row=self.split.n_train if self.split.n_eval else None,
+                stop_row=self.split.n_rows,
+                max_rows=m.cfg.max_eval_rows,
+                n_images=m.cfg.downstream_images,
+                batch_size=m.cfg.batch_size,
+                out_dir=m.folder,
+            )
+        return TrainRun(
+            name=m.name,
+            config=m.cfg,
+            path=m.folder,
+            sae=sae,
+            report=report,
+            training_sae=training_sae,
+            n_steps=n_steps,
+            history=m.history,
+            train_seconds=m.train_seconds,
+        )
+
+
+def _checked(source: Iterator[torch.Tensor], *, start: int, site: str, pin: bool) -> Iterator[torch.Tensor]:
+    for step, batch in enumerate(source, start):
+        check_finite_batch(batch, step=step, site=site)
+        yield batch.pin_memory() if pin else batch
+
+
+def _copy_sae_config(sae_cfg: Any, *, device: str) -> Any:
+    """A private copy of the user's SAELens config (its metadata object is mutated by training)."""
+    d = sae_cfg.to_dict()
+    d["device"] = device
+    d.pop("metadata", None)
+    return type(sae_cfg).from_dict(d)
+
+
+@torch.no_grad()
+def _step_metrics(out: TrainStepOutput) -> dict[str, float]:
+    sae_in = out.sae_in.float()
+    err = (out.sae_out.float() - sae_in).pow(2).sum()
+    var = (sae_in - sae_in.mean(0)).pow(2).sum().clamp_min(1e-12)
+    l0 = out.feature_acts.bool().float().sum(-1).to_dense().mean()
+    return {"loss": float(out.loss), "l0": float(l0), "nmse": float(err / var)}
+
+
+def _postfix(active: list[_Member]) -> str:
+    parts = []
+    for m in active:
+        if m.history:
+            h = m.history[-1]
+            label = "" if len(active) == 1 else f"{m.name[:16]} "
+            parts.append(f"{label}loss={h['loss']:.4g} L0={h['l0']:.1f} nmse={h['nmse']:.3f}")
+    return " | ".join(parts)
