@@ -1,0 +1,94 @@
+"""Image sources: folders with labels, lists, HF datasets (map-style and streamed), the demo digits."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vision_sae_lens.data import open_images, to_standard_mode
+from vision_sae_lens.errors import ImageInputError
+
+
+def write_folder(root, n_per_class=3):
+    rng = np.random.default_rng(0)
+    for cls in ("b_cat", "a_dog"):
+        (root / cls).mkdir(parents=True)
+        for i in range(n_per_class):
+            Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(root / cls / f"{i}.png")
+    (root / "a_dog" / "notes.txt").write_text("not an image")
+    return root
+
+
+def test_image_folder_labels_order_and_portable_description(tmp_path):
+    src = open_images(f"imagefolder:{write_folder(tmp_path / 'imgs')}")
+    assert len(src) == 6 and src.label_names == ["a_dog", "b_cat"]
+    assert [src[i][1] for i in range(6)] == [0, 0, 0, 1, 1, 1]
+    assert src.name_of(3) == "b_cat/0.png" and src[3][0].size == (8, 8)
+    desc = json.dumps(src.description)
+    assert str(tmp_path) not in desc and src.description["classes"] == 2
+    assert open_images(tmp_path / "imgs").description == src.description  # a plain directory works too
+
+
+def test_corrupt_file_raises_image_input_error_naming_it(tmp_path):
+    root = write_folder(tmp_path / "imgs")
+    (root / "a_dog" / "zz.jpg").write_bytes(b"garbage")
+    src = open_images(root)
+    with pytest.raises(ImageInputError, match="zz.jpg"):
+        src[src.files.index("a_dog/zz.jpg")]
+
+
+def test_lists_of_paths_and_pil_images(tmp_path):
+    root = write_folder(tmp_path / "imgs")
+    paths = sorted(root.rglob("*.png"))
+    src = open_images(paths)
+    assert len(src) == 6 and src[0][1] is None and src.label_names is None
+    assert str(tmp_path) not in json.dumps(src.description)
+    pil = open_images([Image.new("RGB", (4, 4), (i, 0, 0)) for i in range(3)])
+    other = open_images([Image.new("RGB", (4, 4), (i, 1, 0)) for i in range(3)])
+    assert len(pil) == 3 and pil.description["pixels_sha256"] != other.description["pixels_sha256"]
+    assert len(open_images(paths, limit=2)) == 2
+    with pytest.raises(ImageInputError):
+        open_images(tmp_path / "nope")
+
+
+def test_odd_modes_convert(tmp_path):
+    arr16 = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000).astype(np.uint16)
+    img16 = Image.fromarray(arr16)
+    out = to_standard_mode(img16, 3)
+    assert out.mode == "RGB" and np.asarray(out)[..., 0].max() == 255 and np.asarray(out)[..., 0].min() == 0
+    rgba = Image.new("RGBA", (4, 4), (10, 20, 30, 0))
+    assert np.asarray(to_standard_mode(rgba, 3)).tolist()[0][0] == [255, 255, 255]  # transparent -> white
+    assert to_standard_mode(Image.new("CMYK", (4, 4)), 1).mode == "L"
+
+
+def test_hf_dataset_from_disk_and_streamed(tmp_path):
+    import datasets
+
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)) for _ in range(5)]
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["x", "y"])})
+    ds = datasets.Dataset.from_dict({"image": images, "label": [0, 1, 0, 1, 1]}, features=features)
+    ds.save_to_disk(str(tmp_path / "ds"))
+    src = open_images(f"hf-disk:{tmp_path / 'ds'}")
+    assert len(src) == 5 and src.label_names == ["x", "y"] and src[1][1] == 1
+    assert np.array_equal(np.asarray(src[2][0]), np.asarray(images[2]))
+    assert src.description["kind"] == "hf-disk" and str(tmp_path) not in json.dumps(src.description)
+    streamed = open_images(ds.to_iterable_dataset(), limit=4)
+    assert len(streamed) == 4
+    got = list(streamed.iter_range(1, 3))
+    assert [i for i, _ in got] == [1, 2] and got[0][1][1] == 1
+    assert np.array_equal(np.asarray(got[1][1][0]), np.asarray(images[2]))
+    with pytest.raises(ImageInputError, match="limit"):
+        open_images(ds.to_iterable_dataset())
+
+
+def test_demo_digits():
+    src = open_images("demo:mnist:test")
+    img, label = src[0]
+    assert img.mode == "L" and img.size == (28, 28) and 0 <= label <= 9
+    assert src.label_names == [str(d) for d in range(10)] and src.description["name"] == "demo:mnist"
+    with pytest.raises(ImageInputError, match="demo"):
+        open_images("demo:cifar")

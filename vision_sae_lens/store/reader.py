@@ -1,0 +1,336 @@
+"""Reading a store: :class:`ActivationStore` (metadata, random-access rows, ordered iteration, verify).
+
+Rows are numbered globally in (image, token) order across shards (``manifest.json`` gives each shard's
+``row_start``); a site's rows in one shard are one memory-mapped file, so any contiguous row range is
+one or a few sequential reads. ``shuffled()`` (training) lives in :mod:`vision_sae_lens.store.shuffle`.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+
+from vision_sae_lens.backbones.layout import TokenLayout
+from vision_sae_lens.errors import StoreCorruptError, StoreError, UnknownSiteError, close_matches
+from vision_sae_lens.store import format as fmt
+
+
+class Rows(NamedTuple):
+    """A batch of rows with provenance: ``acts`` (n, d) float32, ``image_idx`` (n,), ``token_idx`` (n,)."""
+
+    acts: torch.Tensor
+    image_idx: torch.Tensor
+    token_idx: torch.Tensor
+
+
+class ActivationStore:
+    """A complete activation store on disk (see docs/store.md).
+
+    Opening checks the format version and that every shard file exists with the size the manifest
+    says. With ``check_checksums=True`` (default) each shard file's sha256 is checked the first time it
+    is read in this process, so a corrupted shard fails with an error naming it; :meth:`verify` checks
+    every file at once.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, check_checksums: bool = True) -> None:
+        self.path = Path(path)
+        self.check_checksums = check_checksums
+        meta_path = self.path / fmt.METADATA_FILE
+        if not meta_path.is_file():
+            if (self.path / fmt.RECORDING_FILE).is_file():
+                raise StoreError(
+                    f"the store in {self.path} is incomplete (recording was interrupted or is still running); "
+                    "re-run the same cache command to finish it."
+                )
+            raise StoreError(f"{self.path} is not an activation store (no {fmt.METADATA_FILE})")
+        self.metadata: dict[str, Any] = fmt.read_json(meta_path)
+        version = self.metadata.get("format_version")
+        if self.metadata.get("format") != fmt.FORMAT_NAME or version != fmt.FORMAT_VERSION:
+            raise StoreError(
+                f"{meta_path} has format {self.metadata.get('format')!r} version {version!r}; this "
+                f"vision_sae_lens reads {fmt.FORMAT_NAME!r} version {fmt.FORMAT_VERSION}. Upgrade the package."
+            )
+        self.manifest: dict[str, Any] = fmt.read_json(self.path / fmt.MANIFEST_FILE)
+        self.shards: list[dict[str, Any]] = [s for s in self.manifest["shards"] if s["n_rows"] > 0]
+        self._starts = [s["row_start"] for s in self.shards]
+        self._maps: dict[tuple[str, int], np.ndarray] = {}
+        self._check_files_present()
+
+    # ------------------------------------------------------------------------------- metadata
+    @property
+    def fingerprint(self) -> str:
+        """Identity of this store (hash of its metadata, which includes the manifest's checksums)."""
+        return self.metadata["fingerprint"]
+
+    @property
+    def sites(self) -> list[str]:
+        return list(self.metadata["sites"])
+
+    @property
+    def d_model(self) -> int:
+        return int(self.metadata["d_model"])
+
+    def site_dim(self, site: str) -> int:
+        """Width of one site's rows (``d_model`` except for e.g. ``mlp.hook_post``)."""
+        self._check_site(site)
+        return int(self.metadata["site_dims"][site])
+
+    @property
+    def layout(self) -> TokenLayout:
+        return TokenLayout.from_dict(self.metadata["layout"])
+
+    @property
+    def tokens(self) -> str:
+        """Token selection recorded: patches, cls, registers or all."""
+        return self.metadata["tokens"]
+
+    @property
+    def dtype(self) -> str:
+        return self.metadata["dtype"]
+
+    @property
+    def n_images(self) -> int:
+        """Images in the source (image indices run 0..n_images-1; skipped ones have no rows)."""
+        return int(self.metadata["n_images"])
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.metadata["n_rows"])
+
+    @property
+    def backbone_id(self) -> str:
+        return self.metadata["backbone_id"]
+
+    @property
+    def dataset(self) -> dict[str, Any]:
+        return dict(self.metadata["dataset"])
+
+    @property
+    def label_names(self) -> list[str] | None:
+        return self.metadata.get("label_names")
+
+    @property
+    def labels(self) -> np.ndarray | None:
+        """int32 label of every source image (-1 where none or skipped), or None without labels."""
+        if not self.metadata.get("has_labels"):
+            return None
+        return np.fromfile(self.path / fmt.LABELS_FILE, dtype=fmt.PROVENANCE_DTYPE)
+
+    def __len__(self) -> int:
+        return self.n_rows
+
+    def __repr__(self) -> str:
+        return (
+            f"ActivationStore({str(self.path)!r}, backbone={self.backbone_id!r}, sites={self.sites}, "
+            f"tokens={self.tokens!r}, rows={self.n_rows}, dtype={self.dtype}, fingerprint={self.fingerprint})"
+        )
+
+    # ----------------------------------------------------------------------------------- reading
+    def read_rows(self, site: str, start: int, stop: int) -> torch.Tensor:
+        """Rows ``start..stop-1`` of ``site`` as a float32 (n, d) tensor."""
+        return fmt.from_storage(self.read_raw(site, start, stop), self.dtype)
+
+    def read_raw(self, site: str, start: int, stop: int) -> np.ndarray:
+        """Rows ``start..stop-1`` of ``site`` in the storage dtype (bf16 as uint16), a new array."""
+        self._check_site(site)
+        return self._gather(site, start, stop, self.site_dim(site), fmt.NUMPY_STORAGE[self.dtype])
+
+    def provenance(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(image_idx, token_idx)`` int64 arrays of rows ``start..stop-1``."""
+        prov = self._gather(fmt.PROVENANCE, start, stop, 2, fmt.PROVENANCE_DTYPE)
+        return prov[:, 0].astype(np.int64), prov[:, 1].astype(np.int64)
+
+    def ordered(
+        self, site: str, batch_size: int, *, start_row: int = 0, stop_row: int | None = None
+    ) -> Iterator[Rows]:
+        """Rows in (image, token) order with provenance, ``batch_size`` at a time (the last may be smaller)."""
+        start, stop = self._range(start_row, stop_row)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        for lo in range(start, stop, batch_size):
+            hi = min(lo + batch_size, stop)
+            image_n, token_n = self.provenance(lo, hi)
+            yield Rows(self.read_rows(site, lo, hi), torch.from_numpy(image_n), torch.from_numpy(token_n))
+
+    def shuffled(self, site: str, batch_size: int, **kwargs: Any) -> Iterator[torch.Tensor]:
+        """Training batches: block-shuffled, buffer-mixed (batch_size, d) float32 tensors.
+
+        See :func:`vision_sae_lens.store.shuffle.shuffled_batches` for every option (seed, start_row,
+        stop_row, epochs, drop_last, buffer_rows, block_rows, labels, token_types, subtract_mean,
+        scale_norm, device).
+        """
+        from vision_sae_lens.store.shuffle import shuffled_batches
+
+        return shuffled_batches(self, site, batch_size, **kwargs)
+
+    def statistics(
+        self, site: str, *, start_row: int = 0, stop_row: int | None = None, max_rows: int = 262144
+    ) -> dict[str, Any]:
+        """Mean row (d,) and mean L2 norm of ``site`` over (an evenly strided sample of) a row range.
+
+        ``scale`` is ``sqrt(d) / mean_norm``, SAELens' normalisation to an expected norm of ``sqrt(d)``.
+        """
+        from vision_sae_lens.store.shuffle import site_statistics
+
+        return site_statistics(self, site, start_row=start_row, stop_row=stop_row, max_rows=max_rows)
+
+    # ------------------------------------------------------------------------------------ checks
+    def verify(self, *, progress: bool = False) -> None:
+        """Check every file's size and sha256 and every shard's row count against the manifest.
+
+        Raises :class:`~vision_sae_lens.errors.StoreCorruptError` naming every bad file.
+        """
+        from tqdm.auto import tqdm
+
+        problems = []
+        files = [(s, e) for s in self.manifest["shards"] for e in (*s["files"].values(), s["provenance"])]
+        if "labels" in self.manifest:
+            files.append((None, self.manifest["labels"]))
+        for shard, entry in tqdm(files, desc="verify", unit="file", disable=not progress):
+            path = self.path / entry["path"]
+            if not path.is_file():
+                problems.append(f"{entry['path']}: missing")
+                continue
+            size = path.stat().st_size
+            if size != entry["bytes"]:
+                problems.append(f"{entry['path']}: {size} bytes, manifest says {entry['bytes']}")
+            elif fmt.sha256_file(path) != entry["sha256"]:
+                problems.append(f"{entry['path']}: checksum mismatch")
+            if shard is not None and entry is not shard["provenance"]:
+                site = entry["path"].split("/")[1]
+                expected = shard["n_rows"] * self.site_dim(site) * fmt.NUMPY_STORAGE[self.dtype].itemsize
+                if entry["bytes"] != expected:
+                    problems.append(f"{entry['path']}: manifest size does not match {shard['n_rows']} rows")
+        counted = sum(s["n_rows"] for s in self.manifest["shards"])
+        if counted != self.n_rows or counted != self.manifest["n_rows"]:
+            problems.append(f"row counts disagree: shards {counted}, metadata {self.n_rows}")
+        if fmt.fingerprint_of(self.metadata) != self.fingerprint:
+            problems.append(f"{fmt.METADATA_FILE}: fingerprint does not match its content")
+        if problems:
+            raise StoreCorruptError(
+                f"store {self.path} failed verification ({len(problems)} problem(s)): "
+                + "; ".join(problems)
+                + ". Re-record the affected shards (delete them and their _records entries, then re-run "
+                "the cache command) or the whole store."
+            )
+
+    # ----------------------------------------------------------------------------------- helpers
+    def _check_files_present(self) -> None:
+        for shard in self.shards:
+            for entry in (*shard["files"].values(), shard["provenance"]):
+                path = self.path / entry["path"]
+                if not path.is_file():
+                    raise StoreCorruptError(f"shard file {entry['path']} of store {self.path} is missing")
+                if path.stat().st_size != entry["bytes"]:
+                    raise StoreCorruptError(
+                        f"shard file {entry['path']} of store {self.path} has {path.stat().st_size} bytes, "
+                        f"the manifest says {entry['bytes']}; run store.verify() and re-record it"
+                    )
+
+    def _check_site(self, site: str) -> None:
+        if site not in self.metadata["site_dims"]:
+            raise UnknownSiteError(
+                f"store {self.path} has no site {site!r}.{close_matches(site, self.sites)} Sites: {self.sites}"
+            )
+
+    def _range(self, start_row: int, stop_row: int | None) -> tuple[int, int]:
+        stop = self.n_rows if stop_row is None else int(stop_row)
+        start = int(start_row)
+        if start < 0 or stop > self.n_rows or start > stop:
+            raise ValueError(f"row range [{start}, {stop}) is outside the store's {self.n_rows} rows")
+        return start, stop
+
+    def _map(self, key: str, shard_pos: int, width: int, dtype: np.dtype) -> np.ndarray:
+        cached = self._maps.get((key, shard_pos))
+        if cached is None:
+            shard = self.shards[shard_pos]
+            entry = shard["provenance"] if key == fmt.PROVENANCE else shard["files"][key]
+            if self.check_checksums and fmt.sha256_file(self.path / entry["path"]) != entry["sha256"]:
+                raise StoreCorruptError(
+                    f"shard file {entry['path']} of store {self.path} does not match its checksum in the "
+                    "manifest (corrupted); run store.verify() to list every bad file, and re-record it"
+                )
+            # mode "c" (private copy-on-write) gives writable arrays torch can wrap; nothing is ever written.
+            cached = np.memmap(
+                self.path / entry["path"], dtype=dtype, mode="c", shape=(shard["n_rows"], width)
+            )
+            self._maps[(key, shard_pos)] = cached
+        return cached
+
+    def _gather(self, key: str, start: int, stop: int, width: int, dtype: np.dtype) -> np.ndarray:
+        start, stop = self._range(start, stop)
+        out = np.empty((stop - start, width), dtype=dtype)
+        for filled, part in self._pieces(key, start, stop, width, dtype):
+            out[filled : filled + len(part)] = part
+        return out
+
+    def gather(self, site: str, rows_n: np.ndarray) -> torch.Tensor:
+        """Rows ``rows_n`` (any order, int64) of ``site`` as a new (n, d) tensor in the storage dtype
+        (float32, float16 or bfloat16): one gather per shard, straight from its memory map."""
+        self._check_site(site)
+        rows_n = np.asarray(rows_n, dtype=np.int64)
+        if rows_n.size and (rows_n.min() < 0 or rows_n.max() >= self.n_rows):
+            raise ValueError(f"row numbers must lie in [0, {self.n_rows}) for store {self.path}")
+        width, storage = self.site_dim(site), fmt.NUMPY_STORAGE[self.dtype]
+        shard_n = np.searchsorted(self._starts, rows_n, side="right") - 1
+        first, last = (int(shard_n.min()), int(shard_n.max())) if rows_n.size else (0, 0)
+        if first == last:  # the usual case for big shards: one index_select, no scatter
+            local = (
+                torch.from_numpy(rows_n - self._starts[first])
+                if rows_n.size
+                else torch.empty(0, dtype=torch.long)
+            )
+            return self._tensor(site, first, width, storage).index_select(0, local)
+        out = torch.empty((len(rows_n), width), dtype=fmt.TORCH_DTYPES[self.dtype])
+        for pos in np.unique(shard_n):
+            sel = np.flatnonzero(shard_n == pos)
+            local = torch.from_numpy(rows_n[sel] - self._starts[pos])
+            out.index_copy_(
+                0, torch.from_numpy(sel), self._tensor(site, int(pos), width, storage).index_select(0, local)
+            )
+        return out
+
+    def advise_willneed(self, site: str, start: int, stop: int) -> None:
+        """Ask the kernel to start reading rows ``start..stop-1`` of ``site`` into the page cache
+        (``posix_fadvise(WILLNEED)``; a no-op where the platform has no such call)."""
+        if not hasattr(os, "posix_fadvise"):
+            return
+        row_bytes = self.site_dim(site) * fmt.NUMPY_STORAGE[self.dtype].itemsize
+        start, stop = self._range(start, stop)
+        pos = bisect.bisect_right(self._starts, start) - 1
+        while start < stop:
+            shard = self.shards[pos]
+            lo, hi = start - shard["row_start"], min(stop - shard["row_start"], shard["n_rows"])
+            fd = os.open(self.path / shard["files"][site]["path"], os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, lo * row_bytes, (hi - lo) * row_bytes, os.POSIX_FADV_WILLNEED)
+            finally:
+                os.close(fd)
+            start, pos = shard["row_start"] + hi, pos + 1
+
+    def _tensor(self, key: str, shard_pos: int, width: int, dtype: np.dtype) -> torch.Tensor:
+        """The memory map of one shard file as a torch tensor (bf16 bit patterns viewed as bfloat16)."""
+        return fmt.as_torch(self._map(key, shard_pos, width, dtype), self.dtype)
+
+    def _pieces(self, key: str, start: int, stop: int, width: int, dtype: np.dtype):
+        """``(offset, memory-mapped rows)`` of each shard's part of rows ``start..stop-1``."""
+        start, stop = self._range(start, stop)
+        pos = bisect.bisect_right(self._starts, start) - 1
+        filled = 0
+        while filled < stop - start:
+            shard = self.shards[pos]
+            lo = start + filled - shard["row_start"]
+            take = min(shard["n_rows"] - lo, stop - start - filled)
+            yield filled, self._map(key, pos, width, dtype)[lo : lo + take]
+            filled += take
+            pos += 1
+
+    def shard_spans(self) -> Sequence[tuple[int, int]]:
+        """``(row_start, row_stop)`` of every non-empty shard."""
+        return [(s["row_start"], s["row_start"] + s["n_rows"]) for s in self.shards]

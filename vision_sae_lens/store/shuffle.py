@@ -1,0 +1,239 @@
+"""The training reader: block-shuffled windows of rows, gathered from the memory maps on a prefetch thread.
+
+Per epoch, the row range is cut into blocks of ``block_rows`` consecutive rows and the blocks are
+visited in a random order (seeded by ``(seed, epoch)``), a window of about ``buffer_rows`` rows at a
+time. The window's row numbers (plus the previous window's leftover, fewer than a batch) are permuted
+and each full batch is gathered from the store; the kernel is asked to read the next window's blocks
+ahead, so a cold store is read block by block, sequentially. Every row is emitted exactly once per
+epoch (the final partial batch only with ``drop_last=False``), batches mix many images, and memory is
+one batch plus the window's row numbers, never set by the store's size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import queue
+import threading
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from vision_sae_lens.backbones.layout import check_token_selection
+from vision_sae_lens.store import format as fmt
+
+if TYPE_CHECKING:
+    from vision_sae_lens.store.reader import ActivationStore
+
+DEFAULT_BUFFER_BYTES = 256 * 2**20
+BLOCKS_PER_BUFFER = 64
+_DONE = object()
+
+
+def shuffled_batches(
+    store: ActivationStore,
+    site: str,
+    batch_size: int,
+    *,
+    seed: int = 0,
+    start_row: int = 0,
+    stop_row: int | None = None,
+    epochs: int = 1,
+    drop_last: bool = True,
+    buffer_rows: int | None = None,
+    block_rows: int | None = None,
+    labels: Iterable[int] | None = None,
+    token_types: Iterable[str] | None = None,
+    subtract_mean: bool = False,
+    scale_norm: bool = False,
+    device: str | torch.device | None = None,
+    prefetch: int = 4,
+) -> Iterator[torch.Tensor]:
+    """Yield ``(batch_size, d)`` float32 tensors of ``site`` rows ``start_row..stop_row-1`` in a seeded
+    shuffled order, ``epochs`` times.
+
+    ``drop_last=True`` (default) drops each epoch's final partial batch, so every batch has exactly
+    ``batch_size`` rows (SAELens' trainer needs that). ``buffer_rows`` (default: 256 MiB of stored rows) is the
+    shuffling window: how widely rows mix, and how far ahead the store is read; ``block_rows`` (default
+    ``buffer_rows / 64``) is the length of each contiguous run of rows. ``labels`` keeps rows of images with those labels, ``token_types`` rows of those
+    token kinds (``"cls"``, ``"registers"``, ``"patches"``). ``subtract_mean`` / ``scale_norm`` apply
+    :meth:`ActivationStore.statistics` of the same row range (mean removed; rows scaled to an expected
+    norm of ``sqrt(d)``). Batches are produced by a background thread, ``prefetch`` batches ahead.
+    """
+    start, stop = store._range(start_row, stop_row)
+    dim = store.site_dim(site)
+    if batch_size < 1 or epochs < 1 or prefetch < 1:
+        raise ValueError(
+            f"batch_size, epochs and prefetch must be >= 1 (got {batch_size}, {epochs}, {prefetch})"
+        )
+    n = stop - start
+    if buffer_rows is None:
+        itemsize = fmt.NUMPY_STORAGE[store.dtype].itemsize
+        buffer_rows = max(DEFAULT_BUFFER_BYTES // (dim * itemsize), 4 * batch_size)
+    buffer_rows = max(1, min(int(buffer_rows), max(n, 1)))
+    block_rows = max(1, int(block_rows) if block_rows else buffer_rows // BLOCKS_PER_BUFFER)
+    keep = _row_filter(store, labels, token_types)
+    mean_d, scale = None, 1.0
+    if subtract_mean or scale_norm:
+        stats = site_statistics(store, site, start_row=start, stop_row=stop)
+        mean_d = torch.from_numpy(stats["mean"]) if subtract_mean else None
+        scale = stats["scale"] if scale_norm else 1.0
+
+    # Shuffling moves row *indices*, not rows: a window of blocks is a list of row numbers, permuted
+    # (with the previous window's leftover), and each batch is one gather straight from the memory
+    # maps in the storage dtype. No buffer copy, and the gather moves half the bytes of float32 for
+    # fp16/bf16 stores; batches become float32 in the consumer's thread, on the target device. The
+    # next window's blocks are announced to the kernel (WILLNEED) so cold reads stay sequential.
+    blocks_per_window = max(1, -(-buffer_rows // block_rows))
+
+    def produce(put) -> None:
+        for epoch in range(epochs):
+            rng = np.random.default_rng([seed, epoch])
+            starts = np.arange(start, stop, block_rows)
+            order = starts[rng.permutation(len(starts))]
+            windows = [order[w : w + blocks_per_window] for w in range(0, len(order), blocks_per_window)]
+            left = np.empty(0, dtype=np.int64)
+            for w, window in enumerate(windows):
+                if w + 1 < len(windows):
+                    for lo in windows[w + 1]:
+                        store.advise_willneed(site, int(lo), min(int(lo) + block_rows, stop))
+                spans = [np.arange(lo, min(lo + block_rows, stop)) for lo in window]
+                if keep is not None:
+                    spans = [rows[keep(int(rows[0]), int(rows[-1]) + 1)] for rows in spans]
+                rows_n = np.concatenate([left, *spans])
+                rows_n = rows_n[rng.permutation(len(rows_n))]
+                n_full = len(rows_n) // batch_size * batch_size
+                for j in range(0, n_full, batch_size):
+                    put(store.gather(site, rows_n[j : j + batch_size]))
+                left = rows_n[n_full:]
+            if len(left) and not drop_last:
+                put(store.gather(site, left))
+
+    target = torch.device(device) if device is not None else None
+    if mean_d is not None and target is not None:
+        mean_d = mean_d.to(target)
+
+    def batches() -> Iterator[torch.Tensor]:
+        for raw in _prefetched(produce, prefetch):
+            # Copy in the storage dtype, then convert on the device (half the transfer for fp16/bf16).
+            acts = (raw if target is None else raw.to(target, non_blocking=True)).float()
+            if mean_d is not None:
+                acts -= mean_d
+            if scale != 1.0:
+                acts *= scale
+            yield acts
+
+    # A plain function returning a generator, so bad arguments raise here and not at the first next().
+    return batches()
+
+
+def site_statistics(
+    store: ActivationStore,
+    site: str,
+    *,
+    start_row: int = 0,
+    stop_row: int | None = None,
+    max_rows: int = 262144,
+) -> dict[str, Any]:
+    """Mean (d,) float32 and mean row norm over ``max_rows`` rows spread evenly through the range."""
+    start, stop = store._range(start_row, stop_row)
+    n = stop - start
+    if n == 0:
+        raise ValueError("cannot compute statistics of an empty row range")
+    chunk = 4096
+    if n <= max_rows:
+        spans = [(lo, min(lo + chunk, stop)) for lo in range(start, stop, chunk)]
+    else:
+        n_chunks = max(1, max_rows // chunk)
+        starts = np.linspace(start, stop - chunk, n_chunks).astype(np.int64)
+        spans = [(int(lo), int(lo) + chunk) for lo in starts]
+    total = torch.zeros(store.site_dim(site), dtype=torch.float64)
+    norm_sum, count = 0.0, 0
+    for lo, hi in spans:
+        acts = store.read_rows(site, lo, hi).double()
+        total += acts.sum(0)
+        norm_sum += float(acts.norm(dim=1).sum())
+        count += hi - lo
+    mean_norm = norm_sum / count
+    dim = store.site_dim(site)
+    return {
+        "mean": (total / count).float().numpy(),
+        "mean_norm": mean_norm,
+        "scale": math.sqrt(dim) / mean_norm if mean_norm > 0 else 1.0,
+        "rows": count,
+    }
+
+
+def _row_filter(store: ActivationStore, labels, token_types):
+    """A function (lo, hi) -> boolean mask of the rows to keep, or None to keep all."""
+    if labels is None and token_types is None:
+        return None
+    label_set = None
+    if labels is not None:
+        per_image = store.labels
+        if per_image is None:
+            raise ValueError(f"store {store.path} has no labels; cannot filter by label")
+        label_set = np.asarray(sorted(set(int(v) for v in labels)), dtype=np.int64)
+    token_ok = None
+    if token_types is not None:
+        token_ok = np.zeros(store.layout.n_tokens, dtype=bool)
+        for kind in token_types:
+            check_token_selection(kind)
+            token_ok |= store.layout.token_mask(kind).numpy()
+
+    def keep(lo: int, hi: int) -> np.ndarray:
+        image_n, token_n = store.provenance(lo, hi)
+        mask = np.ones(hi - lo, dtype=bool)
+        if label_set is not None:
+            mask &= np.isin(per_image[image_n], label_set)
+        if token_ok is not None:
+            mask &= token_ok[token_n]
+        return mask
+
+    return keep
+
+
+def _prefetched(produce, depth: int) -> Iterator[Any]:
+    """Run ``produce(put)`` on a daemon thread; yield what it puts. Stops the thread when the consumer
+    stops early, and re-raises the producer's exception in the consumer."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: Any) -> None:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+        raise _Stopped
+
+    def run() -> None:
+        try:
+            produce(put)
+            put(_DONE)
+        except _Stopped:
+            pass
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            with contextlib.suppress(_Stopped):
+                put(exc)
+
+    thread = threading.Thread(target=run, name="vsl-shuffle-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+class _Stopped(Exception):
+    pass
