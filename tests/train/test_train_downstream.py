@@ -136,3 +136,23 @@ def test_training_with_a_model_writes_the_downstream_report(classifier, images, 
         assert np.isfinite(model(images[:2]).detach().numpy()).all()
     finally:
         model.reset_saes()
+
+
+def test_labelled_images_add_accuracy_for_every_variant(classifier, images):
+    from PIL import Image
+
+    model, store = classifier
+    rng = np.random.default_rng(2)
+    pil = [Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)) for _ in range(24)]
+    clean = model(pil).argmax(-1)
+    labels = clean.clone()
+    labels[::3] = (labels[::3] + 1) % 10  # a third of the labels disagree with the clean model
+    labelled = [(img, int(y)) for img, y in zip(pil, labels, strict=True)]
+    down = evaluate_sae(_identity_sae(store), store, model=model, images=labelled)["downstream"]
+    expected = (clean == labels).float().mean().item()
+    assert down["clean_accuracy"] == pytest.approx(expected)
+    assert down["accuracy"] == pytest.approx(expected)  # a perfect SAE keeps the clean predictions
+    zero_pred_acc = down["zero_ablation"]["accuracy"]
+    assert 0.0 <= zero_pred_acc <= 1.0 and zero_pred_acc != pytest.approx(expected)
+    # Unlabelled inputs have no accuracy.
+    assert evaluate_sae(_identity_sae(store), store, model=model, images=images)["downstream"]["accuracy"] is None
