@@ -1,0 +1,73 @@
+"""``vision-sae-lens analyze``: write the static HTML feature browser of an SAE over an activation store."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``analyze`` sub-command."""
+    parser = subparsers.add_parser(
+        "analyze",
+        help="build a static HTML feature browser for an SAE over an activation store",
+        description=(
+            "Scan a store with an SAE (statistics and top-k images of every latent) and write a static site: "
+            "OUT/index.html (searchable table of latents) and a page per latent with its top images, heatmaps "
+            "and activation histogram. Open index.html in a browser; no server needed."
+        ),
+    )
+    parser.add_argument(
+        "--sae", required=True, metavar="DIR", help="SAELens checkpoint folder (cfg.json + weights)"
+    )
+    parser.add_argument(
+        "--store", required=True, metavar="DIR", help="activation store holding the SAE's site"
+    )
+    parser.add_argument("--out", required=True, metavar="DIR", help="output folder for the browser")
+    parser.add_argument(
+        "--images",
+        metavar="SPEC",
+        help="the store's images (imagefolder:DIR, hf:NAME[:SPLIT], ...); default: re-open from the store's description",
+    )
+    parser.add_argument("-k", "--k", type=int, default=16, help="top images per latent (default 16)")
+    parser.add_argument(
+        "--by", choices=("max", "mean"), default="max", help="rank images by max or mean activation"
+    )
+    parser.add_argument(
+        "--latents", metavar="IDS", help="comma-separated latents to give pages (default: first alive)"
+    )
+    parser.add_argument("--max-pages", type=int, default=200, help="latent pages when --latents is not given")
+    parser.add_argument("--batch-size", type=int, default=4096, help="store rows per batch")
+    parser.add_argument("--device", default="cpu", help="device for the SAE (default cpu)")
+    parser.add_argument("--title", help="page title")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load the SAE and store, build the browser, print where it is and the SAE summary."""
+    from sae_lens import SAE
+
+    from vision_sae_lens.analysis.browser import build_browser
+    from vision_sae_lens.store import ActivationStore
+
+    sae = SAE.load_from_disk(args.sae, device=args.device)
+    store = ActivationStore(args.store)
+    latents = [int(x) for x in args.latents.split(",") if x.strip()] if args.latents else None
+    index = build_browser(
+        sae,
+        store,
+        out_dir=args.out,
+        images=args.images,
+        k=args.k,
+        by=args.by,
+        latents=latents,
+        max_pages=args.max_pages,
+        batch_size=args.batch_size,
+        title=args.title,
+    )
+    summary = json.loads(
+        (index.parent / "data" / "index.js").read_text().split("=", 1)[1].rstrip().rstrip(";")
+    )
+    print(json.dumps(summary["summary"], indent=2))
+    print(f"feature browser: {index.resolve().as_uri()}")
+    return 0
