@@ -155,4 +155,5 @@ def test_labelled_images_add_accuracy_for_every_variant(classifier, images):
     zero_pred_acc = down["zero_ablation"]["accuracy"]
     assert 0.0 <= zero_pred_acc <= 1.0 and zero_pred_acc != pytest.approx(expected)
     # Unlabelled inputs have no accuracy.
-    assert evaluate_sae(_identity_sae(store), store, model=model, images=images)["downstream"]["accuracy"] is None
+    unlabelled = evaluate_sae(_identity_sae(store), store, model=model, images=images)["downstream"]
+    assert unlabelled["accuracy"] is None and unlabelled["clean_accuracy"] is None
