@@ -81,6 +81,25 @@ def test_shuffled_is_reproducible_per_seed_and_well_mixed(tmp_path):
     assert first.max() - first.min() > 500  # drawn from far-apart parts of the store
 
 
+@pytest.mark.parametrize("drop_last", [True, False])
+def test_skip_batches_resumes_the_same_stream_without_reading(tmp_path, monkeypatch, drop_last):
+    store = synthetic_store(tmp_path / "s", 60, shard_rows=40)  # 300 rows, 3 epochs of 7-8 batches
+    kw = dict(seed=3, epochs=3, buffer_rows=90, block_rows=10, drop_last=drop_last)
+    full = list(store.shuffled(SITE, 40, **kw))
+    gathered = []
+    original = type(store).gather
+    monkeypatch.setattr(
+        type(store), "gather", lambda self, site, rows: gathered.append(1) or original(self, site, rows)
+    )
+    for skip in (0, 5, 8, len(full) - 1, len(full)):
+        gathered.clear()
+        resumed = list(store.shuffled(SITE, 40, skip_batches=skip, **kw))
+        assert len(resumed) == len(full) - skip and len(gathered) == len(resumed)
+        assert all(torch.equal(a, b) for a, b in zip(resumed, full[skip:], strict=True))
+    with pytest.raises(ValueError, match="skip_batches"):
+        store.shuffled(SITE, 40, skip_batches=-1)
+
+
 def test_shuffled_filters_and_normalisation(tmp_path):
     store = synthetic_store(tmp_path / "s", 20)
     odd = torch.cat(list(store.shuffled(SITE, 4, labels=[1], drop_last=False)))

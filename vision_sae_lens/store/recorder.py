@@ -11,6 +11,7 @@ committed shards, so an interrupted run resumes, and a run with other settings i
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -32,6 +33,7 @@ from vision_sae_lens.errors import ImageInputError, StoreError
 from vision_sae_lens.store import format as fmt
 from vision_sae_lens.store.distributed import DistContext, default_device, join_distributed
 from vision_sae_lens.store.reader import ActivationStore
+from vision_sae_lens.store.shuffle import prefetched
 from vision_sae_lens.store.writer import ShardBuilder, check_or_claim_directory, finalize_store
 
 logger = logging.getLogger(__name__)
@@ -210,27 +212,29 @@ def _record(
     writer = _BackgroundWriter(depth=4)
     builder: ShardBuilder | None = None
     builders: list[ShardBuilder] = []
+    batches = _load_batches(model, source, plan, todo, loader_threads)
     try:
-        for k, batch in _load_batches(model, source, plan, todo, loader_threads):
-            if builder is None:
-                builder = ShardBuilder(root, k, plan.site_dims, plan.dtype)
-                builders = [b for b in builders if not b.committed] + [builder]
-                shard_meta: dict[str, Any] = {"labels": [], "skipped": []}
-            shard_meta["labels"] += batch["labels"]
-            shard_meta["skipped"] += batch["skipped"]
-            if batch["pixels"] is not None:
-                rows, prov = _forward_rows(model, batch, plan)
-                writer.submit(builder.add, rows, prov)
-            if batch["last_of_shard"]:
-                start = k * plan.shard_images
-                extra = {
-                    "image_start": start,
-                    "image_stop": min(plan.n_images, start + plan.shard_images),
-                    **shard_meta,
-                }
-                writer.submit(builder.commit, extra)
-                builder = None
-            bar.update(batch["n_images"])
+        with contextlib.closing(batches):  # stops the loader threads also when recording fails
+            for k, batch in batches:
+                if builder is None:
+                    builder = ShardBuilder(root, k, plan.site_dims, plan.dtype)
+                    builders = [b for b in builders if not b.committed] + [builder]
+                    shard_meta: dict[str, Any] = {"labels": [], "skipped": []}
+                shard_meta["labels"] += batch["labels"]
+                shard_meta["skipped"] += batch["skipped"]
+                if batch["pixels"] is not None:
+                    rows, prov = _forward_rows(model, batch, plan)
+                    writer.submit(builder.add, rows, prov)
+                if batch["last_of_shard"]:
+                    start = k * plan.shard_images
+                    extra = {
+                        "image_start": start,
+                        "image_stop": min(plan.n_images, start + plan.shard_images),
+                        **shard_meta,
+                    }
+                    writer.submit(builder.commit, extra)
+                    builder = None
+                bar.update(batch["n_images"])
         writer.close()
     except BaseException as exc:
         writer.close(raise_error=False)
@@ -266,49 +270,19 @@ def _load_batches(model, source, plan: _Plan, shards: list[int], threads: int) -
     """Preprocessed batches of the given shards, produced one batch ahead on a loader thread that
     decodes and preprocesses each batch's images on a pool of ``threads`` (PIL releases the GIL)."""
 
-    def produce(pool: ThreadPoolExecutor) -> Iterator[tuple[int, dict]]:
-        for k in shards:
-            start, stop = k * plan.shard_images, min(plan.n_images, (k + 1) * plan.shard_images)
-            # A streaming source is read in order by this thread; a map-style one by the pool.
-            streamed = source.iter_range(start, stop) if hasattr(source, "iter_range") else None
-            for lo in range(start, stop, plan.batch_size):
-                hi = min(lo + plan.batch_size, stop)
-                items = [next(streamed) for _ in range(lo, hi)] if streamed else list(range(lo, hi))
-                loaded = list(pool.map(lambda item: _load_one(model, source, plan, item), items))
-                yield k, _prepare(source, loaded, hi == stop)
+    def produce() -> Iterator[tuple[int, dict]]:
+        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="vsl-decode") as pool:
+            for k in shards:
+                start, stop = k * plan.shard_images, min(plan.n_images, (k + 1) * plan.shard_images)
+                # A streaming source is read in order by the loader thread; a map-style one by the pool.
+                streamed = source.iter_range(start, stop) if hasattr(source, "iter_range") else None
+                for lo in range(start, stop, plan.batch_size):
+                    hi = min(lo + plan.batch_size, stop)
+                    items = [next(streamed) for _ in range(lo, hi)] if streamed else list(range(lo, hi))
+                    loaded = list(pool.map(lambda item: _load_one(model, source, plan, item), items))
+                    yield k, _prepare(source, loaded, hi == stop)
 
-    q: queue.Queue = queue.Queue(maxsize=2)
-    stop_event = threading.Event()
-
-    def put(item: Any) -> bool:
-        while not stop_event.is_set():
-            try:
-                q.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def run() -> None:
-        try:
-            with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="vsl-decode") as pool:
-                for item in produce(pool):
-                    if not put(item):
-                        return
-            put(None)
-        except BaseException as exc:  # re-raised by the consumer
-            put(exc)
-
-    thread = threading.Thread(target=run, name="vsl-image-loader", daemon=True)
-    thread.start()
-    try:
-        while (item := q.get()) is not None:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop_event.set()
-        thread.join(timeout=5)
+    return prefetched(produce(), depth=2)
 
 
 def _load_one(model, source, plan: _Plan, item: int | tuple[int, Any]) -> tuple[int, Any, int | None]:

@@ -11,15 +11,13 @@ one batch plus the window's row numbers, never set by the store's size.
 
 from __future__ import annotations
 
-import contextlib
 import math
-import queue
-import threading
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from sae_lens.training.prefetch import PrefetchingIterator
 
 from vision_sae_lens.backbones.layout import check_token_selection
 from vision_sae_lens.store import format as fmt
@@ -29,7 +27,6 @@ if TYPE_CHECKING:
 
 DEFAULT_BUFFER_BYTES = 256 * 2**20
 BLOCKS_PER_BUFFER = 64
-_DONE = object()
 
 
 def shuffled_batches(
@@ -50,6 +47,7 @@ def shuffled_batches(
     scale_norm: bool = False,
     device: str | torch.device | None = None,
     prefetch: int = 4,
+    skip_batches: int = 0,
 ) -> Iterator[torch.Tensor]:
     """Yield ``(batch_size, d)`` float32 tensors of ``site`` rows ``start_row..stop_row-1`` in a seeded
     shuffled order, ``epochs`` times.
@@ -61,6 +59,8 @@ def shuffled_batches(
     token kinds (``"cls"``, ``"registers"``, ``"patches"``). ``subtract_mean`` / ``scale_norm`` apply
     :meth:`ActivationStore.statistics` of the same row range (mean removed; rows scaled to an expected
     norm of ``sqrt(d)``). Batches are produced by a background thread, ``prefetch`` batches ahead.
+    ``skip_batches`` starts after that many batches of the same stream (counted over all epochs)
+    without reading them: a resumed training run continues exactly where it stopped.
     """
     start, stop = store._range(start_row, stop_row)
     dim = store.site_dim(site)
@@ -68,6 +68,8 @@ def shuffled_batches(
         raise ValueError(
             f"batch_size, epochs and prefetch must be >= 1 (got {batch_size}, {epochs}, {prefetch})"
         )
+    if skip_batches < 0:
+        raise ValueError(f"skip_batches must be >= 0, got {skip_batches}")
     n = stop - start
     if buffer_rows is None:
         itemsize = fmt.NUMPY_STORAGE[store.dtype].itemsize
@@ -88,7 +90,8 @@ def shuffled_batches(
     # next window's blocks are announced to the kernel (WILLNEED) so cold reads stay sequential.
     blocks_per_window = max(1, -(-buffer_rows // block_rows))
 
-    def produce(put) -> None:
+    def produce() -> Iterator[torch.Tensor]:
+        n_batches = 0  # batches emitted (or skipped) so far, over all epochs
         for epoch in range(epochs):
             rng = np.random.default_rng([seed, epoch])
             starts = np.arange(start, stop, block_rows)
@@ -106,17 +109,21 @@ def shuffled_batches(
                 rows_n = rows_n[rng.permutation(len(rows_n))]
                 n_full = len(rows_n) // batch_size * batch_size
                 for j in range(0, n_full, batch_size):
-                    put(store.gather(site, rows_n[j : j + batch_size]))
+                    if n_batches >= skip_batches:  # skipped batches cost no read
+                        yield store.gather(site, rows_n[j : j + batch_size])
+                    n_batches += 1
                 left = rows_n[n_full:]
             if len(left) and not drop_last:
-                put(store.gather(site, left))
+                if n_batches >= skip_batches:
+                    yield store.gather(site, left)
+                n_batches += 1
 
     target = torch.device(device) if device is not None else None
     if mean_d is not None and target is not None:
         mean_d = mean_d.to(target)
 
     def batches() -> Iterator[torch.Tensor]:
-        for raw in _prefetched(produce, prefetch):
+        for raw in prefetched(produce(), prefetch):
             # Copy in the storage dtype, then convert on the device (half the transfer for fp16/bf16).
             acts = (raw if target is None else raw.to(target, non_blocking=True)).float()
             if mean_d is not None:
@@ -195,45 +202,16 @@ def _row_filter(store: ActivationStore, labels, token_types):
     return keep
 
 
-def _prefetched(produce, depth: int) -> Iterator[Any]:
-    """Run ``produce(put)`` on a daemon thread; yield what it puts. Stops the thread when the consumer
-    stops early, and re-raises the producer's exception in the consumer."""
-    q: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
+def prefetched(source: Iterator[Any], depth: int) -> Iterator[Any]:
+    """Iterate ``source`` on a background thread, ``depth`` items ahead (SAELens' PrefetchingIterator).
 
-    def put(item: Any) -> None:
-        while not stop.is_set():
-            try:
-                q.put(item, timeout=0.1)
-                return
-            except queue.Full:
-                continue
-        raise _Stopped
-
-    def run() -> None:
-        try:
-            produce(put)
-            put(_DONE)
-        except _Stopped:
-            pass
-        except BaseException as exc:  # handed to the consumer, which re-raises it
-            with contextlib.suppress(_Stopped):
-                put(exc)
-
-    thread = threading.Thread(target=run, name="vsl-shuffle-prefetch", daemon=True)
-    thread.start()
+    Exceptions of the source are re-raised here; when the consumer stops early, the thread is stopped
+    and the source closed (its ``finally`` blocks run).
+    """
+    ahead = PrefetchingIterator(source, prefetch=depth)
     try:
-        while True:
-            item = q.get()
-            if item is _DONE:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
+        yield from ahead
     finally:
-        stop.set()
-        thread.join(timeout=5)
-
-
-class _Stopped(Exception):
-    pass
+        ahead.close()
+        if hasattr(source, "close"):
+            source.close()
