@@ -10,11 +10,7 @@ import pytest
 import torch
 
 from vision_sae_lens.backbones.layout import TokenLayout
-
-try:
-    from vision_sae_lens.store import StoreWriter
-except ImportError:
-    from vision_sae_lens.store.writer import StoreWriter
+from vision_sae_lens.store import StoreWriter
 
 # Tiny tensors: more intra-op threads only contend with the prefetch threads on a shared 2-core box.
 torch.set_num_threads(1)

@@ -9,7 +9,6 @@ thread (SAELens' ``PrefetchingIterator``) reads the next batches while the SAEs 
 
 from __future__ import annotations
 
-import inspect
 import itertools
 import logging
 from collections.abc import Iterator
@@ -30,10 +29,7 @@ def open_store(store: Any) -> Any:
     """An ``ActivationStore`` from a path; an object that already looks like a store is returned as is."""
     if hasattr(store, "shuffled") and hasattr(store, "ordered"):
         return store
-    try:
-        from vision_sae_lens.store import ActivationStore
-    except ImportError:  # older layout of the store package
-        from vision_sae_lens.store.reader import ActivationStore
+    from vision_sae_lens.store import ActivationStore
 
     path = Path(store)
     if not path.exists():
@@ -53,14 +49,7 @@ def store_key(store: Any) -> str:
 
 def site_width(store: Any, site: str) -> int:
     """Width (d_in) of a site's rows in the store."""
-    for attr in ("site_dim", "d_in"):
-        fn = getattr(store, attr, None)
-        if callable(fn):
-            return int(fn(site))
-    dims = (getattr(store, "metadata", None) or {}).get("site_dims") if hasattr(store, "metadata") else None
-    if isinstance(dims, dict) and site in dims:
-        return int(dims[site])
-    return int(store.d_model)
+    return int(store.site_dim(site))
 
 
 def check_store_for(store: Any, site: str, d_in: int, name: str) -> None:
@@ -115,22 +104,22 @@ def batch_stream(
 ) -> Iterator[torch.Tensor]:
     """Endless (batch_size, d_in) float32 batches over rows ``[0, stop_row)``, epoch after epoch.
 
-    ``skip_batches`` resumes the stream after that many batches: whole epochs are skipped without
-    reading; inside an epoch the store skips for us when its ``shuffled`` takes ``skip_batches``,
-    else the batches are read and dropped.
+    ``skip_batches`` resumes the stream after that many batches without reading them (whole epochs
+    are skipped here, the rest by ``shuffled``).
     """
     per_epoch = stop_row // batch_size
     first_epoch, skip_in_epoch = divmod(skip_batches, per_epoch)
-    store_skips = "skip_batches" in inspect.signature(store.shuffled).parameters
     for epoch in itertools.count(first_epoch):
-        kwargs: dict[str, Any] = dict(seed=seed + epoch * _EPOCH_SEED_STRIDE, start_row=0, stop_row=stop_row)
-        skip = skip_in_epoch if epoch == first_epoch else 0
-        if store_skips and skip:
-            kwargs["skip_batches"], skip = skip, 0
         if epoch > 0:
             logger.info("starting epoch %d over the %d training rows of %s", epoch + 1, stop_row, site)
-        batches = store.shuffled(site, batch_size, epochs=1, drop_last=True, **kwargs)
-        yield from itertools.islice(batches, skip, None)
+        yield from store.shuffled(
+            site,
+            batch_size,
+            seed=seed + epoch * _EPOCH_SEED_STRIDE,
+            stop_row=stop_row,
+            drop_last=True,
+            skip_batches=skip_in_epoch if epoch == first_epoch else 0,
+        )
 
 
 def estimation_batches(
@@ -155,18 +144,4 @@ def check_finite_batch(batch: torch.Tensor, *, step: int, site: str) -> None:
 
 def store_preprocessing(store: Any) -> dict:
     """The backbone preprocessing recorded with the store (empty when unknown)."""
-    meta = getattr(store, "metadata", None) or {}
-    for value in (
-        getattr(store, "preprocessing", None),
-        meta.get("preprocessing"),
-        (meta.get("backbone") or {}).get("preprocessing") if isinstance(meta.get("backbone"), dict) else None,
-    ):
-        if value:
-            return dict(value)
-    return {}
-
-
-def store_dataset(store: Any) -> dict:
-    """The dataset description recorded with the store (empty when unknown)."""
-    value = getattr(store, "dataset", None) or (getattr(store, "metadata", None) or {}).get("dataset")
-    return dict(value) if isinstance(value, dict) else ({"description": str(value)} if value else {})
+    return dict(store.metadata.get("preprocessing") or {})

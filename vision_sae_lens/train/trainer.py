@@ -46,7 +46,6 @@ from vision_sae_lens.train.feed import (
     estimation_batches,
     open_store,
     split_rows,
-    store_dataset,
     store_preprocessing,
 )
 from vision_sae_lens.train.plots import plot_sweep
@@ -368,7 +367,7 @@ class _GroupTrainer:
             tokens=str(store.tokens),
             layout=store.layout,
             preprocessing=store_preprocessing(store),
-            dataset=store_dataset(store),
+            dataset=store.dataset,
             store_fingerprint=self.fingerprint or None,
             training_tokens=int(m.trainer.n_training_samples),
         )
