@@ -42,6 +42,11 @@ def test_browser_files_link_up(browser_site):
     assert len(data["latents"]) == sae.cfg.d_sae
     pages = [r for r in data["latents"] if r["page"]]
     assert len(pages) == 6
+    # Pages go to the latents that fire on the most images.
+    paged = {r["id"] for r in pages}
+    assert min(r["img_freq"] for r in pages) >= max(
+        r["img_freq"] for r in data["latents"] if r["id"] not in paged
+    )
     assert all(r["label"] in (None, "class0", "class1", "class2") for r in data["latents"])
     for row in pages:
         html = (index.parent / row["page"]).read_text()

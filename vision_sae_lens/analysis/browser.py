@@ -54,7 +54,7 @@ def build_browser(
 
     ``images``: the store's images (anything ``data.open_images`` takes); default: re-opened from the
     store's dataset description when possible (demo and Hugging Face datasets), else heatmaps are drawn
-    on a blank canvas. ``latents``: which latents get a page (default: the first ``max_pages`` that fire).
+    on a blank canvas. ``latents``: which latents get a page (default: the ``max_pages`` that fire on the most images).
     """
     out = Path(out_dir)
     for sub in ("assets", "data", "latents", "img"):
@@ -120,8 +120,10 @@ class _Context:
 def _pick_pages(sae: Any, stats: FeatureStats, latents: Any, max_pages: int) -> list[int]:
     if latents is not None:
         return check_latents(sae, latents).tolist()
-    alive = (~stats.dead).nonzero().flatten().tolist()
-    return alive[:max_pages]
+    # Most images first: those pages have the most to show; ties keep latent order.
+    alive = (~stats.dead).nonzero().flatten()
+    order = torch.sort(stats.image_frequency[alive], descending=True, stable=True).indices
+    return sorted(alive[order[:max_pages]].tolist())
 
 
 def _image_source(store: Any, images: Any) -> Any:
