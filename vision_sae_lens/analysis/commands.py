@@ -34,7 +34,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--by", choices=("max", "mean"), default="max", help="rank images by max or mean activation"
     )
     parser.add_argument(
-        "--latents", metavar="IDS", help="comma-separated latents to give pages (default: those firing on the most images)"
+        "--latents",
+        metavar="IDS",
+        help="comma-separated latents to give pages (default: those firing on the most images)",
     )
     parser.add_argument("--max-pages", type=int, default=200, help="latent pages when --latents is not given")
     parser.add_argument("--batch-size", type=int, default=4096, help="store rows per batch")
