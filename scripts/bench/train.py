@@ -58,13 +58,27 @@ class InMemoryStore:
     def site_dim(self, site):
         return self.rows_nd.shape[1]
 
-    def shuffled(self, site, batch_size, *, seed=0, start_row=0, stop_row=None, epochs=1, drop_last=True):
+    def shuffled(
+        self,
+        site,
+        batch_size,
+        *,
+        seed=0,
+        start_row=0,
+        stop_row=None,
+        epochs=1,
+        drop_last=True,
+        skip_batches=0,
+    ):
         stop = self.n_rows if stop_row is None else stop_row
         g = torch.Generator().manual_seed(seed)
+        n = 0
         for _ in range(epochs):
             perm = torch.randperm(stop - start_row, generator=g) + start_row
             for i in range(0, len(perm) - batch_size + 1, batch_size):
-                yield self.rows_nd[perm[i : i + batch_size]]
+                if n >= skip_batches:
+                    yield self.rows_nd[perm[i : i + batch_size]]
+                n += 1
 
     def ordered(self, site, batch_size, *, start_row=0, stop_row=None):
         return self._store.ordered(site, batch_size, start_row=start_row, stop_row=stop_row)
