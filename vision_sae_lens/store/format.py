@@ -120,14 +120,6 @@ def to_storage(acts_nd: torch.Tensor, dtype: str) -> np.ndarray:
     return arr.view(NUMPY_STORAGE[dtype]) if dtype == "bfloat16" else arr
 
 
-def from_storage(arr: np.ndarray, dtype: str) -> torch.Tensor:
-    """Stored rows (numpy, storage dtype) -> a float32 torch tensor (copies)."""
-    # np.array copies: a tensor must never alias a read-only memory map.
-    if dtype == "bfloat16":
-        return torch.from_numpy(np.array(arr).view(np.int16)).view(torch.bfloat16).float()
-    return torch.from_numpy(np.array(arr)).float()
-
-
 def as_torch(arr: np.ndarray, dtype: str) -> torch.Tensor:
     """A torch view (no copy) of writable storage-dtype rows; bf16 bit patterns become bfloat16."""
     if dtype == "bfloat16":

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import bisect
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -134,7 +134,8 @@ class ActivationStore:
     # ----------------------------------------------------------------------------------- reading
     def read_rows(self, site: str, start: int, stop: int) -> torch.Tensor:
         """Rows ``start..stop-1`` of ``site`` as a float32 (n, d) tensor."""
-        return fmt.from_storage(self.read_raw(site, start, stop), self.dtype)
+        # read_raw returns a fresh array, so viewing it and converting once is safe (no memmap alias).
+        return fmt.as_torch(self.read_raw(site, start, stop), self.dtype).float()
 
     def read_raw(self, site: str, start: int, stop: int) -> np.ndarray:
         """Rows ``start..stop-1`` of ``site`` in the storage dtype (bf16 as uint16), a new array."""
@@ -330,7 +331,3 @@ class ActivationStore:
             yield filled, self._map(key, pos, width, dtype)[lo : lo + take]
             filled += take
             pos += 1
-
-    def shard_spans(self) -> Sequence[tuple[int, int]]:
-        """``(row_start, row_stop)`` of every non-empty shard."""
-        return [(s["row_start"], s["row_start"] + s["n_rows"]) for s in self.shards]
