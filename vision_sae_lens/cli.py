@@ -17,15 +17,28 @@ STAGES = ("backbones", "store", "train", "hub", "analysis", "demo")
 
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser with every stage's sub-commands."""
+    from vision_sae_lens import __version__
+
     parser = argparse.ArgumentParser(
         prog="vision-sae-lens",
         description="SAELens for vision transformers: record activations, train, publish and analyse SAEs.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for stage in STAGES:
         importlib.import_module(f"vision_sae_lens.{stage}.commands").register(subparsers)
+    _show_defaults(parser)
     return parser
+
+
+def _show_defaults(parser: argparse.ArgumentParser) -> None:
+    """Every (sub-)command's ``--help`` shows the defaults, whichever stage registered it."""
+    parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _show_defaults(sub)
 
 
 def main(argv: list[str] | None = None) -> int:

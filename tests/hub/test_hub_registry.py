@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import pytest
+import sae_lens.loading.pretrained_sae_loaders as loaders_module
+import sae_lens.loading.pretrained_saes_directory as directory_module
+import sae_lens.saes.sae as sae_module
 import torch
 from sae_lens import SAE
 from sae_lens.loading.pretrained_sae_loaders import NAMED_PRETRAINED_SAE_LOADERS
-from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
 from saev_fixtures import header_for, make_weights, saev_forward_latents, write_saev
 
 import vision_sae_lens.hub as hub_api
 from vision_sae_lens.errors import HubError
-from vision_sae_lens.hub.registry import SAEV_CONVERSION
+from vision_sae_lens.hub.wiring import SAEV_CONVERSION
 
 CLIP = "saev-clip-vit-b-16-in1k"
 
@@ -26,21 +31,41 @@ def test_register_is_idempotent_and_survives_cache_clear():
     snapshot = dict(get_pretrained_saes_directory())
     assert hub_api.register_vision_releases() == names
     assert dict(get_pretrained_saes_directory()).keys() == snapshot.keys()
-    get_pretrained_saes_directory.cache_clear()
-    assert CLIP not in get_pretrained_saes_directory()
-    hub_api.register_vision_releases()
-    assert get_pretrained_saes_directory()[CLIP].conversion_func == SAEV_CONVERSION
+    directory_module.get_pretrained_saes_directory.cache_clear()
+    # Every module of SAELens that reads the directory sees the releases, also after cache_clear().
+    assert directory_module.get_pretrained_saes_directory()[CLIP].conversion_func == SAEV_CONVERSION
+    assert sae_module.get_pretrained_saes_directory()[CLIP].repo_id == snapshot[CLIP].repo_id
+    assert loaders_module.get_pretrained_saes_directory is directory_module.get_pretrained_saes_directory
     assert SAEV_CONVERSION in NAMED_PRETRAINED_SAE_LOADERS
 
 
+def test_importing_the_package_wires_sae_lens_lazily():
+    """A fresh interpreter: the import hook wires SAELens only once SAELens itself is imported."""
+    code = (
+        "import sys, vision_sae_lens\n"
+        "assert 'sae_lens' not in sys.modules, 'import vision_sae_lens imported sae_lens'\n"
+        "from sae_lens import SAE\n"
+        "from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory as g\n"
+        f"assert {CLIP!r} in g()\n"
+        "g.cache_clear()\n"
+        f"assert {CLIP!r} in g()\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+
+
+def get_pretrained_saes_directory():
+    return directory_module.get_pretrained_saes_directory()
+
+
 def test_saelens_own_releases_untouched():
-    get_pretrained_saes_directory.cache_clear()
-    before = {k: repr(v) for k, v in get_pretrained_saes_directory().items()}
+    directory_module.get_pretrained_saes_directory.cache_clear()
+    ours = {r["release"] for r in hub_api.list_vision_releases()}
+    before = {k: repr(v) for k, v in get_pretrained_saes_directory().items() if k not in ours}
     loaders_before = {k: v for k, v in NAMED_PRETRAINED_SAE_LOADERS.items() if k != SAEV_CONVERSION}
     hub_api.register_vision_releases()
     after = get_pretrained_saes_directory()
     assert all(repr(after[k]) == v for k, v in before.items())
-    assert set(after) - set(before) == {r["release"] for r in hub_api.list_vision_releases()}
+    assert set(after) - set(before) == ours
     assert {k: v for k, v in NAMED_PRETRAINED_SAE_LOADERS.items() if k != SAEV_CONVERSION} == loaders_before
 
 

@@ -9,12 +9,9 @@
 - :func:`build_browser`: a static HTML feature browser (``vision-sae-lens analyze``).
 """
 
-from vision_sae_lens.analysis.browser import build_browser
-from vision_sae_lens.analysis.geometry import InputGeometry, grid_to_image, input_geometry, overlay
-from vision_sae_lens.analysis.images import ImageFeatures, decode, encode_images, heatmap, heatmap_array
-from vision_sae_lens.analysis.interventions import InterventionResult, ablate, edit_latents, steer
-from vision_sae_lens.analysis.stats import FeatureStats, feature_stats
-from vision_sae_lens.analysis.topk import TopActivations, top_activating
+from typing import TYPE_CHECKING
+
+from vision_sae_lens._lazy import lazy_exports
 
 __all__ = [
     "encode_images",
@@ -36,3 +33,35 @@ __all__ = [
     "grid_to_image",
     "overlay",
 ]
+
+if TYPE_CHECKING:
+    from vision_sae_lens.analysis.browser import build_browser
+    from vision_sae_lens.analysis.geometry import InputGeometry, grid_to_image, input_geometry, overlay
+    from vision_sae_lens.analysis.images import ImageFeatures, decode, encode_images, heatmap, heatmap_array
+    from vision_sae_lens.analysis.interventions import InterventionResult, ablate, edit_latents, steer
+    from vision_sae_lens.analysis.stats import FeatureStats, feature_stats
+    from vision_sae_lens.analysis.topk import TopActivations, top_activating
+
+__getattr__, __dir__ = lazy_exports(
+    globals(),
+    {
+        "encode_images": "vision_sae_lens.analysis.images",
+        "decode": "vision_sae_lens.analysis.images",
+        "heatmap": "vision_sae_lens.analysis.images",
+        "heatmap_array": "vision_sae_lens.analysis.images",
+        "top_activating": "vision_sae_lens.analysis.topk",
+        "feature_stats": "vision_sae_lens.analysis.stats",
+        "ablate": "vision_sae_lens.analysis.interventions",
+        "steer": "vision_sae_lens.analysis.interventions",
+        "edit_latents": "vision_sae_lens.analysis.interventions",
+        "build_browser": "vision_sae_lens.analysis.browser",
+        "ImageFeatures": "vision_sae_lens.analysis.images",
+        "TopActivations": "vision_sae_lens.analysis.topk",
+        "FeatureStats": "vision_sae_lens.analysis.stats",
+        "InterventionResult": "vision_sae_lens.analysis.interventions",
+        "InputGeometry": "vision_sae_lens.analysis.geometry",
+        "input_geometry": "vision_sae_lens.analysis.geometry",
+        "grid_to_image": "vision_sae_lens.analysis.geometry",
+        "overlay": "vision_sae_lens.analysis.geometry",
+    },
+)

@@ -1,9 +1,8 @@
 """Hooked vision backbones: timm, open_clip and transformers ViTs with TransformerLens hook points."""
 
-from vision_sae_lens.backbones.hooked import HookedSAEViT
-from vision_sae_lens.backbones.layout import TOKEN_SELECTIONS, TokenLayout, TokenSelection
-from vision_sae_lens.backbones.registry import list_backbones, load_backbone_spec
-from vision_sae_lens.backbones.spec import BackboneSpec, BlockSites, ModuleSite
+from typing import TYPE_CHECKING
+
+from vision_sae_lens._lazy import lazy_exports
 
 __all__ = [
     "HookedSAEViT",
@@ -16,3 +15,24 @@ __all__ = [
     "BlockSites",
     "ModuleSite",
 ]
+
+if TYPE_CHECKING:
+    from vision_sae_lens.backbones.hooked import HookedSAEViT
+    from vision_sae_lens.backbones.layout import TOKEN_SELECTIONS, TokenLayout, TokenSelection
+    from vision_sae_lens.backbones.registry import list_backbones, load_backbone_spec
+    from vision_sae_lens.backbones.spec import BackboneSpec, BlockSites, ModuleSite
+
+__getattr__, __dir__ = lazy_exports(
+    globals(),
+    {
+        "HookedSAEViT": "vision_sae_lens.backbones.hooked",
+        "TokenLayout": "vision_sae_lens.backbones.layout",
+        "TokenSelection": "vision_sae_lens.backbones.layout",
+        "TOKEN_SELECTIONS": "vision_sae_lens.backbones.layout",
+        "list_backbones": "vision_sae_lens.backbones.registry",
+        "load_backbone_spec": "vision_sae_lens.backbones.registry",
+        "BackboneSpec": "vision_sae_lens.backbones.spec",
+        "BlockSites": "vision_sae_lens.backbones.spec",
+        "ModuleSite": "vision_sae_lens.backbones.spec",
+    },
+)

@@ -4,19 +4,9 @@
 ``label_names``, ``description``); the backbone's own preprocessing is applied later by the recorder.
 """
 
-from vision_sae_lens.data.sources import (
-    GenericSource,
-    HFSource,
-    ImageFolder,
-    ImageSource,
-    PathList,
-    PILList,
-    StreamingHFSource,
-    Subset,
-    open_images,
-    read_image,
-    to_standard_mode,
-)
+from typing import TYPE_CHECKING
+
+from vision_sae_lens._lazy import lazy_exports
 
 __all__ = [
     "ImageSource",
@@ -31,3 +21,35 @@ __all__ = [
     "read_image",
     "to_standard_mode",
 ]
+
+if TYPE_CHECKING:
+    from vision_sae_lens.data.sources import (
+        GenericSource,
+        HFSource,
+        ImageFolder,
+        ImageSource,
+        PathList,
+        PILList,
+        StreamingHFSource,
+        Subset,
+        open_images,
+        read_image,
+        to_standard_mode,
+    )
+
+__getattr__, __dir__ = lazy_exports(
+    globals(),
+    {
+        "ImageSource": "vision_sae_lens.data.sources",
+        "open_images": "vision_sae_lens.data.sources",
+        "ImageFolder": "vision_sae_lens.data.sources",
+        "PathList": "vision_sae_lens.data.sources",
+        "PILList": "vision_sae_lens.data.sources",
+        "HFSource": "vision_sae_lens.data.sources",
+        "StreamingHFSource": "vision_sae_lens.data.sources",
+        "GenericSource": "vision_sae_lens.data.sources",
+        "Subset": "vision_sae_lens.data.sources",
+        "read_image": "vision_sae_lens.data.sources",
+        "to_standard_mode": "vision_sae_lens.data.sources",
+    },
+)

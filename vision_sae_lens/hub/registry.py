@@ -1,12 +1,8 @@
-"""The vision release registry: a YAML file shipped with the package, registered into SAELens.
+"""The vision release registry: the data of a YAML file shipped with the package (and any the user adds).
 
-SAELens resolves ``SAE.from_pretrained(release, sae_id)`` through two seams: the cached directory
-``get_pretrained_saes_directory()`` (release -> repo, ids -> folders, conversion function name) and
-the name -> loader tables ``NAMED_PRETRAINED_SAE_LOADERS`` / ``NAMED_PRETRAINED_SAE_CONFIG_GETTERS``.
-:func:`register_vision_releases` adds our releases to the first and our converters to the second,
-under names SAELens does not use, so SAELens' own releases behave exactly as before. SAELens'
-``get_pretrained_saes_directory.cache_clear()`` drops added releases; calling the function again
-puts them back (it is idempotent and cheap: yaml + a dict update).
+This module only reads and answers questions about releases (:func:`get_vision_release`,
+:func:`find_release`, :func:`list_vision_releases`); it imports neither SAELens nor a converter.
+Putting the releases into SAELens' own directory is :mod:`vision_sae_lens.hub.wiring`'s job.
 """
 
 from __future__ import annotations
@@ -17,11 +13,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-import yaml
-from sae_lens.loading import pretrained_sae_loaders as _loaders
-from sae_lens.loading.pretrained_saes_directory import PretrainedSAELookup, get_pretrained_saes_directory
-
-from vision_sae_lens.errors import HubError
+from vision_sae_lens.errors import HubError, close_matches
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +22,7 @@ SAEV_CONVERSION = "vision_sae_lens.saev"
 
 _RELEASES: dict[str, VisionRelease] = {}
 _SHIPPED_LOADED = False
+_SHIPPED_FILE = "vision_releases.yaml"
 
 
 @dataclass(frozen=True)
@@ -71,51 +64,44 @@ class VisionRelease:
         return None
 
 
-def register_vision_releases(path: str | Path | None = None) -> list[str]:
-    """Register the vision releases (the shipped YAML, or ``path``) with SAELens; returns their names.
-
-    Idempotent; call it again after ``get_pretrained_saes_directory.cache_clear()``. Releases whose
-    name SAELens already knows (one of its own) are skipped with a warning, never replaced.
-    """
+def vision_releases() -> dict[str, VisionRelease]:
+    """Every known vision release by name: the shipped ones, then any added with :func:`add_releases`."""
     global _SHIPPED_LOADED
     if not _SHIPPED_LOADED:
-        _RELEASES.update(
-            _read_releases(files("vision_sae_lens.hub").joinpath("vision_releases.yaml").read_text())
-        )
+        shipped = _read_releases(files("vision_sae_lens.hub").joinpath(_SHIPPED_FILE).read_text())
+        _RELEASES.update({k: v for k, v in shipped.items() if k not in _RELEASES})
         _SHIPPED_LOADED = True
-    if path is not None:
-        _RELEASES.update(_read_releases(Path(path).read_text()))
-    _register_loaders()
-    directory = get_pretrained_saes_directory()
-    names = []
-    for release in _RELEASES.values():
-        existing = directory.get(release.name)
-        if existing is not None and not _is_ours(existing):
-            logger.warning("SAELens already has a release named %r; keeping SAELens' entry.", release.name)
-            continue
-        directory[release.name] = _to_lookup(release)
-        names.append(release.name)
-    return names
+    return _RELEASES
+
+
+def add_releases(path: str | Path) -> list[str]:
+    """Add the releases of a YAML file in the shipped file's format; returns their names."""
+    added = _read_releases(Path(path).read_text())
+    vision_releases().update(added)
+    return list(added)
 
 
 def get_vision_release(name: str) -> VisionRelease:
-    """A registered vision release by name (HubError with close matches when unknown)."""
-    from vision_sae_lens.errors import close_matches
-
-    if not _RELEASES:
-        register_vision_releases()
-    if name not in _RELEASES:
+    """A known vision release by name (HubError with close matches when unknown)."""
+    releases = vision_releases()
+    if name not in releases:
         raise HubError(
-            f"unknown vision release {name!r}.{close_matches(name, _RELEASES)} See list_vision_releases()."
+            f"unknown vision release {name!r}.{close_matches(name, releases)} See list_vision_releases()."
         )
-    return _RELEASES[name]
+    return releases[name]
+
+
+def release_for(source: str) -> VisionRelease | None:
+    """The release named ``source``, or the one published in Hub repo ``source``; None if neither."""
+    releases = vision_releases()
+    if source in releases:
+        return releases[source]
+    return next((r for r in releases.values() if r.repo_id == source), None)
 
 
 def find_release(repo_id: str, folder: str) -> tuple[VisionRelease, dict[str, Any]] | None:
-    """The registered release and SAE entry stored at ``repo_id``/``folder`` (None if not ours)."""
-    if not _RELEASES:
-        register_vision_releases()
-    for release in _RELEASES.values():
+    """The release and SAE entry stored at ``repo_id``/``folder`` (None if not ours)."""
+    for release in vision_releases().values():
         if release.repo_id == repo_id:
             entry = release.locate(folder)
             if entry is not None:
@@ -128,10 +114,8 @@ def list_vision_releases() -> list[dict[str, Any]]:
 
     The rows print well with ``pandas.DataFrame(rows)``; ``vision-sae-lens releases`` prints them.
     """
-    if not _RELEASES:
-        register_vision_releases()
     rows = []
-    for release in _RELEASES.values():
+    for release in vision_releases().values():
         for entry in release.saes:
             rows.append(
                 {
@@ -180,6 +164,8 @@ def format_release_table(rows: list[dict[str, Any]]) -> str:
 
 
 def _read_releases(text: str) -> dict[str, VisionRelease]:
+    import yaml  # only when releases are first read: keeps `import vision_sae_lens` cheap
+
     data = yaml.safe_load(text) or {}
     releases = {}
     known = {"repo_id", "model", "conversion_func", "source", "vision", "saes", "manifest"}
@@ -199,33 +185,3 @@ def _read_releases(text: str) -> dict[str, VisionRelease]:
             extra={k: v for k, v in value.items() if k not in known},
         )
     return releases
-
-
-def _to_lookup(release: VisionRelease) -> PretrainedSAELookup:
-    saes_map = {e["id"]: str(e.get("path", "")) for e in release.saes}
-    return PretrainedSAELookup(
-        release=release.name,
-        repo_id=release.repo_id,
-        model=release.model,
-        conversion_func=release.conversion_func,
-        saes_map=saes_map,
-        expected_var_explained={e["id"]: e.get("variance_explained", 1.0) for e in release.saes},
-        expected_l0={e["id"]: e.get("l0", 0.0) for e in release.saes},
-        neuronpedia_id={e["id"]: e.get("neuronpedia") for e in release.saes},
-        norm_scaling_factor={},
-        config_overrides=None,
-    )
-
-
-def _is_ours(lookup: PretrainedSAELookup) -> bool:
-    ours = _RELEASES.get(lookup.release)
-    return ours is not None and ours.repo_id == lookup.repo_id
-
-
-def _register_loaders() -> None:
-    # Imported lazily by the loader itself, so registering stays cheap.
-    if SAEV_CONVERSION not in _loaders.NAMED_PRETRAINED_SAE_LOADERS:
-        from vision_sae_lens.hub import saev_hub
-
-        _loaders.NAMED_PRETRAINED_SAE_LOADERS[SAEV_CONVERSION] = saev_hub.saev_huggingface_loader
-        _loaders.NAMED_PRETRAINED_SAE_CONFIG_GETTERS[SAEV_CONVERSION] = saev_hub.saev_config_from_hf

@@ -20,7 +20,7 @@ from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, 
 
 from vision_sae_lens.backbones.layout import TokenLayout
 from vision_sae_lens.errors import HubError
-from vision_sae_lens.hub.registry import VisionRelease, find_release
+from vision_sae_lens.hub.registry import VisionRelease, find_release, release_for
 from vision_sae_lens.hub.saev import convert_saev_checkpoint, read_saev_checkpoint
 from vision_sae_lens.metadata import VisionFacts
 
@@ -100,10 +100,7 @@ def import_saev(
 def read_saev_manifest(release_or_repo: str) -> list[dict[str, Any]]:
     """The rows of a saev multi-checkpoint repo's ``manifest.jsonl`` (run_id, layer, l0, mse, path),
     each with the ``sae_id`` to pass to ``SAE.from_pretrained``."""
-    from vision_sae_lens.hub.registry import _RELEASES, register_vision_releases
-
-    register_vision_releases()
-    release = _RELEASES.get(release_or_repo)
+    release = release_for(release_or_repo)
     repo_id = release.repo_id if release else release_or_repo
     path = _download(repo_id, "manifest.jsonl")
     rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
@@ -193,8 +190,6 @@ def _download(repo_id: str, filename: str, *, force_download: bool = False) -> s
 
 def _resolve_sources(source: str, sae_ids: list[str] | None):
     """Yield (folder name, local sae.pt path, release or None, entry or None)."""
-    from vision_sae_lens.hub.registry import _RELEASES, register_vision_releases
-
     local = Path(source)
     if local.is_file():
         yield local.parent.name if local.name == SAEV_FILENAME else local.stem, local, None, None
@@ -204,8 +199,7 @@ def _resolve_sources(source: str, sae_ids: list[str] | None):
             rel = path.parent.relative_to(local)
             yield (str(rel).replace("/", "__") if str(rel) != "." else local.name), path, None, None
         return
-    register_vision_releases()
-    release = _RELEASES.get(source) or next((r for r in _RELEASES.values() if r.repo_id == source), None)
+    release = release_for(source)
     if release is None:
         if "/" not in source:
             raise HubError(f"{source!r} is neither a file, a directory, a registered release nor a repo id.")

@@ -6,9 +6,31 @@ with provenance, ``verify()`` for checksums. ``StoreWriter`` builds a store from
 The format is specified in docs/shard_format.md.
 """
 
-from vision_sae_lens.store.format import FORMAT_VERSION
-from vision_sae_lens.store.reader import ActivationStore, Rows
-from vision_sae_lens.store.recorder import cache_activations
-from vision_sae_lens.store.writer import StoreWriter
+from typing import TYPE_CHECKING
 
-__all__ = ["ActivationStore", "Rows", "StoreWriter", "cache_activations", "FORMAT_VERSION"]
+from vision_sae_lens._lazy import lazy_exports
+
+__all__ = [
+    "ActivationStore",
+    "Rows",
+    "StoreWriter",
+    "cache_activations",
+    "FORMAT_VERSION",
+]
+
+if TYPE_CHECKING:
+    from vision_sae_lens.store.format import FORMAT_VERSION
+    from vision_sae_lens.store.reader import ActivationStore, Rows
+    from vision_sae_lens.store.recorder import cache_activations
+    from vision_sae_lens.store.writer import StoreWriter
+
+__getattr__, __dir__ = lazy_exports(
+    globals(),
+    {
+        "ActivationStore": "vision_sae_lens.store.reader",
+        "Rows": "vision_sae_lens.store.reader",
+        "StoreWriter": "vision_sae_lens.store.writer",
+        "cache_activations": "vision_sae_lens.store.recorder",
+        "FORMAT_VERSION": "vision_sae_lens.store.format",
+    },
+)

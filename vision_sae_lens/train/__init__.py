@@ -5,11 +5,9 @@ facts in ``cfg.json`` metadata, ``eval.json`` beside them); ``evaluate_sae`` mea
 store rows and, given a backbone and images, how much of the model's behaviour survives splicing.
 """
 
-from vision_sae_lens.train.config import TrainConfig, build_sae_config, training_architectures
-from vision_sae_lens.train.downstream import measure_downstream
-from vision_sae_lens.train.evaluate import evaluate_sae
-from vision_sae_lens.train.sweep import load_sweep
-from vision_sae_lens.train.trainer import TrainRun, train_sae
+from typing import TYPE_CHECKING
+
+from vision_sae_lens._lazy import lazy_exports
 
 __all__ = [
     "TrainConfig",
@@ -21,3 +19,24 @@ __all__ = [
     "build_sae_config",
     "training_architectures",
 ]
+
+if TYPE_CHECKING:
+    from vision_sae_lens.train.config import TrainConfig, build_sae_config, training_architectures
+    from vision_sae_lens.train.downstream import measure_downstream
+    from vision_sae_lens.train.evaluate import evaluate_sae
+    from vision_sae_lens.train.sweep import load_sweep
+    from vision_sae_lens.train.trainer import TrainRun, train_sae
+
+__getattr__, __dir__ = lazy_exports(
+    globals(),
+    {
+        "TrainConfig": "vision_sae_lens.train.config",
+        "TrainRun": "vision_sae_lens.train.trainer",
+        "train_sae": "vision_sae_lens.train.trainer",
+        "evaluate_sae": "vision_sae_lens.train.evaluate",
+        "measure_downstream": "vision_sae_lens.train.downstream",
+        "load_sweep": "vision_sae_lens.train.sweep",
+        "build_sae_config": "vision_sae_lens.train.config",
+        "training_architectures": "vision_sae_lens.train.config",
+    },
+)

@@ -1,0 +1,155 @@
+"""The vision releases inside SAELens' own pretrained-SAE directory, whenever SAELens reads it.
+
+SAELens resolves ``SAE.from_pretrained(release, sae_id)`` through two seams: the cached directory
+``get_pretrained_saes_directory()`` (release -> repo, ids -> folders, conversion function name) and
+the name -> loader tables ``NAMED_PRETRAINED_SAE_LOADERS`` / ``NAMED_PRETRAINED_SAE_CONFIG_GETTERS``.
+We wrap the directory getter (in every SAELens module that holds it) so that our releases are added
+to whatever directory it returns, also after ``cache_clear()``; we add our converter to the loader
+tables under a name SAELens does not use. SAELens' own releases are never replaced.
+
+Importing ``vision_sae_lens`` must not import SAELens (it is what makes start-up slow), so
+:func:`register_when_sae_lens_loads` only installs an import hook: the wiring happens right after
+``sae_lens`` itself is imported, or at once if it already is.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.abc
+import importlib.util
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from vision_sae_lens.hub.registry import VisionRelease, add_releases, vision_releases
+
+logger = logging.getLogger(__name__)
+
+SAEV_CONVERSION = "vision_sae_lens.saev"
+"""Name of the saev converter in SAELens' named-loader tables."""
+
+_MARK = "_vision_sae_lens_wrapped"
+_WARNED: set[str] = set()
+
+
+def register_vision_releases(path: str | None = None) -> list[str]:
+    """Put the vision releases (the shipped ones, plus those of the YAML file ``path``) into SAELens.
+
+    Returns the names registered. Idempotent; the releases stay registered after SAELens'
+    ``get_pretrained_saes_directory.cache_clear()``. A release whose name SAELens already uses for
+    one of its own is skipped with a warning, never replaced.
+    """
+    if path is not None:
+        add_releases(path)
+    _wire_sae_lens()
+    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+
+    directory = get_pretrained_saes_directory()
+    return [name for name in vision_releases() if _is_ours(directory.get(name), vision_releases()[name])]
+
+
+def register_when_sae_lens_loads() -> None:
+    """Wire the releases into SAELens now if it is imported, else right after its import (cheap)."""
+    if "sae_lens" in sys.modules:
+        _wire_sae_lens()
+    elif not any(isinstance(f, _AfterImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, _AfterImport("sae_lens", _wire_sae_lens))
+
+
+# --- the SAELens seams -----------------------------------------------------------------------------
+
+
+def _wire_sae_lens() -> None:
+    import sae_lens.loading.pretrained_sae_loaders as loaders
+    import sae_lens.loading.pretrained_saes_directory as directory_module
+
+    loaders.NAMED_PRETRAINED_SAE_LOADERS.setdefault(SAEV_CONVERSION, _saev_loader)
+    loaders.NAMED_PRETRAINED_SAE_CONFIG_GETTERS.setdefault(SAEV_CONVERSION, _saev_config_getter)
+    original = directory_module.get_pretrained_saes_directory
+    if getattr(original, _MARK, False):
+        return
+
+    @functools.wraps(original)
+    def get_directory_with_vision_releases() -> dict[str, Any]:
+        directory = original()
+        _add_releases(directory)
+        return directory
+
+    get_directory_with_vision_releases.cache_clear = original.cache_clear  # type: ignore[attr-defined]
+    setattr(get_directory_with_vision_releases, _MARK, True)
+    # Modules that did `from ... import get_pretrained_saes_directory` hold their own reference.
+    for name, module in list(sys.modules.items()):
+        if name == "sae_lens" or name.startswith("sae_lens."):
+            for attr, value in list(vars(module).items()):
+                if value is original:
+                    setattr(module, attr, get_directory_with_vision_releases)
+
+
+def _add_releases(directory: dict[str, Any]) -> None:
+    from sae_lens.loading.pretrained_saes_directory import PretrainedSAELookup
+
+    for release in vision_releases().values():
+        existing = directory.get(release.name)
+        if existing is None:
+            directory[release.name] = _to_lookup(release, PretrainedSAELookup)
+        elif not _is_ours(existing, release) and release.name not in _WARNED:
+            logger.warning("SAELens already has a release named %r; keeping SAELens' entry.", release.name)
+            _WARNED.add(release.name)
+
+
+def _to_lookup(release: VisionRelease, lookup_class: type) -> Any:
+    return lookup_class(
+        release=release.name,
+        repo_id=release.repo_id,
+        model=release.model,
+        conversion_func=release.conversion_func,
+        saes_map={e["id"]: str(e.get("path", "")) for e in release.saes},
+        expected_var_explained={e["id"]: e.get("variance_explained", 1.0) for e in release.saes},
+        expected_l0={e["id"]: e.get("l0", 0.0) for e in release.saes},
+        neuronpedia_id={e["id"]: e.get("neuronpedia") for e in release.saes},
+        norm_scaling_factor={},
+        config_overrides=None,
+    )
+
+
+def _is_ours(lookup: Any, release: VisionRelease) -> bool:
+    return lookup is not None and lookup.repo_id == release.repo_id and lookup.model == release.model
+
+
+# The converter loads on first use: wiring stays cheap and the registry never imports a converter.
+def _saev_loader(**kwargs: Any) -> Any:
+    from vision_sae_lens.hub.saev_hub import saev_huggingface_loader
+
+    return saev_huggingface_loader(**kwargs)
+
+
+def _saev_config_getter(**kwargs: Any) -> Any:
+    from vision_sae_lens.hub.saev_hub import saev_config_from_hf
+
+    return saev_config_from_hf(**kwargs)
+
+
+class _AfterImport(importlib.abc.MetaPathFinder):
+    """Runs ``callback`` once, right after the module ``name`` has been imported."""
+
+    def __init__(self, name: str, callback: Callable[[], None]) -> None:
+        self.name = name
+        self.callback = callback
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
+        if fullname != self.name:
+            return None
+        sys.meta_path.remove(self)  # find the real spec with the other finders, and fire only once
+        spec = importlib.util.find_spec(fullname)
+        if spec is None or spec.loader is None:
+            return spec
+        exec_module = spec.loader.exec_module
+        callback = self.callback
+
+        def exec_then_wire(module: Any) -> None:
+            exec_module(module)
+            callback()
+
+        spec.loader.exec_module = exec_then_wire  # type: ignore[method-assign]
+        return spec
