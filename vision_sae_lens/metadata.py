@@ -36,6 +36,9 @@ class VisionFacts:
     """Fingerprint of the activation store the SAE was trained on."""
     training_tokens: int | None = None
     """Number of activation rows (tokens) seen in training."""
+    input_normalization: dict[str, Any] | None = None
+    """The input normalisation of training (``z = (x - mean) * scale``, already folded into the
+    weights; see :mod:`vision_sae_lens.normalization`), or None."""
 
     def __post_init__(self) -> None:
         check_token_selection(self.tokens)
@@ -80,6 +83,7 @@ class VisionFacts:
             dataset=dict(get("dataset") or {}),
             store_fingerprint=get("store_fingerprint"),
             training_tokens=get("training_tokens"),
+            input_normalization=get("input_normalization"),
         )
 
     def to_dict(self) -> dict[str, Any]:

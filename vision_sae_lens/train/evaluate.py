@@ -49,6 +49,7 @@ def evaluate_sae(
     use_error_term: bool = False,
     device: str | None = None,
     out_dir: str | Path | None = None,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Evaluate an SAE (object or SAELens folder) on rows of an activation store.
 
@@ -56,8 +57,10 @@ def evaluate_sae(
     folder's ``train_config.json``, else the last ``max_rows`` rows. ``model`` (a ``HookedSAEViT``)
     and ``images`` add the spliced downstream metric on the first ``n_images`` images.
     A latent is *dead* when it never fires on these rows and *dense* when it fires on more than
-    ``dense_threshold`` of them. Returns the report; writes ``eval.json`` and ``density.png``
-    into ``out_dir`` when given.
+    ``dense_threshold`` of them. Only rows of the SAE's ``metadata.tokens`` count (a patches SAE is
+    not measured on CLS rows). An SAE trained with ``subtract_mean`` / ``scale_norm`` has them folded
+    in, so raw rows go in and the metrics are in raw units. ``progress=False`` hides the bar.
+    Returns the report; writes ``eval.json`` and ``density.png`` into ``out_dir`` when given.
     """
     folder = Path(sae_or_dir) if not isinstance(sae_or_dir, SAE) else None
     sae = SAE.load_from_disk(folder, device=device or "cpu") if folder is not None else sae_or_dir
@@ -73,7 +76,10 @@ def evaluate_sae(
     n_rows = int(store.n_rows)
     start_row, stop_row = _default_rows(folder, n_rows, start_row, stop_row, max_rows)
     stop_row = min(stop_row, start_row + max_rows)
-    recon = _reconstruction(sae, store, site, start_row, stop_row, batch_size, dense_threshold)
+    keep_t = _token_keep(sae, store)
+    recon = _reconstruction(
+        sae, store, site, start_row, stop_row, batch_size, dense_threshold, keep_t=keep_t, progress=progress
+    )
     mean_d = recon.pop("_mean_d")
     report: dict[str, Any] = {
         "site": site,
@@ -82,6 +88,7 @@ def evaluate_sae(
         "d_sae": sae.cfg.d_sae,
         "rows": [start_row, stop_row],
         "store_fingerprint": str(getattr(store, "fingerprint", "")) or None,
+        "tokens": getattr(sae.cfg.metadata, "tokens", None),
         **recon,
     }
     if model is not None and images is not None:
@@ -115,6 +122,14 @@ def _default_rows(folder: Path | None, n_rows: int, start: int | None, stop: int
                 batch_size=1,
             )
             start = split.n_train if split.n_eval else max(0, n_rows - max_rows)
+            if not split.n_eval:
+                logger.warning(
+                    "%s was trained with eval_fraction=0: rows [%d, %d) of the store were training rows, so "
+                    "these metrics are on training data (pass another store, or start_row/stop_row).",
+                    folder,
+                    start,
+                    stop,
+                )
         else:
             start = max(0, stop - max_rows)
     if not 0 <= start < stop:
@@ -122,8 +137,26 @@ def _default_rows(folder: Path | None, n_rows: int, start: int | None, stop: int
     return start, stop
 
 
+def _token_keep(sae: SAE, store: Any) -> torch.Tensor | None:
+    """(tokens,) mask of the token positions the SAE applies to, or None when every stored row counts."""
+    tokens = getattr(sae.cfg.metadata, "tokens", None)
+    recorded = str(getattr(store, "tokens", "all"))
+    if not tokens or tokens == recorded or tokens == "all":
+        return None
+    return store.layout.token_mask(tokens)
+
+
 def _reconstruction(
-    sae: SAE, store: Any, site: str, start: int, stop: int, batch_size: int, dense_threshold: float
+    sae: SAE,
+    store: Any,
+    site: str,
+    start: int,
+    stop: int,
+    batch_size: int,
+    dense_threshold: float,
+    *,
+    keep_t: torch.Tensor | None = None,
+    progress: bool = True,
 ) -> dict[str, Any]:
     sae.eval()
     ev = ExplainedVarianceCalculator()
@@ -131,8 +164,13 @@ def _reconstruction(
     sse = l0_sum = cos_sum = 0.0
     n = 0
     batches = store.ordered(site, batch_size, start_row=start, stop_row=stop)
-    for rows in tqdm(batches, desc="evaluating", total=math.ceil((stop - start) / batch_size), leave=False):
+    total = math.ceil((stop - start) / batch_size)
+    for rows in tqdm(batches, desc="evaluating", total=total, leave=False, disable=not progress):
         acts_bd = getattr(rows, "acts", rows[0] if isinstance(rows, tuple) else rows)
+        if keep_t is not None:
+            acts_bd = acts_bd[keep_t[rows.token_idx]]
+            if not len(acts_bd):
+                continue
         x_bd = acts_bd.to(sae.device, torch.float32)
         feats_bs = sae.encode(x_bd)
         recon_bd = sae.decode(feats_bs).float()
@@ -143,6 +181,10 @@ def _reconstruction(
         l0_sum += active_bs.sum().item()
         cos_sum += torch.nn.functional.cosine_similarity(recon_bd, x_bd, dim=-1).double().sum().item()
         n += x_bd.shape[0]
+    if n == 0:
+        raise ValueError(
+            f"rows [{start}, {stop}) of {site} hold no rows of the SAE's tokens; evaluate on a wider slice"
+        )
     d = sae.cfg.d_in
     mean_d = (ev.sum_x / n).float()
     total_var = ev.sum_squared_norm - n * mean_d.double().pow(2).sum().item()

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from vision_sae_lens.errors import SAEMismatchError, TrainingError, UnknownSiteError, close_matches
+from vision_sae_lens.normalization import InputNormalization
 
 logger = logging.getLogger(__name__)
 
@@ -100,36 +101,105 @@ def split_rows(n_rows: int, *, eval_fraction: float, max_eval_rows: int, batch_s
 
 
 def batch_stream(
-    store: Any, site: str, *, batch_size: int, seed: int, stop_row: int, skip_batches: int = 0
+    store: Any,
+    site: str,
+    *,
+    batch_size: int,
+    seed: int,
+    stop_row: int,
+    skip_batches: int = 0,
+    token_types: list[str] | None = None,
+    normalization: InputNormalization | None = None,
 ) -> Iterator[torch.Tensor]:
     """Endless (batch_size, d_in) float32 batches over rows ``[0, stop_row)``, epoch after epoch.
 
     ``skip_batches`` resumes the stream after that many batches without reading them (whole epochs
-    are skipped here, the rest by ``shuffled``).
+    are skipped here, the rest by ``shuffled``). ``token_types`` keeps rows of those token kinds only
+    (see :func:`token_filter`); ``normalization`` is applied to every batch.
     """
-    per_epoch = stop_row // batch_size
+    n_rows = count_selected_rows(store, token_types, stop_row)
+    per_epoch = n_rows // batch_size
+    if per_epoch == 0:
+        raise TrainingError(
+            f"the training rows of {site} hold {n_rows} rows of tokens {token_types}, fewer than one batch of "
+            f"{batch_size}; record more images or lower batch_size."
+        )
     first_epoch, skip_in_epoch = divmod(skip_batches, per_epoch)
     for epoch in itertools.count(first_epoch):
         if epoch > 0:
-            logger.info("starting epoch %d over the %d training rows of %s", epoch + 1, stop_row, site)
-        yield from store.shuffled(
+            logger.info("starting epoch %d over the %d training rows of %s", epoch + 1, n_rows, site)
+        batches = store.shuffled(
             site,
             batch_size,
             seed=seed + epoch * _EPOCH_SEED_STRIDE,
             stop_row=stop_row,
             drop_last=True,
             skip_batches=skip_in_epoch if epoch == first_epoch else 0,
+            **({"token_types": token_types} if token_types is not None else {}),
         )
+        if normalization is None:
+            yield from batches
+        else:
+            yield from (normalization.apply(b) for b in batches)
 
 
 def estimation_batches(
-    store: Any, site: str, *, batch_size: int, seed: int, stop_row: int, n: int
+    store: Any,
+    site: str,
+    *,
+    batch_size: int,
+    seed: int,
+    stop_row: int,
+    n: int,
+    token_types: list[str] | None = None,
+    normalization: InputNormalization | None = None,
 ) -> Iterator[torch.Tensor]:
     """An iterator of ``n`` batches for the activation-normalisation estimate (its own seed, so the
     training stream is not consumed)."""
-    return itertools.islice(
-        batch_stream(store, site, batch_size=batch_size, seed=seed + 7919, stop_row=stop_row), n
+    stream = batch_stream(
+        store,
+        site,
+        batch_size=batch_size,
+        seed=seed + 7919,
+        stop_row=stop_row,
+        token_types=token_types,
+        normalization=normalization,
     )
+    return itertools.islice(stream, n)
+
+
+def token_filter(store: Any, tokens: str | None) -> list[str] | None:
+    """The ``token_types`` filter that keeps the rows of selection ``tokens`` (None: keep every row).
+
+    Raises a clear error when the store did not record those tokens.
+    """
+    recorded = str(getattr(store, "tokens", "all"))
+    if tokens is None or tokens == recorded:
+        return None
+    layout = store.layout
+    wanted, have = layout.token_mask(tokens), layout.token_mask(recorded)
+    if torch.equal(wanted, have):
+        return None
+    if bool((wanted & ~have).any()):
+        raise TrainingError(
+            f"tokens={tokens!r} asks for tokens the store did not record (it holds tokens={recorded!r}); "
+            f"train on tokens={recorded!r} or a part of it, or record the store with tokens={tokens!r}."
+        )
+    return ["cls", "registers", "patches"] if tokens == "all" else [tokens]
+
+
+def count_selected_rows(store: Any, token_types: list[str] | None, stop_row: int) -> int:
+    """Rows of ``token_types`` among rows ``[0, stop_row)`` (rows are whole images of the same tokens)."""
+    if token_types is None:
+        return stop_row
+    layout = store.layout
+    per_image = layout.token_indices(str(store.tokens)).numpy()
+    keep = torch.zeros(layout.n_tokens, dtype=torch.bool)
+    for kind in token_types:
+        keep |= layout.token_mask(kind)
+    keep_i = keep.numpy()[per_image]
+    full, rest = divmod(stop_row, len(per_image))
+    return int(full * keep_i.sum() + keep_i[:rest].sum())
 
 
 def check_finite_batch(batch: torch.Tensor, *, step: int, site: str) -> None:

@@ -46,6 +46,9 @@ SHARED_FIELDS = (
     "max_eval_rows",
     "device",
     "checkpoint_every_tokens",
+    "tokens",
+    "subtract_mean",
+    "scale_norm",
 )
 _TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)} - {"sae"}
 

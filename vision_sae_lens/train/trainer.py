@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 
 from vision_sae_lens.errors import TrainingError
 from vision_sae_lens.metadata import VisionFacts
+from vision_sae_lens.normalization import estimate_input_normalization
 from vision_sae_lens.train import checkpoint as ckpt
 from vision_sae_lens.train.config import TrainConfig, resolve_device
 from vision_sae_lens.train.evaluate import evaluate_sae
@@ -43,10 +44,12 @@ from vision_sae_lens.train.feed import (
     batch_stream,
     check_finite_batch,
     check_store_for,
+    count_selected_rows,
     estimation_batches,
     open_store,
     split_rows,
     store_preprocessing,
+    token_filter,
 )
 from vision_sae_lens.train.plots import plot_sweep
 from vision_sae_lens.train.sweep import group_configs, unique_names
@@ -159,6 +162,32 @@ class _GroupTrainer:
         )
         self.device = resolve_device(lead.device)
         self.fingerprint = str(getattr(self.store, "fingerprint", ""))
+        self.token_types = token_filter(self.store, lead.tokens)
+        self.tokens = lead.tokens or str(self.store.tokens)
+        n_selected = count_selected_rows(self.store, self.token_types, self.split.n_train)
+        if n_selected < lead.batch_size:
+            raise TrainingError(
+                f"the training slice holds {n_selected} rows of tokens={self.tokens!r}, fewer than one batch of "
+                f"{lead.batch_size}; record more images or lower batch_size / eval_fraction."
+            )
+        # The same statistics for every epoch and on resume: computed once, deterministically.
+        self.normalization = estimate_input_normalization(
+            self.store,
+            lead.site,
+            subtract_mean=lead.subtract_mean,
+            scale_norm=lead.scale_norm,
+            tokens=self.tokens,
+            token_types=self.token_types,
+            stop_row=self.split.n_train,
+        )
+        if self.normalization is not None:
+            logger.info(
+                "input normalisation of %s over %d training rows: mean %s, scale %.6g (folded into the saved SAE)",
+                lead.site,
+                self.normalization.rows,
+                "subtracted" if self.normalization.subtract_mean else "kept",
+                self.normalization.scale,
+            )
 
     # ------------------------------------------------------------------------------------ driver
     def run(self) -> list[TrainRun]:
@@ -189,6 +218,8 @@ class _GroupTrainer:
             seed=lead.data_seed,
             stop_row=self.split.n_train,
             skip_batches=start,
+            token_types=self.token_types,
+            normalization=self.normalization,
         )
         source = itertools.islice(source, n_steps - start)  # read ahead, never past the last step
         pin = self.device.startswith("cuda")
@@ -214,6 +245,7 @@ class _GroupTrainer:
                             self._facts(m),
                             self._progress(m),
                             keep=m.cfg.keep_checkpoints,
+                            normalization=self.normalization,
                         )
                 pbar.update(1)
                 if done % lead.log_every == 0 or done == n_steps:
@@ -331,7 +363,13 @@ class _GroupTrainer:
             return
         if scaler.scaling_factor is not None or scaler.whitening is not None:
             return  # restored from a checkpoint: the weights were trained against these statistics
-        kwargs = dict(batch_size=cfg.batch_size, seed=cfg.data_seed, stop_row=self.split.n_train)
+        kwargs = dict(
+            batch_size=cfg.batch_size,
+            seed=cfg.data_seed,
+            stop_row=self.split.n_train,
+            token_types=self.token_types,
+            normalization=self.normalization,
+        )
         batches = estimation_batches(self.store, cfg.site, n=cfg.n_batches_for_norm_estimate, **kwargs)
         batches = (b.to(self.device) for b in batches)
         estimate = (
@@ -364,12 +402,13 @@ class _GroupTrainer:
         return VisionFacts(
             backbone=str(getattr(store, "backbone_id", "") or ""),
             hook_name=m.cfg.site,
-            tokens=str(store.tokens),
+            tokens=self.tokens,
             layout=store.layout,
             preprocessing=store_preprocessing(store),
             dataset=store.dataset,
             store_fingerprint=self.fingerprint or None,
             training_tokens=int(m.trainer.n_training_samples),
+            input_normalization=None if self.normalization is None else self.normalization.to_metadata(),
         )
 
     def _progress(self, m: _Member) -> dict[str, Any]:
@@ -387,7 +426,9 @@ class _GroupTrainer:
         m.train_seconds = time.perf_counter() - self._t0
         trainer = m.trainer
         trainer.set_final_sae_metadata()
-        ckpt.write_inference_folder(trainer, m.folder, self._facts(m), fold_in_place=True)
+        ckpt.write_inference_folder(
+            trainer, m.folder, self._facts(m), fold_in_place=True, normalization=self.normalization
+        )
         (m.folder / "train_config.json").write_text(json.dumps(m.cfg.to_dict(), indent=1, default=str))
         m.result = self._load_result(m, training_sae=trainer.sae, n_steps=trainer.n_training_steps)
         ckpt.mark_finished(m.folder, self._progress(m))
@@ -397,24 +438,52 @@ class _GroupTrainer:
             )
         self._t0 += time.perf_counter() - self._t0 - m.train_seconds  # saving and evaluating are not training
 
+    def _evaluate(self, m: _Member, sae: SAE) -> dict[str, Any]:
+        """Held-out rows (or ``eval_store``), and the downstream metric when a model and images are given.
+
+        With ``eval_fraction=0`` and no ``eval_store`` there are no rows the SAE has not trained on:
+        the report says so instead of measuring training rows.
+        """
+        cfg = m.cfg
+        common = dict(
+            model=self.model,
+            images=self.images,
+            max_rows=cfg.max_eval_rows,
+            n_images=cfg.downstream_images,
+            batch_size=cfg.batch_size,
+            out_dir=m.folder,
+            progress=self.progress,
+        )
+        if cfg.eval_store is not None:
+            return evaluate_sae(sae, open_store(cfg.eval_store), start_row=0, **common)
+        if self.split.n_eval:
+            return evaluate_sae(
+                sae, self.store, start_row=self.split.n_train, stop_row=self.split.n_rows, **common
+            )
+        logger.warning(
+            "run %r: eval_fraction=0 and no eval_store, so no held-out rows: the reconstruction metrics are not "
+            "computed (set eval_fraction > 0 or eval_store=...)%s",
+            m.name,
+            "; measuring the downstream metric on the given images" if self.model is not None else "",
+        )
+        report = _no_rows_report(sae, cfg)
+        if self.model is not None and self.images is not None:
+            from vision_sae_lens.train.downstream import measure_downstream
+
+            report["downstream"] = measure_downstream(
+                self.model, sae, self.images, n_images=cfg.downstream_images
+            )
+        m.folder.mkdir(parents=True, exist_ok=True)
+        (m.folder / "eval.json").write_text(json.dumps(report, indent=1))
+        return report
+
     def _load_result(self, m: _Member, *, training_sae: TrainingSAE | None, n_steps: int) -> TrainRun:
         sae = SAE.load_from_disk(m.folder, device=self.device)
         report_path = m.folder / "eval.json"
         if report_path.exists() and training_sae is None:
             report = json.loads(report_path.read_text())
         else:
-            report = evaluate_sae(
-                sae,
-                self.store,
-                model=self.model,
-                images=self.images,
-                start_row=self.split.n_train if self.split.n_eval else None,
-                stop_row=self.split.n_rows,
-                max_rows=m.cfg.max_eval_rows,
-                n_images=m.cfg.downstream_images,
-                batch_size=m.cfg.batch_size,
-                out_dir=m.folder,
-            )
+            report = self._evaluate(m, sae)
         return TrainRun(
             name=m.name,
             config=m.cfg,
@@ -426,6 +495,19 @@ class _GroupTrainer:
             history=m.history,
             train_seconds=m.train_seconds,
         )
+
+
+def _no_rows_report(sae: SAE, cfg: TrainConfig) -> dict[str, Any]:
+    return {
+        "site": cfg.site,
+        "architecture": sae.cfg.architecture(),
+        "d_in": sae.cfg.d_in,
+        "d_sae": sae.cfg.d_sae,
+        "n_rows": 0,
+        "evaluated": False,
+        "note": "eval_fraction=0 held no rows out and no eval_store was given: not evaluated on activation rows "
+        "(every row of the store was used for training).",
+    }
 
 
 def _checked(source: Iterator[torch.Tensor], *, start: int, site: str, pin: bool) -> Iterator[torch.Tensor]:
