@@ -72,6 +72,7 @@ def _add_downstream_args(p: argparse.ArgumentParser) -> None:
         "--images", help="image source for the downstream metric (e.g. demo:mnist:test, imagefolder:DIR)"
     )
     p.add_argument("--n-images", type=int, help="images for the downstream metric (default 64)")
+    p.add_argument("--weights", help="local weights file of --model (a timm: or open_clip: architecture id)")
 
 
 NORMALIZE_MODES = (
@@ -170,7 +171,7 @@ def _downstream(args: argparse.Namespace, store_path: str | None):
         from vision_sae_lens.train.feed import open_store
 
         model_id = open_store(store_path).backbone_id
-    model = HookedSAEViT.from_pretrained(model_id)
+    model = HookedSAEViT.from_pretrained(model_id, **({"weights": args.weights} if args.weights else {}))
     if not args.images:
         raise ValueError("--model needs --images (the images to measure the downstream metric on)")
     from vision_sae_lens.data import open_images

@@ -408,6 +408,7 @@ class _GroupTrainer:
             dataset=store.dataset,
             store_fingerprint=self.fingerprint or None,
             training_tokens=int(m.trainer.n_training_samples),
+            backbone_weights_file=store.metadata.get("backbone_weights_file"),
             input_normalization=None if self.normalization is None else self.normalization.to_metadata(),
         )
 
