@@ -3,6 +3,7 @@ init; silent progress; timestamped log lines."""
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -53,7 +54,7 @@ def test_cli_flags_reach_the_run_and_log_lines_carry_timestamps(all_tokens_store
     cmd += ["--site", SITE, "--d-sae", "32", "--k", "4", "--training-tokens", "512", "--batch-size", "64"]
     cmd += ["--tokens", "patches", "--subtract-mean", "--scale-norm", "--warm-up", "2", "--seed", "3"]
     cmd += ["--data-seed", "5", "--eval-fraction", "0", "--decoder-init-norm", "1.0", "--device", "cpu"]
-    cmd += ["--no-progress", "--out-dir", str(out)]
+    cmd += ["--normalize-activations", "expected_average_only_in", "--no-progress", "--out-dir", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).parents[2], timeout=600)
     assert proc.returncode == 0, proc.stderr
     [folder] = [p for p in out.iterdir() if p.name != "checkpoints"]
@@ -61,8 +62,11 @@ def test_cli_flags_reach_the_run_and_log_lines_carry_timestamps(all_tokens_store
     assert (cfg["tokens"], cfg["subtract_mean"], cfg["scale_norm"]) == ("patches", True, True)
     assert (cfg["lr_warm_up_steps"], cfg["seed"], cfg["data_seed"], cfg["eval_fraction"]) == (2, 3, 5, 0.0)
     assert cfg["sae"]["decoder_init_norm"] == 1.0
+    assert cfg["sae"]["normalize_activations"] == "expected_average_only_in"
     meta = json.loads((folder / "cfg.json").read_text())["metadata"]
     assert meta["tokens"] == "patches" and meta["input_normalization"]["subtract_mean"] is True
+    # SAELens' scaling factor and ours are both folded: the folder takes raw activations.
+    assert json.loads((folder / "cfg.json").read_text())["normalize_activations"] == "none"
     # eval_fraction=0: nothing evaluated, and said so, in a timestamped log line and on stdout.
     assert re.search(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d WARNING .*eval_fraction=0", proc.stderr, re.M)
     assert "not evaluated" in proc.stdout
@@ -77,10 +81,14 @@ def test_log_format_has_a_timestamp():
 
 @pytest.mark.parametrize("progress", [False, True])
 def test_progress_false_silences_every_bar(all_tokens_store, tmp_path, capsys, progress):
+    from sae_lens.training import activation_scaler
+
+    assert hasattr(activation_scaler, "tqdm")  # the seam quiet_norm_estimate relies on
     cfg = TrainConfig(
         store=all_tokens_store.path,
         site=SITE,
-        sae=TopKTrainingSAEConfig(d_in=D, d_sae=32, k=4),
+        sae=TopKTrainingSAEConfig(d_in=D, d_sae=32, k=4, normalize_activations="expected_average_only_in"),
+        n_batches_for_norm_estimate=2,
         training_tokens=256,
         batch_size=64,
         eval_fraction=0.25,
@@ -88,10 +96,11 @@ def test_progress_false_silences_every_bar(all_tokens_store, tmp_path, capsys, p
     )
     train_sae(cfg, out_dir=tmp_path, progress=progress)
     err = capsys.readouterr().err
-    if progress:
-        assert "evaluating" in err and "step" in err  # the control: bars do show by default
+    if progress:  # the control: bars do show by default, SAELens' norm estimate included
+        assert "evaluating" in err and "step" in err and "norm" in err.lower()
     else:
         assert "evaluating" not in err and "%|" not in err
+    assert activation_scaler.tqdm.__class__ is not functools.partial  # restored
 
 
 def test_toml_sweep_takes_the_saev_options(all_tokens_store, tmp_path):

@@ -229,3 +229,20 @@ def test_bad_input_options_are_refused_before_training(recorded):
         )
     with pytest.raises(ValueError, match="token selection"):
         TrainConfig(sae=TopKTrainingSAEConfig(d_in=store.d_model, d_sae=64, k=4), tokens="image", **base)
+
+
+def test_analysis_encode_gives_the_latents_of_the_normalised_activations(recorded, tmp_path):
+    from vision_sae_lens.analysis import encode_images
+
+    model, images, store = recorded
+    run = _train(store, tmp_path)
+    norm = input_normalization_of(run.sae)
+    unfolded = unfold_input_normalization(run.sae)  # the SAE as trained: it takes z
+    x = images[:3]
+    with torch.no_grad():
+        _, clean = model.run_with_cache(x, names_filter=[SITE])
+        z = norm.apply(clean[SITE][:, 1:].reshape(-1, clean[SITE].shape[-1]))
+        expected = unfolded.encode(z).reshape(3, 4, 4, -1)
+    feats = encode_images(model, run.sae, x, progress=False)
+    assert feats.prefix is None  # a patches SAE has no CLS latents
+    assert torch.allclose(feats.patches, expected, atol=1e-5)

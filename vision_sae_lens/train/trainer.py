@@ -52,6 +52,7 @@ from vision_sae_lens.train.feed import (
     token_filter,
 )
 from vision_sae_lens.train.plots import plot_sweep
+from vision_sae_lens.train.saelens_seams import quiet_norm_estimate
 from vision_sae_lens.train.sweep import group_configs, unique_names
 
 logger = logging.getLogger(__name__)
@@ -377,11 +378,12 @@ class _GroupTrainer:
             if norm == "expected_average_only_in"
             else scaler.estimate_whitening
         )
-        estimate(
-            d_in=sae.cfg.d_in,
-            data_provider=batches,
-            n_batches_for_norm_estimate=cfg.n_batches_for_norm_estimate,
-        )
+        with quiet_norm_estimate(self.progress):
+            estimate(
+                d_in=sae.cfg.d_in,
+                data_provider=batches,
+                n_batches_for_norm_estimate=cfg.n_batches_for_norm_estimate,
+            )
 
     def _start_wandb(self, m: _Member) -> None:
         if not m.cfg.wandb_project or m.cfg.wandb_mode == "disabled":
