@@ -23,7 +23,7 @@ from sae_lens.evals import ExplainedVarianceCalculator
 from tqdm.auto import tqdm
 
 from vision_sae_lens.errors import SAEMismatchError
-from vision_sae_lens.train.feed import check_store_for, open_store, split_rows
+from vision_sae_lens.train.feed import Split, check_store_for, open_store, split_rows
 from vision_sae_lens.train.plots import plot_density
 
 logger = logging.getLogger(__name__)
@@ -106,6 +106,63 @@ def evaluate_sae(
         plot_density(
             report["density_histogram"], out / "density.png", title=f"{report['architecture']} {site}"
         )
+    return report
+
+
+def evaluate_run(
+    sae: SAE,
+    cfg: Any,
+    *,
+    store: Any,
+    split: Split,
+    name: str,
+    model: Any = None,
+    images: Any = None,
+    out_dir: Path,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """The end-of-training report of one run: its ``eval_store``, else its held-out slice.
+
+    With ``eval_fraction=0`` and no ``eval_store`` there is no row the SAE did not train on: the report
+    says so (``"evaluated": false``) instead of measuring training rows; the downstream metric is still
+    measured when ``model`` and ``images`` are given.
+    """
+    common = dict(
+        model=model,
+        images=images,
+        max_rows=cfg.max_eval_rows,
+        n_images=cfg.downstream_images,
+        batch_size=cfg.batch_size,
+        out_dir=out_dir,
+        progress=progress,
+    )
+    if cfg.eval_store is not None:
+        return evaluate_sae(sae, open_store(cfg.eval_store), start_row=0, **common)
+    if split.n_eval:
+        return evaluate_sae(sae, store, start_row=split.n_train, stop_row=split.n_rows, **common)
+    downstream = model is not None and images is not None
+    logger.warning(
+        "run %r: eval_fraction=0 and no eval_store, so no held-out rows: the reconstruction metrics are not "
+        "computed (set eval_fraction > 0 or eval_store=...)%s",
+        name,
+        "; measuring the downstream metric on the given images" if downstream else "",
+    )
+    report: dict[str, Any] = {
+        "site": cfg.site,
+        "architecture": sae.cfg.architecture(),
+        "d_in": sae.cfg.d_in,
+        "d_sae": sae.cfg.d_sae,
+        "n_rows": 0,
+        "evaluated": False,
+        "note": "eval_fraction=0 held no rows out and no eval_store was given: not evaluated on activation rows "
+        "(every row of the store was used for training).",
+    }
+    if downstream:
+        from vision_sae_lens.train.downstream import measure_downstream
+
+        report["downstream"] = measure_downstream(model, sae, images, n_images=cfg.downstream_images)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "eval.json").write_text(json.dumps(report, indent=1))
     return report
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from vision_sae_lens.errors import SAEMismatchError, TrainingError, UnknownSiteError, close_matches
-from vision_sae_lens.normalization import InputNormalization
+from vision_sae_lens.normalization import InputNormalization, estimate_input_normalization
 
 logger = logging.getLogger(__name__)
 
@@ -215,3 +215,49 @@ def check_finite_batch(batch: torch.Tensor, *, step: int, site: str) -> None:
 def store_preprocessing(store: Any) -> dict:
     """The backbone preprocessing recorded with the store (empty when unknown)."""
     return dict(store.metadata.get("preprocessing") or {})
+
+
+@dataclass(frozen=True)
+class RunInputs:
+    """Which rows a run trains on and how they are transformed (shared by a group, fixed for the run)."""
+
+    token_types: list[str] | None
+    """``shuffled`` token filter (None: every stored row)."""
+    tokens: str
+    """The token selection recorded in the SAE's metadata."""
+    normalization: InputNormalization | None
+    """``subtract_mean`` / ``scale_norm`` statistics of the training rows, or None."""
+
+
+def prepare_inputs(store: Any, cfg: Any, *, n_train: int) -> RunInputs:
+    """Token filter and input normalisation of ``cfg`` over training rows ``[0, n_train)``.
+
+    The statistics are computed once, deterministically, so every epoch and a resumed run see the same
+    transform. Raises when fewer than one batch of the selected tokens is left for training.
+    """
+    token_types = token_filter(store, cfg.tokens)
+    tokens = cfg.tokens or str(store.tokens)
+    n_selected = count_selected_rows(store, token_types, n_train)
+    if n_selected < cfg.batch_size:
+        raise TrainingError(
+            f"the training slice holds {n_selected} rows of tokens={tokens!r}, fewer than one batch of "
+            f"{cfg.batch_size}; record more images or lower batch_size / eval_fraction."
+        )
+    norm = estimate_input_normalization(
+        store,
+        cfg.site,
+        subtract_mean=cfg.subtract_mean,
+        scale_norm=cfg.scale_norm,
+        tokens=tokens,
+        token_types=token_types,
+        stop_row=n_train,
+    )
+    if norm is not None:
+        logger.info(
+            "input normalisation of %s over %d training rows: mean %s, scale %.6g (folded into the saved SAE)",
+            cfg.site,
+            norm.rows,
+            "subtracted" if norm.subtract_mean else "kept",
+            norm.scale,
+        )
+    return RunInputs(token_types=token_types, tokens=tokens, normalization=norm)

@@ -35,21 +35,19 @@ from tqdm.auto import tqdm
 
 from vision_sae_lens.errors import TrainingError
 from vision_sae_lens.metadata import VisionFacts
-from vision_sae_lens.normalization import estimate_input_normalization
 from vision_sae_lens.train import checkpoint as ckpt
 from vision_sae_lens.train.config import TrainConfig, resolve_device
-from vision_sae_lens.train.evaluate import evaluate_sae
+from vision_sae_lens.train.evaluate import evaluate_run
 from vision_sae_lens.train.feed import (
     Split,
     batch_stream,
     check_finite_batch,
     check_store_for,
-    count_selected_rows,
     estimation_batches,
     open_store,
+    prepare_inputs,
     split_rows,
     store_preprocessing,
-    token_filter,
 )
 from vision_sae_lens.train.plots import plot_sweep
 from vision_sae_lens.train.saelens_seams import quiet_norm_estimate
@@ -163,32 +161,9 @@ class _GroupTrainer:
         )
         self.device = resolve_device(lead.device)
         self.fingerprint = str(getattr(self.store, "fingerprint", ""))
-        self.token_types = token_filter(self.store, lead.tokens)
-        self.tokens = lead.tokens or str(self.store.tokens)
-        n_selected = count_selected_rows(self.store, self.token_types, self.split.n_train)
-        if n_selected < lead.batch_size:
-            raise TrainingError(
-                f"the training slice holds {n_selected} rows of tokens={self.tokens!r}, fewer than one batch of "
-                f"{lead.batch_size}; record more images or lower batch_size / eval_fraction."
-            )
-        # The same statistics for every epoch and on resume: computed once, deterministically.
-        self.normalization = estimate_input_normalization(
-            self.store,
-            lead.site,
-            subtract_mean=lead.subtract_mean,
-            scale_norm=lead.scale_norm,
-            tokens=self.tokens,
-            token_types=self.token_types,
-            stop_row=self.split.n_train,
-        )
-        if self.normalization is not None:
-            logger.info(
-                "input normalisation of %s over %d training rows: mean %s, scale %.6g (folded into the saved SAE)",
-                lead.site,
-                self.normalization.rows,
-                "subtracted" if self.normalization.subtract_mean else "kept",
-                self.normalization.scale,
-            )
+        self.inputs = prepare_inputs(self.store, lead, n_train=self.split.n_train)
+        self.token_types, self.tokens = self.inputs.token_types, self.inputs.tokens
+        self.normalization = self.inputs.normalization
 
     # ------------------------------------------------------------------------------------ driver
     def run(self) -> list[TrainRun]:
@@ -442,43 +417,17 @@ class _GroupTrainer:
         self._t0 += time.perf_counter() - self._t0 - m.train_seconds  # saving and evaluating are not training
 
     def _evaluate(self, m: _Member, sae: SAE) -> dict[str, Any]:
-        """Held-out rows (or ``eval_store``), and the downstream metric when a model and images are given.
-
-        With ``eval_fraction=0`` and no ``eval_store`` there are no rows the SAE has not trained on:
-        the report says so instead of measuring training rows.
-        """
-        cfg = m.cfg
-        common = dict(
+        return evaluate_run(
+            sae,
+            m.cfg,
+            store=self.store,
+            split=self.split,
+            name=m.name,
             model=self.model,
             images=self.images,
-            max_rows=cfg.max_eval_rows,
-            n_images=cfg.downstream_images,
-            batch_size=cfg.batch_size,
             out_dir=m.folder,
             progress=self.progress,
         )
-        if cfg.eval_store is not None:
-            return evaluate_sae(sae, open_store(cfg.eval_store), start_row=0, **common)
-        if self.split.n_eval:
-            return evaluate_sae(
-                sae, self.store, start_row=self.split.n_train, stop_row=self.split.n_rows, **common
-            )
-        logger.warning(
-            "run %r: eval_fraction=0 and no eval_store, so no held-out rows: the reconstruction metrics are not "
-            "computed (set eval_fraction > 0 or eval_store=...)%s",
-            m.name,
-            "; measuring the downstream metric on the given images" if self.model is not None else "",
-        )
-        report = _no_rows_report(sae, cfg)
-        if self.model is not None and self.images is not None:
-            from vision_sae_lens.train.downstream import measure_downstream
-
-            report["downstream"] = measure_downstream(
-                self.model, sae, self.images, n_images=cfg.downstream_images
-            )
-        m.folder.mkdir(parents=True, exist_ok=True)
-        (m.folder / "eval.json").write_text(json.dumps(report, indent=1))
-        return report
 
     def _load_result(self, m: _Member, *, training_sae: TrainingSAE | None, n_steps: int) -> TrainRun:
         sae = SAE.load_from_disk(m.folder, device=self.device)
@@ -498,19 +447,6 @@ class _GroupTrainer:
             history=m.history,
             train_seconds=m.train_seconds,
         )
-
-
-def _no_rows_report(sae: SAE, cfg: TrainConfig) -> dict[str, Any]:
-    return {
-        "site": cfg.site,
-        "architecture": sae.cfg.architecture(),
-        "d_in": sae.cfg.d_in,
-        "d_sae": sae.cfg.d_sae,
-        "n_rows": 0,
-        "evaluated": False,
-        "note": "eval_fraction=0 held no rows out and no eval_store was given: not evaluated on activation rows "
-        "(every row of the store was used for training).",
-    }
 
 
 def _checked(source: Iterator[torch.Tensor], *, start: int, site: str, pin: bool) -> Iterator[torch.Tensor]:
