@@ -64,6 +64,14 @@ class InputNormalization:
             out = out.clone()
         return out * self.scale if self.scale != 1.0 else out
 
+    def apply_(self, acts_nd: torch.Tensor) -> torch.Tensor:
+        """:meth:`apply` in place on a float32 tensor the caller owns (the training feed's batches)."""
+        if self.mean_d is not None:
+            acts_nd.sub_(self.mean_d.to(acts_nd.device))
+        if self.scale != 1.0:
+            acts_nd.mul_(self.scale)
+        return acts_nd
+
     def invert(self, z_nd: torch.Tensor) -> torch.Tensor:
         """``z / scale + mean``: back to stored units."""
         out = z_nd.float() / self.scale

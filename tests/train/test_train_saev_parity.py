@@ -246,3 +246,18 @@ def test_analysis_encode_gives_the_latents_of_the_normalised_activations(recorde
     feats = encode_images(model, run.sae, x, progress=False)
     assert feats.prefix is None  # a patches SAE has no CLS latents
     assert torch.allclose(feats.patches, expected, atol=1e-5)
+
+
+def test_the_feed_never_modifies_a_batch_it_does_not_own():
+    from vision_sae_lens.train.feed import _normalised
+
+    norm = InputNormalization(mean_d=torch.ones(4), scale=2.0)
+    data = torch.arange(32.0).reshape(8, 4)
+    view = data[:4]
+    out = _normalised(norm, view)
+    assert torch.equal(data, torch.arange(32.0).reshape(8, 4))  # the shared data is untouched
+    assert torch.equal(out, (view - 1) * 2)
+    fresh = torch.arange(16.0).reshape(4, 4)
+    assert _normalised(norm, fresh) is fresh and torch.equal(
+        fresh, (torch.arange(16.0).reshape(4, 4) - 1) * 2
+    )

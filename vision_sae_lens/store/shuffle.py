@@ -174,14 +174,14 @@ def site_statistics(
 
     def chunks() -> Iterator[torch.Tensor]:
         for lo, hi in spans:
-            acts = store.read_rows(site, lo, hi).double()
+            acts = store.read_rows(site, lo, hi)  # float32; sums are accumulated in float64
             yield acts if keep is None else acts[torch.from_numpy(keep(lo, hi))]
 
     total = torch.zeros(dim, dtype=torch.float64)
     raw_norm_sum, count = 0.0, 0
     for acts in chunks():
-        total += acts.sum(0)
-        raw_norm_sum += float(acts.norm(dim=1).sum())
+        total += acts.sum(0, dtype=torch.float64)
+        raw_norm_sum += float(acts.norm(dim=1).sum(dtype=torch.float64))
         count += acts.shape[0]
     if count == 0:
         raise ValueError(
@@ -192,7 +192,10 @@ def site_statistics(
     raw_mean_norm = raw_norm_sum / count
     mean_norm = raw_mean_norm
     if subtract_mean:  # a second pass: the norm of centred rows is not a function of the first pass
-        mean_norm = sum(float((acts - mean).norm(dim=1).sum()) for acts in chunks()) / count
+        mean_f = mean.float()
+        mean_norm = (
+            sum(float((acts - mean_f).norm(dim=1).sum(dtype=torch.float64)) for acts in chunks()) / count
+        )
     return {
         "mean": mean.float().numpy(),
         "mean_norm": mean_norm,

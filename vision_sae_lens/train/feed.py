@@ -140,7 +140,14 @@ def batch_stream(
         if normalization is None:
             yield from batches
         else:
-            yield from (normalization.apply(b) for b in batches)
+            yield from (_normalised(normalization, b) for b in batches)
+
+
+def _normalised(norm: InputNormalization, batch: torch.Tensor) -> torch.Tensor:
+    # ActivationStore hands out fresh float32 tensors: normalise those in place (no copy per batch). A
+    # batch that shares its storage (a view into another store object's data) is never modified.
+    owns = batch.dtype == torch.float32 and batch.untyped_storage().nbytes() == batch.numel() * 4
+    return norm.apply_(batch) if owns else norm.apply(batch)
 
 
 def estimation_batches(
