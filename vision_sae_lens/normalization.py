@@ -1,4 +1,4 @@
-"""Input normalisation of a training run (saev's ``subtract_mean`` / ``scale_norm``), folded into the SAE.
+"""Input normalisation of a training run (saev's ``scale_mean`` / ``scale_norm``), folded into the SAE.
 
 Training may see ``z = (x - mean) * scale`` instead of the stored activation ``x``: ``mean`` is the
 mean of the training rows of the selected tokens, ``scale`` brings their mean norm to ``sqrt(d)``.
