@@ -36,6 +36,12 @@ class VisionFacts:
     """Fingerprint of the activation store the SAE was trained on."""
     training_tokens: int | None = None
     """Number of activation rows (tokens) seen in training."""
+    backbone_weights_file: dict[str, str] | None = None
+    """The local weights file of the backbone, ``{"file": name, "sha256": hex}`` (never its path), or None
+    when the weights came from the id itself (a tag, the Hub, the package)."""
+    input_normalization: dict[str, Any] | None = None
+    """The input normalisation of training (``z = (x - mean) * scale``, already folded into the
+    weights; see :mod:`vision_sae_lens.normalization`), or None."""
 
     def __post_init__(self) -> None:
         check_token_selection(self.tokens)
@@ -80,6 +86,8 @@ class VisionFacts:
             dataset=dict(get("dataset") or {}),
             store_fingerprint=get("store_fingerprint"),
             training_tokens=get("training_tokens"),
+            backbone_weights_file=get("backbone_weights_file"),
+            input_normalization=get("input_normalization"),
         )
 
     def to_dict(self) -> dict[str, Any]:

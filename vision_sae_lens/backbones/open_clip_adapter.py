@@ -11,11 +11,16 @@ from vision_sae_lens.backbones.spec import BackboneSpec, BlockSites, ModuleSite
 from vision_sae_lens.errors import UnknownBackboneError, close_matches
 
 
-def load_open_clip(arch_and_tag: str, *, pretrained: bool, **kwargs: Any) -> BackboneSpec:
-    """Create ``open_clip:ARCH[/TAG]`` with open_clip's loader; TAG may be a tag or a local weights file."""
+def load_open_clip(
+    arch_and_tag: str, *, pretrained: bool, weights: str | None = None, **kwargs: Any
+) -> BackboneSpec:
+    """Create ``open_clip:ARCH[/TAG]`` with open_clip's loader; ``weights`` is a local weights file
+    (the id is then ``open_clip:ARCH``, without the path)."""
     import open_clip
 
     arch, _, tag = arch_and_tag.partition("/")
+    if weights is not None:
+        tag, arch_and_tag = weights, arch
     if not arch.startswith(("hf-hub:", "local-dir:")) and arch not in open_clip.list_models():
         raise UnknownBackboneError(
             f"open_clip has no architecture {arch!r}.{close_matches(arch, open_clip.list_models())} "

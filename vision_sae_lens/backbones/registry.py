@@ -4,14 +4,19 @@ Id syntax (``library:rest``):
 
 * ``timm:NAME`` — any timm ViT (``timm:vit_base_patch16_clip_224.openai``, ``timm:vit_small_patch14_reg4_dinov2``),
   also ``timm:local-dir:DIR`` and ``timm:hf-hub:ORG/NAME``;
-* ``open_clip:ARCH/TAG`` — an open_clip model and pretrained tag or weights file (``open_clip:ViT-B-16/openai``);
+* ``open_clip:ARCH/TAG`` — an open_clip model and pretrained tag (``open_clip:ViT-B-16/openai``);
 * ``hf:MODEL_ID_OR_DIR`` — a transformers model (``hf:facebook/dinov2-small``, ``hf:openai/clip-vit-base-patch16``);
 * ``demo:mnist-vit`` — the small MNIST ViT shipped in the package;
 * a local directory: saved by ``timm.models.save_for_hf`` or transformers' ``save_pretrained``.
+
+Weights from a local file: ``weights="/path/to/file.pt"`` (CLI ``--weights PATH``) with a ``timm:`` or
+``open_clip:`` architecture id, e.g. ``("open_clip:ViT-B-32", weights="ckpt.pt")``. The id stays
+the architecture; ``spec.weights`` records the file's name and sha256 (never its path).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -22,10 +27,27 @@ from vision_sae_lens.errors import UnknownBackboneError
 PREFIXES = ("timm", "open_clip", "hf", "demo")
 
 
-def load_backbone_spec(backbone_id: str, *, pretrained: bool = True, **kwargs: Any) -> BackboneSpec:
-    """Resolve an id to a BackboneSpec with the owning library's own loading code."""
+def load_backbone_spec(
+    backbone_id: str, *, pretrained: bool = True, weights: str | Path | None = None, **kwargs: Any
+) -> BackboneSpec:
+    """Resolve an id to a BackboneSpec with the owning library's own loading code.
+
+    ``weights``: a local weights file for a ``timm:`` or ``open_clip:`` architecture (see the module doc).
+    """
     if not isinstance(backbone_id, str) or not backbone_id:
         raise UnknownBackboneError(f"a backbone id must be a non-empty string, got {backbone_id!r}")
+    prefix, _, rest = backbone_id.partition(":")
+    hub_or_dir = rest.startswith(("hf-hub:", "local-dir:"))
+    if (
+        weights is None
+        and prefix == "open_clip"
+        and not hub_or_dir
+        and _is_weights_file(rest.partition("/")[2])
+    ):
+        # The older ``open_clip:ARCH/<file>`` form: same load, but the path stays out of the id.
+        rest, weights = rest.partition("/")[0], rest.partition("/")[2]
+    if weights is not None:
+        return _load_weights_file(prefix, rest, backbone_id, weights, pretrained=pretrained, **kwargs)
     local = Path(backbone_id)
     if local.is_dir():
         return _load_local_dir(local, pretrained=pretrained, **kwargs)
@@ -87,6 +109,53 @@ def list_backbones() -> list[dict[str, str]]:
             "sites": "as its library; for other modules hook_resid_pre/hook_resid_post per block",
         },
     ]
+
+
+WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+
+
+def _is_weights_file(tag: str) -> bool:
+    return bool(tag) and (tag.endswith(WEIGHT_SUFFIXES) or "/" in tag or Path(tag).is_file())
+
+
+def _load_weights_file(
+    prefix: str, rest: str, backbone_id: str, weights: str | Path, *, pretrained: bool, **kwargs: Any
+) -> BackboneSpec:
+    path = Path(weights).expanduser()
+    if prefix not in ("timm", "open_clip") or not rest:
+        raise UnknownBackboneError(
+            f"weights= needs a timm: or open_clip: architecture id (e.g. 'open_clip:ViT-B-32'), got {backbone_id!r}; "
+            "for transformers models save the model with save_pretrained() and pass the directory."
+        )
+    if not pretrained:
+        raise ValueError("weights= loads a weights file; it cannot be combined with pretrained=False")
+    if not path.is_file():
+        raise FileNotFoundError(f"backbone weights file {path} does not exist")
+    if prefix == "timm":
+        import timm.models
+
+        from vision_sae_lens.backbones.timm_adapter import load_timm
+
+        # Built at the requested shape, then loaded strictly: a fine-tuned file is used as it is (timm's
+        # pretrained path would re-initialise a head whose size differs from the original config's).
+        spec = load_timm(rest, pretrained=False, **kwargs)
+        timm.models.load_checkpoint(spec.model, str(path), strict=True, weights_only=True)
+        spec.model.eval()
+    else:
+        from vision_sae_lens.backbones.open_clip_adapter import load_open_clip
+
+        spec = load_open_clip(rest.partition("/")[0], pretrained=True, weights=str(path), **kwargs)
+    spec.weights = {"file": path.name, "sha256": file_sha256(path)}
+    return spec
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes (read in 1 MiB chunks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(2**20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _load_local_dir(path: Path, *, pretrained: bool, **kwargs: Any) -> BackboneSpec:

@@ -76,3 +76,5 @@ class BackboneSpec:
     """MLP hidden width (``mlp.hook_post``), when known."""
     notes: list[str] = field(default_factory=list)
     """Family-specific facts worth showing a user (missing sites and why)."""
+    weights: dict[str, str] | None = None
+    """The local weights file the model was loaded from: ``{"file": name, "sha256": hex}`` (no path)."""

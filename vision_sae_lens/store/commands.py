@@ -61,6 +61,10 @@ def add_cache_arguments(parser: argparse.ArgumentParser) -> None:
         "--model-kwargs", default=None, help="JSON keyword arguments for the model constructor"
     )
     parser.add_argument("--seed", type=int, default=0, help="torch seed set before building the model")
+    parser.add_argument(
+        "--weights",
+        help="local weights file for a timm: or open_clip: architecture id (metadata keeps its name and sha256)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -82,7 +86,7 @@ def run_cache(args: argparse.Namespace) -> int:
         shard_images=args.shard_images,
         device=args.device,
         pretrained=not args.random_init,
-        model_kwargs=json.loads(args.model_kwargs) if args.model_kwargs else None,
+        model_kwargs=_model_kwargs(args),
         limit=args.limit,
         streaming=args.streaming,
         loader_threads=args.loader_threads,
@@ -107,3 +111,10 @@ def run_store_info(args: argparse.Namespace) -> int:
         store.verify(progress=True)
         print("verify: ok")
     return 0
+
+
+def _model_kwargs(args: argparse.Namespace) -> dict | None:
+    kwargs = json.loads(args.model_kwargs) if args.model_kwargs else {}
+    if args.weights:
+        kwargs["weights"] = args.weights
+    return kwargs or None

@@ -170,16 +170,16 @@ class ActivationStore:
 
         return shuffled_batches(self, site, batch_size, **kwargs)
 
-    def statistics(
-        self, site: str, *, start_row: int = 0, stop_row: int | None = None, max_rows: int = 262144
-    ) -> dict[str, Any]:
+    def statistics(self, site: str, **kwargs: Any) -> dict[str, Any]:
         """Mean row (d,) and mean L2 norm of ``site`` over (an evenly strided sample of) a row range.
 
-        ``scale`` is ``sqrt(d) / mean_norm``, SAELens' normalisation to an expected norm of ``sqrt(d)``.
+        ``scale`` is ``sqrt(d) / mean_norm``, SAELens' normalisation to an expected norm of ``sqrt(d)``;
+        with ``subtract_mean=True`` the norm is of the centred rows. Options (start_row, stop_row,
+        max_rows, labels, token_types, subtract_mean): :func:`vision_sae_lens.store.shuffle.site_statistics`.
         """
         from vision_sae_lens.store.shuffle import site_statistics
 
-        return site_statistics(self, site, start_row=start_row, stop_row=stop_row, max_rows=max_rows)
+        return site_statistics(self, site, **kwargs)
 
     # ------------------------------------------------------------------------------------ checks
     def verify(self, *, progress: bool = False) -> None:

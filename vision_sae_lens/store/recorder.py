@@ -150,6 +150,7 @@ def _plan(model, source, sites: list[str], tokens: str, dtype: str, batch_size: 
     settings = {
         "backbone_id": _portable_id(model.backbone_id),
         "backbone_weights_sha256": _weights_sha256(model.backbone),
+        "backbone_weights_file": getattr(getattr(model, "spec", None), "weights", None),
         "preprocessing": model.preprocessing,
         "layout": model.layout.to_dict(),
         "tokens": tokens,

@@ -57,8 +57,8 @@ def shuffled_batches(
     shuffling window: how widely rows mix, and how far ahead the store is read; ``block_rows`` (default
     ``buffer_rows / 64``) is the length of each contiguous run of rows. ``labels`` keeps rows of images with those labels, ``token_types`` rows of those
     token kinds (``"cls"``, ``"registers"``, ``"patches"``). ``subtract_mean`` / ``scale_norm`` apply
-    :meth:`ActivationStore.statistics` of the same row range (mean removed; rows scaled to an expected
-    norm of ``sqrt(d)``). Batches are produced by a background thread, ``prefetch`` batches ahead.
+    :func:`site_statistics` of the same rows (same range, labels and token kinds): the mean is removed,
+    then rows are scaled so that their mean norm is ``sqrt(d)``. Batches are produced by a background thread, ``prefetch`` batches ahead.
     ``skip_batches`` starts after that many batches of the same stream (counted over all epochs)
     without reading them: a resumed training run continues exactly where it stopped.
     """
@@ -79,7 +79,16 @@ def shuffled_batches(
     keep = _row_filter(store, labels, token_types)
     mean_d, scale = None, 1.0
     if subtract_mean or scale_norm:
-        stats = site_statistics(store, site, start_row=start, stop_row=stop)
+        # Statistics of exactly the rows emitted, after centring: the mean norm is then sqrt(d).
+        stats = site_statistics(
+            store,
+            site,
+            start_row=start,
+            stop_row=stop,
+            labels=labels,
+            token_types=token_types,
+            subtract_mean=subtract_mean,
+        )
         mean_d = torch.from_numpy(stats["mean"]) if subtract_mean else None
         scale = stats["scale"] if scale_norm else 1.0
 
@@ -143,34 +152,68 @@ def site_statistics(
     start_row: int = 0,
     stop_row: int | None = None,
     max_rows: int = 262144,
+    labels: Iterable[int] | None = None,
+    token_types: Iterable[str] | None = None,
+    subtract_mean: bool = False,
 ) -> dict[str, Any]:
-    """Mean (d,) float32 and mean row norm over ``max_rows`` rows spread evenly through the range."""
+    """Mean row and mean row norm of ``site`` over the rows that ``shuffled`` would emit.
+
+    Only rows of images with ``labels`` and tokens of ``token_types`` count (None: all). With more
+    than ``max_rows`` rows in the range, chunks spread evenly through it are read. ``mean`` is the
+    (d,) float32 mean; ``mean_norm`` the mean L2 norm of the rows, *after* removing ``mean`` when
+    ``subtract_mean`` (so ``scale`` = ``sqrt(d) / mean_norm`` brings the transformed rows to a mean
+    norm of ``sqrt(d)``); ``raw_mean_norm`` the mean norm of the rows as stored; ``rows`` how many
+    rows were read.
+    """
     start, stop = store._range(start_row, stop_row)
-    n = stop - start
-    if n == 0:
+    if stop - start == 0:
         raise ValueError("cannot compute statistics of an empty row range")
-    chunk = 4096
-    if n <= max_rows:
-        spans = [(lo, min(lo + chunk, stop)) for lo in range(start, stop, chunk)]
-    else:
-        n_chunks = max(1, max_rows // chunk)
-        starts = np.linspace(start, stop - chunk, n_chunks).astype(np.int64)
-        spans = [(int(lo), int(lo) + chunk) for lo in starts]
-    total = torch.zeros(store.site_dim(site), dtype=torch.float64)
-    norm_sum, count = 0.0, 0
-    for lo, hi in spans:
-        acts = store.read_rows(site, lo, hi).double()
-        total += acts.sum(0)
-        norm_sum += float(acts.norm(dim=1).sum())
-        count += hi - lo
-    mean_norm = norm_sum / count
+    keep = _row_filter(store, labels, token_types)
+    spans = _sample_spans(start, stop, max_rows)
     dim = store.site_dim(site)
+
+    def chunks() -> Iterator[torch.Tensor]:
+        for lo, hi in spans:
+            acts = store.read_rows(site, lo, hi)  # float32; sums are accumulated in float64
+            yield acts if keep is None else acts[torch.from_numpy(keep(lo, hi))]
+
+    total = torch.zeros(dim, dtype=torch.float64)
+    raw_norm_sum, count = 0.0, 0
+    for acts in chunks():
+        total += acts.sum(0, dtype=torch.float64)
+        raw_norm_sum += float(acts.norm(dim=1).sum(dtype=torch.float64))
+        count += acts.shape[0]
+    if count == 0:
+        raise ValueError(
+            f"no rows of {site} in [{start}, {stop}) match labels={labels} token_types={token_types}; "
+            "widen the selection"
+        )
+    mean = total / count
+    raw_mean_norm = raw_norm_sum / count
+    mean_norm = raw_mean_norm
+    if subtract_mean:  # a second pass: the norm of centred rows is not a function of the first pass
+        mean_f = mean.float()
+        mean_norm = (
+            sum(float((acts - mean_f).norm(dim=1).sum(dtype=torch.float64)) for acts in chunks()) / count
+        )
     return {
-        "mean": (total / count).float().numpy(),
+        "mean": mean.float().numpy(),
         "mean_norm": mean_norm,
+        "raw_mean_norm": raw_mean_norm,
         "scale": math.sqrt(dim) / mean_norm if mean_norm > 0 else 1.0,
         "rows": count,
+        "centred": bool(subtract_mean),
     }
+
+
+def _sample_spans(start: int, stop: int, max_rows: int, chunk: int = 4096) -> list[tuple[int, int]]:
+    """Every row in chunks, or about ``max_rows`` rows in chunks spread evenly through the range."""
+    n = stop - start
+    if n <= max_rows:
+        return [(lo, min(lo + chunk, stop)) for lo in range(start, stop, chunk)]
+    n_chunks = max(1, max_rows // chunk)
+    starts = np.linspace(start, stop - chunk, n_chunks).astype(np.int64)
+    return [(int(lo), int(lo) + chunk) for lo in starts]
 
 
 def _row_filter(store: ActivationStore, labels, token_types):

@@ -25,6 +25,7 @@ from sae_lens.training.sae_trainer import SAETrainer
 from safetensors.torch import save_file
 
 from vision_sae_lens.metadata import VisionFacts, apply_vision_facts
+from vision_sae_lens.normalization import InputNormalization, fold_input_normalization
 
 logger = logging.getLogger(__name__)
 
@@ -34,13 +35,19 @@ FINISHED_FILENAME = "train_state.json"
 
 
 def write_inference_folder(
-    trainer: SAETrainer, path: Path, facts: VisionFacts, *, fold_in_place: bool = False
+    trainer: SAETrainer,
+    path: Path,
+    facts: VisionFacts,
+    *,
+    fold_in_place: bool = False,
+    normalization: InputNormalization | None = None,
 ) -> TrainingSAE:
     """Write ``trainer.sae`` as an SAELens inference folder at ``path``; returns the SAE written.
 
-    The activation normalisation estimated by the trainer is folded into the weights: on a copy
-    (periodic checkpoints, training goes on) or, with ``fold_in_place``, on the SAE itself (the
-    end of training, as ``SAETrainer.fit`` does).
+    The activation normalisation estimated by the trainer, then the run's input ``normalization``
+    (subtract_mean / scale_norm), are folded into the weights: on a copy (periodic checkpoints,
+    training goes on) or, with ``fold_in_place``, on the SAE itself (the end of training, as
+    ``SAETrainer.fit`` does).
     """
     sae = trainer.sae if fold_in_place else copy.deepcopy(trainer.sae)
     scaler = trainer.activation_scaler
@@ -55,6 +62,8 @@ def write_inference_folder(
     if fold_in_place:
         scaler.scaling_factor = None
         scaler.whitening = None
+    if normalization is not None:
+        fold_input_normalization(sae, normalization)
     apply_vision_facts(sae, facts)
     path.mkdir(parents=True, exist_ok=True)
     sae.save_inference_model(path)
@@ -63,14 +72,20 @@ def write_inference_folder(
 
 
 def save_resumable(
-    trainer: SAETrainer, root: Path, facts: VisionFacts, progress: dict[str, Any], *, keep: int
+    trainer: SAETrainer,
+    root: Path,
+    facts: VisionFacts,
+    progress: dict[str, Any],
+    *,
+    keep: int,
+    normalization: InputNormalization | None = None,
 ) -> Path:
     """Write checkpoint ``root/<n_steps>`` (inference folder + ``trainer/``) atomically; prune old ones."""
     step = trainer.n_training_steps
     final = root / str(step)
     tmp = root / f"{step}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    write_inference_folder(trainer, tmp, facts)
+    write_inference_folder(trainer, tmp, facts, normalization=normalization)
     state_dir = tmp / TRAINER_SUBDIR
     trainer.sae.save_model(state_dir)
     trainer.save_trainer_state(state_dir)

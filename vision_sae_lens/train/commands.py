@@ -42,7 +42,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--overwrite", action="store_true", help="delete earlier output of these runs first")
     _add_downstream_args(p)
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_run_args(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_train)
 
     e = subparsers.add_parser(
@@ -59,6 +60,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--device", help="cpu, cuda, ...")
     e.add_argument("--out", help="folder for eval.json and density.png (default: print only)")
     _add_downstream_args(e)
+    e.add_argument("--no-progress", action="store_true", help="no progress bars")
     e.set_defaults(func=_evaluate)
 
 
@@ -70,6 +72,93 @@ def _add_downstream_args(p: argparse.ArgumentParser) -> None:
         "--images", help="image source for the downstream metric (e.g. demo:mnist:test, imagefolder:DIR)"
     )
     p.add_argument("--n-images", type=int, help="images for the downstream metric (default 64)")
+    p.add_argument("--weights", help="local weights file of --model (a timm: or open_clip: architecture id)")
+
+
+NORMALIZE_MODES = (
+    "none",
+    "expected_average_only_in",
+    "layer_norm",
+    "constant_norm_rescale",
+    "covariance_whitening",
+)
+
+
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    """Input selection, normalisation, schedule, seeds, evaluation split and init (saev's options too).
+
+    Each flag overrides the same-named TrainConfig / SAE config field of every run (also of a --config
+    sweep); left out, the file's value or the default stays.
+    """
+    g = p.add_argument_group(
+        "inputs, normalisation, schedule, seeds, evaluation and init (see docs/coming_from_saev.md)"
+    )
+    g.add_argument(
+        "--tokens",
+        choices=("patches", "cls", "registers", "all"),
+        help="token selection to train on (default: the store's)",
+    )
+    g.add_argument(
+        "--subtract-mean",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="remove the training rows' mean (saev scale_mean)",
+    )
+    g.add_argument(
+        "--scale-norm",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="scale rows to mean norm sqrt(d) (saev scale_norm)",
+    )
+    g.add_argument(
+        "--normalize-activations", choices=NORMALIZE_MODES, help="SAELens' normalize_activations mode"
+    )
+    g.add_argument(
+        "--lr-warm-up-steps",
+        "--warm-up",
+        type=int,
+        dest="lr_warm_up_steps",
+        help="linear lr warm-up steps (saev n_lr_warmup)",
+    )
+    g.add_argument("--lr-decay-steps", type=int, help="linear lr decay steps at the end")
+    g.add_argument("--lr-scheduler", choices=("constant", "cosineannealing", "cosineannealingwarmrestarts"))
+    g.add_argument(
+        "--l1-warm-up-steps", type=int, help="L1 coefficient warm-up steps (saev n_sparsity_warmup)"
+    )
+    g.add_argument("--seed", type=int, help="seed of the SAE's initial weights")
+    g.add_argument("--data-seed", type=int, help="seed of the shuffled batch order")
+    g.add_argument("--eval-fraction", type=float, help="share of the store's last rows held out (0: none)")
+    g.add_argument("--eval-store", help="store to evaluate on instead of a held-out slice")
+    g.add_argument("--decoder-init-norm", type=float, help="decoder row norm at init (SAELens default 0.1)")
+    g.add_argument(
+        "--apply-b-dec-to-input",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="subtract b_dec before encoding",
+    )
+
+
+_RUN_FIELDS = (
+    "tokens",
+    "subtract_mean",
+    "scale_norm",
+    "normalize_activations",
+    "lr_warm_up_steps",
+    "lr_decay_steps",
+    "lr_scheduler",
+    "l1_warm_up_steps",
+    "seed",
+    "data_seed",
+    "eval_fraction",
+    "eval_store",
+    "apply_b_dec_to_input",
+    "decoder_init_norm",
+)
+
+
+def _run_overrides(args: argparse.Namespace) -> dict:
+    """The fields the flags of :func:`_add_run_args` set (None values are left out by the caller)."""
+    return {name: getattr(args, name) for name in _RUN_FIELDS}
 
 
 def _downstream(args: argparse.Namespace, store_path: str | None):
@@ -82,7 +171,7 @@ def _downstream(args: argparse.Namespace, store_path: str | None):
         from vision_sae_lens.train.feed import open_store
 
         model_id = open_store(store_path).backbone_id
-    model = HookedSAEViT.from_pretrained(model_id)
+    model = HookedSAEViT.from_pretrained(model_id, **({"weights": args.weights} if args.weights else {}))
     if not args.images:
         raise ValueError("--model needs --images (the images to measure the downstream metric on)")
     from vision_sae_lens.data import open_images
@@ -101,6 +190,7 @@ def _train(args: argparse.Namespace) -> int:
         "checkpoint_every_tokens": args.checkpoint_every_tokens,
         "wandb_project": args.wandb_project,
         "wandb_mode": args.wandb_mode,
+        **_run_overrides(args),
     }
     if args.config:
         configs, file_out = load_sweep(args.config, **overrides)
@@ -133,6 +223,9 @@ def _train(args: argparse.Namespace) -> int:
     for run in runs:
         r = run.report
         fr = (r.get("downstream") or {}).get("fraction_recovered")
+        if r.get("evaluated") is False:
+            print(f"{run.path}: not evaluated on rows ({r['note']})")
+            continue
         print(
             f"{run.path}: L0 {r['l0']:.2f}  NMSE {r['nmse']:.4f}  explained variance {r['explained_variance']:.4f}"
             f"  dead {r['dead_fraction']:.3f}"
@@ -163,6 +256,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         n_images=args.n_images or 64,
         device=args.device,
         out_dir=args.out,
+        progress=not args.no_progress,
     )
     shown = {k: v for k, v in report.items() if k != "density_histogram"}
     print(json.dumps(shown, indent=1))

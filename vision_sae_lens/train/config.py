@@ -16,9 +16,12 @@ import torch
 from sae_lens.registry import SAE_TRAINING_CLASS_REGISTRY
 from sae_lens.saes.sae import TrainingSAEConfig
 
+from vision_sae_lens.backbones.layout import check_token_selection
 from vision_sae_lens.errors import close_matches
 
 LR_SCHEDULERS = ("constant", "cosineannealing", "cosineannealingwarmrestarts")
+RUNTIME_NORMALISATIONS = ("layer_norm", "constant_norm_rescale")
+"""SAELens normalisations applied per row inside the SAE at run time (not folded into the weights)."""
 ARCHITECTURE_ALIASES = {"l1": "standard", "relu": "standard", "matryoshka": "matryoshka_batchtopk"}
 
 
@@ -87,6 +90,22 @@ class TrainConfig:
     log_every: int = 20
     """Steps between progress-bar / W&B updates of loss, L0 and NMSE."""
 
+    # Input selection and saev-style normalisation (see vision_sae_lens.normalization).
+    tokens: str | None = None
+    """Token selection to train on: ``patches``, ``cls``, ``registers`` or ``all``; None trains on every
+    token the store recorded. It must be part of what the store recorded, and becomes the SAE's
+    ``metadata.tokens``, so splicing applies the SAE to those positions only."""
+    subtract_mean: bool = False
+    """Subtract the mean activation of the training rows (of the selected tokens) before the SAE
+    (saev's ``scale_mean``). Folded into the saved weights, which therefore take raw activations."""
+    scale_norm: bool = False
+    """Scale rows (after ``subtract_mean``) so that their mean L2 norm is ``sqrt(d_in)`` (saev's
+    ``scale_norm``; one factor for the whole run, from the training rows). Folded into the saved weights.
+    SAELens' own per-run option is ``sae.normalize_activations``."""
+    eval_store: Any = None
+    """Activation store to evaluate on instead of the held-out slice of ``store`` (its rows up to
+    ``max_eval_rows``); with ``eval_fraction=0`` and no ``eval_store`` nothing is evaluated on rows."""
+
     def __post_init__(self) -> None:
         if not isinstance(self.sae, TrainingSAEConfig):
             raise ValueError(
@@ -130,6 +149,26 @@ class TrainConfig:
         if self.wandb_mode not in ("online", "offline", "disabled"):
             raise ValueError(f"wandb_mode must be online, offline or disabled, got {self.wandb_mode!r}")
         resolve_device(self.device)
+        self._check_input_options()
+
+    def _check_input_options(self) -> None:
+        if self.tokens is not None:
+            check_token_selection(self.tokens)
+        if not (self.subtract_mean or self.scale_norm):
+            return
+        runtime = self.sae.normalize_activations
+        if runtime in RUNTIME_NORMALISATIONS:
+            raise ValueError(
+                f"subtract_mean/scale_norm cannot be combined with normalize_activations={runtime!r}: that mode "
+                "normalises each row inside the SAE, before the mean could be removed, so the two cannot be "
+                "folded together. Use one of them (saev's settings: subtract_mean=True, scale_norm=True, "
+                "normalize_activations='none')."
+            )
+        if self.subtract_mean and self.architecture.startswith("matching_pursuit"):
+            raise ValueError(
+                "subtract_mean cannot be folded into a matching-pursuit SAE (its encoder is tied to the "
+                "decoder); use scale_norm alone or another architecture."
+            )
 
     @property
     def n_steps(self) -> int:
@@ -149,9 +188,14 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready description (written as ``train_config.json`` beside each checkpoint)."""
         d = {
-            f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("store", "sae")
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.name not in ("store", "sae", "eval_store")
         }
         d["store"] = str(getattr(self.store, "path", self.store))
+        d["eval_store"] = (
+            None if self.eval_store is None else str(getattr(self.eval_store, "path", self.eval_store))
+        )
         sae = self.sae.to_dict()
         sae.pop("metadata", None)
         d["sae"] = sae

@@ -23,7 +23,7 @@ from sae_lens.evals import ExplainedVarianceCalculator
 from tqdm.auto import tqdm
 
 from vision_sae_lens.errors import SAEMismatchError
-from vision_sae_lens.train.feed import check_store_for, open_store, split_rows
+from vision_sae_lens.train.feed import Split, check_store_for, open_store, split_rows
 from vision_sae_lens.train.plots import plot_density
 
 logger = logging.getLogger(__name__)
@@ -49,6 +49,7 @@ def evaluate_sae(
     use_error_term: bool = False,
     device: str | None = None,
     out_dir: str | Path | None = None,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Evaluate an SAE (object or SAELens folder) on rows of an activation store.
 
@@ -56,8 +57,10 @@ def evaluate_sae(
     folder's ``train_config.json``, else the last ``max_rows`` rows. ``model`` (a ``HookedSAEViT``)
     and ``images`` add the spliced downstream metric on the first ``n_images`` images.
     A latent is *dead* when it never fires on these rows and *dense* when it fires on more than
-    ``dense_threshold`` of them. Returns the report; writes ``eval.json`` and ``density.png``
-    into ``out_dir`` when given.
+    ``dense_threshold`` of them. Only rows of the SAE's ``metadata.tokens`` count (a patches SAE is
+    not measured on CLS rows). An SAE trained with ``subtract_mean`` / ``scale_norm`` has them folded
+    in, so raw rows go in and the metrics are in raw units. ``progress=False`` hides the bar.
+    Returns the report; writes ``eval.json`` and ``density.png`` into ``out_dir`` when given.
     """
     folder = Path(sae_or_dir) if not isinstance(sae_or_dir, SAE) else None
     sae = SAE.load_from_disk(folder, device=device or "cpu") if folder is not None else sae_or_dir
@@ -73,7 +76,10 @@ def evaluate_sae(
     n_rows = int(store.n_rows)
     start_row, stop_row = _default_rows(folder, n_rows, start_row, stop_row, max_rows)
     stop_row = min(stop_row, start_row + max_rows)
-    recon = _reconstruction(sae, store, site, start_row, stop_row, batch_size, dense_threshold)
+    keep_t = _token_keep(sae, store)
+    recon = _reconstruction(
+        sae, store, site, start_row, stop_row, batch_size, dense_threshold, keep_t=keep_t, progress=progress
+    )
     mean_d = recon.pop("_mean_d")
     report: dict[str, Any] = {
         "site": site,
@@ -82,6 +88,7 @@ def evaluate_sae(
         "d_sae": sae.cfg.d_sae,
         "rows": [start_row, stop_row],
         "store_fingerprint": str(getattr(store, "fingerprint", "")) or None,
+        "tokens": getattr(sae.cfg.metadata, "tokens", None),
         **recon,
     }
     if model is not None and images is not None:
@@ -102,6 +109,63 @@ def evaluate_sae(
     return report
 
 
+def evaluate_run(
+    sae: SAE,
+    cfg: Any,
+    *,
+    store: Any,
+    split: Split,
+    name: str,
+    model: Any = None,
+    images: Any = None,
+    out_dir: Path,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """The end-of-training report of one run: its ``eval_store``, else its held-out slice.
+
+    With ``eval_fraction=0`` and no ``eval_store`` there is no row the SAE did not train on: the report
+    says so (``"evaluated": false``) instead of measuring training rows; the downstream metric is still
+    measured when ``model`` and ``images`` are given.
+    """
+    common = dict(
+        model=model,
+        images=images,
+        max_rows=cfg.max_eval_rows,
+        n_images=cfg.downstream_images,
+        batch_size=cfg.batch_size,
+        out_dir=out_dir,
+        progress=progress,
+    )
+    if cfg.eval_store is not None:
+        return evaluate_sae(sae, open_store(cfg.eval_store), start_row=0, **common)
+    if split.n_eval:
+        return evaluate_sae(sae, store, start_row=split.n_train, stop_row=split.n_rows, **common)
+    downstream = model is not None and images is not None
+    logger.warning(
+        "run %r: eval_fraction=0 and no eval_store, so no held-out rows: the reconstruction metrics are not "
+        "computed (set eval_fraction > 0 or eval_store=...)%s",
+        name,
+        "; measuring the downstream metric on the given images" if downstream else "",
+    )
+    report: dict[str, Any] = {
+        "site": cfg.site,
+        "architecture": sae.cfg.architecture(),
+        "d_in": sae.cfg.d_in,
+        "d_sae": sae.cfg.d_sae,
+        "n_rows": 0,
+        "evaluated": False,
+        "note": "eval_fraction=0 held no rows out and no eval_store was given: not evaluated on activation rows "
+        "(every row of the store was used for training).",
+    }
+    if downstream:
+        from vision_sae_lens.train.downstream import measure_downstream
+
+        report["downstream"] = measure_downstream(model, sae, images, n_images=cfg.downstream_images)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "eval.json").write_text(json.dumps(report, indent=1))
+    return report
+
+
 def _default_rows(folder: Path | None, n_rows: int, start: int | None, stop: int | None, max_rows: int):
     stop = n_rows if stop is None else min(stop, n_rows)
     if start is None:
@@ -115,6 +179,14 @@ def _default_rows(folder: Path | None, n_rows: int, start: int | None, stop: int
                 batch_size=1,
             )
             start = split.n_train if split.n_eval else max(0, n_rows - max_rows)
+            if not split.n_eval:
+                logger.warning(
+                    "%s was trained with eval_fraction=0: rows [%d, %d) of the store were training rows, so "
+                    "these metrics are on training data (pass another store, or start_row/stop_row).",
+                    folder,
+                    start,
+                    stop,
+                )
         else:
             start = max(0, stop - max_rows)
     if not 0 <= start < stop:
@@ -122,8 +194,26 @@ def _default_rows(folder: Path | None, n_rows: int, start: int | None, stop: int
     return start, stop
 
 
+def _token_keep(sae: SAE, store: Any) -> torch.Tensor | None:
+    """(tokens,) mask of the token positions the SAE applies to, or None when every stored row counts."""
+    tokens = getattr(sae.cfg.metadata, "tokens", None)
+    recorded = str(getattr(store, "tokens", "all"))
+    if not tokens or tokens == recorded or tokens == "all":
+        return None
+    return store.layout.token_mask(tokens)
+
+
 def _reconstruction(
-    sae: SAE, store: Any, site: str, start: int, stop: int, batch_size: int, dense_threshold: float
+    sae: SAE,
+    store: Any,
+    site: str,
+    start: int,
+    stop: int,
+    batch_size: int,
+    dense_threshold: float,
+    *,
+    keep_t: torch.Tensor | None = None,
+    progress: bool = True,
 ) -> dict[str, Any]:
     sae.eval()
     ev = ExplainedVarianceCalculator()
@@ -131,8 +221,13 @@ def _reconstruction(
     sse = l0_sum = cos_sum = 0.0
     n = 0
     batches = store.ordered(site, batch_size, start_row=start, stop_row=stop)
-    for rows in tqdm(batches, desc="evaluating", total=math.ceil((stop - start) / batch_size), leave=False):
+    total = math.ceil((stop - start) / batch_size)
+    for rows in tqdm(batches, desc="evaluating", total=total, leave=False, disable=not progress):
         acts_bd = getattr(rows, "acts", rows[0] if isinstance(rows, tuple) else rows)
+        if keep_t is not None:
+            acts_bd = acts_bd[keep_t[rows.token_idx]]
+            if not len(acts_bd):
+                continue
         x_bd = acts_bd.to(sae.device, torch.float32)
         feats_bs = sae.encode(x_bd)
         recon_bd = sae.decode(feats_bs).float()
@@ -143,6 +238,10 @@ def _reconstruction(
         l0_sum += active_bs.sum().item()
         cos_sum += torch.nn.functional.cosine_similarity(recon_bd, x_bd, dim=-1).double().sum().item()
         n += x_bd.shape[0]
+    if n == 0:
+        raise ValueError(
+            f"rows [{start}, {stop}) of {site} hold no rows of the SAE's tokens; evaluate on a wider slice"
+        )
     d = sae.cfg.d_in
     mean_d = (ev.sum_x / n).float()
     total_var = ev.sum_squared_norm - n * mean_d.double().pow(2).sum().item()

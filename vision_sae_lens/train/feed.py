@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from vision_sae_lens.errors import SAEMismatchError, TrainingError, UnknownSiteError, close_matches
+from vision_sae_lens.normalization import InputNormalization, estimate_input_normalization
 
 logger = logging.getLogger(__name__)
 
@@ -100,36 +101,112 @@ def split_rows(n_rows: int, *, eval_fraction: float, max_eval_rows: int, batch_s
 
 
 def batch_stream(
-    store: Any, site: str, *, batch_size: int, seed: int, stop_row: int, skip_batches: int = 0
+    store: Any,
+    site: str,
+    *,
+    batch_size: int,
+    seed: int,
+    stop_row: int,
+    skip_batches: int = 0,
+    token_types: list[str] | None = None,
+    normalization: InputNormalization | None = None,
 ) -> Iterator[torch.Tensor]:
     """Endless (batch_size, d_in) float32 batches over rows ``[0, stop_row)``, epoch after epoch.
 
     ``skip_batches`` resumes the stream after that many batches without reading them (whole epochs
-    are skipped here, the rest by ``shuffled``).
+    are skipped here, the rest by ``shuffled``). ``token_types`` keeps rows of those token kinds only
+    (see :func:`token_filter`); ``normalization`` is applied to every batch.
     """
-    per_epoch = stop_row // batch_size
+    n_rows = count_selected_rows(store, token_types, stop_row)
+    per_epoch = n_rows // batch_size
+    if per_epoch == 0:
+        raise TrainingError(
+            f"the training rows of {site} hold {n_rows} rows of tokens {token_types}, fewer than one batch of "
+            f"{batch_size}; record more images or lower batch_size."
+        )
     first_epoch, skip_in_epoch = divmod(skip_batches, per_epoch)
     for epoch in itertools.count(first_epoch):
         if epoch > 0:
-            logger.info("starting epoch %d over the %d training rows of %s", epoch + 1, stop_row, site)
-        yield from store.shuffled(
+            logger.info("starting epoch %d over the %d training rows of %s", epoch + 1, n_rows, site)
+        batches = store.shuffled(
             site,
             batch_size,
             seed=seed + epoch * _EPOCH_SEED_STRIDE,
             stop_row=stop_row,
             drop_last=True,
             skip_batches=skip_in_epoch if epoch == first_epoch else 0,
+            **({"token_types": token_types} if token_types is not None else {}),
         )
+        if normalization is None:
+            yield from batches
+        else:
+            yield from (_normalised(normalization, b) for b in batches)
+
+
+def _normalised(norm: InputNormalization, batch: torch.Tensor) -> torch.Tensor:
+    # ActivationStore hands out fresh float32 tensors: normalise those in place (no copy per batch). A
+    # batch that shares its storage (a view into another store object's data) is never modified.
+    owns = batch.dtype == torch.float32 and batch.untyped_storage().nbytes() == batch.numel() * 4
+    return norm.apply_(batch) if owns else norm.apply(batch)
 
 
 def estimation_batches(
-    store: Any, site: str, *, batch_size: int, seed: int, stop_row: int, n: int
+    store: Any,
+    site: str,
+    *,
+    batch_size: int,
+    seed: int,
+    stop_row: int,
+    n: int,
+    token_types: list[str] | None = None,
+    normalization: InputNormalization | None = None,
 ) -> Iterator[torch.Tensor]:
     """An iterator of ``n`` batches for the activation-normalisation estimate (its own seed, so the
     training stream is not consumed)."""
-    return itertools.islice(
-        batch_stream(store, site, batch_size=batch_size, seed=seed + 7919, stop_row=stop_row), n
+    stream = batch_stream(
+        store,
+        site,
+        batch_size=batch_size,
+        seed=seed + 7919,
+        stop_row=stop_row,
+        token_types=token_types,
+        normalization=normalization,
     )
+    return itertools.islice(stream, n)
+
+
+def token_filter(store: Any, tokens: str | None) -> list[str] | None:
+    """The ``token_types`` filter that keeps the rows of selection ``tokens`` (None: keep every row).
+
+    Raises a clear error when the store did not record those tokens.
+    """
+    recorded = str(getattr(store, "tokens", "all"))
+    if tokens is None or tokens == recorded:
+        return None
+    layout = store.layout
+    wanted, have = layout.token_mask(tokens), layout.token_mask(recorded)
+    if torch.equal(wanted, have):
+        return None
+    if bool((wanted & ~have).any()):
+        raise TrainingError(
+            f"tokens={tokens!r} asks for tokens the store did not record (it holds tokens={recorded!r}); "
+            f"train on tokens={recorded!r} or a part of it, or record the store with tokens={tokens!r}."
+        )
+    return ["cls", "registers", "patches"] if tokens == "all" else [tokens]
+
+
+def count_selected_rows(store: Any, token_types: list[str] | None, stop_row: int) -> int:
+    """Rows of ``token_types`` among rows ``[0, stop_row)`` (rows are whole images of the same tokens)."""
+    if token_types is None:
+        return stop_row
+    layout = store.layout
+    per_image = layout.token_indices(str(store.tokens)).numpy()
+    keep = torch.zeros(layout.n_tokens, dtype=torch.bool)
+    for kind in token_types:
+        keep |= layout.token_mask(kind)
+    keep_i = keep.numpy()[per_image]
+    full, rest = divmod(stop_row, len(per_image))
+    return int(full * keep_i.sum() + keep_i[:rest].sum())
 
 
 def check_finite_batch(batch: torch.Tensor, *, step: int, site: str) -> None:
@@ -145,3 +222,49 @@ def check_finite_batch(batch: torch.Tensor, *, step: int, site: str) -> None:
 def store_preprocessing(store: Any) -> dict:
     """The backbone preprocessing recorded with the store (empty when unknown)."""
     return dict(store.metadata.get("preprocessing") or {})
+
+
+@dataclass(frozen=True)
+class RunInputs:
+    """Which rows a run trains on and how they are transformed (shared by a group, fixed for the run)."""
+
+    token_types: list[str] | None
+    """``shuffled`` token filter (None: every stored row)."""
+    tokens: str
+    """The token selection recorded in the SAE's metadata."""
+    normalization: InputNormalization | None
+    """``subtract_mean`` / ``scale_norm`` statistics of the training rows, or None."""
+
+
+def prepare_inputs(store: Any, cfg: Any, *, n_train: int) -> RunInputs:
+    """Token filter and input normalisation of ``cfg`` over training rows ``[0, n_train)``.
+
+    The statistics are computed once, deterministically, so every epoch and a resumed run see the same
+    transform. Raises when fewer than one batch of the selected tokens is left for training.
+    """
+    token_types = token_filter(store, cfg.tokens)
+    tokens = cfg.tokens or str(store.tokens)
+    n_selected = count_selected_rows(store, token_types, n_train)
+    if n_selected < cfg.batch_size:
+        raise TrainingError(
+            f"the training slice holds {n_selected} rows of tokens={tokens!r}, fewer than one batch of "
+            f"{cfg.batch_size}; record more images or lower batch_size / eval_fraction."
+        )
+    norm = estimate_input_normalization(
+        store,
+        cfg.site,
+        subtract_mean=cfg.subtract_mean,
+        scale_norm=cfg.scale_norm,
+        tokens=tokens,
+        token_types=token_types,
+        stop_row=n_train,
+    )
+    if norm is not None:
+        logger.info(
+            "input normalisation of %s over %d training rows: mean %s, scale %.6g (folded into the saved SAE)",
+            cfg.site,
+            norm.rows,
+            "subtracted" if norm.subtract_mean else "kept",
+            norm.scale,
+        )
+    return RunInputs(token_types=token_types, tokens=tokens, normalization=norm)

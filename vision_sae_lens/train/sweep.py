@@ -46,6 +46,9 @@ SHARED_FIELDS = (
     "max_eval_rows",
     "device",
     "checkpoint_every_tokens",
+    "tokens",
+    "subtract_mean",
+    "scale_norm",
 )
 _TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)} - {"sae"}
 
@@ -134,6 +137,9 @@ def config_from_dict(
     store = train["store"]
     if isinstance(store, str) and base_dir is not None and not Path(store).is_absolute():
         train["store"] = str(base_dir / store)
+    eval_store = train.get("eval_store")
+    if isinstance(eval_store, str) and base_dir is not None and not Path(eval_store).is_absolute():
+        train["eval_store"] = str(base_dir / eval_store)
     if "d_in" not in d:
         d["d_in"] = site_width(open_store(train["store"]), train["site"])
     try:

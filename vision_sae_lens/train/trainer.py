@@ -37,7 +37,7 @@ from vision_sae_lens.errors import TrainingError
 from vision_sae_lens.metadata import VisionFacts
 from vision_sae_lens.train import checkpoint as ckpt
 from vision_sae_lens.train.config import TrainConfig, resolve_device
-from vision_sae_lens.train.evaluate import evaluate_sae
+from vision_sae_lens.train.evaluate import evaluate_run
 from vision_sae_lens.train.feed import (
     Split,
     batch_stream,
@@ -45,10 +45,12 @@ from vision_sae_lens.train.feed import (
     check_store_for,
     estimation_batches,
     open_store,
+    prepare_inputs,
     split_rows,
     store_preprocessing,
 )
 from vision_sae_lens.train.plots import plot_sweep
+from vision_sae_lens.train.saelens_seams import quiet_norm_estimate
 from vision_sae_lens.train.sweep import group_configs, unique_names
 
 logger = logging.getLogger(__name__)
@@ -159,6 +161,9 @@ class _GroupTrainer:
         )
         self.device = resolve_device(lead.device)
         self.fingerprint = str(getattr(self.store, "fingerprint", ""))
+        self.inputs = prepare_inputs(self.store, lead, n_train=self.split.n_train)
+        self.token_types, self.tokens = self.inputs.token_types, self.inputs.tokens
+        self.normalization = self.inputs.normalization
 
     # ------------------------------------------------------------------------------------ driver
     def run(self) -> list[TrainRun]:
@@ -189,6 +194,8 @@ class _GroupTrainer:
             seed=lead.data_seed,
             stop_row=self.split.n_train,
             skip_batches=start,
+            token_types=self.token_types,
+            normalization=self.normalization,
         )
         source = itertools.islice(source, n_steps - start)  # read ahead, never past the last step
         pin = self.device.startswith("cuda")
@@ -214,6 +221,7 @@ class _GroupTrainer:
                             self._facts(m),
                             self._progress(m),
                             keep=m.cfg.keep_checkpoints,
+                            normalization=self.normalization,
                         )
                 pbar.update(1)
                 if done % lead.log_every == 0 or done == n_steps:
@@ -331,7 +339,13 @@ class _GroupTrainer:
             return
         if scaler.scaling_factor is not None or scaler.whitening is not None:
             return  # restored from a checkpoint: the weights were trained against these statistics
-        kwargs = dict(batch_size=cfg.batch_size, seed=cfg.data_seed, stop_row=self.split.n_train)
+        kwargs = dict(
+            batch_size=cfg.batch_size,
+            seed=cfg.data_seed,
+            stop_row=self.split.n_train,
+            token_types=self.token_types,
+            normalization=self.normalization,
+        )
         batches = estimation_batches(self.store, cfg.site, n=cfg.n_batches_for_norm_estimate, **kwargs)
         batches = (b.to(self.device) for b in batches)
         estimate = (
@@ -339,11 +353,12 @@ class _GroupTrainer:
             if norm == "expected_average_only_in"
             else scaler.estimate_whitening
         )
-        estimate(
-            d_in=sae.cfg.d_in,
-            data_provider=batches,
-            n_batches_for_norm_estimate=cfg.n_batches_for_norm_estimate,
-        )
+        with quiet_norm_estimate(self.progress):
+            estimate(
+                d_in=sae.cfg.d_in,
+                data_provider=batches,
+                n_batches_for_norm_estimate=cfg.n_batches_for_norm_estimate,
+            )
 
     def _start_wandb(self, m: _Member) -> None:
         if not m.cfg.wandb_project or m.cfg.wandb_mode == "disabled":
@@ -364,12 +379,14 @@ class _GroupTrainer:
         return VisionFacts(
             backbone=str(getattr(store, "backbone_id", "") or ""),
             hook_name=m.cfg.site,
-            tokens=str(store.tokens),
+            tokens=self.tokens,
             layout=store.layout,
             preprocessing=store_preprocessing(store),
             dataset=store.dataset,
             store_fingerprint=self.fingerprint or None,
             training_tokens=int(m.trainer.n_training_samples),
+            backbone_weights_file=store.metadata.get("backbone_weights_file"),
+            input_normalization=None if self.normalization is None else self.normalization.to_metadata(),
         )
 
     def _progress(self, m: _Member) -> dict[str, Any]:
@@ -387,7 +404,9 @@ class _GroupTrainer:
         m.train_seconds = time.perf_counter() - self._t0
         trainer = m.trainer
         trainer.set_final_sae_metadata()
-        ckpt.write_inference_folder(trainer, m.folder, self._facts(m), fold_in_place=True)
+        ckpt.write_inference_folder(
+            trainer, m.folder, self._facts(m), fold_in_place=True, normalization=self.normalization
+        )
         (m.folder / "train_config.json").write_text(json.dumps(m.cfg.to_dict(), indent=1, default=str))
         m.result = self._load_result(m, training_sae=trainer.sae, n_steps=trainer.n_training_steps)
         ckpt.mark_finished(m.folder, self._progress(m))
@@ -397,24 +416,26 @@ class _GroupTrainer:
             )
         self._t0 += time.perf_counter() - self._t0 - m.train_seconds  # saving and evaluating are not training
 
+    def _evaluate(self, m: _Member, sae: SAE) -> dict[str, Any]:
+        return evaluate_run(
+            sae,
+            m.cfg,
+            store=self.store,
+            split=self.split,
+            name=m.name,
+            model=self.model,
+            images=self.images,
+            out_dir=m.folder,
+            progress=self.progress,
+        )
+
     def _load_result(self, m: _Member, *, training_sae: TrainingSAE | None, n_steps: int) -> TrainRun:
         sae = SAE.load_from_disk(m.folder, device=self.device)
         report_path = m.folder / "eval.json"
         if report_path.exists() and training_sae is None:
             report = json.loads(report_path.read_text())
         else:
-            report = evaluate_sae(
-                sae,
-                self.store,
-                model=self.model,
-                images=self.images,
-                start_row=self.split.n_train if self.split.n_eval else None,
-                stop_row=self.split.n_rows,
-                max_rows=m.cfg.max_eval_rows,
-                n_images=m.cfg.downstream_images,
-                batch_size=m.cfg.batch_size,
-                out_dir=m.folder,
-            )
+            report = self._evaluate(m, sae)
         return TrainRun(
             name=m.name,
             config=m.cfg,
