@@ -33,13 +33,14 @@ def assert_not_close(a: torch.Tensor, b: torch.Tensor, atol: float = 1e-5) -> No
     assert not torch.allclose(a, b, atol=atol), "tensors are unexpectedly close"
 
 
-def get_hooked_sae(model: HookedSAEViT, act_name: str) -> SAE:
+def get_hooked_sae(model: HookedSAEViT, act_name: str, **cfg_kwargs) -> SAE:
     """SAELens' ``get_hooked_sae``: a StandardSAE sized for ``act_name`` (hook_z reshaped per head)."""
     site_to_size = {
         "hook_z": model.cfg.d_head * model.cfg.n_heads,
         "hook_mlp_out": model.cfg.d_model,
         "hook_resid_pre": model.cfg.d_model,
         "hook_resid_post": model.cfg.d_model,
+        "hook_in": model.cfg.d_model,
         "hook_post": model.cfg.d_mlp,
     }
     d_in = site_to_size[act_name.split(".")[-1]]
@@ -50,6 +51,7 @@ def get_hooked_sae(model: HookedSAEViT, act_name: str) -> SAE:
         device="cpu",
         reshape_activations="hook_z" if act_name.endswith("hook_z") else "none",
         metadata=SAEMetadata(model_name=MODEL, hook_name=act_name, hook_head_index=None),
+        **cfg_kwargs,
     )
     return StandardSAE(cfg)
 
@@ -72,3 +74,27 @@ class Counter:
 
     def inc(self, *args, **kwargs) -> None:
         self.count += 1
+
+
+class SAELensReference(HookedSAEViT):
+    """The same hooked ViT, but SAEs attached by SAELens' unmodified ``HookedSAETransformer.add_sae``
+    (SAELens' own ``_SAEWrapper``): the reference our splicing must match."""
+
+    def add_sae(self, sae, use_error_term=None, exclude_special_tokens=False):
+        from vision_sae_lens.compat import borrowed
+
+        borrowed("add_sae")(self, sae, use_error_term, exclude_special_tokens)
+
+
+def reference_twin(model: HookedSAEViT) -> SAELensReference:
+    """A :class:`SAELensReference` with ``model``'s exact weights."""
+    twin = SAELensReference.from_pretrained(MODEL, pretrained=False, attention=model.attention, **TINY)
+    twin.backbone.load_state_dict(model.backbone.state_dict())
+    return twin
+
+
+def sae_copy(sae: SAE) -> SAE:
+    """An independent SAE with the same config and weights."""
+    other = SAE.from_dict(sae.cfg.to_dict())
+    other.load_state_dict(sae.state_dict())
+    return other
