@@ -81,6 +81,7 @@ def cache_activations(
     ctx = join_distributed()
     try:
         model = _load_model(model, ctx, device=device, pretrained=pretrained, model_kwargs=model_kwargs)
+        model.check_names(list(sites))  # a misspelled site fails before any image is opened
         source = open_images(images, streaming=streaming, limit=limit)
         plan = _plan(model, source, list(sites), tokens, dtype, batch_size, shard_images)
         root = Path(out_dir)
