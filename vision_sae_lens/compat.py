@@ -14,13 +14,6 @@ import inspect
 from collections.abc import Callable
 
 import torch
-
-# TransformerLens 3 moved HookedRootModule out of hook_points (importing it from there warns and is
-# gone in 4.0); the dedicated module is the supported path.
-from transformer_lens.ActivationCache import ActivationCache
-from transformer_lens.hook_points import HookPoint
-from transformer_lens.HookedRootModule import HookedRootModule
-
 from sae_lens import SAE
 from sae_lens.analysis.hooked_sae_transformer import (
     HookedSAETransformer,
@@ -29,6 +22,12 @@ from sae_lens.analysis.hooked_sae_transformer import (
     set_deep_attr,
 )
 from sae_lens.saes.sae import _disable_hooks
+
+# TransformerLens 3 moved HookedRootModule out of hook_points (importing it from there warns and is
+# gone in 4.0); the dedicated module is the supported path.
+from transformer_lens.ActivationCache import ActivationCache
+from transformer_lens.hook_points import HookPoint
+from transformer_lens.HookedRootModule import HookedRootModule
 
 SAEWrapper = _SAEWrapper
 """SAELens' per-site SAE wrapper (private ``_SAEWrapper``): hooks copied from the SAE, ``hook_sae_error``,
@@ -68,7 +67,9 @@ def _probe_wrapper_contract() -> None:
     sae = StandardSAE(StandardSAEConfig(d_in=4, d_sae=8))
     wrapper = _SAEWrapper(sae, use_error_term=True, exclude_special_tokens=[0])
     for name in ("hook_sae_error", "hook_sae_output", "hook_sae_acts_post", "hook_sae_input"):
-        _require(isinstance(getattr(wrapper, name, None), HookPoint), seam, f"wrapper has no HookPoint {name}")
+        _require(
+            isinstance(getattr(wrapper, name, None), HookPoint), seam, f"wrapper has no HookPoint {name}"
+        )
     _require(wrapper.sae is sae and wrapper.use_error_term is True, seam, "sae / use_error_term not kept")
     _require(wrapper.exclude_special_tokens == [0], seam, "exclude_special_tokens not kept")
     _require(getattr(wrapper, "_token_mask", "missing") is None, seam, "no _token_mask attribute")
@@ -103,14 +104,20 @@ def _probe_borrowed_methods() -> None:
     for name in BORROWED_METHODS:
         _require(hasattr(HookedSAETransformer, name), seam, f"HookedSAETransformer has no {name}")
     src = inspect.getsource(HookedSAETransformer.saes)
-    _require("self.add_sae(" in src and "self._reset_sae(" in src, seam, "saes() no longer calls add_sae/_reset_sae")
+    _require(
+        "self.add_sae(" in src and "self._reset_sae(" in src,
+        seam,
+        "saes() no longer calls add_sae/_reset_sae",
+    )
     _require(
         "exclude_special_tokens" in _params(HookedSAETransformer.add_sae),
         seam,
         "add_sae lost exclude_special_tokens",
     )
     src = inspect.getsource(HookedSAETransformer._reset_sae)
-    _require("_transcoder_output_hooks" in src and "_acts_to_saes" in src, seam, "_reset_sae bookkeeping changed")
+    _require(
+        "_transcoder_output_hooks" in src and "_acts_to_saes" in src, seam, "_reset_sae bookkeeping changed"
+    )
 
 
 def _probe_deep_attr() -> None:
@@ -140,12 +147,18 @@ def _probe_root_module() -> None:
     seam = "transformer_lens HookedRootModule"
     for name in ("run_with_cache", "run_with_hooks", "hooks", "add_hook", "add_caching_hooks", "setup"):
         _require(hasattr(HookedRootModule, name), seam, f"has no {name}")
-    _require("remove_batch_dim" in _params(HookedRootModule.run_with_cache), seam, "run_with_cache lost remove_batch_dim")
+    _require(
+        "remove_batch_dim" in _params(HookedRootModule.run_with_cache),
+        seam,
+        "run_with_cache lost remove_batch_dim",
+    )
     _require("has_batch_dim" in _params(ActivationCache.__init__), seam, "ActivationCache lost has_batch_dim")
-    root = HookedRootModule()
+    root = type("_Probe", (HookedRootModule,), {})()  # a subclass, as HookedSAEViT is (the bare class warns)
     root.hook_x = HookPoint()
     root.setup()
-    _require(getattr(root, "hook_dict", {}).get("hook_x") is root.hook_x, seam, "setup() no longer fills hook_dict")
+    _require(
+        getattr(root, "hook_dict", {}).get("hook_x") is root.hook_x, seam, "setup() no longer fills hook_dict"
+    )
     _require(hasattr(root, "mod_dict"), seam, "setup() no longer fills mod_dict")
 
 

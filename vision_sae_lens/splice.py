@@ -27,7 +27,6 @@ from typing import Any
 import torch
 
 from vision_sae_lens.compat import SAE, SAEWrapper, borrowed, disable_sae_hooks, set_deep_attr
-
 from vision_sae_lens.errors import BackboneMismatchWarning, SAEMismatchError
 from vision_sae_lens.metadata import vision_facts_of
 

@@ -11,7 +11,12 @@ from vision_sae_lens.backbones import HookedSAEViT
 
 TINY = dict(img_size=32, patch_size=8, depth=2, num_classes=10)
 MODEL = "timm:vit_tiny_patch16_224"
-SAE_SITES = ["blocks.0.attn.hook_z", "blocks.0.hook_mlp_out", "blocks.0.mlp.hook_post", "blocks.0.hook_resid_pre"]
+SAE_SITES = [
+    "blocks.0.attn.hook_z",
+    "blocks.0.hook_mlp_out",
+    "blocks.0.mlp.hook_post",
+    "blocks.0.hook_resid_pre",
+]
 
 
 def tiny_model(**kwargs) -> HookedSAEViT:
@@ -63,7 +68,9 @@ def get_transcoder(model: HookedSAEViT, layer: int = 0) -> Transcoder:
         d_sae=model.cfg.d_model * 2,
         d_out=model.cfg.d_model,
         apply_b_dec_to_input=False,
-        metadata=SAEMetadata(hook_name=f"blocks.{layer}.mlp.hook_in", hook_name_out=f"blocks.{layer}.hook_mlp_out"),
+        metadata=SAEMetadata(
+            hook_name=f"blocks.{layer}.mlp.hook_in", hook_name_out=f"blocks.{layer}.hook_mlp_out"
+        ),
     )
     return Transcoder(cfg)
 

@@ -62,7 +62,9 @@ def test_fused_default_is_bit_identical_and_has_mlp_in_but_no_attention_internal
     fused, plain = build_family(family, tmp_path_factory)
     pixels = pixels_for(fused)
     with torch.no_grad():
-        assert torch.equal(out_tensor(fused, fused(pixels)), out_tensor(fused, fused.spec.call(plain, pixels)))
+        assert torch.equal(
+            out_tensor(fused, fused(pixels)), out_tensor(fused, fused.spec.call(plain, pixels))
+        )
     assert "blocks.0.mlp.hook_in" in fused.site_names()
     with pytest.raises(UnknownSiteError, match="attention='eager'"):
         fused.run_with_cache(pixels, names_filter="blocks.0.attn.hook_pattern")

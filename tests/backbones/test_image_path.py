@@ -42,7 +42,9 @@ def model():
 def seen(model):
     """Every pixel batch that reaches the backbone."""
     batches: list[torch.Tensor] = []
-    handle = model.backbone.register_forward_pre_hook(lambda mod, args: batches.append(args[0].detach().clone()))
+    handle = model.backbone.register_forward_pre_hook(
+        lambda mod, args: batches.append(args[0].detach().clone())
+    )
     yield batches
     handle.remove()
 
@@ -60,7 +62,9 @@ def test_every_entry_point_gives_equal_pixels(model, seen, mode, tmp_path):
     model.run_with_cache([img], names_filter="hook_embed")
     assert torch.equal(seen.pop(), want)
 
-    cache_activations(model, [img], sites=["hook_embed"], out_dir=tmp_path / "store", tokens="all", progress=False)
+    cache_activations(
+        model, [img], sites=["hook_embed"], out_dir=tmp_path / "store", tokens="all", progress=False
+    )
     assert any(torch.equal(b, want) for b in seen), "the recorder saw other pixels"
     seen.clear()
 
@@ -96,7 +100,11 @@ def test_16_bit_images_are_scaled_not_clipped():
 def test_pixels_follow_model_dtype(dtype):
     model = tiny_model().to(dtype)
     img = make_image("RGBA")
-    for images in ([img], torch.randint(0, 256, (1, 3, 32, 32), dtype=torch.uint8), torch.randn(1, 3, 32, 32)):
+    for images in (
+        [img],
+        torch.randint(0, 256, (1, 3, 32, 32), dtype=torch.uint8),
+        torch.randn(1, 3, 32, 32),
+    ):
         pixels = model.preprocess(images)
         assert pixels.dtype == dtype and pixels.device == model.device
     out = model([img])

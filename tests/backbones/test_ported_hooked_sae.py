@@ -16,7 +16,13 @@ from ported_helpers import SAE_SITES, Counter, assert_close, get_hooked_sae, ima
 from vision_sae_lens.compat import HookPoint
 
 prompt = images()
-SAE_HOOKS = ["hook_sae_input", "hook_sae_acts_pre", "hook_sae_acts_post", "hook_sae_recons", "hook_sae_output"]
+SAE_HOOKS = [
+    "hook_sae_input",
+    "hook_sae_acts_pre",
+    "hook_sae_acts_post",
+    "hook_sae_recons",
+    "hook_sae_output",
+]
 
 
 @pytest.fixture(scope="module")

@@ -99,7 +99,9 @@ def test_add_sae_warns_for_invalid_hook(model):
     KeyError) naming the close matches, and attach nothing (docs/coming_from_saelens.md)."""
     sae = StandardSAE(
         StandardSAEConfig(
-            d_in=model.cfg.d_model, d_sae=model.cfg.d_model * 2, metadata=SAEMetadata(hook_name="invalid.hook.name")
+            d_in=model.cfg.d_model,
+            d_sae=model.cfg.d_model * 2,
+            metadata=SAEMetadata(hook_name="invalid.hook.name"),
         )
     )
     with pytest.raises(UnknownSiteError, match="invalid.hook.name"):
@@ -336,7 +338,10 @@ def test_run_with_cache_with_saes_with_use_error_term(model, hooked_sae):
 
 def test_use_error_term_restoration_after_exception(model, hooked_sae):
     before = hooked_sae.use_error_term
-    with pytest.raises(RuntimeError, match="Test exception"), model.saes(saes=[hooked_sae], use_error_term=True):
+    with (
+        pytest.raises(RuntimeError, match="Test exception"),
+        model.saes(saes=[hooked_sae], use_error_term=True),
+    ):
         raise RuntimeError("Test exception")
     assert hooked_sae.use_error_term == before
     assert len(model._acts_to_saes) == 0
@@ -559,7 +564,9 @@ def test_error_term_unchanged_when_latents_ablated():
         out_ablated, cache_ablated = model.run_with_cache(prompt)
     model.reset_saes()
     assert cache_ablated[act_name + ".hook_sae_acts_post"].abs().sum() == 0
-    assert_close(cache_ablated[act_name + ".hook_sae_error"], cache_base[act_name + ".hook_sae_error"], atol=1e-5)
+    assert_close(
+        cache_ablated[act_name + ".hook_sae_error"], cache_base[act_name + ".hook_sae_error"], atol=1e-5
+    )
     assert not torch.allclose(out_ablated, out_base, atol=1e-5)
 
 
@@ -661,7 +668,9 @@ def test_exclude_special_tokens_empty_list_applies_sae_everywhere(model, hooked_
     _, cache_none = model.run_with_cache_with_saes(
         prompt, saes=[hooked_sae], use_error_term=False, exclude_special_tokens=False
     )
-    assert_close(cache_empty[act_name + ".hook_sae_output"], cache_none[act_name + ".hook_sae_output"], atol=1e-6)
+    assert_close(
+        cache_empty[act_name + ".hook_sae_output"], cache_none[act_name + ".hook_sae_output"], atol=1e-6
+    )
 
 
 def test_exclude_special_tokens_zeroes_sae_error_at_excluded_positions(model, hooked_sae):

@@ -71,8 +71,12 @@ def test_gradients_match_old(new_model, old_model, use_error_term):
 @pytest.mark.parametrize("use_error_term", [False, True])
 def test_run_with_cache_matches_old(new_model, old_model, use_error_term):
     new_sae, old_sae = pair(new_model)
-    new_out, new_cache = new_model.run_with_cache_with_saes(PROMPT, saes=[new_sae], use_error_term=use_error_term)
-    old_out, old_cache = old_model.run_with_cache_with_saes(PROMPT, saes=[old_sae], use_error_term=use_error_term)
+    new_out, new_cache = new_model.run_with_cache_with_saes(
+        PROMPT, saes=[new_sae], use_error_term=use_error_term
+    )
+    old_out, old_cache = old_model.run_with_cache_with_saes(
+        PROMPT, saes=[old_sae], use_error_term=use_error_term
+    )
     assert_close(new_out, old_out, atol=1e-5)
     key = ACT_NAME + ".hook_sae_acts_post"
     assert_close(new_cache[key], old_cache[key], atol=1e-5)

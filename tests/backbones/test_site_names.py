@@ -33,12 +33,16 @@ def _noop(t, hook):
 
 ENTRY_POINTS = {
     "run_with_cache(str)": lambda m, n: m.run_with_cache(images(), names_filter=n),
-    "run_with_cache(list)": lambda m, n: m.run_with_cache(images(), names_filter=["blocks.0.hook_resid_post", n]),
+    "run_with_cache(list)": lambda m, n: m.run_with_cache(
+        images(), names_filter=["blocks.0.hook_resid_post", n]
+    ),
     "run_with_cache_with_saes": lambda m, n: m.run_with_cache_with_saes(
         images(), saes=[get_hooked_sae(m, "blocks.0.hook_resid_pre")], names_filter=[n]
     ),
     "run_with_hooks": lambda m, n: m.run_with_hooks(images(), fwd_hooks=[(n, _noop)]),
-    "run_with_hooks(bwd)": lambda m, n: m.run_with_hooks(images(), bwd_hooks=[(n, _noop)], reset_hooks_end=False),
+    "run_with_hooks(bwd)": lambda m, n: m.run_with_hooks(
+        images(), bwd_hooks=[(n, _noop)], reset_hooks_end=False
+    ),
     "run_with_hooks_with_saes": lambda m, n: m.run_with_hooks_with_saes(
         images(), saes=[get_hooked_sae(m, "blocks.0.hook_resid_pre")], fwd_hooks=[(n, _noop)]
     ),
@@ -78,12 +82,16 @@ def test_callable_names_filter_is_left_as_transformer_lens_has_it(model):
 
 
 def test_missing_cache_key_names_close_cached_names(model):
-    _, cache = model.run_with_cache(images(), names_filter=["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"])
+    _, cache = model.run_with_cache(
+        images(), names_filter=["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"]
+    )
     with pytest.raises(KeyError) as info:
         cache[TYPO]
     assert isinstance(info.value, UnknownSiteError)
     assert "blocks.1.hook_resid_post" in str(info.value) and "not in this cache" in str(info.value)
-    torch.testing.assert_close(cache["resid_post", 1], cache["blocks.1.hook_resid_post"])  # shorthand still works
+    torch.testing.assert_close(
+        cache["resid_post", 1], cache["blocks.1.hook_resid_post"]
+    )  # shorthand still works
 
 
 @pytest.mark.parametrize("name", [TYPO, WRONG_LAYER])

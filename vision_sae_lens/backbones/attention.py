@@ -117,13 +117,17 @@ def _eager_forward_for(module: nn.Module, hook: HookGetter) -> Callable[..., Any
 
 
 def _timm_forward(m: nn.Module, hook: HookGetter) -> Callable[..., torch.Tensor]:
-    def forward(x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
+    def forward(
+        x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False
+    ) -> torch.Tensor:
         b, n, _ = x.shape
         gate = m.gate(x).sigmoid() if getattr(m, "gate", None) is not None else None
         q, k, v = m.qkv(x).reshape(b, n, 3, m.num_heads, m.head_dim).unbind(2)
         q, k = m.q_norm(q), m.k_norm(k)  # norms act on d_head: same result in either layout
         p = m.attn_drop.p if m.training else 0.0
-        z = attention_core(hook, q, k, v, scale=m.scale, attn_mask=attn_mask, is_causal=is_causal, dropout_p=p)
+        z = attention_core(
+            hook, q, k, v, scale=m.scale, attn_mask=attn_mask, is_causal=is_causal, dropout_p=p
+        )
         out = m.norm(z.reshape(b, n, m.num_heads * m.head_dim))
         if gate is not None:
             out = out * gate
@@ -156,14 +160,18 @@ def _mha_forward(m: nn.MultiheadAttention, hook: HookGetter) -> Callable[..., tu
         if mask is not None and mask.dtype == torch.bool:
             mask = ~mask  # nn.MultiheadAttention: True = may NOT attend
         p = m.dropout if m.training else 0.0
-        z = attention_core(hook, q, k, v, scale=d_head**-0.5, attn_mask=mask, is_causal=is_causal, dropout_p=p)
+        z = attention_core(
+            hook, q, k, v, scale=d_head**-0.5, attn_mask=mask, is_causal=is_causal, dropout_p=p
+        )
         return m.out_proj(z.reshape(b, n, d)), None
 
     return forward
 
 
 def _hf_out_proj(m: nn.Module) -> nn.Module | None:
-    return next((getattr(m, a) for a in ("o_proj", "out_proj") if isinstance(getattr(m, a, None), nn.Module)), None)
+    return next(
+        (getattr(m, a) for a in ("o_proj", "out_proj") if isinstance(getattr(m, a, None), nn.Module)), None
+    )
 
 
 def _hf_forward(m: nn.Module, hook: HookGetter) -> Callable[..., tuple]:

@@ -114,17 +114,24 @@ def _check_transform(transform: Any, layout: TokenLayout, channels: int) -> None
     from PIL import Image
 
     if not callable(transform):
-        raise UnknownBackboneError(f"transform must be callable (PIL image -> tensor), got {type(transform).__name__}")
+        raise UnknownBackboneError(
+            f"transform must be callable (PIL image -> tensor), got {type(transform).__name__}"
+        )
     height, width = layout.image_size
     blank = Image.new("L" if channels == 1 else "RGB", (width, height), 128)
     try:
         out = transform(blank)
     except Exception as exc:
         raise UnknownBackboneError(f"transform failed on a blank {width}x{height} PIL image: {exc}") from exc
-    if not isinstance(out, torch.Tensor) or not out.is_floating_point() or tuple(out.shape) != (
-        channels,
-        height,
-        width,
+    if (
+        not isinstance(out, torch.Tensor)
+        or not out.is_floating_point()
+        or tuple(out.shape)
+        != (
+            channels,
+            height,
+            width,
+        )
     ):
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise UnknownBackboneError(

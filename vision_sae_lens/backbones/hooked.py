@@ -112,7 +112,9 @@ class HookedSAEViT(SAESpliceMixin, HookedRootModule):
         }
         block_site_names = [name for name in BLOCK_SITES if optional.get(name, "always") is not None]
         self.blocks = nn.ModuleList(
-            _BlockHooks(block_site_names, sites.mlp_in is not None, sites.mlp_post is not None, attention == "eager")
+            _BlockHooks(
+                block_site_names, sites.mlp_in is not None, sites.mlp_post is not None, attention == "eager"
+            )
             for _ in spec.blocks
         )
         if spec.embed is not None:
@@ -252,17 +254,23 @@ class HookedSAEViT(SAESpliceMixin, HookedRootModule):
                     f"remove_batch_dim=True needs a batch of one image, got {images.shape[0]}; "
                     "pass one image or keep the batch dimension."
                 )
-        out, cache_dict = super().run_with_cache(
-            images, *model_args, names_filter=names_filter, remove_batch_dim=remove_batch_dim, **kwargs
-        )
+        out, cache_dict = super().run_with_cache(images, *model_args, names_filter=names_filter, **kwargs)
+        if remove_batch_dim:
+            # After the run, not in TransformerLens' hook: its pos_slice would then index the (d,) pooled
+            # vector's missing token axis.
+            cache_dict = {name: act[0] for name, act in cache_dict.items()}
         if not return_cache_object:
             return out, cache_dict
         return out, SiteCache(cache_dict, self, has_batch_dim=not remove_batch_dim)
 
-    def run_with_hooks(self, *model_args: Any, fwd_hooks: Sequence = (), bwd_hooks: Sequence = (), **kwargs: Any):
+    def run_with_hooks(
+        self, *model_args: Any, fwd_hooks: Sequence = (), bwd_hooks: Sequence = (), **kwargs: Any
+    ):
         """TransformerLens' ``run_with_hooks``; every string hook name is checked before the forward."""
         self.check_names([name for name, _ in [*fwd_hooks, *bwd_hooks]])
-        return super().run_with_hooks(*model_args, fwd_hooks=list(fwd_hooks), bwd_hooks=list(bwd_hooks), **kwargs)
+        return super().run_with_hooks(
+            *model_args, fwd_hooks=list(fwd_hooks), bwd_hooks=list(bwd_hooks), **kwargs
+        )
 
     def hooks(self, fwd_hooks: Sequence = (), bwd_hooks: Sequence = (), *args: Any, **kwargs: Any):
         """TransformerLens' ``hooks`` context manager; string hook names are checked before any is added."""

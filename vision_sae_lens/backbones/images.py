@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
 import numpy as np
+import torch
 from PIL import Image, UnidentifiedImageError
 
 from vision_sae_lens.errors import ImageInputError
