@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import build_family
 
 from vision_sae_lens.backbones import HookedSAEViT
 from vision_sae_lens.backbones.attention import ATTENTION_SITES
@@ -23,7 +22,7 @@ EAGER_FAMILIES = [
 ]
 
 
-def eager_twin(family, tmp_path_factory):
+def eager_twin(build_family, family, tmp_path_factory):
     fused, plain = build_family(family, tmp_path_factory)
     eager, _ = build_family(family, tmp_path_factory)
     eager.backbone.load_state_dict(fused.backbone.state_dict())
@@ -40,8 +39,8 @@ def pixels_for(model, n=2):
 
 
 @pytest.mark.parametrize("family", EAGER_FAMILIES)
-def test_eager_path_matches_fused_and_exposes_attention_sites(family, tmp_path_factory):
-    fused, eager = eager_twin(family, tmp_path_factory)
+def test_eager_path_matches_fused_and_exposes_attention_sites(build, family, tmp_path_factory):
+    fused, eager = eager_twin(build, family, tmp_path_factory)
     pixels = pixels_for(fused)
     with torch.no_grad():
         want = out_tensor(fused, fused(pixels))
@@ -58,8 +57,10 @@ def test_eager_path_matches_fused_and_exposes_attention_sites(family, tmp_path_f
 
 
 @pytest.mark.parametrize("family", ["timm-vit", "open_clip-vit", "hf-clip-vision"])
-def test_fused_default_is_bit_identical_and_has_mlp_in_but_no_attention_internals(family, tmp_path_factory):
-    fused, plain = build_family(family, tmp_path_factory)
+def test_fused_default_is_bit_identical_and_has_mlp_in_but_no_attention_internals(
+    build, family, tmp_path_factory
+):
+    fused, plain = build(family, tmp_path_factory)
     pixels = pixels_for(fused)
     with torch.no_grad():
         assert torch.equal(
@@ -80,8 +81,8 @@ def _out_proj_weight(model, i):
 
 @pytest.mark.parametrize("family", ["timm-vit", "open_clip-vit", "hf-clip-vision", "hf-dinov2"])
 @pytest.mark.parametrize("where", ["hook_z", "hook_pattern"])
-def test_zero_ablating_a_head_removes_exactly_its_contribution(family, where, tmp_path_factory):
-    _, model = eager_twin(family, tmp_path_factory)
+def test_zero_ablating_a_head_removes_exactly_its_contribution(build, family, where, tmp_path_factory):
+    _, model = eager_twin(build, family, tmp_path_factory)
     pixels = pixels_for(model)
     head, layer = 1, 0
     attn_out = f"blocks.{layer}.hook_attn_out"
@@ -110,16 +111,16 @@ def test_zero_ablating_a_head_removes_exactly_its_contribution(family, where, tm
     assert not torch.allclose(ablated[attn_out], clean[attn_out], atol=1e-4)
 
 
-def test_eager_is_undone_by_remove_bridges(tmp_path_factory):
-    _, model = eager_twin("timm-vit", tmp_path_factory)
+def test_eager_is_undone_by_remove_bridges(build, tmp_path_factory):
+    _, model = eager_twin(build, "timm-vit", tmp_path_factory)
     attn = model.spec.blocks[0].attn
     assert "forward" in attn.__dict__
     model.remove_bridges()
     assert "forward" not in attn.__dict__
 
 
-def test_unsupported_attention_is_a_clear_error(tmp_path_factory):
-    fused, _ = build_family("timm-eva02", tmp_path_factory)
+def test_unsupported_attention_is_a_clear_error(build, tmp_path_factory):
+    fused, _ = build("timm-eva02", tmp_path_factory)
     with pytest.raises(UnknownBackboneError, match="attention='fused'"):
         HookedSAEViT(fused.spec, attention="eager")
     with pytest.raises(ValueError, match="attention must be"):
