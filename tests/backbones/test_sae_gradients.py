@@ -89,10 +89,14 @@ def test_edits_of_hook_sae_error_take_effect(models, edit):
     ours, ref = models
     pixels = images()
     sae = get_hooked_sae(ours, SITES[0])
-    hook = [(SITES[0] + ".hook_sae_error", edit)]
-    edited = ours.run_with_hooks_with_saes(pixels, saes=[sae], fwd_hooks=hook, reset_saes_end=True)
+    ref_sae = sae_copy(sae)
+    sae._use_error_term = ref_sae._use_error_term = True  # run_with_hooks_with_saes takes the SAE's setting
+    fired = []
+    hook = [(SITES[0] + ".hook_sae_error", lambda t, hook: (fired.append(1), edit(t, hook))[1])]
+    edited = ours.run_with_hooks_with_saes(pixels, saes=[sae], fwd_hooks=hook)
     # SAELens adds the (edited) error to the reconstruction; with a zeroed error that is the bare SAE.
-    ref_edited = ref.run_with_hooks_with_saes(pixels, saes=[sae_copy(sae)], fwd_hooks=hook)
+    ref_edited = ref.run_with_hooks_with_saes(pixels, saes=[ref_sae], fwd_hooks=hook)
+    assert fired == [1, 1]
     without_error = ours.run_with_saes(pixels, saes=[sae], use_error_term=False)
     ours.reset_saes()
     torch.testing.assert_close(edited, ref_edited, atol=1e-5, rtol=1e-5)
