@@ -104,3 +104,15 @@ def test_from_module_infers_d_model_from_blocks_and_checks_transform():
     no_transform = HookedSAEViT.from_module(_CustomViT(), blocks="layers", layout=LAYOUT)
     with pytest.raises(UnknownBackboneError, match="without a transform"):
         no_transform([Image.new("RGB", (16, 16))])
+
+
+def test_sae_on_another_device_is_a_clear_error():
+    from ported_helpers import get_hooked_sae
+
+    from vision_sae_lens.errors import SAEMismatchError
+
+    model = tiny_model()
+    sae = get_hooked_sae(model, "blocks.0.hook_resid_post").to("meta")
+    with pytest.raises(SAEMismatchError, match="the SAE is on meta but the model is on cpu"):
+        model.add_sae(sae)
+    assert not model._acts_to_saes
