@@ -8,9 +8,13 @@
   layout that does not fit, and a warning when the SAE's metadata names another backbone;
 * token selection: an SAE trained on patches only is applied to patches only. CLS and register
   tokens bypass it untouched, through SAELens' per-position bypass mask (``_SAEWrapper.set_token_mask``);
+* ``exclude_special_tokens``: ``True`` bypasses the prefix tokens (CLS and registers, the image
+  counterpart of BOS); a list bypasses those sequence positions;
 * an exact error term: SAELens returns ``x_hat + (x - x_hat_clean)``, which differs from ``x`` by float
   rounding; :class:`ExactErrorSAEWrapper` returns ``x + (x_hat - x_hat_clean)``, the same sum, which is
-  ``x`` bit for bit when no latent was edited.
+  ``x`` bit for bit when no latent was edited. Gradients are SAELens' own: the error term is a constant,
+  so they reach the site's input only through the reconstruction;
+* an SAE in another dtype than the model is run in its own dtype and its output cast back to the model's.
 """
 
 from __future__ import annotations
@@ -21,10 +25,8 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
-from sae_lens import SAE
-from sae_lens.analysis.hooked_sae_transformer import HookedSAETransformer, _SAEWrapper, set_deep_attr
-from sae_lens.saes.sae import _disable_hooks
 
+from vision_sae_lens.compat import SAE, SAEWrapper, borrowed, disable_sae_hooks, set_deep_attr
 from vision_sae_lens.errors import BackboneMismatchWarning, SAEMismatchError
 from vision_sae_lens.metadata import vision_facts_of
 
@@ -38,13 +40,13 @@ class SAESpliceMixin:
     """
 
     # Borrowed unchanged from SAELens: identical behaviour, one implementation.
-    acts_to_saes = HookedSAETransformer.acts_to_saes
-    _reset_sae = HookedSAETransformer._reset_sae
-    reset_saes = HookedSAETransformer.reset_saes
-    saes = HookedSAETransformer.saes
-    run_with_saes = HookedSAETransformer.run_with_saes
-    run_with_cache_with_saes = HookedSAETransformer.run_with_cache_with_saes
-    run_with_hooks_with_saes = HookedSAETransformer.run_with_hooks_with_saes
+    acts_to_saes = borrowed("acts_to_saes")
+    _reset_sae = borrowed("_reset_sae")
+    reset_saes = borrowed("reset_saes")
+    saes = borrowed("saes")
+    run_with_saes = borrowed("run_with_saes")
+    run_with_cache_with_saes = borrowed("run_with_cache_with_saes")
+    run_with_hooks_with_saes = borrowed("run_with_hooks_with_saes")
 
     def add_sae(
         self,
@@ -56,13 +58,17 @@ class SAESpliceMixin:
 
         With ``use_error_term=True`` the model output is unchanged (the SAE error is added back) while
         the SAE's latents are cached and editable. Tokens outside the SAE's ``metadata.tokens`` (e.g. CLS
-        for a patches-only SAE) bypass it. Raises :class:`UnknownSiteError` or
-        :class:`SAEMismatchError` instead of SAELens' warn-and-skip.
+        for a patches-only SAE) bypass it, and so do the positions ``exclude_special_tokens`` names
+        (``True``: CLS and registers). Raises :class:`UnknownSiteError` or :class:`SAEMismatchError`
+        instead of SAELens' warn-and-skip.
         """
         self.check_sae(sae)
         site = sae.cfg.metadata.hook_name
-        if sae.cfg.metadata.hook_name_out not in (None, site):  # transcoders: SAELens' own path
-            HookedSAETransformer.add_sae(self, sae, use_error_term, exclude_special_tokens)
+        self.special_token_positions(exclude_special_tokens, site=site)  # validate before attaching
+        out_site = sae.cfg.metadata.hook_name_out
+        if out_site not in (None, site):  # transcoders: SAELens' own path
+            self.check_site(out_site)
+            borrowed("add_sae")(self, sae, use_error_term, exclude_special_tokens)
             return
         wrapper = ExactErrorSAEWrapper(
             sae,
@@ -88,6 +94,14 @@ class SAESpliceMixin:
                 f"the SAE reads d_in={sae.cfg.d_in} but {site} of {self.backbone_id} has width {dim}; "
                 "use an SAE trained on this backbone and site."
             )
+        sae_device = sae.W_dec.device
+        if sae_device.type != self.device.type or (
+            sae_device.index is not None and self.device.index is not None and sae_device != self.device
+        ):
+            raise SAEMismatchError(
+                f"the SAE is on {sae_device} but the model is on {self.device}; move one of them, "
+                f"e.g. sae.to({str(self.device)!r})."
+            )
         facts = vision_facts_of(sae)
         if facts is None:
             return
@@ -106,16 +120,47 @@ class SAESpliceMixin:
                 f"{tuple(facts.layout.image_size)}."
             )
 
+    def special_token_positions(self, exclude: bool | list[int], *, site: str | None = None) -> list[int]:
+        """Sequence positions ``exclude_special_tokens`` bypasses: ``True`` -> the prefix tokens (CLS and
+        registers), a list -> those positions (negative counts from the end), ``False`` -> none."""
+        if exclude is False or (isinstance(exclude, list) and not exclude):
+            return []
+        if site is not None and not _is_token_site(site):
+            raise SAEMismatchError(
+                f"exclude_special_tokens needs a site with a token axis at dim 1; {site} has none. "
+                "Leave exclude_special_tokens=False for this SAE."
+            )
+        n_tokens = self.layout.n_tokens
+        if exclude is True:
+            return list(range(self.layout.n_prefix))
+        if not isinstance(exclude, (list, tuple)) or not all(isinstance(p, int) for p in exclude):
+            raise SAEMismatchError(
+                f"exclude_special_tokens must be a bool or a list of token positions, got {exclude!r}"
+            )
+        bad = [p for p in exclude if not -n_tokens <= p < n_tokens]
+        if bad:
+            raise SAEMismatchError(
+                f"exclude_special_tokens positions {bad} are outside 0..{n_tokens - 1} "
+                f"({self.layout.n_prefix} prefix tokens + {self.layout.n_patches} patches)."
+            )
+        return sorted({p % n_tokens for p in exclude})
+
     @contextmanager
     def _sae_token_masks(self, batch_size: int) -> Iterator[None]:
-        """For one forward: SAEs with a token selection bypass the tokens outside it."""
+        """For one forward: SAEs bypass the tokens outside their token selection and the positions
+        their ``exclude_special_tokens`` names."""
         masked = []
         for site, wrapper in self._acts_to_saes.items():
-            facts = vision_facts_of(wrapper.sae)
-            if facts is None or facts.tokens == "all" or not _is_token_site(site):
+            if not _is_token_site(site):
                 continue
-            bypass_t = ~self.layout.token_mask(facts.tokens).to(self.device)
-            wrapper.set_token_mask(bypass_t.unsqueeze(0).expand(batch_size, -1))
+            bypass_t = torch.zeros(self.layout.n_tokens, dtype=torch.bool)
+            facts = vision_facts_of(wrapper.sae)
+            if facts is not None and facts.tokens != "all":
+                bypass_t |= ~self.layout.token_mask(facts.tokens)
+            bypass_t[self.special_token_positions(wrapper.exclude_special_tokens)] = True
+            if not bypass_t.any():
+                continue
+            wrapper.set_token_mask(bypass_t.to(self.device).unsqueeze(0).expand(batch_size, -1))
             masked.append(wrapper)
         try:
             yield
@@ -124,8 +169,24 @@ class SAESpliceMixin:
                 wrapper.set_token_mask(None)
 
 
-class ExactErrorSAEWrapper(_SAEWrapper):
-    """SAELens' ``_SAEWrapper`` (same hooks, same cache names) with an exact error term."""
+class _ValueWithGradOf(torch.autograd.Function):
+    """Forward: ``value`` exactly. Backward: the incoming gradient goes to ``grad_source`` unchanged.
+
+    Lets the wrapper return ``x + (x_hat - x_hat_clean)`` (bit-exact ``x`` when nothing was edited) while
+    differentiating like SAELens' ``x_hat + constant``."""
+
+    @staticmethod
+    def forward(ctx: Any, value: torch.Tensor, grad_source: torch.Tensor) -> torch.Tensor:
+        ctx.source_dtype = grad_source.dtype
+        return value.view_as(value)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[None, torch.Tensor]:
+        return None, grad.to(ctx.source_dtype)
+
+
+class ExactErrorSAEWrapper(SAEWrapper):
+    """SAELens' ``_SAEWrapper`` (same hooks, same cache names, same gradients) with an exact error term."""
 
     def forward(self, original_output: torch.Tensor) -> torch.Tensor:
         mask = self._token_mask
@@ -134,25 +195,28 @@ class ExactErrorSAEWrapper(_SAEWrapper):
         feature_acts = self.sae.encode(original_output)
         sae_out = self.sae.decode(feature_acts)
         if self.use_error_term:
-            with torch.no_grad(), _disable_hooks(self.sae):
-                sae_out_clean = self.sae.decode(self.sae.encode(original_output))
-            error = original_output - sae_out_clean
-            if mask is not None:
-                error = torch.where(mask, torch.zeros_like(error), error)
-            hooked_error = self.hook_sae_error(error)
-            if hooked_error is error:
-                # Same value as sae_out + error, but exactly original_output when no latent changed.
-                sae_out = original_output + (sae_out - sae_out_clean)
-            else:
-                sae_out = sae_out + hooked_error
+            with torch.no_grad():
+                with disable_sae_hooks(self.sae):
+                    sae_out_clean = self.sae.decode(self.sae.encode(original_output))
+                error = original_output - sae_out_clean
+                if mask is not None:
+                    error = torch.where(mask, torch.zeros_like(error), error)
+                version = error._version  # bumped by any in-place edit, even under no_grad
+                hooked_error = self.hook_sae_error(error)
+                edited = hooked_error is not error or error._version != version
+                if not edited:
+                    # Same value as sae_out + error, but exactly original_output when no latent changed.
+                    value = original_output + (sae_out.detach() - sae_out_clean)
+            sae_out = sae_out + hooked_error if edited else _ValueWithGradOf.apply(value, sae_out)
         if mask is not None:
             sae_out = torch.where(mask, original_output, sae_out)
-        return self.hook_sae_output(sae_out)
+        return self.hook_sae_output(sae_out).to(original_output.dtype)
 
 
 def _is_token_site(site: str) -> bool:
-    """Sites shaped (batch, tokens, d); the pooled vector has no token axis."""
-    return site != "hook_pooled"
+    """Sites with the token axis at dim 1; the pooled vector has none, attention scores and patterns
+    are (batch, head, query, key)."""
+    return site != "hook_pooled" and not site.endswith(("hook_attn_scores", "hook_pattern"))
 
 
 def sae_token_mask(sae: SAE[Any], n_tokens: int) -> torch.Tensor | None:

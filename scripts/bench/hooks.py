@@ -1,8 +1,10 @@
 """Benchmark: cost of the hook points, as ratios to the plain timm model.
 
 Forward time of vit_small_patch16_224 (random weights, batch 32, CPU) for: the plain timm model, the
-hooked model with no hooks active, a full ``run_with_cache`` (every site), and one SAE spliced
-(d_sae = 8 x d_model at blocks.6.hook_resid_post). Runs are interleaved; medians are reported.
+hooked model with no hooks active, a full ``run_with_cache`` (every site), one SAE spliced
+(d_sae = 8 x d_model at blocks.6.hook_resid_post), the opt-in eager attention path (``attention="eager"``)
+with no hooks, and ``run_with_cache`` of every attention site on it. Ratios are to plain timm; the
+eager path is also given as a ratio to the fused (default) hooked model. Runs are interleaved; medians are reported.
 By default glibc is told to keep freed memory (``vision_sae_lens.cpu_memory.keep_freed_memory``) for
 every run alike; ``--raw-malloc`` measures without it.
 
@@ -42,6 +44,13 @@ def main() -> None:
     hooked_source = timm.create_model(args.model, pretrained=False).eval()
     hooked_source.load_state_dict(plain.state_dict())
     hooked = HookedSAEViT.from_module(hooked_source, backbone_id=f"timm:{args.model}")
+    eager_source = timm.create_model(args.model, pretrained=False).eval()
+    eager_source.load_state_dict(plain.state_dict())
+    eager = HookedSAEViT.from_module(eager_source, backbone_id=f"timm:{args.model}", attention="eager")
+
+    def attention_sites(name: str) -> bool:
+        return ".attn." in name
+
     sae = StandardSAE(StandardSAEConfig(d_in=hooked.d_model, d_sae=8 * hooked.d_model))
     sae.cfg.metadata.hook_name = "blocks.6.hook_resid_post"
     pixels = torch.randn(args.batch, 3, *hooked.layout.image_size)
@@ -51,6 +60,8 @@ def main() -> None:
         "hooked, no hooks": lambda: hooked(pixels),
         "run_with_cache (all sites)": lambda: hooked.run_with_cache(pixels),
         "run_with_saes (1 SAE)": lambda: hooked.run_with_saes(pixels, saes=[sae]),
+        "eager attention, no hooks": lambda: eager(pixels),
+        "eager, cache attn sites": lambda: eager.run_with_cache(pixels, names_filter=attention_sites),
     }
     times: dict[str, list[float]] = {name: [] for name in runs}
     with torch.inference_mode():
@@ -69,6 +80,12 @@ def main() -> None:
     for name, ts in times.items():
         med = statistics.median(ts)
         print(f"  {name:<28} {med * 1000:8.1f} ms   ratio {med / base:5.3f}")
+    fused = statistics.median(times["hooked, no hooks"])
+    print(f"  eager / fused forward: {statistics.median(times['eager attention, no hooks']) / fused:5.3f}")
+    print(
+        f"  eager cache of all attention sites / fused forward: "
+        f"{statistics.median(times['eager, cache attn sites']) / fused:5.3f}"
+    )
 
 
 if __name__ == "__main__":

@@ -101,3 +101,9 @@ def tiny_vit() -> HookedSAEViT:
     return HookedSAEViT.from_pretrained(
         "timm:vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, depth=2, num_classes=10
     )
+
+
+@pytest.fixture(scope="session")
+def build():
+    """``build(family, tmp_path_factory)`` -> (hooked model, plain model); see :func:`build_family`."""
+    return build_family

@@ -28,8 +28,14 @@ def spec_from_module(
 
     timm ViTs, open_clip CLIP models and transformers vision models are recognised and described by
     their adapter. Any other module needs ``blocks`` (the transformer blocks, or their attribute path
-    such as ``"encoder.blocks"``; each block maps (b, t, d) to (b, t, d)) and ``layout``; ``transform``
-    (PIL image -> (c, h, w) tensor) is needed only to feed it PIL images or paths.
+    such as ``"encoder.blocks"``; each block maps (b, t, d) to (b, t, d)) and ``layout``. ``d_model`` is
+    read from the module (``embed_dim``, ``hidden_size``, ...) or else from the blocks' first norm or
+    linear layer.
+
+    ``transform`` contract: a callable taking one PIL image (already converted to "RGB", or "L" when
+    ``preprocessing["channels"] == 1``) and returning a float tensor (channels, height, width) at
+    ``layout.image_size``, normalised as the model expects. It is checked here on a blank image. Without
+    it the model takes only preprocessed float tensors (PIL images and paths raise a clear error).
     """
     name = backbone_id or f"module:{type(module).__name__}"
     if blocks is None:
@@ -63,7 +69,15 @@ def spec_from_module(
             "HookedSAEViT.from_module(..., transform=...)"
         )
 
-    d_model = _guess_d_model(module)
+    channels = int((preprocessing or {}).get("channels", 3))
+    if transform is not None:
+        _check_transform(transform, layout, channels)
+    d_model = _guess_d_model(module) or _d_model_from_blocks(block_list)
+    if not d_model:
+        raise UnknownBackboneError(
+            f"cannot tell the residual width of {name}: give the module an embed_dim attribute or pass "
+            "blocks whose first layer is a LayerNorm or Linear."
+        )
     return BackboneSpec(
         backbone_id=name,
         model=module,
@@ -71,7 +85,7 @@ def spec_from_module(
         block_sites=BlockSites(),
         layout=layout,
         transform=transform or no_transform,
-        preprocessing=preprocessing or {"size": list(layout.image_size), "channels": 3},
+        preprocessing=preprocessing or {"size": list(layout.image_size), "channels": channels},
         output_kind=output_kind,  # type: ignore[arg-type]
         d_model=d_model,
     )
@@ -83,3 +97,44 @@ def _guess_d_model(module: nn.Module) -> int:
         if isinstance(value, int):
             return value
     return 0
+
+
+def _d_model_from_blocks(blocks: list[nn.Module]) -> int:
+    """The residual width from a block's first norm (normalized_shape) or first linear (in_features)."""
+    for module in blocks[0].modules():
+        if isinstance(module, (nn.LayerNorm, nn.RMSNorm)) and module.normalized_shape:
+            return int(module.normalized_shape[-1])
+        if isinstance(module, nn.Linear):
+            return int(module.in_features)
+    return 0
+
+
+def _check_transform(transform: Any, layout: TokenLayout, channels: int) -> None:
+    """Run ``transform`` on one blank image and check it honours the contract."""
+    from PIL import Image
+
+    if not callable(transform):
+        raise UnknownBackboneError(
+            f"transform must be callable (PIL image -> tensor), got {type(transform).__name__}"
+        )
+    height, width = layout.image_size
+    blank = Image.new("L" if channels == 1 else "RGB", (width, height), 128)
+    try:
+        out = transform(blank)
+    except Exception as exc:
+        raise UnknownBackboneError(f"transform failed on a blank {width}x{height} PIL image: {exc}") from exc
+    if (
+        not isinstance(out, torch.Tensor)
+        or not out.is_floating_point()
+        or tuple(out.shape)
+        != (
+            channels,
+            height,
+            width,
+        )
+    ):
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise UnknownBackboneError(
+            f"transform must return a float tensor ({channels}, {height}, {width}) for one PIL image "
+            f"(layout.image_size {layout.image_size}); got {got}."
+        )

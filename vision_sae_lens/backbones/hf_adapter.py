@@ -103,6 +103,7 @@ def hf_spec(model: nn.Module, *, processor: Any = None, backbone_id: str) -> Bac
         pooled=_pooled_site(model, vision, family),
         d_model=int(config.hidden_size),
         d_mlp=int(getattr(config, "intermediate_size", 0) or 0) or None,
+        n_heads=int(getattr(config, "num_attention_heads", 0) or 0) or None,
     )
 
 
@@ -126,14 +127,34 @@ def _block_sites(layer: nn.Module) -> BlockSites:
         if mlp is not None and isinstance(getattr(mlp, "activation_fn", None), nn.Module)
         else None
     )
+    mlp_in = "mlp" if mlp is not None else None
     if "layer_scale1" in names:  # DINOv2: norm1, attention, layer_scale1, norm2, mlp, layer_scale2
         return BlockSites(
-            attn_out="layer_scale1", mlp_out="layer_scale2", resid_mid="norm2", mlp_post=mlp_post
+            attn_out="layer_scale1",
+            mlp_out="layer_scale2",
+            resid_mid="norm2",
+            mlp_post=mlp_post,
+            mlp_in=mlp_in,
+            attn="attention",
         )
     if "self_attn" in names:  # CLIP / SigLIP
-        return BlockSites(attn_out="self_attn", mlp_out="mlp", resid_mid="layer_norm2", mlp_post=mlp_post)
+        return BlockSites(
+            attn_out="self_attn",
+            mlp_out="mlp",
+            resid_mid="layer_norm2",
+            mlp_post=mlp_post,
+            mlp_in=mlp_in,
+            attn="self_attn",
+        )
     if "layernorm_after" in names:  # ViT
-        return BlockSites(attn_out="attention", mlp_out="mlp", resid_mid="layernorm_after", mlp_post=mlp_post)
+        return BlockSites(
+            attn_out="attention",
+            mlp_out="mlp",
+            resid_mid="layernorm_after",
+            mlp_post=mlp_post,
+            mlp_in=mlp_in,
+            attn="attention",
+        )
     logger.warning("unknown layer type %s: only resid_pre/resid_post sites", type(layer).__name__)
     return BlockSites()
 

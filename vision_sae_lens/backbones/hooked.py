@@ -8,6 +8,12 @@ with no hooks returns its input object unchanged, so outputs are bit-identical t
 
 Bridges look the HookPoint up by name at call time (never a captured object), because SAELens'
 ``add_sae`` swaps the HookPoint at ``blocks.{i}.hook_resid_post`` for an SAE wrapper module.
+
+Attention internals (``blocks.{i}.attn.hook_q`` ... ``hook_pattern``, ``hook_z``) exist only with
+``attention="eager"`` (see :mod:`vision_sae_lens.backbones.attention`); the default keeps the model's
+own fused attention. Every string site name given to ``run_with_cache``, ``run_with_hooks``, ``hooks``
+or ``add_hook`` is checked before the forward runs: a typo raises :class:`UnknownSiteError` with the
+close matches (TransformerLens would cache nothing, or raise a bare ``KeyError``).
 """
 
 from __future__ import annotations
@@ -18,13 +24,19 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformer_lens.ActivationCache import ActivationCache
-from transformer_lens.hook_points import HookedRootModule, HookPoint
 
+from vision_sae_lens.backbones.attention import (
+    ATTENTION_MODES,
+    AttentionHooks,
+    install_eager_attention,
+)
+from vision_sae_lens.backbones.config import HookedViTConfig
 from vision_sae_lens.backbones.images import prepare_pixels
 from vision_sae_lens.backbones.layout import TokenLayout
+from vision_sae_lens.backbones.site_checks import CheckedSitesMixin
 from vision_sae_lens.backbones.spec import BackboneSpec, ModuleSite
-from vision_sae_lens.errors import UnknownSiteError, close_matches
+from vision_sae_lens.compat import HookedRootModule, HookPoint
+from vision_sae_lens.errors import UnknownBackboneError
 from vision_sae_lens.splice import SAESpliceMixin
 
 BLOCK_SITES = ("hook_resid_pre", "hook_attn_out", "hook_resid_mid", "hook_mlp_out", "hook_resid_post")
@@ -39,20 +51,25 @@ class _StopForward(Exception):
 
 
 class _MLPHooks(nn.Module):
-    def __init__(self) -> None:
+    def __init__(self, has_in: bool, has_post: bool) -> None:
         super().__init__()
-        self.hook_post = HookPoint()
+        if has_in:
+            self.hook_in = HookPoint()
+        if has_post:
+            self.hook_post = HookPoint()
 
 
 class _BlockHooks(nn.Module):
     """HookPoints of one block; only the sites the family exposes exist as attributes."""
 
-    def __init__(self, sites: Sequence[str], has_mlp_post: bool) -> None:
+    def __init__(self, sites: Sequence[str], has_mlp_in: bool, has_mlp_post: bool, has_attn: bool) -> None:
         super().__init__()
         for site in sites:
             setattr(self, site, HookPoint())
-        if has_mlp_post:
-            self.mlp = _MLPHooks()
+        if has_mlp_in or has_mlp_post:
+            self.mlp = _MLPHooks(has_mlp_in, has_mlp_post)
+        if has_attn:
+            self.attn = AttentionHooks()
 
 
 class _FinalHooks(nn.Module):
@@ -61,7 +78,7 @@ class _FinalHooks(nn.Module):
         self.hook_normalized = HookPoint()
 
 
-class HookedSAEViT(SAESpliceMixin, HookedRootModule):
+class HookedSAEViT(SAESpliceMixin, CheckedSitesMixin, HookedRootModule):
     """A vision transformer from timm, open_clip or transformers with TransformerLens hook points.
 
     Build one with :meth:`from_pretrained` (an id such as ``timm:vit_base_patch16_clip_224.openai``)
@@ -69,8 +86,16 @@ class HookedSAEViT(SAESpliceMixin, HookedRootModule):
     what the wrapped model returns.
     """
 
-    def __init__(self, spec: BackboneSpec) -> None:
+    def __init__(self, spec: BackboneSpec, *, attention: str = "fused") -> None:
         super().__init__()
+        if attention not in ATTENTION_MODES:
+            raise ValueError(f"attention must be one of {ATTENTION_MODES}, got {attention!r}")
+        if attention == "eager" and spec.block_sites.attn is None:
+            raise UnknownBackboneError(
+                f"{spec.backbone_id}: the adapter does not know its attention modules, so attention='eager' "
+                "cannot hook them; use attention='fused'."
+            )
+        self.attention = attention
         self.spec = spec
         self.backbone = spec.model.eval()
         self.backbone_id = spec.backbone_id
@@ -87,7 +112,10 @@ class HookedSAEViT(SAESpliceMixin, HookedRootModule):
         }
         block_site_names = [name for name in BLOCK_SITES if optional.get(name, "always") is not None]
         self.blocks = nn.ModuleList(
-            _BlockHooks(block_site_names, sites.mlp_post is not None) for _ in spec.blocks
+            _BlockHooks(
+                block_site_names, sites.mlp_in is not None, sites.mlp_post is not None, attention == "eager"
+            )
+            for _ in spec.blocks
         )
         if spec.embed is not None:
             self.hook_embed = HookPoint()
@@ -98,7 +126,10 @@ class HookedSAEViT(SAESpliceMixin, HookedRootModule):
         self._stop_after: int | None = None
         self._mid_delta: dict[int, torch.Tensor] = {}
         self._bridges: list[torch.utils.hooks.RemovableHandle] = []
+        self._restores: list[Any] = []
         self._install_bridges()
+        if attention == "eager":
+            self._install_eager_attention()
         self._acts_to_saes: dict[str, Any] = {}
         self._transcoder_output_hooks: dict[str, str] = {}
         self.setup()
@@ -111,21 +142,25 @@ class HookedSAEViT(SAESpliceMixin, HookedRootModule):
         *,
         pretrained: bool = True,
         device: str | torch.device | None = None,
+        attention: str = "fused",
         **kwargs: Any,
     ) -> HookedSAEViT:
         """Load a backbone by id and hook it.
 
         Ids: ``timm:NAME``, ``open_clip:ARCH[/TAG]``, ``hf:MODEL_ID_OR_DIR``, ``demo:mnist-vit``, or a local
         directory saved by timm or transformers. ``pretrained=False`` builds random weights (no download);
+        ``attention="eager"`` adds the attention-internal sites (``attn.hook_q`` ... ``attn.hook_z``);
         extra keyword arguments go to the library's model constructor (e.g. ``img_size=224``).
         """
         from vision_sae_lens.backbones.registry import load_backbone_spec
 
-        model = cls(load_backbone_spec(backbone_id, pretrained=pretrained, **kwargs))
+        model = cls(load_backbone_spec(backbone_id, pretrained=pretrained, **kwargs), attention=attention)
         return model.to(device) if device is not None else model
 
     @classmethod
-    def from_module(cls, module: nn.Module, *, backbone_id: str | None = None, **kwargs: Any) -> HookedSAEViT:
+    def from_module(
+        cls, module: nn.Module, *, backbone_id: str | None = None, attention: str = "fused", **kwargs: Any
+    ) -> HookedSAEViT:
         """Hook a model object you already have (e.g. your fine-tuned checkpoint).
 
         timm, open_clip and transformers models are recognised; for any other module pass ``blocks``
@@ -134,7 +169,7 @@ class HookedSAEViT(SAESpliceMixin, HookedRootModule):
         """
         from vision_sae_lens.backbones.custom import spec_from_module
 
-        return cls(spec_from_module(module, backbone_id=backbone_id, **kwargs))
+        return cls(spec_from_module(module, backbone_id=backbone_id, **kwargs), attention=attention)
 
     # ------------------------------------------------------------------------------------ running
     @property
@@ -142,12 +177,37 @@ class HookedSAEViT(SAESpliceMixin, HookedRootModule):
         """Device of the backbone's parameters."""
         return next(self.backbone.parameters()).device
 
-    def preprocess(self, images: Any) -> torch.Tensor:
-        """Images (PIL, paths, uint8 tensors) -> (b, c, h, w) float pixels on the model's device.
+    @property
+    def dtype(self) -> torch.dtype:
+        """dtype of the backbone's parameters."""
+        return next(self.backbone.parameters()).dtype
 
-        A float tensor is taken as already preprocessed and only checked for shape.
+    @property
+    def cfg(self) -> HookedViTConfig:
+        """TransformerLens-named facts (``d_model``, ``n_layers``, ``n_heads``, ``d_head``, ``d_mlp``, ``n_ctx``,
+        ``model_name``, ``device``, ``dtype``), read fresh so ``device``/``dtype`` follow ``.to()``."""
+        n_heads = self.spec.n_heads
+        return HookedViTConfig(
+            d_model=self.d_model,
+            n_layers=self.n_layers,
+            n_heads=n_heads,
+            d_head=self.d_model // n_heads if n_heads else None,
+            d_mlp=self.spec.d_mlp,
+            n_ctx=self.layout.n_tokens,
+            model_name=self.backbone_id,
+            device=self.device,
+            dtype=self.dtype,
+            n_prefix_tokens=self.layout.n_prefix,
+            attention=self.attention,
+        )
+
+    def preprocess(self, images: Any) -> torch.Tensor:
+        """Images (PIL, paths, uint8 tensors) -> (b, c, h, w) float pixels on the model's device and dtype.
+
+        A float tensor is taken as already preprocessed: only checked for shape and moved to the
+        model's device and dtype (a no-op, gradients included, when it is already there).
         """
-        return prepare_pixels(images, self.spec).to(self.device)
+        return prepare_pixels(images, self.spec).to(device=self.device, dtype=self.dtype)
 
     def forward(self, images: Any, *, stop_at_layer: int | None = None, **kwargs: Any) -> Any:
         """Run the wrapped model; with ``stop_at_layer=n`` run blocks ``0..n-1`` and return the
@@ -171,11 +231,6 @@ class HookedSAEViT(SAESpliceMixin, HookedRootModule):
         """The tensor metrics compare (logits for a classifier, else the image embedding)."""
         return self.spec.output_tensor(out)
 
-    def run_with_cache(self, *model_args: Any, return_cache_object: bool = True, **kwargs: Any):
-        """TransformerLens' ``run_with_cache`` plus ``stop_at_layer``; returns ``(output, cache)``."""
-        out, cache_dict = super().run_with_cache(*model_args, **kwargs)
-        return out, (ActivationCache(cache_dict, self) if return_cache_object else cache_dict)
-
     # -------------------------------------------------------------------------------------- sites
     def site_names(self) -> list[str]:
         """Every hook name of the model (SAE-internal hooks included when SAEs are attached)."""
@@ -190,18 +245,12 @@ class HookedSAEViT(SAESpliceMixin, HookedRootModule):
             return int(match.group(1)) + 1
         return 1 if site == "hook_embed" else None
 
-    def check_site(self, site: str) -> None:
-        """Raise :class:`UnknownSiteError` (with close names) unless ``site`` is a hook of this model."""
-        if site not in self.hook_dict and site not in self._acts_to_saes:
-            raise UnknownSiteError(
-                f"{self.backbone_id} has no site {site!r}.{close_matches(site, self.hook_dict)} "
-                f"See model.site_names() for all {len(self.hook_dict)} sites."
-            )
-
     def site_dim(self, site: str) -> int | None:
         """Width of a site's last dimension when it is known without running the model."""
         if site.endswith("mlp.hook_post"):
             return self.spec.d_mlp
+        if ".attn." in site:
+            return None  # per-head shapes; an SAE on hook_z reads n_heads * d_head after reshaping
         if _BLOCK_SITE_RE.match(site) or site in ("hook_embed", "ln_final.hook_normalized"):
             return self.d_model
         return None
@@ -232,6 +281,7 @@ class HookedSAEViT(SAESpliceMixin, HookedRootModule):
                 ("hook_resid_mid", spec.block_sites.resid_mid, "input"),
                 ("hook_mlp_out", spec.block_sites.mlp_out, "output"),
                 ("mlp.hook_post", spec.block_sites.mlp_post, "output"),
+                ("mlp.hook_in", spec.block_sites.mlp_in, "input"),
             ):
                 if path is not None:
                     mid = i if site == "hook_resid_mid" else None
@@ -289,17 +339,29 @@ class HookedSAEViT(SAESpliceMixin, HookedRootModule):
             handle = module.register_forward_hook(post_hook)
         self._bridges.append(handle)
 
+    def _install_eager_attention(self) -> None:
+        for i, block in enumerate(self.spec.blocks):
+            attn = block.get_submodule(self.spec.block_sites.attn)
+
+            def hook(name: str, i: int = i) -> nn.Module:
+                return getattr(self.blocks[i].attn, name)
+
+            self._restores.append(install_eager_attention(attn, hook))
+
     def remove_bridges(self) -> None:
         """Detach the wrapper from the backbone (the backbone is then a plain model again)."""
         for handle in self._bridges:
             handle.remove()
         self._bridges.clear()
+        for restore in self._restores:
+            restore()
+        self._restores.clear()
 
     def __repr__(self) -> str:
         lay = self.layout
         return (
             f"HookedSAEViT({self.backbone_id!r}, n_layers={self.n_layers}, d_model={self.d_model}, "
-            f"grid={lay.grid}, prefix_tokens={lay.n_prefix}, output={self.output_kind})"
+            f"grid={lay.grid}, prefix_tokens={lay.n_prefix}, output={self.output_kind}, attention={self.attention})"
         )
 
 

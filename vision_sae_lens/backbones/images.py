@@ -1,8 +1,12 @@
 """Image inputs -> the backbone's pixel tensor, through the backbone's own preprocessing.
 
 Accepted: a PIL image, a path, a list of either, a uint8 tensor (c, h, w) or (b, c, h, w), or a float
-tensor (b, c, h, w) taken as already preprocessed (like transformers' ``pixel_values``). PIL images of
-another mode (grayscale, RGBA, palette) are converted to the mode the backbone reads ("RGB" or "L").
+tensor (b, c, h, w) taken as already preprocessed (like transformers' ``pixel_values``).
+
+:func:`to_model_mode` is the one conversion from any PIL mode (RGBA, LA, P, CMYK, 16-bit, float) to the
+mode the backbone reads ("RGB" or "L"). Every path into a backbone (``model.preprocess``, ``run_with_cache``,
+recording, interventions, downstream metrics) goes through :func:`prepare_pixels`, so one image gives the
+same pixels everywhere.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
@@ -46,8 +51,29 @@ def prepare_pixels(images: Any, spec: BackboneSpec) -> torch.Tensor:
         )
     if len(items) == 0:
         raise ImageInputError("empty batch: pass at least one image")
-    mode = "L" if channels == 1 else "RGB"
-    return _stack([spec.transform(_to_pil(item).convert(mode)) for item in items])
+    return _stack([spec.transform(to_model_mode(_to_pil(item), channels)) for item in items])
+
+
+def to_model_mode(img: Image.Image, channels: int = 3) -> Image.Image:
+    """Any PIL image -> "RGB" (``channels=3``) or "L" (``channels=1``).
+
+    Transparent images (RGBA, LA, PA, P with transparency) are composited on white, as transformers'
+    ``convert_rgb`` does: dropping alpha would show whatever colour the transparent pixels happen to
+    hold. 16-bit images are scaled to 8 bits (value / 257) and float images ("F", taken in [0, 1]) by
+    255, where PIL's own ``convert`` would clip them to white.
+    """
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        arr = np.asarray(img, dtype=np.float64) / 257.0
+        img = Image.fromarray(np.clip(arr.round(), 0, 255).astype(np.uint8))
+    elif img.mode == "F":
+        arr = np.asarray(img, dtype=np.float64) * 255.0
+        img = Image.fromarray(np.clip(arr.round(), 0, 255).astype(np.uint8))
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(white, rgba)
+    target = "L" if channels == 1 else "RGB"
+    return img if img.mode == target else img.convert(target)
 
 
 def _to_pil(item: Any) -> Image.Image:
@@ -77,9 +103,8 @@ def _uint8_to_pil(images: torch.Tensor, channels: int) -> list[Image.Image]:
         )
     if images.shape[0] == 0:
         raise ImageInputError("empty batch: pass at least one image")
-    mode = "L" if channels == 1 else "RGB"
     array = images.permute(0, 2, 3, 1).cpu().numpy()
-    return [Image.fromarray(a.squeeze(-1) if a.shape[-1] == 1 else a).convert(mode) for a in array]
+    return [to_model_mode(Image.fromarray(a.squeeze(-1) if a.shape[-1] == 1 else a), channels) for a in array]
 
 
 def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:

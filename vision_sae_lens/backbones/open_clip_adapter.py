@@ -6,6 +6,7 @@ from typing import Any
 
 from torch import nn
 
+from vision_sae_lens.backbones.attention import n_heads_of
 from vision_sae_lens.backbones.layout import TokenLayout
 from vision_sae_lens.backbones.spec import BackboneSpec, BlockSites, ModuleSite
 from vision_sae_lens.errors import UnknownBackboneError, close_matches
@@ -100,6 +101,8 @@ def _native_spec(visual: nn.Module, backbone_id: str) -> BackboneSpec:
             mlp_out="ls_2",
             resid_mid="ln_2",
             mlp_post="mlp.gelu" if hasattr(mlp, "gelu") else None,
+            mlp_in="mlp",
+            attn="attn",
         ),
         layout=layout,
         transform=lambda img: img,
@@ -108,6 +111,7 @@ def _native_spec(visual: nn.Module, backbone_id: str) -> BackboneSpec:
         final_norm=ModuleSite(visual.ln_post) if tokens_normed else None,
         d_model=int(visual.transformer.width),
         d_mlp=int(mlp.c_fc.out_features) if hasattr(mlp, "c_fc") else None,
+        n_heads=n_heads_of(blocks[0].attn),
     )
 
 

@@ -23,13 +23,23 @@ class BlockSites:
 
     ``attn_out``/``mlp_out``/``mlp_post`` name a module whose output (or ``output[0]`` for modules that
     return tuples) is the site; ``resid_mid`` names a module whose first input is the residual stream
-    between attention and MLP. ``None`` means the family does not expose that site.
+    between attention and MLP; ``mlp_in`` names the MLP, whose input is ``mlp.hook_in``; ``attn`` names
+    the attention module (its internals are sites with ``attention="eager"``). ``None`` means the
+    family does not expose that site.
     """
 
     attn_out: str | None = None
+    """Module whose output is ``hook_attn_out``."""
     mlp_out: str | None = None
+    """Module whose output is ``hook_mlp_out``."""
     resid_mid: str | None = None
+    """Module whose first input is ``hook_resid_mid``."""
     mlp_post: str | None = None
+    """Module whose output is ``mlp.hook_post`` (the MLP's hidden activation)."""
+    mlp_in: str | None = None
+    """The MLP module; its first input is ``mlp.hook_in`` (what transcoders read)."""
+    attn: str | None = None
+    """The attention module (``attn.hook_q`` ... ``attn.hook_z`` with ``attention="eager"``)."""
 
 
 @dataclass(frozen=True)
@@ -74,6 +84,8 @@ class BackboneSpec:
     """Residual stream width."""
     d_mlp: int | None = None
     """MLP hidden width (``mlp.hook_post``), when known."""
+    n_heads: int | None = None
+    """Attention heads per block, when known."""
     notes: list[str] = field(default_factory=list)
     """Family-specific facts worth showing a user (missing sites and why)."""
     weights: dict[str, str] | None = None

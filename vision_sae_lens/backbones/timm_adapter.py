@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 from torch import nn
 
+from vision_sae_lens.backbones.attention import n_heads_of
 from vision_sae_lens.backbones.layout import TokenLayout
 from vision_sae_lens.backbones.spec import BackboneSpec, BlockSites, ModuleSite
 from vision_sae_lens.errors import UnknownBackboneError, close_matches
@@ -58,7 +60,7 @@ def timm_spec(model: nn.Module, *, backbone_id: str) -> BackboneSpec:
         layout=layout,
         transform=transform,
         preprocessing=_describe(data_cfg),
-        output_kind="logits" if num_classes > 0 else "embedding",
+        output_kind="logits" if num_classes > 0 and not is_embedding_head(model) else "embedding",
         embed=ModuleSite(model.pos_drop) if hasattr(model, "pos_drop") else None,
         final_norm=ModuleSite(model.norm) if isinstance(getattr(model, "norm", None), nn.Module) else None,
         pooled=ModuleSite(model.head, "input")
@@ -66,7 +68,23 @@ def timm_spec(model: nn.Module, *, backbone_id: str) -> BackboneSpec:
         else None,
         d_model=int(model.embed_dim),
         d_mlp=_d_mlp(block),
+        n_heads=n_heads_of(block.attn) if hasattr(block, "attn") else None,
     )
+
+
+# Pretrained tags of image-text towers fine-tuned into classifiers ("openai_ft_in1k", "laion2b_ft_in12k").
+_FINETUNED_TAG = re.compile(r"(^|_)ft(_|$)|in1k|in12k|in21k|in22k")
+
+
+def is_embedding_head(model: nn.Module) -> bool:
+    """Whether a timm model's head is an image-text projection (CLIP tower), decided from its pretrained
+    config: an image-text architecture whose tag is not a classification fine-tune, with the head the
+    config ships (a user-set ``num_classes`` means a new classifier head)."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    arch, tag = str(cfg.get("architecture") or ""), str(cfg.get("tag") or "")
+    image_text = any(word in arch for word in ("_clip_", "_siglip", "_metaclip", "_openclip"))
+    same_head = int(cfg.get("num_classes") or 0) == int(getattr(model, "num_classes", 0) or 0)
+    return image_text and same_head and not _FINETUNED_TAG.search(tag)
 
 
 def _block_sites(block: nn.Module) -> BlockSites:
@@ -81,6 +99,8 @@ def _block_sites(block: nn.Module) -> BlockSites:
         # Pre-norm blocks feed resid_mid to norm2; post-norm blocks feed it to the MLP itself.
         resid_mid=("mlp" if post_norm else "norm2") if "norm2" in names else None,
         mlp_post="mlp.act" if mlp is not None and hasattr(mlp, "act") and not gated else None,
+        mlp_in="mlp" if mlp is not None else None,
+        attn="attn" if "attn" in names else None,
     )
 
 

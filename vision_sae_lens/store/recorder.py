@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from vision_sae_lens.data.sources import open_images, to_standard_mode
+from vision_sae_lens.data.sources import open_images
 from vision_sae_lens.errors import ImageInputError, StoreError
 from vision_sae_lens.store import format as fmt
 from vision_sae_lens.store.distributed import DistContext, default_device, join_distributed
@@ -81,6 +81,7 @@ def cache_activations(
     ctx = join_distributed()
     try:
         model = _load_model(model, ctx, device=device, pretrained=pretrained, model_kwargs=model_kwargs)
+        model.check_names(list(sites))  # a misspelled site fails before any image is opened
         source = open_images(images, streaming=streaming, limit=limit)
         plan = _plan(model, source, list(sites), tokens, dtype, batch_size, shard_images)
         root = Path(out_dir)
@@ -293,7 +294,8 @@ def _load_one(model, source, plan: _Plan, item: int | tuple[int, Any]) -> tuple[
         return i, got, None
     try:
         img, label = source[i] if got is None else got
-        return i, model.preprocess([to_standard_mode(img, plan.channels)]).cpu(), label
+        # model.preprocess converts the image mode itself: one conversion for every entry point.
+        return i, model.preprocess([img]).cpu(), label
     except Exception as exc:  # any failure to read or preprocess one image skips it (and is listed)
         return i, exc, None
 

@@ -1,0 +1,94 @@
+"""Checked site names: TransformerLens' hook API on a hooked ViT, where a typo never passes silently.
+
+TransformerLens returns an empty cache for an unknown ``names_filter`` and raises a bare ``KeyError``
+from ``run_with_hooks``. :class:`CheckedSitesMixin` checks every string name given to
+``run_with_cache``, ``run_with_hooks``, ``hooks`` and ``add_hook`` (and so the ``*_with_saes`` variants,
+which call them with the SAEs attached, SAE-internal names included) before the forward runs, raising
+:class:`UnknownSiteError` with the close matches. Callable filters are left as TransformerLens has them.
+The returned cache is a :class:`SiteCache`, whose missing keys name the close cached names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from vision_sae_lens.backbones.attention import ATTENTION_SITES
+from vision_sae_lens.backbones.config import SiteCache
+from vision_sae_lens.errors import ImageInputError, UnknownSiteError, close_matches
+
+
+class CheckedSitesMixin:
+    """Name-checked ``run_with_cache`` / ``run_with_hooks`` / ``hooks`` / ``add_hook`` for a ``HookedRootModule``
+    host that has ``hook_dict``, ``_acts_to_saes``, ``attention``, ``backbone_id`` and ``preprocess``."""
+
+    def check_site(self, site: str) -> None:
+        """Raise :class:`UnknownSiteError` (with close names) unless ``site`` is a hook of this model."""
+        if site in self.hook_dict or site in self._acts_to_saes:
+            return
+        hint = ""
+        if self.attention != "eager" and site.rsplit(".", 1)[-1] in ATTENTION_SITES and ".attn." in site:
+            hint = " Attention internals are sites only with HookedSAEViT.from_pretrained(..., attention='eager')."
+        raise UnknownSiteError(
+            f"{self.backbone_id} has no site {site!r}.{close_matches(site, self.hook_dict)}{hint} "
+            f"See model.site_names() for all {len(self.hook_dict)} sites."
+        )
+
+    def check_names(self, names: Any) -> None:
+        """Check every site name in ``names`` (a name, a list of names, or a callable, which is left alone)."""
+        if names is None or callable(names):
+            return
+        for name in [names] if isinstance(names, str) else names:
+            if isinstance(name, str):
+                self.check_site(name)
+
+    def run_with_cache(
+        self,
+        images: Any,
+        *model_args: Any,
+        names_filter: Any = None,
+        remove_batch_dim: bool = False,
+        return_cache_object: bool = True,
+        **kwargs: Any,
+    ):
+        """TransformerLens' ``run_with_cache`` plus ``stop_at_layer``; returns ``(output, cache)``.
+
+        ``names_filter``: None (every site), a site name, a list of names (each checked: a typo raises
+        :class:`UnknownSiteError`) or a callable on names. ``remove_batch_dim=True`` needs one image and
+        caches every site without its batch axis (``cache.has_batch_dim`` is then False).
+        """
+        self.check_names(names_filter)
+        if remove_batch_dim:
+            images = self.preprocess(images)
+            if images.shape[0] != 1:
+                raise ImageInputError(
+                    f"remove_batch_dim=True needs a batch of one image, got {images.shape[0]}; "
+                    "pass one image or keep the batch dimension."
+                )
+        out, cache_dict = super().run_with_cache(images, *model_args, names_filter=names_filter, **kwargs)
+        if remove_batch_dim:
+            # After the run, not in TransformerLens' hook: its pos_slice would then index the (d,) pooled
+            # vector's missing token axis.
+            cache_dict = {name: act[0] for name, act in cache_dict.items()}
+        if not return_cache_object:
+            return out, cache_dict
+        return out, SiteCache(cache_dict, self, has_batch_dim=not remove_batch_dim)
+
+    def run_with_hooks(
+        self, *model_args: Any, fwd_hooks: Sequence = (), bwd_hooks: Sequence = (), **kwargs: Any
+    ):
+        """TransformerLens' ``run_with_hooks``; every string hook name is checked before the forward."""
+        self.check_names([name for name, _ in [*fwd_hooks, *bwd_hooks]])
+        return super().run_with_hooks(
+            *model_args, fwd_hooks=list(fwd_hooks), bwd_hooks=list(bwd_hooks), **kwargs
+        )
+
+    def hooks(self, fwd_hooks: Sequence = (), bwd_hooks: Sequence = (), *args: Any, **kwargs: Any):
+        """TransformerLens' ``hooks`` context manager; string hook names are checked before any is added."""
+        self.check_names([name for name, _ in [*fwd_hooks, *bwd_hooks]])
+        return super().hooks(list(fwd_hooks), list(bwd_hooks), *args, **kwargs)
+
+    def add_hook(self, name: Any, hook: Any, *args: Any, **kwargs: Any) -> None:
+        """TransformerLens' ``add_hook``; a string name must be a site (else :class:`UnknownSiteError`)."""
+        self.check_names(name)
+        super().add_hook(name, hook, *args, **kwargs)

@@ -1,0 +1,207 @@
+"""The one place that touches SAELens / TransformerLens internals (private names and deep APIs).
+
+``HookedSAEViT`` reuses SAELens' ``HookedSAETransformer`` splicing methods and its ``_SAEWrapper`` so an
+SAE behaves on images exactly as on text. Those are private: every such name is imported here, and
+:data:`SEAMS` holds one probe per seam. ``tests/backbones/test_compat_seams.py`` runs each probe, so an
+upgrade that moves or changes a seam fails loudly with the seam's name instead of silently
+changing behaviour. Public, stable imports (``HookPoint``, ``ActivationCache``) live here too, so the
+whole dependency surface on these two libraries reads in one file.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+
+import torch
+from sae_lens import SAE
+from sae_lens.analysis.hooked_sae_transformer import (
+    HookedSAETransformer,
+    _SAEWrapper,
+    get_deep_attr,
+    set_deep_attr,
+)
+from sae_lens.saes.sae import _disable_hooks
+
+# TransformerLens 3 moved HookedRootModule out of hook_points (importing it from there warns and is
+# gone in 4.0); the dedicated module is the supported path.
+from transformer_lens.ActivationCache import ActivationCache
+from transformer_lens.hook_points import HookPoint
+from transformer_lens.HookedRootModule import HookedRootModule
+
+SAEWrapper = _SAEWrapper
+"""SAELens' per-site SAE wrapper (private ``_SAEWrapper``): hooks copied from the SAE, ``hook_sae_error``,
+``hook_sae_output``, ``use_error_term``, ``exclude_special_tokens`` and a per-position bypass mask."""
+
+disable_sae_hooks = _disable_hooks
+"""Context manager that runs an SAE with its HookPoints bypassed (SAELens' ``_disable_hooks``)."""
+
+
+class CompatError(RuntimeError):
+    """A SAELens / TransformerLens seam this package relies on has changed; the message names it."""
+
+
+def _require(ok: bool, seam: str, what: str) -> None:
+    if not ok:
+        raise CompatError(
+            f"compatibility seam {seam!r} changed: {what}. This vision_sae_lens release supports "
+            "sae-lens 6.54 and transformer-lens 3.x; pin those or update vision_sae_lens/compat.py."
+        )
+
+
+def _params(fn: Callable) -> list[str]:
+    return list(inspect.signature(fn).parameters)
+
+
+def _probe_wrapper_contract() -> None:
+    seam = "sae_lens _SAEWrapper"
+    _require(
+        _params(_SAEWrapper.__init__)[:4] == ["self", "sae", "use_error_term", "exclude_special_tokens"],
+        seam,
+        "constructor is no longer (sae, use_error_term, exclude_special_tokens)",
+    )
+    for attr in ("set_token_mask", "capture_input", "sae", "forward"):
+        _require(hasattr(_SAEWrapper, attr), seam, f"has no {attr}")
+    from sae_lens import StandardSAE, StandardSAEConfig
+
+    sae = StandardSAE(StandardSAEConfig(d_in=4, d_sae=8))
+    wrapper = _SAEWrapper(sae, use_error_term=True, exclude_special_tokens=[0])
+    for name in ("hook_sae_error", "hook_sae_output", "hook_sae_acts_post", "hook_sae_input"):
+        _require(
+            isinstance(getattr(wrapper, name, None), HookPoint), seam, f"wrapper has no HookPoint {name}"
+        )
+    _require(wrapper.sae is sae and wrapper.use_error_term is True, seam, "sae / use_error_term not kept")
+    _require(wrapper.exclude_special_tokens == [0], seam, "exclude_special_tokens not kept")
+    _require(getattr(wrapper, "_token_mask", "missing") is None, seam, "no _token_mask attribute")
+    mask = torch.tensor([[True, False]])
+    wrapper.set_token_mask(mask)
+    _require(wrapper._token_mask is mask, seam, "set_token_mask does not set _token_mask")
+    x = torch.randn(1, 2, 4)
+    out = wrapper(x)
+    _require(torch.equal(out[:, 0], x[:, 0]), seam, "a masked position no longer bypasses the SAE")
+
+
+def _probe_wrapper_error_is_constant() -> None:
+    seam = "sae_lens _SAEWrapper error term"
+    from sae_lens import StandardSAE, StandardSAEConfig
+
+    torch.manual_seed(0)
+    sae = StandardSAE(StandardSAEConfig(d_in=4, d_sae=8))
+    wrapper = _SAEWrapper(sae, use_error_term=True)
+    x = torch.randn(3, 4, requires_grad=True)
+    (grad_x,) = torch.autograd.grad(wrapper(x).sum(), x)
+    x_hat = lambda v: sae.decode(sae.encode(v))  # noqa: E731
+    (expected,) = torch.autograd.grad(x_hat(x).sum(), x)
+    _require(
+        torch.allclose(grad_x, expected, atol=1e-6),
+        seam,
+        "gradients no longer reach the input only through the reconstruction (error term not constant)",
+    )
+
+
+def _probe_borrowed_methods() -> None:
+    seam = "sae_lens HookedSAETransformer methods"
+    for name in BORROWED_METHODS:
+        _require(hasattr(HookedSAETransformer, name), seam, f"HookedSAETransformer has no {name}")
+    src = inspect.getsource(HookedSAETransformer.saes)
+    _require(
+        "self.add_sae(" in src and "self._reset_sae(" in src,
+        seam,
+        "saes() no longer calls add_sae/_reset_sae",
+    )
+    _require(
+        "exclude_special_tokens" in _params(HookedSAETransformer.add_sae),
+        seam,
+        "add_sae lost exclude_special_tokens",
+    )
+    src = inspect.getsource(HookedSAETransformer._reset_sae)
+    _require(
+        "_transcoder_output_hooks" in src and "_acts_to_saes" in src, seam, "_reset_sae bookkeeping changed"
+    )
+
+
+def _probe_deep_attr() -> None:
+    seam = "sae_lens get_deep_attr/set_deep_attr"
+    root = torch.nn.Module()
+    root.blocks = torch.nn.ModuleList([torch.nn.Module()])
+    root.blocks[0].hook = HookPoint()
+    new = HookPoint()
+    set_deep_attr(root, "blocks.0.hook", new)
+    _require(get_deep_attr(root, "blocks.0.hook") is new, seam, "dotted paths with indices no longer resolve")
+
+
+def _probe_disable_hooks() -> None:
+    seam = "sae_lens _disable_hooks"
+    from sae_lens import StandardSAE, StandardSAEConfig
+
+    sae = StandardSAE(StandardSAEConfig(d_in=4, d_sae=8))
+    calls: list[int] = []
+    sae.hook_sae_acts_post.add_hook(lambda t, hook: calls.append(1))
+    with _disable_hooks(sae):
+        sae(torch.randn(2, 4))
+    sae.reset_hooks()
+    _require(not calls, seam, "hooks still fire inside _disable_hooks")
+
+
+def _probe_root_module() -> None:
+    seam = "transformer_lens HookedRootModule"
+    for name in ("run_with_cache", "run_with_hooks", "hooks", "add_hook", "add_caching_hooks", "setup"):
+        _require(hasattr(HookedRootModule, name), seam, f"has no {name}")
+    _require(
+        "remove_batch_dim" in _params(HookedRootModule.run_with_cache),
+        seam,
+        "run_with_cache lost remove_batch_dim",
+    )
+    _require("has_batch_dim" in _params(ActivationCache.__init__), seam, "ActivationCache lost has_batch_dim")
+    root = type("_Probe", (HookedRootModule,), {})()  # a subclass, as HookedSAEViT is (the bare class warns)
+    root.hook_x = HookPoint()
+    root.setup()
+    _require(
+        getattr(root, "hook_dict", {}).get("hook_x") is root.hook_x, seam, "setup() no longer fills hook_dict"
+    )
+    _require(hasattr(root, "mod_dict"), seam, "setup() no longer fills mod_dict")
+
+
+SEAMS: dict[str, Callable[[], None]] = {
+    "sae_lens _SAEWrapper": _probe_wrapper_contract,
+    "sae_lens _SAEWrapper error term": _probe_wrapper_error_is_constant,
+    "sae_lens HookedSAETransformer methods": _probe_borrowed_methods,
+    "sae_lens get_deep_attr/set_deep_attr": _probe_deep_attr,
+    "sae_lens _disable_hooks": _probe_disable_hooks,
+    "transformer_lens HookedRootModule": _probe_root_module,
+}
+"""Seam name -> probe that raises :class:`CompatError` naming the seam when an upgrade changed it."""
+
+BORROWED_METHODS = (
+    "add_sae",
+    "acts_to_saes",
+    "_reset_sae",
+    "reset_saes",
+    "saes",
+    "run_with_saes",
+    "run_with_cache_with_saes",
+    "run_with_hooks_with_saes",
+)
+"""``HookedSAETransformer`` members ``HookedSAEViT`` uses unchanged."""
+
+
+def borrowed(name: str):
+    """A ``HookedSAETransformer`` member to reuse unchanged on a host that keeps its bookkeeping dicts."""
+    return getattr(HookedSAETransformer, name)
+
+
+__all__ = [
+    "ActivationCache",
+    "BORROWED_METHODS",
+    "CompatError",
+    "HookPoint",
+    "HookedRootModule",
+    "HookedSAETransformer",
+    "SAE",
+    "SAEWrapper",
+    "SEAMS",
+    "borrowed",
+    "disable_sae_hooks",
+    "get_deep_attr",
+    "set_deep_attr",
+]
