@@ -64,6 +64,22 @@ class UnsafeCheckpointError(VisionSAELensError, ValueError):
     """A checkpoint that would execute code on load (a pickle) without an explicit opt-in."""
 
 
+class OutputLockedError(VisionSAELensError, RuntimeError):
+    """Another process is writing into the same output folder (its lock names it)."""
+
+
+class UnsafePathError(VisionSAELensError, ValueError):
+    """A user-supplied name or path that would escape its folder, or a folder we did not create."""
+
+
+class SAEFolderError(VisionSAELensError, ValueError):
+    """An SAE folder that is incomplete or cannot be read (a missing or corrupt cfg.json, ...)."""
+
+
+class SAEFolderCorruptError(SAEFolderError):
+    """An SAE folder whose files do not match its checksums.json."""
+
+
 class BackboneMismatchWarning(UserWarning):
     """An SAE whose metadata names another backbone than the one it is spliced into."""
 
