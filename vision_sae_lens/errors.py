@@ -52,6 +52,10 @@ class TrainingError(VisionSAELensError, RuntimeError):
     """Training that cannot start or had to stop (bad config, NaN loss, ...)."""
 
 
+class CheckpointCorruptError(TrainingError):
+    """A training checkpoint whose files are missing, unreadable or do not match its checksums."""
+
+
 class HubError(VisionSAELensError, RuntimeError):
     """Publishing to or loading from the Hugging Face Hub failed."""
 

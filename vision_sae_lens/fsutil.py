@@ -245,6 +245,9 @@ def remove_own_folder(folder: Path, *, why: str = "--overwrite") -> None:
     """Delete ``folder`` if vision_sae_lens created it; refuse (UnsafePathError) any other folder."""
     if not folder.exists() and not folder.is_symlink():
         return
+    if folder.is_dir() and not folder.is_symlink() and not any(folder.iterdir()):
+        folder.rmdir()
+        return
     if folder.is_symlink() or not folder.is_dir() or not is_own_folder(folder):
         raise UnsafePathError(
             f"{why} would delete {folder}, but vision_sae_lens did not create it (no {MARKER_FILE} or "
