@@ -184,11 +184,16 @@ def check_claimable(root: Path) -> None:
         return
     if not root.is_dir():
         raise StoreMismatchError(f"{root} exists and is not a directory; choose another output directory.")
-    if any(p.name != fsutil.LOCK_FILE for p in root.iterdir()):
+    # Our lock file and a killed claim's temp file do not make a directory foreign.
+    if any(not _ours_transient(p.name) for p in root.iterdir()):
         raise StoreMismatchError(
             f"{root} is not empty and is not an activation store being recorded (no {fmt.RECORDING_FILE}); "
             "choose an empty or new output directory."
         )
+
+
+def _ours_transient(name: str) -> bool:
+    return name == fsutil.LOCK_FILE or (name.startswith(".") and name.endswith(".tmp"))
 
 
 def _short(value: Any) -> str:
