@@ -136,11 +136,19 @@ def remove_stale_temps(folder: Path) -> int:
 
 
 def is_disk_full(exc: BaseException) -> bool:
-    """Whether ``exc`` (an OSError, or torch's C++ writer error) means the disk is full."""
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return True
-    text = str(exc)
-    return "No space left" in text or ("inline_container" in text and "write" in text)
+    """Whether ``exc`` (or what caused it) means the disk is full: ENOSPC / EDQUOT, or the failure of
+    torch's zip writer (``inline_container.cc``), whose C++ error hides the errno."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return False
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        text = str(seen)
+        if "No space left" in text or "inline_container" in text:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 # ------------------------------------------------------------------------------------- locking

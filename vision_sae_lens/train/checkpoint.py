@@ -233,7 +233,7 @@ def open_sae_folder(folder: str | Path, *, device: str = "cpu", require_checksum
 
 def _write_checkpoint_manifest(folder: Path) -> None:
     files = {}
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != CHECKPOINT_MANIFEST):
         rel = path.relative_to(folder).as_posix()
         files[rel] = {"bytes": path.stat().st_size, "sha256": fsutil.sha256_file(path)}
     fsutil.write_json_atomic(folder / CHECKPOINT_MANIFEST, {"files": files})

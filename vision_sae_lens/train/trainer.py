@@ -203,9 +203,9 @@ class _GroupTrainer:
                 raise
             where = self.members[0].folder.parent
             raise TrainingError(
-                f"the disk holding {where} is full (while writing a checkpoint or the final SAE; nothing "
-                "incomplete was kept). Free some space and re-run the same command with --resume: it continues "
-                "from the newest complete checkpoint."
+                f"the disk holding {where} is full: writing a checkpoint or the final SAE failed ({_first_line(exc)}). "
+                "Nothing incomplete was kept. Free some space and re-run the same command with --resume: it "
+                "continues from the newest complete checkpoint."
             ) from exc
         finally:
             for m in active:
@@ -501,6 +501,10 @@ class _GroupTrainer:
             history=m.history,
             train_seconds=m.train_seconds,
         )
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
 
 
 def _is_own_sae_folder(folder: Path) -> bool:
