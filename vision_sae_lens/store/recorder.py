@@ -139,6 +139,7 @@ def _plan(model, source, sites: list[str], tokens: str, dtype: str, batch_size: 
     token_idx = model.layout.token_indices(tokens).numpy()
     for site in sites:
         model.check_site(site)
+        fsutil.check_name(site, what="site name")  # it becomes the folder shards/<site>/
     # One blank image tells every site's shape; only (batch, tokens, d) sites can be stored as rows.
     channels = int(model.preprocessing.get("channels", 3))
     probe = torch.zeros(1, channels, *model.layout.image_size, device=model.device)

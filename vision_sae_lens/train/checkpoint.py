@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import os
 import pickle
 import shutil
 from pathlib import Path
@@ -96,7 +97,9 @@ def save_resumable(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     for old in list_checkpoints(root)[:-keep] if keep > 0 else []:
-        shutil.rmtree(root / str(old), ignore_errors=True)
+        doomed = fsutil.temp_name(root / str(old))  # renamed first: never seen half deleted
+        os.replace(root / str(old), doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
     logger.debug("checkpoint %s", final)
     return final
 
