@@ -17,9 +17,9 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from vision_sae_lens import fsutil
 from vision_sae_lens.backbones.layout import TokenLayout
 from vision_sae_lens.errors import StoreCorruptError, StoreError, UnknownSiteError, close_matches
+from vision_sae_lens.store import checks
 from vision_sae_lens.store import format as fmt
 
 
@@ -58,11 +58,11 @@ class ActivationStore:
                 f"{meta_path} has format {self.metadata.get('format')!r} version {version!r}; this "
                 f"vision_sae_lens reads {fmt.FORMAT_NAME!r} version {fmt.FORMAT_VERSION}. Upgrade the package."
             )
-        self.manifest: dict[str, Any] = self._read_manifest()
+        self.manifest: dict[str, Any] = checks.read_manifest(self.path, self.metadata)
         self.shards: list[dict[str, Any]] = [s for s in self.manifest["shards"] if s["n_rows"] > 0]
         self._starts = [s["row_start"] for s in self.shards]
         self._maps: dict[tuple[str, int], np.ndarray] = {}
-        self._check_shapes()
+        checks.check_shapes(self.path, self.metadata, self.manifest)
         self._check_files_present()
 
     # ------------------------------------------------------------------------------- metadata
@@ -228,10 +228,10 @@ class ActivationStore:
                 expected = shard["n_rows"] * self.site_dim(site) * fmt.NUMPY_STORAGE[self.dtype].itemsize
                 if entry["bytes"] != expected:
                     problems.append(f"{entry['path']}: manifest size does not match {shard['n_rows']} rows")
-        for check in (
-            self._read_manifest,
-            self._check_shapes,
-        ):  # re-read: the files may have changed since open
+        for check in (  # re-read: the files may have changed since open
+            lambda: checks.read_manifest(self.path, self.metadata),
+            lambda: checks.check_shapes(self.path, self.metadata, self.manifest),
+        ):
             try:
                 check()
             except StoreCorruptError as exc:
@@ -250,77 +250,6 @@ class ActivationStore:
             )
 
     # ----------------------------------------------------------------------------------- helpers
-    def _read_manifest(self) -> dict[str, Any]:
-        """The manifest, checked against the metadata's ``manifest_sha256`` and for paths inside the store."""
-        path = self.path / fmt.MANIFEST_FILE
-        try:
-            raw = path.read_bytes()
-        except OSError as exc:
-            raise StoreCorruptError(f"cannot read {path}: {exc}") from exc
-        expected = self.metadata.get("manifest_sha256")
-        if expected is None or hashlib.sha256(raw).hexdigest() != expected:
-            raise StoreCorruptError(
-                f"{path} does not match the manifest_sha256 in {fmt.METADATA_FILE} (edited or corrupted): its shard "
-                "list and checksums cannot be trusted. Re-record the store."
-            )
-        if fmt.fingerprint_of(self.metadata) != self.metadata.get("fingerprint"):
-            raise StoreCorruptError(
-                f"{self.path / fmt.METADATA_FILE}: its fingerprint does not match its content (edited); re-record the store."
-            )
-        manifest = fmt.read_json(path)
-        sites = set(self.metadata["site_dims"])
-        for shard in manifest["shards"]:
-            k = shard["index"]
-            expected_paths = {site: fmt.site_file(site, k) for site in sites}
-            if set(shard["files"]) != sites:
-                raise StoreCorruptError(
-                    f"{path}: shard {k} lists sites {sorted(shard['files'])}, the metadata {sorted(sites)}"
-                )
-            for site, entry in shard["files"].items():
-                self._check_entry_path(entry["path"], expected_paths[site])
-            self._check_entry_path(shard["provenance"]["path"], fmt.provenance_file(k))
-        if "labels" in manifest:
-            self._check_entry_path(manifest["labels"]["path"], fmt.LABELS_FILE)
-        return manifest
-
-    def _check_entry_path(self, rel: str, expected: str) -> None:
-        # Paths are fixed by the format; anything else (absolute, '..', another file) is refused.
-        if rel != expected:
-            raise StoreCorruptError(
-                f"{self.path / fmt.MANIFEST_FILE} names {rel!r} where the format puts {expected!r}; "
-                "manifest paths must stay inside the store. Refusing to open it."
-            )
-        fsutil.check_inside(self.path, rel, what="manifest path")
-
-    def _check_shapes(self) -> None:
-        """Sizes the manifest lists must be what ``n_rows``, ``site_dims`` and ``dtype`` imply."""
-        meta, itemsize = self.metadata, fmt.NUMPY_STORAGE[fmt.check_dtype(self.metadata["dtype"])].itemsize
-        row = 0
-        for shard in self.manifest["shards"]:
-            n = int(shard["n_rows"])
-            if shard["row_start"] != row:
-                raise StoreCorruptError(
-                    f"store {self.path}: shard {shard['index']} starts at row {shard['row_start']}, expected {row}"
-                )
-            for site, entry in shard["files"].items():
-                want = n * int(meta["site_dims"][site]) * itemsize
-                if entry["bytes"] != want:
-                    raise StoreCorruptError(
-                        f"store {self.path}: {entry['path']} is listed with {entry['bytes']} bytes, but {n} rows of "
-                        f"{meta['site_dims'][site]} {meta['dtype']} values take {want}; the store is mis-shaped."
-                    )
-            if shard["provenance"]["bytes"] != n * 2 * fmt.PROVENANCE_DTYPE.itemsize:
-                raise StoreCorruptError(
-                    f"store {self.path}: {shard['provenance']['path']} does not hold {n} rows"
-                )
-            row += n
-        if row != int(meta["n_rows"]) or row != int(self.manifest["n_rows"]):
-            raise StoreCorruptError(
-                f"store {self.path}: its shards hold {row} rows, the metadata says {meta['n_rows']}; mis-shaped."
-            )
-        if "labels" in self.manifest and self.manifest["labels"]["bytes"] != 4 * int(meta["n_images"]):
-            raise StoreCorruptError(f"store {self.path}: {fmt.LABELS_FILE} is not one int32 per image")
-
     def _check_files_present(self) -> None:
         for shard in self.shards:
             for entry in (*shard["files"].values(), shard["provenance"]):

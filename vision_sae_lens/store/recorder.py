@@ -40,6 +40,7 @@ from vision_sae_lens.store.writer import (
     check_claimable,
     check_or_claim_directory,
     finalize_store,
+    source_state,
 )
 
 logger = logging.getLogger(__name__)
@@ -96,7 +97,7 @@ def cache_activations(
         model = _load_model(model, ctx, device=device, pretrained=pretrained, model_kwargs=model_kwargs)
         source = open_images(images, streaming=streaming, limit=limit)
         plan = _plan(model, source, list(sites), tokens, dtype, batch_size, shard_images)
-        outcome = ctx.broadcast(_claim(root, plan.settings, _source_state(source)) if ctx.rank == 0 else None)
+        outcome = ctx.broadcast(_claim(root, plan.settings, source_state(source)) if ctx.rank == 0 else None)
         if isinstance(outcome, Exception):
             raise outcome
         if not outcome:
@@ -208,33 +209,6 @@ def _claim(root: Path, settings: dict, source_state: str | None) -> bool | Excep
         return check_or_claim_directory(root, settings, source_state=source_state)
     except Exception as exc:  # broadcast to the other ranks, re-raised everywhere
         return exc
-
-
-def _source_state(source) -> str | None:
-    """Hash of (name, size, mtime) of every image file that decides the rows (None: not file-based)."""
-    files = _source_files(source)
-    if files is None:
-        return None
-    digest = hashlib.sha256()
-    for name, path in files:
-        try:
-            st = os.stat(path)
-            digest.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-        except OSError:
-            digest.update(f"{name}\0missing\n".encode())
-    return digest.hexdigest()
-
-
-def _source_files(source) -> list[tuple[str, Path]] | None:
-    inner = getattr(source, "source", None)
-    if inner is not None and hasattr(source, "indices"):  # a Subset (--limit)
-        files = _source_files(inner)
-        return None if files is None else [files[i] for i in source.indices]
-    if hasattr(source, "root") and hasattr(source, "files"):  # an image folder
-        return [(f, Path(source.root) / f) for f in source.files]
-    if hasattr(source, "paths"):  # a list of paths
-        return [(str(i), Path(p)) for i, p in enumerate(source.paths)]
-    return None
 
 
 def _shard_done(root: Path, k: int) -> bool:

@@ -178,6 +178,33 @@ def check_or_claim_directory(
 SOURCE_STATE_KEY = "source_state"
 
 
+def source_state(source: Any) -> str | None:
+    """Hash of (name, size, mtime) of every image file that decides the rows (None: not file-based)."""
+    files = source_files(source)
+    if files is None:
+        return None
+    digest = hashlib.sha256()
+    for name, path in files:
+        try:
+            st = os.stat(path)
+            digest.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        except OSError:
+            digest.update(f"{name}\0missing\n".encode())
+    return digest.hexdigest()
+
+
+def source_files(source: Any) -> list[tuple[str, Path]] | None:
+    inner = getattr(source, "source", None)
+    if inner is not None and hasattr(source, "indices"):  # a Subset (--limit)
+        files = source_files(inner)
+        return None if files is None else [files[i] for i in source.indices]
+    if hasattr(source, "root") and hasattr(source, "files"):  # an image folder
+        return [(f, Path(source.root) / f) for f in source.files]
+    if hasattr(source, "paths"):  # a list of paths
+        return [(str(i), Path(p)) for i, p in enumerate(source.paths)]
+    return None
+
+
 def check_claimable(root: Path) -> None:
     """Refuse (before anything is written) a non-empty directory that is not a store being recorded."""
     if (root / fmt.RECORDING_FILE).exists() or not root.exists():

@@ -30,7 +30,12 @@ from sae_lens.training.sae_trainer import SAETrainer
 from safetensors.torch import save_file
 
 from vision_sae_lens import fsutil
-from vision_sae_lens.errors import CheckpointCorruptError, SAEFolderError, UnsafeCheckpointError
+from vision_sae_lens.errors import (
+    CheckpointCorruptError,
+    SAEFolderError,
+    TrainingError,
+    UnsafeCheckpointError,
+)
 from vision_sae_lens.metadata import VisionFacts, apply_vision_facts
 
 logger = logging.getLogger(__name__)
@@ -232,6 +237,62 @@ def open_sae_folder(folder: str | Path, *, device: str = "cpu", require_checksum
             f"{folder} does not load with SAELens' SAE.load_from_disk ({type(exc).__name__}: {exc}); check "
             f"{cfg_path} and sae_weights.safetensors"
         ) from exc
+
+
+def check_writable(out: Path) -> None:
+    """Fail before any training step when ``out`` cannot hold files (permissions, a file in the way, ...)."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = fsutil.temp_name(out / "write-test")
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as exc:
+        raise TrainingError(
+            f"cannot write into the output folder {out} ({exc.strerror or exc}); choose a writable --out-dir "
+            "(nothing was trained)."
+        ) from exc
+
+
+def remove_stale_temps(out: Path) -> None:
+    """Delete temp files and folders of killed runs under ``out`` and ``out/checkpoints/*``."""
+    # Only under the lock: then every temp folder is a killed run's leftover, never a live writer's.
+    parents = [out, *((out / "checkpoints").iterdir() if (out / "checkpoints").is_dir() else [])]
+    for parent in parents:
+        for tmp in parent.glob(".*.tmp") if parent.is_dir() else []:
+            shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+
+
+def checkpoint_problem(path: Path, fingerprint: str) -> str | None:
+    """None when checkpoint ``path`` is intact and from store ``fingerprint``; what is damaged otherwise.
+
+    A checkpoint of another store is no damage but a mistake: TrainingError.
+    """
+    try:
+        verify_checkpoint(path)
+        progress = read_progress(path)
+    except CheckpointCorruptError as exc:
+        return str(exc)
+    if progress.get("store_fingerprint") != fingerprint:
+        raise TrainingError(
+            f"checkpoint {path} was trained on store {progress.get('store_fingerprint')!r}, not on "
+            f"{fingerprint!r}; resume with the same store or pass overwrite=True."
+        )
+    return None
+
+
+def disk_full_error(where: Path, exc: BaseException) -> TrainingError:
+    """The error for a full disk while writing under ``where`` (say so, and how to go on)."""
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+    return TrainingError(
+        f"the disk holding {where} is full: writing a checkpoint or the final SAE failed ({first}). Nothing "
+        "incomplete was kept. Free some space and re-run the same command with --resume: it continues from "
+        "the newest complete checkpoint."
+    )
+
+
+def is_own_sae_folder(folder: Path) -> bool:
+    """Whether an SAE folder was written by this package (sealed, marked, or with our train_state.json)."""
+    return fsutil.is_own_folder(folder) or (folder / FINISHED_FILENAME).is_file()
 
 
 def _write_checkpoint_manifest(folder: Path) -> None:

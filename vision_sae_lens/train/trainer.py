@@ -34,7 +34,7 @@ from sae_lens.training.sae_trainer import SAETrainer, SAETrainerConfig
 from tqdm.auto import tqdm
 
 from vision_sae_lens import fsutil
-from vision_sae_lens.errors import CheckpointCorruptError, TrainingError
+from vision_sae_lens.errors import TrainingError
 from vision_sae_lens.metadata import VisionFacts
 from vision_sae_lens.train import checkpoint as ckpt
 from vision_sae_lens.train.config import TrainConfig, resolve_device
@@ -101,9 +101,9 @@ def train_sae(
         raise ValueError("no configs to train")
     out = Path(out_dir)
     names = unique_names(cfgs)
-    _check_writable(out)
+    ckpt.check_writable(out)
     with fsutil.locked(out, what="train run"):  # a second train run into `out` is refused at once
-        _remove_stale_temps(out)
+        ckpt.remove_stale_temps(out)
         results: dict[int, TrainRun] = {}
         for group in group_configs(cfgs, names):
             members = [_Member(cfgs[i], names[i], out) for i in group]
@@ -119,28 +119,6 @@ def train_sae(
             fsutil.write_json_atomic(out / "sweep.json", summary)
             plot_sweep(summary, out / "sweep_l0_vs_nmse.png")
     return runs[0] if single else runs
-
-
-def _check_writable(out: Path) -> None:
-    """Fail before any training step when ``out`` cannot hold files (permissions, a file in the way, ...)."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = fsutil.temp_name(out / "write-test")
-        probe.write_bytes(b"ok")
-        probe.unlink()
-    except OSError as exc:
-        raise TrainingError(
-            f"cannot write into the output folder {out} ({exc.strerror or exc}); choose a writable --out-dir "
-            "(nothing was trained)."
-        ) from exc
-
-
-def _remove_stale_temps(out: Path) -> None:
-    # Only under the lock: then every temp folder is a killed run's leftover, never a live writer's.
-    parents = [out, *((out / "checkpoints").iterdir() if (out / "checkpoints").is_dir() else [])]
-    for parent in parents:
-        for tmp in parent.glob(".*.tmp") if parent.is_dir() else []:
-            shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
 
 
 def _summary(report: dict) -> dict:
@@ -201,12 +179,7 @@ class _GroupTrainer:
         except (OSError, RuntimeError) as exc:
             if not fsutil.is_disk_full(exc):
                 raise
-            where = self.members[0].folder.parent
-            raise TrainingError(
-                f"the disk holding {where} is full: writing a checkpoint or the final SAE failed ({_first_line(exc)}). "
-                "Nothing incomplete was kept. Free some space and re-run the same command with --resume: it "
-                "continues from the newest complete checkpoint."
-            ) from exc
+            raise ckpt.disk_full_error(self.members[0].folder.parent, exc) from exc
         finally:
             for m in active:
                 if m.wandb_run is not None:
@@ -290,7 +263,7 @@ class _GroupTrainer:
         if self.overwrite:  # only folders this package created: never a user's directory
             fsutil.remove_own_folder(m.folder)
             fsutil.remove_own_folder(m.ckpt_root)
-        elif m.folder.exists() and any(m.folder.iterdir()) and not _is_own_sae_folder(m.folder):
+        elif m.folder.exists() and any(m.folder.iterdir()) and not ckpt.is_own_sae_folder(m.folder):
             raise TrainingError(
                 f"{m.folder} exists and was not written by vision_sae_lens; it is left alone. Choose another run "
                 "name or --out-dir (or move that folder away)."
@@ -353,7 +326,11 @@ class _GroupTrainer:
                 logger.info("nothing to resume for %s; starting from step 0", [m.name for m in active])
             return 0
         for step in sorted(common, reverse=True):  # newest first; a damaged one falls back to the one before
-            damaged = [err for m in active if (err := self._check_checkpoint(m.ckpt_root / str(step)))]
+            damaged = [
+                err
+                for m in active
+                if (err := ckpt.checkpoint_problem(m.ckpt_root / str(step), self.fingerprint))
+            ]
             if damaged:
                 logger.warning("skipping damaged checkpoint step %d: %s", step, "; ".join(damaged))
                 continue
@@ -370,20 +347,6 @@ class _GroupTrainer:
         for m in active:  # no state was loaded into the trainers, but rebuild them to be sure
             m.trainer = self._build_trainer(m)
         return 0
-
-    def _check_checkpoint(self, path: Path) -> str | None:
-        """None when ``path`` is intact and from this store; raises for another store; the problem otherwise."""
-        try:
-            ckpt.verify_checkpoint(path)
-            progress = ckpt.read_progress(path)
-        except CheckpointCorruptError as exc:
-            return str(exc)
-        if progress.get("store_fingerprint") != self.fingerprint:
-            raise TrainingError(
-                f"checkpoint {path} was trained on store {progress.get('store_fingerprint')!r}, not on "
-                f"{self.fingerprint!r}; resume with the same store or pass overwrite=True."
-            )
-        return None
 
     def _estimate_normalisation(self, m: _Member) -> None:
         scaler, sae, cfg = m.trainer.activation_scaler, m.trainer.sae, m.cfg
@@ -501,14 +464,6 @@ class _GroupTrainer:
             history=m.history,
             train_seconds=m.train_seconds,
         )
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-
-
-def _is_own_sae_folder(folder: Path) -> bool:
-    return fsutil.is_own_folder(folder) or (folder / ckpt.FINISHED_FILENAME).is_file()
 
 
 def _checked(source: Iterator[torch.Tensor], *, start: int, site: str, pin: bool) -> Iterator[torch.Tensor]:
