@@ -52,6 +52,10 @@ class TrainingError(VisionSAELensError, RuntimeError):
     """Training that cannot start or had to stop (bad config, NaN loss, ...)."""
 
 
+class CheckpointCorruptError(TrainingError):
+    """A training checkpoint whose files are missing, unreadable or do not match its checksums."""
+
+
 class HubError(VisionSAELensError, RuntimeError):
     """Publishing to or loading from the Hugging Face Hub failed."""
 
@@ -62,6 +66,22 @@ class ConversionError(VisionSAELensError, ValueError):
 
 class UnsafeCheckpointError(VisionSAELensError, ValueError):
     """A checkpoint that would execute code on load (a pickle) without an explicit opt-in."""
+
+
+class OutputLockedError(VisionSAELensError, RuntimeError):
+    """Another process is writing into the same output folder (its lock names it)."""
+
+
+class UnsafePathError(VisionSAELensError, ValueError):
+    """A user-supplied name or path that would escape its folder, or a folder we did not create."""
+
+
+class SAEFolderError(VisionSAELensError, ValueError):
+    """An SAE folder that is incomplete or cannot be read (a missing or corrupt cfg.json, ...)."""
+
+
+class SAEFolderCorruptError(SAEFolderError):
+    """An SAE folder whose files do not match its checksums.json."""
 
 
 class BackboneMismatchWarning(UserWarning):

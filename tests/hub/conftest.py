@@ -16,6 +16,7 @@ from local_hub import LocalHub
 from sae_lens import StandardSAE, StandardSAEConfig, TopKSAE, TopKSAEConfig
 
 from vision_sae_lens.backbones.layout import TokenLayout
+from vision_sae_lens.fsutil import seal_sae_folder
 from vision_sae_lens.metadata import VisionFacts, apply_vision_facts
 
 TOKEN = "hf_testtokenABCDEFGH12345678"
@@ -87,6 +88,7 @@ def make_checkpoint(
         apply_vision_facts(sae, vision_facts(hook_name))
     folder.mkdir(parents=True, exist_ok=True)
     sae.save_model(str(folder))
+    seal_sae_folder(folder)  # what train_sae and the importers write last
     if eval_json is not None:
         (folder / "eval.json").write_text(json.dumps(eval_json))
     return folder

@@ -10,6 +10,7 @@ from conftest import TOKEN, make_checkpoint
 from sae_lens import SAE
 
 from vision_sae_lens.errors import HubError
+from vision_sae_lens.fsutil import seal_sae_folder
 from vision_sae_lens.hub import push_to_hub
 from vision_sae_lens.hub.model_card import parse_front_matter
 
@@ -86,6 +87,7 @@ def test_validation_fails_before_any_upload(hub, tmp_path, problem):
     else:
         bad = make_checkpoint(tmp_path / "bad")
         (bad / "sae_weights.safetensors").write_bytes(b"garbage")
+        seal_sae_folder(bad)  # consistent checksums: the load itself must fail (edits: test_hub_safety.py)
         dirs, match = [good, bad], "does not load"
     n = len(hub.requests)
     with pytest.raises(HubError, match=match):

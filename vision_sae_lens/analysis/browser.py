@@ -30,6 +30,7 @@ from vision_sae_lens.analysis.scan import ImageReduction, scan
 from vision_sae_lens.analysis.stats import BIN_EDGES, FeatureStats, StatsAccumulator
 from vision_sae_lens.analysis.topk import TopActivations, TopKAccumulator
 from vision_sae_lens.errors import StoreError
+from vision_sae_lens.fsutil import write_atomic
 
 logger = logging.getLogger(__name__)
 _TEMPLATES = "templates"
@@ -57,6 +58,8 @@ def build_browser(
     on a blank canvas. ``latents``: which latents get a page (default: the ``max_pages`` that fire on the most images).
     """
     out = Path(out_dir)
+    # index.html is written last: while it is absent the browser is unfinished (also on a rebuild).
+    (out / "index.html").unlink(missing_ok=True)
     for sub in ("assets", "data", "latents", "img"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     labels = getattr(store, "labels", None)
@@ -73,8 +76,9 @@ def build_browser(
     source = _image_source(store, images)
     ctx = _Context(sae, store, view, stats, top, source, out, title or _default_title(sae, store))
     _copy_assets(out)
-    _write_index(ctx, pages)
+    index_page = _write_index(ctx, pages)
     _write_latent_pages(ctx, pages, starts, progress)
+    write_atomic(out / "index.html", index_page.encode("utf-8"))
     logger.info("feature browser written to %s (%d latent pages)", out / "index.html", len(pages))
     return out / "index.html"
 
@@ -179,7 +183,8 @@ def _template(name: str) -> Template:
     return Template((resources.files("vision_sae_lens.analysis") / _TEMPLATES / name).read_text("utf-8"))
 
 
-def _write_index(ctx: _Context, pages: list[int]) -> None:
+def _write_index(ctx: _Context, pages: list[int]) -> str:
+    """Write data/index.js; returns the index.html text (written by the caller, last)."""
     s, has_page = ctx.stats, set(pages)
     rows = []
     for j in range(s.frequency.numel()):
@@ -200,8 +205,7 @@ def _write_index(ctx: _Context, pages: list[int]) -> None:
         )
     payload = {"summary": s.summary(), "latents": rows}
     (ctx.out / "data" / "index.js").write_text("window.VSL_INDEX = " + json.dumps(payload) + ";\n", "utf-8")
-    page = _template("index.html").substitute(title=html.escape(ctx.title), meta=html.escape(ctx.meta))
-    (ctx.out / "index.html").write_text(page, "utf-8")
+    return _template("index.html").substitute(title=html.escape(ctx.title), meta=html.escape(ctx.meta))
 
 
 def _write_latent_pages(ctx: _Context, pages: list[int], starts: _ImageStarts, progress: bool) -> None:

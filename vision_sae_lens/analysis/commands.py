@@ -47,12 +47,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Load the SAE and store, build the browser, print where it is and the SAE summary."""
-    from sae_lens import SAE
-
     from vision_sae_lens.analysis.browser import build_browser
     from vision_sae_lens.store import ActivationStore
+    from vision_sae_lens.train.checkpoint import open_sae_folder
 
-    sae = SAE.load_from_disk(args.sae, device=args.device)
+    # checksums.json (when the folder has one) and cfg.json are checked before any work.
+    sae = open_sae_folder(args.sae, device=args.device or "cpu")
     store = ActivationStore(args.store)
     latents = [int(x) for x in args.latents.split(",") if x.strip()] if args.latents else None
     index = build_browser(

@@ -32,6 +32,7 @@ from sae_lens import SAE, GatedSAE, GatedSAEConfig, StandardSAE, StandardSAEConf
 
 from vision_sae_lens.backbones.layout import TokenLayout
 from vision_sae_lens.errors import ConversionError, UnsafeCheckpointError
+from vision_sae_lens.fsutil import seal_sae_folder
 from vision_sae_lens.metadata import VisionFacts
 
 logger = logging.getLogger(__name__)
@@ -73,6 +74,7 @@ def import_prisma(
     if out_dir is not None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         sae.save_model(str(out_dir))
+        seal_sae_folder(out_dir)  # checksums.json: the folder is complete (publish requires it)
     return sae
 
 

@@ -1,7 +1,7 @@
 """Publish SAELens checkpoint folders to the Hub, with a model card, in one commit.
 
-``push_to_hub(dirs, repo_id=...)`` checks every folder before the first byte is sent (it loads
-with ``SAE.load_from_disk``, its vision metadata is complete, ids are unique), then uploads
+``push_to_hub(dirs, repo_id=...)`` checks every folder before the first byte is sent (it has its
+``checksums.json`` completion marker and matches it, it loads with ``SAE.load_from_disk``, its vision metadata is complete, ids are unique), then uploads
 ``<sae_id>/cfg.json``, ``sae_weights.safetensors``, ``sparsity.safetensors`` and ``eval.json``
 plus a ``README.md`` model card in a single commit, so the repo is never half-published and
 ``SAE.from_pretrained(repo_id, sae_id)`` works with SAELens' default loader. Authentication is
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vision_sae_lens.errors import HubError
+from vision_sae_lens.errors import HubError, SAEFolderError
 from vision_sae_lens.hub.model_card import build_model_card
 
 logger = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ def push_to_hub(
 
 
 def _validate_folder(folder: Path) -> dict[str, Any]:
-    from sae_lens import SAE
+    from vision_sae_lens.train.checkpoint import open_sae_folder
 
     if not folder.is_dir():
         raise HubError(f"{folder} is not a directory; pass SAELens checkpoint folders (cfg.json + weights).")
@@ -102,11 +102,10 @@ def _validate_folder(folder: Path) -> dict[str, Any]:
     if missing:
         raise HubError(f"{folder} is not a SAELens checkpoint folder: missing {missing}.")
     try:
-        sae = SAE.load_from_disk(str(folder))
-    except Exception as exc:
-        raise HubError(
-            f"{folder} does not load with SAELens' SAE.load_from_disk: {type(exc).__name__}: {exc}"
-        ) from exc
+        # checksums.json is the completion marker: a half-written or edited folder is never published.
+        sae = open_sae_folder(folder, require_checksums=True)
+    except SAEFolderError as exc:
+        raise HubError(f"refusing to publish: {exc}") from exc
     md = sae.cfg.metadata
     absent = [k for k in REQUIRED_METADATA if md.get(k) is None]
     if absent:

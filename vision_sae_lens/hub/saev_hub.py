@@ -20,6 +20,7 @@ from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, 
 
 from vision_sae_lens.backbones.layout import TokenLayout
 from vision_sae_lens.errors import HubError
+from vision_sae_lens.fsutil import check_inside, check_name, seal_sae_folder
 from vision_sae_lens.hub.registry import VisionRelease, find_release, release_for
 from vision_sae_lens.hub.saev import convert_saev_checkpoint, read_saev_checkpoint
 from vision_sae_lens.metadata import VisionFacts
@@ -87,9 +88,10 @@ def import_saev(
         )
         if norm_info and mean is None:
             _record_missing_normalization(sae, norm_info)
-        target = out_dir / name
+        target = check_inside(out_dir, check_name(str(name), what="SAE id", allow_slash=True), what="SAE id")
         target.mkdir(parents=True, exist_ok=True)
         sae.save_model(str(target))
+        seal_sae_folder(target)  # checksums.json: the folder is complete (publish requires it)
         logger.info("converted %s -> %s (%s, d_sae=%d)", path, target, sae.cfg.architecture(), sae.cfg.d_sae)
         written.append(target)
     if not written:

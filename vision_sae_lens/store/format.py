@@ -11,20 +11,21 @@
     DIR/shards/_records/<k:06d>.json        commit record of shard k while recording (kept afterwards)
 
 One file per (site, shard) so a training reader streams one site in large contiguous blocks. Every
-file is written under a ``.tmp`` name, fsynced and renamed, so a file with its final name is complete.
+file is written under a unique ``.tmp`` name, fsynced and renamed, so a file with its final name is complete.
+``DIR/.vsl.lock`` is the writer's lock (``fcntl.flock``, see :mod:`vision_sae_lens.fsutil`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from vision_sae_lens import fsutil
 from vision_sae_lens.errors import StoreError
 
 FORMAT_NAME = "vision_sae_lens.activation_store"
@@ -77,14 +78,9 @@ def fingerprint_of(metadata: dict[str, Any]) -> str:
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that ``path`` either does not exist or is complete."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Write ``data`` to ``path`` so that ``path`` either does not exist or is complete (unique temp
+    name, fsync, rename, fsync of the folder)."""
+    fsutil.write_atomic(path, data)
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:

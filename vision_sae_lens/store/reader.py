@@ -8,6 +8,7 @@ one or a few sequential reads. ``shuffled()`` (training) lives in :mod:`vision_s
 from __future__ import annotations
 
 import bisect
+import hashlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +19,7 @@ import torch
 
 from vision_sae_lens.backbones.layout import TokenLayout
 from vision_sae_lens.errors import StoreCorruptError, StoreError, UnknownSiteError, close_matches
+from vision_sae_lens.store import checks
 from vision_sae_lens.store import format as fmt
 
 
@@ -56,10 +58,11 @@ class ActivationStore:
                 f"{meta_path} has format {self.metadata.get('format')!r} version {version!r}; this "
                 f"vision_sae_lens reads {fmt.FORMAT_NAME!r} version {fmt.FORMAT_VERSION}. Upgrade the package."
             )
-        self.manifest: dict[str, Any] = fmt.read_json(self.path / fmt.MANIFEST_FILE)
+        self.manifest: dict[str, Any] = checks.read_manifest(self.path, self.metadata)
         self.shards: list[dict[str, Any]] = [s for s in self.manifest["shards"] if s["n_rows"] > 0]
         self._starts = [s["row_start"] for s in self.shards]
         self._maps: dict[tuple[str, int], np.ndarray] = {}
+        checks.check_shapes(self.path, self.metadata, self.manifest)
         self._check_files_present()
 
     # ------------------------------------------------------------------------------- metadata
@@ -120,7 +123,24 @@ class ActivationStore:
         """int32 label of every source image (-1 where none or skipped), or None without labels."""
         if not self.metadata.get("has_labels"):
             return None
-        return np.fromfile(self.path / fmt.LABELS_FILE, dtype=fmt.PROVENANCE_DTYPE)
+        entry = self.manifest.get("labels")
+        if entry is None:
+            raise StoreCorruptError(
+                f"store {self.path} says it has labels but its manifest lists no {fmt.LABELS_FILE}"
+            )
+        path = self.path / fmt.LABELS_FILE
+        data = path.read_bytes() if path.is_file() else b""
+        if len(data) != entry["bytes"] or len(data) != 4 * self.n_images:
+            raise StoreCorruptError(
+                f"{fmt.LABELS_FILE} of store {self.path} has {len(data)} bytes; the manifest says {entry['bytes']} "
+                f"({self.n_images} images x 4). Re-record the store."
+            )
+        if self.check_checksums and hashlib.sha256(data).hexdigest() != entry["sha256"]:
+            raise StoreCorruptError(
+                f"{fmt.LABELS_FILE} of store {self.path} does not match its checksum in the manifest (edited or "
+                "corrupted); re-record the store."
+            )
+        return np.frombuffer(data, dtype=fmt.PROVENANCE_DTYPE).copy()
 
     def __len__(self) -> int:
         return self.n_rows
@@ -208,6 +228,14 @@ class ActivationStore:
                 expected = shard["n_rows"] * self.site_dim(site) * fmt.NUMPY_STORAGE[self.dtype].itemsize
                 if entry["bytes"] != expected:
                     problems.append(f"{entry['path']}: manifest size does not match {shard['n_rows']} rows")
+        for check in (  # re-read: the files may have changed since open
+            lambda: checks.read_manifest(self.path, self.metadata),
+            lambda: checks.check_shapes(self.path, self.metadata, self.manifest),
+        ):
+            try:
+                check()
+            except StoreCorruptError as exc:
+                problems.append(str(exc))
         counted = sum(s["n_rows"] for s in self.manifest["shards"])
         if counted != self.n_rows or counted != self.manifest["n_rows"]:
             problems.append(f"row counts disagree: shards {counted}, metadata {self.n_rows}")

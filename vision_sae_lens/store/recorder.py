@@ -28,13 +28,20 @@ from typing import Any
 import numpy as np
 import torch
 
+from vision_sae_lens import fsutil
 from vision_sae_lens.data.sources import open_images
 from vision_sae_lens.errors import ImageInputError, StoreError
 from vision_sae_lens.store import format as fmt
 from vision_sae_lens.store.distributed import DistContext, default_device, join_distributed
 from vision_sae_lens.store.reader import ActivationStore
 from vision_sae_lens.store.shuffle import prefetched
-from vision_sae_lens.store.writer import ShardBuilder, check_or_claim_directory, finalize_store
+from vision_sae_lens.store.writer import (
+    ShardBuilder,
+    check_claimable,
+    check_or_claim_directory,
+    finalize_store,
+    source_state,
+)
 
 logger = logging.getLogger(__name__)
 TARGET_SHARD_ROWS = 65536
@@ -77,15 +84,21 @@ def cache_activations(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if loader_threads is not None and loader_threads < 1:
         raise ValueError(f"loader_threads must be >= 1, got {loader_threads}")
+    if shard_images is not None and shard_images < 1:
+        raise ValueError(f"shard_images must be >= 1 (or None for ~65k rows per shard), got {shard_images}")
     fmt.check_dtype(dtype)
+    root = Path(out_dir)
+    check_claimable(root)  # a foreign non-empty directory is refused before the model is even loaded
     ctx = join_distributed()
+    lock = None
     try:
+        if ctx.rank == 0:  # one lock per store: a second cache run into it is refused at once
+            lock = _lock(root)
         model = _load_model(model, ctx, device=device, pretrained=pretrained, model_kwargs=model_kwargs)
         model.check_names(list(sites))  # a misspelled site fails before any image is opened
         source = open_images(images, streaming=streaming, limit=limit)
         plan = _plan(model, source, list(sites), tokens, dtype, batch_size, shard_images)
-        root = Path(out_dir)
-        outcome = ctx.broadcast(_claim(root, plan.settings) if ctx.rank == 0 else None)
+        outcome = ctx.broadcast(_claim(root, plan.settings, source_state(source)) if ctx.rank == 0 else None)
         if isinstance(outcome, Exception):
             raise outcome
         if not outcome:
@@ -99,6 +112,8 @@ def cache_activations(
             logger.info("store %s is already complete; nothing to record", root)
         return ActivationStore(root)
     finally:
+        if lock is not None:
+            lock.release()
         ctx.close()
 
 
@@ -126,6 +141,7 @@ def _plan(model, source, sites: list[str], tokens: str, dtype: str, batch_size: 
     token_idx = model.layout.token_indices(tokens).numpy()
     for site in sites:
         model.check_site(site)
+        fsutil.check_name(site, what="site name")  # it becomes the folder shards/<site>/
     # One blank image tells every site's shape; only (batch, tokens, d) sites can be stored as rows.
     channels = int(model.preprocessing.get("channels", 3))
     probe = torch.zeros(1, channels, *model.layout.image_size, device=model.device)
@@ -145,9 +161,9 @@ def _plan(model, source, sites: list[str], tokens: str, dtype: str, batch_size: 
     n_images = len(source)
     if n_images == 0:
         raise ImageInputError("the image source is empty")
-    shard_images = int(shard_images or max(1, round(TARGET_SHARD_ROWS / len(token_idx))))
-    if shard_images < 1:
-        raise ValueError(f"shard_images must be >= 1, got {shard_images}")
+    shard_images = int(
+        shard_images if shard_images is not None else max(1, round(TARGET_SHARD_ROWS / len(token_idx)))
+    )
     settings = {
         "backbone_id": _portable_id(model.backbone_id),
         "backbone_weights_sha256": _weights_sha256(model.backbone),
@@ -182,9 +198,17 @@ def _plan(model, source, sites: list[str], tokens: str, dtype: str, batch_size: 
     )
 
 
-def _claim(root: Path, settings: dict) -> bool | Exception:
+def _lock(root: Path) -> fsutil.DirLock:
+    lock = fsutil.DirLock(root, what="cache run").acquire()
+    # Under the lock no other writer exists, so any temp file is a killed run's leftover.
+    if fsutil.remove_stale_temps(root):
+        logger.info("removed temp files left by an interrupted run in %s", root)
+    return lock
+
+
+def _claim(root: Path, settings: dict, source_state: str | None) -> bool | Exception:
     try:
-        return check_or_claim_directory(root, settings)
+        return check_or_claim_directory(root, settings, source_state=source_state)
     except Exception as exc:  # broadcast to the other ranks, re-raised everywhere
         return exc
 

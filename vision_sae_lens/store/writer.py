@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from vision_sae_lens import fsutil
 from vision_sae_lens.backbones.layout import TokenLayout, check_token_selection
 from vision_sae_lens.errors import StoreError, StoreMismatchError
 from vision_sae_lens.store import format as fmt
@@ -35,11 +36,13 @@ class ShardBuilder:
         paths = {site: fmt.site_file(site, index) for site in site_dims} | {
             fmt.PROVENANCE: fmt.provenance_file(index)
         }
-        self._files: dict[str, tuple[str, Any, Any]] = {}
+        self._files: dict[str, tuple[str, Path, Any, Any]] = {}
         for key, rel in paths.items():
-            tmp = self.root / (rel + ".tmp")
+            # A unique temp name: two writers (or a writer and a killed one's leftovers) never share a file.
+            tmp = fsutil.temp_name(self.root / rel)
             tmp.parent.mkdir(parents=True, exist_ok=True)
-            self._files[key] = (rel, open(tmp, "wb"), hashlib.sha256())  # noqa: SIM115 - closed in commit/abort
+            f = open(tmp, "wb")  # noqa: SIM115 - closed in commit/abort
+            self._files[key] = (rel, tmp, f, hashlib.sha256())
 
     def add(self, site_rows: Mapping[str, np.ndarray], provenance_n2: np.ndarray) -> None:
         """Append rows (storage dtype, (n, d) per site) and their (n, 2) int32 [image_idx, token_idx]."""
@@ -47,7 +50,7 @@ class ShardBuilder:
         for key, arr in (*site_rows.items(), (fmt.PROVENANCE, provenance_n2)):
             if len(arr) != n:
                 raise ValueError(f"{key}: {len(arr)} rows but {n} provenance rows")
-            _, f, digest = self._files[key]
+            _, _, f, digest = self._files[key]
             view = memoryview(np.ascontiguousarray(arr)).cast("B")
             f.write(view)
             digest.update(view)
@@ -56,12 +59,12 @@ class ShardBuilder:
     def commit(self, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Make the shard visible (fsync + rename every file, then write its record); returns the record."""
         files = {}
-        for key, (rel, f, digest) in self._files.items():
+        for key, (rel, tmp, f, digest) in self._files.items():
             f.flush()
             os.fsync(f.fileno())
             size = f.tell()
             f.close()
-            os.replace(self.root / (rel + ".tmp"), self.root / rel)
+            os.replace(tmp, self.root / rel)
             files[key] = {"path": rel, "bytes": size, "sha256": digest.hexdigest()}
         provenance = files.pop(fmt.PROVENANCE)
         record = {"index": self.index, "n_rows": self.n_rows, "files": files, "provenance": provenance}
@@ -74,9 +77,9 @@ class ShardBuilder:
         """Close and delete the partial files (nothing of this shard stays visible)."""
         if self.committed:
             return
-        for rel, f, _ in self._files.values():
+        for _, tmp, f, _ in self._files.values():
             f.close()
-            (self.root / (rel + ".tmp")).unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)
 
 
 def finalize_store(
@@ -135,12 +138,20 @@ def finalize_store(
     return metadata
 
 
-def check_or_claim_directory(root: Path, settings: dict[str, Any]) -> bool:
-    """Refuse a directory recorded with other settings; claim an empty one. True if already complete."""
+def check_or_claim_directory(
+    root: Path, settings: dict[str, Any], *, source_state: str | None = None
+) -> bool:
+    """Refuse a directory recorded with other settings or from changed images; claim an empty one.
+
+    ``source_state`` identifies the image files' current contents (names, sizes, mtimes); it is kept in
+    ``recording.json`` (not in the portable metadata) and must match on every re-run. Call under the
+    directory's :class:`~vision_sae_lens.fsutil.DirLock`. Returns True if the store is already complete.
+    """
     root = Path(root)
     rec_path = root / fmt.RECORDING_FILE
     if rec_path.exists():
         previous = fmt.read_json(rec_path)
+        previous_state = previous.pop(SOURCE_STATE_KEY, None)
         if previous != settings:
             diff = sorted(k for k in set(previous) | set(settings) if previous.get(k) != settings.get(k))
             shown = "; ".join(
@@ -150,15 +161,66 @@ def check_or_claim_directory(root: Path, settings: dict[str, Any]) -> bool:
                 f"{root} holds a store recorded with different settings ({shown}). Re-run with the same "
                 "settings to resume or reuse it, or choose another output directory (or delete this one)."
             )
+        if previous_state != source_state:
+            raise StoreMismatchError(
+                f"the images changed since {root} was recorded (same settings, but files were edited, added, "
+                "removed or touched: their names, sizes or modification times differ). Old and new rows must "
+                f"not be mixed: record into a new output directory, or delete {root} to start over."
+            )
         return (root / fmt.METADATA_FILE).exists()
-    if root.exists() and any(p.name not in (".", "..") for p in root.iterdir()):
+    check_claimable(root)
+    root.mkdir(parents=True, exist_ok=True)
+    record = dict(settings) if source_state is None else {**settings, SOURCE_STATE_KEY: source_state}
+    fmt.write_json_atomic(rec_path, record)
+    return False
+
+
+SOURCE_STATE_KEY = "source_state"
+
+
+def source_state(source: Any) -> str | None:
+    """Hash of (name, size, mtime) of every image file that decides the rows (None: not file-based)."""
+    files = source_files(source)
+    if files is None:
+        return None
+    digest = hashlib.sha256()
+    for name, path in files:
+        try:
+            st = os.stat(path)
+            digest.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        except OSError:
+            digest.update(f"{name}\0missing\n".encode())
+    return digest.hexdigest()
+
+
+def source_files(source: Any) -> list[tuple[str, Path]] | None:
+    inner = getattr(source, "source", None)
+    if inner is not None and hasattr(source, "indices"):  # a Subset (--limit)
+        files = source_files(inner)
+        return None if files is None else [files[i] for i in source.indices]
+    if hasattr(source, "root") and hasattr(source, "files"):  # an image folder
+        return [(f, Path(source.root) / f) for f in source.files]
+    if hasattr(source, "paths"):  # a list of paths
+        return [(str(i), Path(p)) for i, p in enumerate(source.paths)]
+    return None
+
+
+def check_claimable(root: Path) -> None:
+    """Refuse (before anything is written) a non-empty directory that is not a store being recorded."""
+    if (root / fmt.RECORDING_FILE).exists() or not root.exists():
+        return
+    if not root.is_dir():
+        raise StoreMismatchError(f"{root} exists and is not a directory; choose another output directory.")
+    # Our lock file and a killed claim's temp file do not make a directory foreign.
+    if any(not _ours_transient(p.name) for p in root.iterdir()):
         raise StoreMismatchError(
             f"{root} is not empty and is not an activation store being recorded (no {fmt.RECORDING_FILE}); "
             "choose an empty or new output directory."
         )
-    root.mkdir(parents=True, exist_ok=True)
-    fmt.write_json_atomic(rec_path, settings)
-    return False
+
+
+def _ours_transient(name: str) -> bool:
+    return name == fsutil.LOCK_FILE or (name.startswith(".") and name.endswith(".tmp"))
 
 
 def _short(value: Any) -> str:
@@ -198,6 +260,12 @@ class StoreWriter:
         site_dims = dict(sites) if isinstance(sites, Mapping) else {s: int(d_model) for s in sites}
         if not site_dims:
             raise ValueError("sites must name at least one site")
+        for site in site_dims:  # each site becomes the folder shards/<site>/
+            fsutil.check_name(site, what="site name")
+            if site.startswith("_"):
+                raise ValueError(
+                    f"site name {site!r} must not start with '_' (reserved for {fmt.PROVENANCE})"
+                )
         self.site_dims, self.dtype, self.shard_rows = site_dims, dtype, int(shard_rows)
         self.settings = {
             "backbone_id": backbone_id,
@@ -216,6 +284,8 @@ class StoreWriter:
         }
         if (self.root / fmt.RECORDING_FILE).exists() or (self.root / fmt.METADATA_FILE).exists():
             raise StoreMismatchError(f"{self.root} already holds a store; write into a new directory")
+        check_claimable(self.root)
+        self._lock = fsutil.DirLock(self.root, what="store writer").acquire()  # released by finish/abort
         check_or_claim_directory(self.root, self.settings)
         self._records: list[dict[str, Any]] = []
         self._builder: ShardBuilder | None = None
@@ -281,10 +351,12 @@ class StoreWriter:
         finalize_store(
             self.root, self.settings, self._records, n_images=n_images, labels_n=labels_n, skipped=skipped
         )
+        self._lock.release()
         return ActivationStore(self.root)
 
     def abort(self) -> None:
         """Drop everything written (the directory is removed)."""
         if self._builder is not None:
             self._builder.abort()
+        self._lock.release()
         shutil.rmtree(self.root, ignore_errors=True)

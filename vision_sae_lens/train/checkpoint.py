@@ -5,8 +5,10 @@ Every folder written here loads with plain ``sae_lens.SAE.load_from_disk``: ``cf
 become JumpReLU, activation normalisation is folded in) and ``sparsity.safetensors`` holds the
 log10 feature density, as SAELens writes it. Periodic checkpoints add a ``trainer/`` sub-folder
 with what ``SAETrainer`` needs to continue (training weights and cfg, Adam and scheduler state,
-activation scaler, counters). A checkpoint is written to ``<step>.tmp`` and renamed when complete,
-so a crash while writing never leaves a half checkpoint that resume would pick.
+activation scaler, counters). A checkpoint is written to a unique temp folder, listed with checksums
+in ``checkpoint.json`` (written last), fsynced and renamed when complete, so a crash while writing never
+leaves a half checkpoint that resume would pick; a damaged one is detected and an older one used.
+Resume reads trainer state with ``torch.load(weights_only=True)`` only.
 """
 
 from __future__ import annotations
@@ -15,15 +17,25 @@ import copy
 import json
 import logging
 import os
+import pickle
 import shutil
 from pathlib import Path
 from typing import Any
 
-from sae_lens.constants import SPARSITY_FILENAME
+import torch
+from sae_lens import SAE
+from sae_lens.constants import ACTIVATION_SCALER_CFG_FILENAME, SPARSITY_FILENAME, TRAINER_STATE_FILENAME
 from sae_lens.saes.sae import TrainingSAE
 from sae_lens.training.sae_trainer import SAETrainer
 from safetensors.torch import save_file
 
+from vision_sae_lens import fsutil
+from vision_sae_lens.errors import (
+    CheckpointCorruptError,
+    SAEFolderError,
+    TrainingError,
+    UnsafeCheckpointError,
+)
 from vision_sae_lens.metadata import VisionFacts, apply_vision_facts
 from vision_sae_lens.normalization import InputNormalization, fold_input_normalization
 
@@ -32,6 +44,7 @@ logger = logging.getLogger(__name__)
 TRAINER_SUBDIR = "trainer"
 PROGRESS_FILENAME = "progress.json"
 FINISHED_FILENAME = "train_state.json"
+CHECKPOINT_MANIFEST = "checkpoint.json"
 
 
 def write_inference_folder(
@@ -80,51 +93,226 @@ def save_resumable(
     keep: int,
     normalization: InputNormalization | None = None,
 ) -> Path:
-    """Write checkpoint ``root/<n_steps>`` (inference folder + ``trainer/``) atomically; prune old ones."""
+    """Write checkpoint ``root/<n_steps>`` (inference folder + ``trainer/``) atomically; prune old ones.
+
+    Everything goes into a uniquely named temp folder; ``checkpoint.json`` (size and sha256 of every
+    file) is written last, the folder is fsynced and renamed into place. Only folders with that file
+    count as checkpoints, and resume checks it before loading.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    if not (root / fsutil.MARKER_FILE).exists():
+        fsutil.mark_folder(root, "checkpoints")
     step = trainer.n_training_steps
     final = root / str(step)
-    tmp = root / f"{step}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    write_inference_folder(trainer, tmp, facts, normalization=normalization)
-    state_dir = tmp / TRAINER_SUBDIR
-    trainer.sae.save_model(state_dir)
-    trainer.save_trainer_state(state_dir)
-    (state_dir / PROGRESS_FILENAME).write_text(json.dumps(progress, indent=1))
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    tmp = fsutil.temp_folder(final)
+    try:
+        write_inference_folder(trainer, tmp, facts, normalization=normalization)
+        state_dir = tmp / TRAINER_SUBDIR
+        trainer.sae.save_model(state_dir)
+        trainer.save_trainer_state(state_dir)
+        fsutil.write_json_atomic(state_dir / PROGRESS_FILENAME, progress)
+        _write_checkpoint_manifest(tmp)
+        fsutil.replace_folder(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     for old in list_checkpoints(root)[:-keep] if keep > 0 else []:
-        shutil.rmtree(root / str(old), ignore_errors=True)
+        doomed = fsutil.temp_name(root / str(old))  # renamed first: never seen half deleted
+        os.replace(root / str(old), doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
     logger.debug("checkpoint %s", final)
     return final
 
 
 def list_checkpoints(root: Path) -> list[int]:
-    """Steps of the complete checkpoints under ``root``, ascending."""
+    """Steps of the complete checkpoints under ``root`` (with their ``checkpoint.json``), ascending."""
     if not root.is_dir():
         return []
     steps = [int(p.name) for p in root.iterdir() if p.is_dir() and p.name.isdigit()]
-    return sorted(s for s in steps if (root / str(s) / TRAINER_SUBDIR / PROGRESS_FILENAME).exists())
+    return sorted(s for s in steps if (root / str(s) / CHECKPOINT_MANIFEST).is_file())
 
 
 def read_progress(checkpoint: Path) -> dict[str, Any]:
     """The ``progress.json`` of a checkpoint (store fingerprint, data seed, steps)."""
-    return json.loads((checkpoint / TRAINER_SUBDIR / PROGRESS_FILENAME).read_text())
+    path = checkpoint / TRAINER_SUBDIR / PROGRESS_FILENAME
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointCorruptError(f"cannot read {path}: {exc}") from exc
+
+
+def verify_checkpoint(checkpoint: Path) -> None:
+    """Check every file of a checkpoint against its ``checkpoint.json``; CheckpointCorruptError names the bad ones."""
+    path = checkpoint / CHECKPOINT_MANIFEST
+    try:
+        entries = json.loads(path.read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointCorruptError(f"cannot read {path}: {exc}") from exc
+    problems = []
+    for rel, entry in entries.items():
+        file = fsutil.check_inside(checkpoint, rel, what=f"file in {path}")
+        if not file.is_file():
+            problems.append(f"{file}: missing")
+        elif file.stat().st_size != entry["bytes"] or fsutil.sha256_file(file) != entry["sha256"]:
+            problems.append(f"{file}: does not match {CHECKPOINT_MANIFEST}")
+    if problems:
+        raise CheckpointCorruptError(f"checkpoint {checkpoint} is damaged: {'; '.join(problems)}")
 
 
 def load_resumable(trainer: SAETrainer, checkpoint: Path) -> None:
-    """Restore the SAE weights and all trainer state from a checkpoint folder."""
+    """Verify a checkpoint, then restore the SAE weights and all trainer state from it.
+
+    Nothing is unpickled: the trainer state is read with ``torch.load(weights_only=True)``, and a
+    file that needs more than tensors and plain containers is refused (UnsafeCheckpointError).
+    """
+    verify_checkpoint(checkpoint)
     state_dir = checkpoint / TRAINER_SUBDIR
-    trainer.load_trainer_state(state_dir)
+    load_trainer_state_safely(trainer, state_dir)
     trainer.sae.load_weights_from_checkpoint(state_dir)
 
 
+# ---- SAELens seam: SAETrainer.load_trainer_state without its unrestricted torch.load --------------
+# Mirrors sae_lens.training.sae_trainer.SAETrainer.load_trainer_state (6.54): same files, same fields.
+# tests/train/test_train_safety.py checks it restores exactly what SAELens' own method restores.
+def load_trainer_state_safely(trainer: SAETrainer, state_dir: Path) -> None:
+    """``trainer.load_trainer_state(state_dir)`` with ``torch.load(..., weights_only=True)``."""
+    path = state_dir / TRAINER_STATE_FILENAME
+    try:
+        state = torch.load(path, map_location=trainer.cfg.device, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise UnsafeCheckpointError(
+            f"{path} holds objects other than tensors and plain containers; refusing to unpickle it (it could "
+            "run code). Only resume from checkpoints this package wrote."
+        ) from exc
+    except (OSError, RuntimeError, EOFError) as exc:
+        raise CheckpointCorruptError(f"cannot read trainer state {path}: {exc}") from exc
+    try:
+        trainer.activation_scaler.load(state_dir / ACTIVATION_SCALER_CFG_FILENAME)
+        trainer.optimizer.load_state_dict(state["optimizer"])
+        trainer.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        for name in _TRAINER_COUNTERS:
+            setattr(trainer, name, state[name])
+        for name, sched_state in state["coefficient_schedulers"].items():
+            trainer.coefficient_schedulers[name].load_state_dict(sched_state)
+    except (KeyError, TypeError, ValueError, OSError) as exc:
+        raise CheckpointCorruptError(
+            f"trainer state in {state_dir} is incomplete or invalid: {exc!r}"
+        ) from exc
+
+
+_TRAINER_COUNTERS = (
+    "n_training_samples",
+    "n_training_steps",
+    "act_freq_scores",
+    "n_forward_passes_since_fired",
+    "n_frac_active_samples",
+    "started_fine_tuning",
+)
+# ----------------------------------------------------------------------------------- end of seam
+
+
 def mark_finished(folder: Path, info: dict[str, Any]) -> None:
-    """Record that the folder holds a finished run (written last, so its presence means complete)."""
-    (folder / FINISHED_FILENAME).write_text(json.dumps({"finished": True, **info}, indent=1))
+    """Record that the folder holds a finished run (atomic; written just before the folder is sealed)."""
+    fsutil.write_json_atomic(folder / FINISHED_FILENAME, {"finished": True, **info})
 
 
 def is_finished(folder: Path) -> bool:
-    """Whether ``folder`` holds a finished run."""
+    """Whether ``folder`` holds a finished run (its train_state.json says so and checksums.json exists)."""
     path = folder / FINISHED_FILENAME
-    return path.exists() and json.loads(path.read_text()).get("finished", False)
+    if not path.is_file() or not (folder / fsutil.SAE_CHECKSUMS_FILE).is_file():
+        return False
+    try:
+        return bool(json.loads(path.read_text()).get("finished", False))
+    except ValueError as exc:
+        raise CheckpointCorruptError(
+            f"{path} is not valid JSON ({exc}); pass --overwrite to train again"
+        ) from exc
+
+
+def open_sae_folder(folder: str | Path, *, device: str = "cpu", require_checksums: bool = False) -> SAE:
+    """``SAE.load_from_disk(folder)`` after checking its checksums.json (when it has one, or always with
+    ``require_checksums``) and its cfg.json, with errors that name the file at fault."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise SAEFolderError(f"SAE folder {folder} does not exist (or is not a folder)")
+    fsutil.verify_sae_folder(folder, require=require_checksums)
+    cfg_path = folder / "cfg.json"
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except FileNotFoundError:
+        raise SAEFolderError(f"{folder} is not a SAELens folder: it has no cfg.json") from None
+    except (OSError, ValueError) as exc:
+        raise SAEFolderError(f"{cfg_path} is not valid JSON ({exc}); the SAE folder is damaged") from exc
+    if not isinstance(cfg, dict):
+        raise SAEFolderError(f"{cfg_path} must hold a JSON object, got {type(cfg).__name__}")
+    try:
+        return SAE.load_from_disk(str(folder), device=device)
+    except Exception as exc:
+        raise SAEFolderError(
+            f"{folder} does not load with SAELens' SAE.load_from_disk ({type(exc).__name__}: {exc}); check "
+            f"{cfg_path} and sae_weights.safetensors"
+        ) from exc
+
+
+def check_writable(out: Path) -> None:
+    """Fail before any training step when ``out`` cannot hold files (permissions, a file in the way, ...)."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = fsutil.temp_name(out / "write-test")
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as exc:
+        raise TrainingError(
+            f"cannot write into the output folder {out} ({exc.strerror or exc}); choose a writable --out-dir "
+            "(nothing was trained)."
+        ) from exc
+
+
+def remove_stale_temps(out: Path) -> None:
+    """Delete temp files and folders of killed runs under ``out`` and ``out/checkpoints/*``."""
+    # Only under the lock: then every temp folder is a killed run's leftover, never a live writer's.
+    parents = [out, *((out / "checkpoints").iterdir() if (out / "checkpoints").is_dir() else [])]
+    for parent in parents:
+        for tmp in parent.glob(".*.tmp") if parent.is_dir() else []:
+            shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+
+
+def checkpoint_problem(path: Path, fingerprint: str) -> str | None:
+    """None when checkpoint ``path`` is intact and from store ``fingerprint``; what is damaged otherwise.
+
+    A checkpoint of another store is no damage but a mistake: TrainingError.
+    """
+    try:
+        verify_checkpoint(path)
+        progress = read_progress(path)
+    except CheckpointCorruptError as exc:
+        return str(exc)
+    if progress.get("store_fingerprint") != fingerprint:
+        raise TrainingError(
+            f"checkpoint {path} was trained on store {progress.get('store_fingerprint')!r}, not on "
+            f"{fingerprint!r}; resume with the same store or pass overwrite=True."
+        )
+    return None
+
+
+def disk_full_error(where: Path, exc: BaseException) -> TrainingError:
+    """The error for a full disk while writing under ``where`` (say so, and how to go on)."""
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+    return TrainingError(
+        f"the disk holding {where} is full: writing a checkpoint or the final SAE failed ({first}). Nothing "
+        "incomplete was kept. Free some space and re-run the same command with --resume: it continues from "
+        "the newest complete checkpoint."
+    )
+
+
+def is_own_sae_folder(folder: Path) -> bool:
+    """Whether an SAE folder was written by this package (sealed, marked, or with our train_state.json)."""
+    return fsutil.is_own_folder(folder) or (folder / FINISHED_FILENAME).is_file()
+
+
+def _write_checkpoint_manifest(folder: Path) -> None:
+    files = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != CHECKPOINT_MANIFEST):
+        rel = path.relative_to(folder).as_posix()
+        files[rel] = {"bytes": path.stat().st_size, "sha256": fsutil.sha256_file(path)}
+    fsutil.write_json_atomic(folder / CHECKPOINT_MANIFEST, {"files": files})

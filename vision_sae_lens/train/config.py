@@ -107,6 +107,7 @@ class TrainConfig:
     ``max_eval_rows``); with ``eval_fraction=0`` and no ``eval_store`` nothing is evaluated on rows."""
 
     def __post_init__(self) -> None:
+        check_sizes_and_name(self)
         if not isinstance(self.sae, TrainingSAEConfig):
             raise ValueError(
                 f"sae must be a SAELens training config (e.g. TopKTrainingSAEConfig), got {type(self.sae).__name__}; "
@@ -240,3 +241,30 @@ def resolve_device(device: str) -> str:
     except (RuntimeError, TypeError) as exc:
         raise ValueError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps") from exc
     return device
+
+
+# ------------------------------------------------------------------ validation: sizes and names
+def check_sizes_and_name(cfg: TrainConfig) -> None:
+    """Refuse SAE sizes that cannot train and run names that would escape ``out_dir`` (before any work)."""
+    from vision_sae_lens.fsutil import check_name
+
+    if cfg.name is not None:
+        check_name(cfg.name, what="run name")
+    if (
+        isinstance(cfg.training_tokens, bool)
+        or not isinstance(cfg.training_tokens, int)
+        or cfg.training_tokens < 1
+    ):
+        raise ValueError(f"training_tokens must be a positive number of rows, got {cfg.training_tokens!r}")
+    sae = cfg.sae
+    d_sae, d_in = getattr(sae, "d_sae", None), getattr(sae, "d_in", None)
+    if d_sae is not None and d_sae < 1:
+        raise ValueError(f"d_sae (the number of latents) must be >= 1, got {d_sae}")
+    if d_in is not None and d_in < 1:
+        raise ValueError(f"d_in must be >= 1, got {d_in}")
+    k = getattr(sae, "k", None)
+    if k is not None and d_sae is not None:
+        if k <= 0:
+            raise ValueError(f"k (latents active per row) must be > 0, got {k}")
+        if k > d_sae:
+            raise ValueError(f"k ({k}) cannot exceed d_sae ({d_sae}): at most d_sae latents can be active")

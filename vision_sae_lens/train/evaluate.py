@@ -63,7 +63,12 @@ def evaluate_sae(
     Returns the report; writes ``eval.json`` and ``density.png`` into ``out_dir`` when given.
     """
     folder = Path(sae_or_dir) if not isinstance(sae_or_dir, SAE) else None
-    sae = SAE.load_from_disk(folder, device=device or "cpu") if folder is not None else sae_or_dir
+    if folder is not None:
+        from vision_sae_lens.train.checkpoint import open_sae_folder  # checks checksums.json and cfg.json
+
+        sae = open_sae_folder(folder, device=device or "cpu")
+    else:
+        sae = sae_or_dir
     if device is not None:
         sae = sae.to(device)
     store = open_store(store)

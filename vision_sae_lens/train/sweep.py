@@ -33,6 +33,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from vision_sae_lens.fsutil import check_name
 from vision_sae_lens.train.config import TrainConfig, build_sae_config
 from vision_sae_lens.train.feed import open_store, site_width, store_key
 
@@ -85,7 +86,7 @@ def unique_names(configs: list[TrainConfig]) -> list[str]:
     seen: dict[str, int] = {}
     names = []
     for cfg in configs:
-        base = cfg.default_name
+        base = check_name(cfg.default_name, what="run name")
         seen[base] = seen.get(base, 0) + 1
         names.append(base if seen[base] == 1 else f"{base}-{seen[base]}")
     if len(set(names)) != len(names):

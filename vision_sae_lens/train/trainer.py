@@ -33,6 +33,7 @@ from sae_lens.training.prefetch import PrefetchingIterator
 from sae_lens.training.sae_trainer import SAETrainer, SAETrainerConfig
 from tqdm.auto import tqdm
 
+from vision_sae_lens import fsutil
 from vision_sae_lens.errors import TrainingError
 from vision_sae_lens.metadata import VisionFacts
 from vision_sae_lens.train import checkpoint as ckpt
@@ -102,20 +103,23 @@ def train_sae(
         raise ValueError("no configs to train")
     out = Path(out_dir)
     names = unique_names(cfgs)
-    results: dict[int, TrainRun] = {}
-    for group in group_configs(cfgs, names):
-        members = [_Member(cfgs[i], names[i], out) for i in group]
-        for i, run in zip(
-            group, _GroupTrainer(members, resume, overwrite, model, images, progress).run(), strict=True
-        ):
-            results[i] = run
-    runs = [results[i] for i in range(len(cfgs))]
-    if len(runs) > 1:
-        summary = [
-            {"name": r.name, "architecture": r.config.architecture, **_summary(r.report)} for r in runs
-        ]
-        (out / "sweep.json").write_text(json.dumps(summary, indent=1))
-        plot_sweep(summary, out / "sweep_l0_vs_nmse.png")
+    ckpt.check_writable(out)
+    with fsutil.locked(out, what="train run"):  # a second train run into `out` is refused at once
+        ckpt.remove_stale_temps(out)
+        results: dict[int, TrainRun] = {}
+        for group in group_configs(cfgs, names):
+            members = [_Member(cfgs[i], names[i], out) for i in group]
+            for i, run in zip(
+                group, _GroupTrainer(members, resume, overwrite, model, images, progress).run(), strict=True
+            ):
+                results[i] = run
+        runs = [results[i] for i in range(len(cfgs))]
+        if len(runs) > 1:
+            summary = [
+                {"name": r.name, "architecture": r.config.architecture, **_summary(r.report)} for r in runs
+            ]
+            fsutil.write_json_atomic(out / "sweep.json", summary)
+            plot_sweep(summary, out / "sweep_l0_vs_nmse.png")
     return runs[0] if single else runs
 
 
@@ -177,6 +181,10 @@ class _GroupTrainer:
         try:
             if active:
                 self._loop(active, start)
+        except (OSError, RuntimeError) as exc:
+            if not fsutil.is_disk_full(exc):
+                raise
+            raise ckpt.disk_full_error(self.members[0].folder.parent, exc) from exc
         finally:
             for m in active:
                 if m.wandb_run is not None:
@@ -260,13 +268,23 @@ class _GroupTrainer:
     def _prepare_folder(self, m: _Member) -> bool:
         """True when the member is already finished (resume) and only needs loading."""
         exists = m.folder.exists() and any(m.folder.iterdir()) or bool(ckpt.list_checkpoints(m.ckpt_root))
-        if self.overwrite:
-            shutil.rmtree(m.folder, ignore_errors=True)
-            shutil.rmtree(m.ckpt_root, ignore_errors=True)
+        if self.overwrite:  # only folders this package created: never a user's directory
+            fsutil.remove_own_folder(m.folder)
+            fsutil.remove_own_folder(m.ckpt_root)
+        elif m.folder.exists() and any(m.folder.iterdir()) and not ckpt.is_own_sae_folder(m.folder):
+            raise TrainingError(
+                f"{m.folder} exists and was not written by vision_sae_lens; it is left alone. Choose another run "
+                "name or --out-dir (or move that folder away)."
+            )
         elif exists and not self.resume:
             raise TrainingError(
                 f"{m.folder} already holds output of run {m.name!r}; pass resume=True (--resume) to continue it "
                 "or overwrite=True (--overwrite) to start again."
+            )
+        if self.resume and m.folder.exists() and any(m.folder.iterdir()) and not ckpt.is_finished(m.folder):
+            raise TrainingError(
+                f"{m.folder} holds an SAE folder that is not complete (no checksums.json / train_state.json); "
+                "pass --overwrite to train it again."
             )
         if self.resume and ckpt.is_finished(m.folder):
             logger.info("run %r is already finished in %s; loading it", m.name, m.folder)
@@ -315,22 +333,28 @@ class _GroupTrainer:
             else:
                 logger.info("nothing to resume for %s; starting from step 0", [m.name for m in active])
             return 0
-        step = max(common)
-        for m in active:
-            path = m.ckpt_root / str(step)
-            progress = ckpt.read_progress(path)
-            if progress.get("store_fingerprint") != self.fingerprint:
-                raise TrainingError(
-                    f"checkpoint {path} was trained on store {progress.get('store_fingerprint')!r}, not on "
-                    f"{self.fingerprint!r}; resume with the same store or pass overwrite=True."
-                )
-            ckpt.load_resumable(m.trainer, path)
-            if m.trainer.n_training_steps != step:
-                raise TrainingError(
-                    f"checkpoint {path} holds step {m.trainer.n_training_steps}, expected {step}"
-                )
-        logger.info("resuming %s from step %d", [m.name for m in active], step)
-        return step
+        for step in sorted(common, reverse=True):  # newest first; a damaged one falls back to the one before
+            damaged = [
+                err
+                for m in active
+                if (err := ckpt.checkpoint_problem(m.ckpt_root / str(step), self.fingerprint))
+            ]
+            if damaged:
+                logger.warning("skipping damaged checkpoint step %d: %s", step, "; ".join(damaged))
+                continue
+            for m in active:
+                path = m.ckpt_root / str(step)
+                ckpt.load_resumable(m.trainer, path)
+                if m.trainer.n_training_steps != step:
+                    raise TrainingError(
+                        f"checkpoint {path} holds step {m.trainer.n_training_steps}, expected {step}"
+                    )
+            logger.info("resuming %s from step %d", [m.name for m in active], step)
+            return step
+        logger.warning("every checkpoint of %s is damaged; starting from step 0", [m.name for m in active])
+        for m in active:  # no state was loaded into the trainers, but rebuild them to be sure
+            m.trainer = self._build_trainer(m)
+        return 0
 
     def _estimate_normalisation(self, m: _Member) -> None:
         scaler, sae, cfg = m.trainer.activation_scaler, m.trainer.sae, m.cfg
@@ -404,19 +428,30 @@ class _GroupTrainer:
         m.train_seconds = time.perf_counter() - self._t0
         trainer = m.trainer
         trainer.set_final_sae_metadata()
-        ckpt.write_inference_folder(
-            trainer, m.folder, self._facts(m), fold_in_place=True, normalization=self.normalization
-        )
-        (m.folder / "train_config.json").write_text(json.dumps(m.cfg.to_dict(), indent=1, default=str))
-        m.result = self._load_result(m, training_sae=trainer.sae, n_steps=trainer.n_training_steps)
-        ckpt.mark_finished(m.folder, self._progress(m))
+        # Assembled in a temp folder and renamed into place: m.folder is never seen half written.
+        tmp = fsutil.temp_folder(m.folder)
+        try:
+            ckpt.write_inference_folder(
+                trainer, tmp, self._facts(m), fold_in_place=True, normalization=self.normalization
+            )
+            (tmp / "train_config.json").write_text(json.dumps(m.cfg.to_dict(), indent=1, default=str))
+            m.result = self._load_result(
+                m, training_sae=trainer.sae, n_steps=trainer.n_training_steps, path=tmp
+            )
+            ckpt.mark_finished(tmp, self._progress(m))
+            fsutil.seal_sae_folder(tmp)
+            fsutil.replace_folder(tmp, m.folder)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        m.result.path = m.folder
         if m.wandb_run is not None:
             m.wandb_run.summary.update(
                 {k: v for k, v in m.result.report.items() if isinstance(v, (int, float))}
             )
         self._t0 += time.perf_counter() - self._t0 - m.train_seconds  # saving and evaluating are not training
 
-    def _evaluate(self, m: _Member, sae: SAE) -> dict[str, Any]:
+    def _evaluate(self, m: _Member, sae: SAE, folder: Path) -> dict[str, Any]:
         return evaluate_run(
             sae,
             m.cfg,
@@ -425,17 +460,20 @@ class _GroupTrainer:
             name=m.name,
             model=self.model,
             images=self.images,
-            out_dir=m.folder,
+            out_dir=folder,
             progress=self.progress,
         )
 
-    def _load_result(self, m: _Member, *, training_sae: TrainingSAE | None, n_steps: int) -> TrainRun:
-        sae = SAE.load_from_disk(m.folder, device=self.device)
-        report_path = m.folder / "eval.json"
+    def _load_result(
+        self, m: _Member, *, training_sae: TrainingSAE | None, n_steps: int, path: Path | None = None
+    ) -> TrainRun:
+        folder = path or m.folder
+        sae = ckpt.open_sae_folder(folder, device=self.device, require_checksums=path is None)
+        report_path = folder / "eval.json"
         if report_path.exists() and training_sae is None:
             report = json.loads(report_path.read_text())
         else:
-            report = self._evaluate(m, sae)
+            report = self._evaluate(m, sae, folder)
         return TrainRun(
             name=m.name,
             config=m.cfg,

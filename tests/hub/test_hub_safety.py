@@ -1,0 +1,56 @@
+"""publish only sends complete, intact SAE folders: checksums.json is the completion marker."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import make_checkpoint
+
+from vision_sae_lens.cli import main
+from vision_sae_lens.errors import HubError, UnsafePathError
+from vision_sae_lens.fsutil import SAE_CHECKSUMS_FILE, check_inside, check_name
+from vision_sae_lens.hub import push_to_hub
+
+
+def test_folder_without_completion_marker_is_refused_until_sealed(hub, tmp_path, capsys):
+    folder = make_checkpoint(tmp_path / "run")
+    (folder / SAE_CHECKSUMS_FILE).unlink()  # as if training stopped before sealing it
+    n = len(hub.requests)
+    with pytest.raises(HubError, match="no checksums.json.*verify --seal"):
+        push_to_hub([folder], repo_id="my-org/never")
+    assert len(hub.requests) == n
+    assert main(["verify", "--seal", str(folder)]) == 0 and "sealed" in capsys.readouterr().out
+    assert push_to_hub([folder], repo_id="my-org/never", dry_run=True).saes
+
+
+@pytest.mark.parametrize("victim", ["sae_weights.safetensors", "cfg.json"])
+def test_edited_files_are_refused_before_any_upload(hub, tmp_path, victim):
+    folder = make_checkpoint(tmp_path / "run")
+    path = folder / victim
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    n = len(hub.requests)
+    with pytest.raises(HubError, match=f"{victim}.*sha256"):
+        push_to_hub([folder], repo_id="my-org/never")
+    assert len(hub.requests) == n
+
+
+@pytest.mark.parametrize("sae_id", ["../x", "/abs", "a/../b", "README.md", "a/"])
+def test_unsafe_sae_ids_are_refused(hub, tmp_path, sae_id):
+    with pytest.raises(HubError, match="invalid SAE ids"):
+        push_to_hub(
+            [make_checkpoint(tmp_path / "run")], repo_id="my-org/never", sae_ids=[sae_id], dry_run=True
+        )
+
+
+@pytest.mark.parametrize("name", ["../x", "/abs", "a/../../b", "C:\\x", "a\x00b"])
+def test_names_that_become_paths_stay_inside_their_parent(tmp_path, name):
+    with pytest.raises(UnsafePathError):
+        check_inside(tmp_path, check_name(name, what="SAE id", allow_slash=True), what="SAE id")
+
+
+def test_symlink_out_of_the_parent_is_refused(tmp_path):
+    (tmp_path / "parent").mkdir()
+    (tmp_path / "parent" / "link").symlink_to(tmp_path)
+    with pytest.raises(UnsafePathError, match="resolves outside"):
+        check_inside(tmp_path / "parent", "link/x", what="SAE id")
