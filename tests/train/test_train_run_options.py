@@ -57,7 +57,7 @@ def test_cli_flags_reach_the_run_and_log_lines_carry_timestamps(all_tokens_store
     cmd += ["--normalize-activations", "expected_average_only_in", "--no-progress", "--out-dir", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).parents[2], timeout=600)
     assert proc.returncode == 0, proc.stderr
-    [folder] = [p for p in out.iterdir() if p.name != "checkpoints"]
+    [folder] = [p for p in out.iterdir() if p.is_dir() and p.name != "checkpoints"]
     cfg = json.loads((folder / "train_config.json").read_text())
     assert (cfg["tokens"], cfg["subtract_mean"], cfg["scale_norm"]) == ("patches", True, True)
     assert (cfg["lr_warm_up_steps"], cfg["seed"], cfg["data_seed"], cfg["eval_fraction"]) == (2, 3, 5, 0.0)
