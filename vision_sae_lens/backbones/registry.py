@@ -113,9 +113,13 @@ def _load_local_dir(path: Path, *, pretrained: bool, **kwargs: Any) -> BackboneS
 def _load_demo(name: str, *, pretrained: bool) -> BackboneSpec:
     from vision_sae_lens.backbones.timm_adapter import timm_spec
     from vision_sae_lens.demo.backbone import DEMO_BACKBONE_ID, demo_backbone
+    from vision_sae_lens.demo.shapes_backbone import SHAPES_BACKBONE_ID, shapes_backbone
 
+    if f"demo:{name}" == SHAPES_BACKBONE_ID:
+        return timm_spec(shapes_backbone(pretrained=pretrained), backbone_id=SHAPES_BACKBONE_ID)
     if f"demo:{name}" != DEMO_BACKBONE_ID:
         raise UnknownBackboneError(
-            f"unknown demo backbone 'demo:{name}'; the shipped one is {DEMO_BACKBONE_ID!r}"
+            f"unknown demo backbone 'demo:{name}'; the shipped ones are {DEMO_BACKBONE_ID!r} and "
+            f"{SHAPES_BACKBONE_ID!r}"
         )
     return timm_spec(demo_backbone(pretrained=pretrained), backbone_id=DEMO_BACKBONE_ID)
