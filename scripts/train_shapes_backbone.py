@@ -81,8 +81,12 @@ def main(argv: list[str] | None = None) -> int:
         "label_names": json.dumps(list(FACTOR_NAMES)),
         "seed": str(args.seed),
         "split": json.dumps(
-            {"train": "synthetic:shapes:train", "test": "synthetic:shapes:test", "n_train": len(x_train),
-             "n_test": len(x_test)},
+            {
+                "train": "synthetic:shapes:train",
+                "test": "synthetic:shapes:test",
+                "n_train": len(x_train),
+                "n_test": len(x_test),
+            },
             sort_keys=True,
         ),
         "dataset": "synthetic:shapes (vision_sae_lens.data.synthetic, regenerated from its seeds)",
@@ -104,8 +108,10 @@ def main(argv: list[str] | None = None) -> int:
     path = args.out / "shapes_vit.safetensors"
     save_file(state_fp16, str(path), metadata=metadata)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
-    print(f"training time {seconds:.1f} s; train accuracy {train_acc:.4f}; test accuracy {test_acc:.4f}; "
-          f"test exact match {test_exact:.4f}")
+    print(
+        f"training time {seconds:.1f} s; train accuracy {train_acc:.4f}; test accuracy {test_acc:.4f}; "
+        f"test exact match {test_exact:.4f}"
+    )
     return 0
 
 
@@ -142,9 +148,11 @@ def _train(model: torch.nn.Module, x_n3hw: torch.Tensor, y_nf: torch.Tensor, *, 
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.05)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt,
-        lambda s: (s + 1) / warmup
-        if s < warmup
-        else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, total - warmup))),
+        lambda s: (
+            (s + 1) / warmup
+            if s < warmup
+            else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, total - warmup)))
+        ),
     )
     model.train()
     bar = tqdm(range(args.epochs), desc="training", unit="epoch")

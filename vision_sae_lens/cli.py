@@ -12,7 +12,7 @@ import importlib
 import logging
 import sys
 
-STAGES = ("backbones", "store", "train", "hub", "analysis", "demo")
+STAGES = ("backbones", "store", "train", "hub", "analysis", "demo", "benchmark")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -47,7 +47,9 @@ def sparse_probing(
     return out
 
 
-def fit_logistic(x_nm: torch.Tensor, y_n: torch.Tensor, *, l2: float = 1e-3) -> tuple[torch.Tensor, torch.Tensor]:
+def fit_logistic(
+    x_nm: torch.Tensor, y_n: torch.Tensor, *, l2: float = 1e-3
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Weights and bias of an L2-regularised logistic regression (mean log-loss + ``l2 * |w|^2``)."""
     w = torch.zeros(x_nm.shape[1], dtype=torch.float64, requires_grad=True)
     b = torch.zeros((), dtype=torch.float64, requires_grad=True)

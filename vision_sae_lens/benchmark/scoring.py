@@ -103,10 +103,13 @@ def score_rows(
             if image in probe_set:
                 prev = probe.get(image)
                 part = (batch.feats[lo:hi].sum(0).double(), batch.acts[lo:hi].sum(0).double(), hi - lo)
-                probe[image] = part if prev is None else tuple(a + b for a, b in zip(prev, part))
+                probe[image] = part if prev is None else tuple(a + b for a, b in zip(prev, part, strict=False))
     if recon is None:
         raise ValueError("the store has no rows of patch tokens to score")
-    report: dict[str, Any] = {"factors": names, "reconstruction": recon.result(dense_threshold=cfg.dense_threshold)}
+    report: dict[str, Any] = {
+        "factors": names,
+        "reconstruction": recon.result(dense_threshold=cfg.dense_threshold),
+    }
     alive_s = recon.fired_s > 0
 
     patch_hist = LatentFactorHistogram(recon.max_s.clone(), n_bins=cfg.n_bins)
@@ -116,9 +119,9 @@ def score_rows(
         patch_hist.add(batch.feats, _patch_labels(truth, batch))
         done = reducer.add(batch)
         if done:
-            images, max_ns = zip(*done)
+            images, max_ns = zip(*done, strict=False)
             image_hist.add(torch.stack(max_ns), _image_labels(truth, images))
-    images, max_ns = zip(*reducer.flush())
+    images, max_ns = zip(*reducer.flush(), strict=False)
     image_hist.add(torch.stack(max_ns), _image_labels(truth, images))
 
     patch, image = patch_hist.scores(), image_hist.scores()
@@ -170,7 +173,7 @@ def _encoded(sae: Any, rows: RowsFn, layout: TokenLayout, *, desc: str, progress
         values, counts = torch.unique_consecutive(image_n, return_counts=True)
         ends = torch.cumsum(counts, 0).tolist()
         starts = [0, *ends[:-1]]
-        groups = [(int(v), lo, hi) for v, lo, hi in zip(values.tolist(), starts, ends)]
+        groups = [(int(v), lo, hi) for v, lo, hi in zip(values.tolist(), starts, ends, strict=False)]
         yield _Batch(acts.cpu(), feats.float().cpu(), recon.float().cpu(), image_n,
                      r.token_idx.long() - layout.n_prefix, groups)  # fmt: skip
 
@@ -244,7 +247,9 @@ def _recovery_summary(scores: dict[str, torch.Tensor], names: list[str], cfg: Sc
     }
 
 
-def _splitting_summary(mix: dict[str, torch.Tensor], names: list[str], alive_s: torch.Tensor) -> dict[str, Any]:
+def _splitting_summary(
+    mix: dict[str, torch.Tensor], names: list[str], alive_s: torch.Tensor
+) -> dict[str, Any]:
     responsive = mix["responsive_s"]
     per_latent = mix["factors_per_latent_s"][responsive]
     per_factor = mix["latents_per_factor_f"]

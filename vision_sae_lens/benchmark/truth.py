@@ -75,7 +75,9 @@ class ArrayTruth:
         if labels.ndim != 2:
             raise ValueError(f"image_labels must be (n_images, n_factors), got shape {labels.shape}")
         if masks is not None and (masks.ndim != 4 or masks.shape[:2] != labels.shape):
-            raise ValueError(f"masks must be (n_images, n_factors, H, W) matching image_labels {labels.shape}")
+            raise ValueError(
+                f"masks must be (n_images, n_factors, H, W) matching image_labels {labels.shape}"
+            )
         if masks is not None and patch_size is None:
             raise ValueError("masks need patch_size (the backbone's patch size) to give patch labels")
         if masks is None and n_patches is None:
