@@ -101,9 +101,22 @@ def test_shipped_backbone_reaches_its_recorded_accuracy(model):
 
 
 def test_score_writes_reports_and_the_error_term_splice_is_exact(sae, test_store, tmp_path):
-    report = score(sae, store=test_store, out_dir=tmp_path / "r", downstream_images=8, progress=False)
-    for name in ("report.json", "report.md", "report.html", "recovery_per_factor.png", "probing.png"):
+    report = score(
+        sae, store=test_store, out_dir=tmp_path / "r", downstream_images=8, browser=True, progress=False
+    )
+    for name in (
+        "report.json",
+        "report.md",
+        "report.html",
+        "recovery_per_factor.png",
+        "probing.png",
+        "browser/index.html",
+    ):
         assert (tmp_path / "r" / name).stat().st_size > 0
+    # each factor's best latent links to its feature-browser page, which exists
+    latent = report["recovery"]["patch"]["per_factor"]["color=red"]["auroc_latent"]
+    assert f'href="browser/latents/{latent}.html"' in (tmp_path / "r" / "report.html").read_text()
+    assert (tmp_path / "r" / "browser" / "latents" / f"{latent}.html").is_file()
     assert report["reconstruction"]["rows"] == N_TEST * 64
     assert set(report["recovery"]["patch"]["per_factor"]) == set(FACTOR_NAMES)
     down = report["downstream"]
@@ -145,3 +158,19 @@ def test_cli_bench_score_compares_saes(sae, test_store, tmp_path, capsys):
     ):
         assert (tmp_path / "out" / name).is_file()
     assert main(["bench", "score", str(tmp_path), "--out", str(tmp_path / "x")]) == 1
+
+
+def test_cli_bench_synthetic_records_trains_scores_and_compares(tmp_path, capsys):
+    from sae_lens import SAE
+
+    out = tmp_path / "bench"
+    rc = main(["bench", "synthetic", "--out", str(out), "--sweep", "topk", "--train-images", "16",
+               "--test-images", "12", "--training-tokens", "2048", "--batch-size", "512", "--d-sae", "32",
+               "--k", "4", "--downstream-images", "0", "--no-browser"])  # fmt: skip
+    assert rc == 0
+    assert "| topk-32 | topk |" in capsys.readouterr().out
+    sae = SAE.load_from_disk(str(out / "saes" / "topk-32"))
+    assert sae.cfg.metadata.hook_name == "blocks.2.hook_resid_post" and sae.cfg.d_sae == 32
+    report = json.loads((out / "reports" / "topk-32" / "report.json").read_text())
+    assert report["images"] == 12 and report["reconstruction"]["rows"] == 12 * 64
+    assert (out / "comparison.html").read_text().count("reports/topk-32/report.html") == 1

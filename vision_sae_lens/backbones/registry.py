@@ -6,7 +6,7 @@ Id syntax (``library:rest``):
   also ``timm:local-dir:DIR`` and ``timm:hf-hub:ORG/NAME``;
 * ``open_clip:ARCH/TAG`` — an open_clip model and pretrained tag or weights file (``open_clip:ViT-B-16/openai``);
 * ``hf:MODEL_ID_OR_DIR`` — a transformers model (``hf:facebook/dinov2-small``, ``hf:openai/clip-vit-base-patch16``);
-* ``demo:mnist-vit`` — the small MNIST ViT shipped in the package;
+* ``demo:mnist-vit`` — the small MNIST ViT shipped in the package; ``demo:shapes-vit`` — the benchmark's ViT;
 * a local directory: saved by ``timm.models.save_for_hf`` or transformers' ``save_pretrained``.
 """
 
@@ -76,9 +76,10 @@ def list_backbones() -> list[dict[str, str]]:
         },
         {
             "family": "demo",
-            "id": "demo:mnist-vit",
-            "examples": "demo:mnist-vit",
-            "sites": "all block sites (a 4-block timm ViT on 28x28 digits, shipped in the package)",
+            "id": "demo:mnist-vit | demo:shapes-vit",
+            "examples": "demo:mnist-vit, demo:shapes-vit",
+            "sites": "all block sites (4-block timm ViTs shipped in the package: 28x28 digits; the 32x32 "
+            "synthetic shapes world of the benchmark, multi-label)",
         },
         {
             "family": "module",

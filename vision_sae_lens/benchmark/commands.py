@@ -29,6 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     syn.add_argument(
         "--downstream-images", type=int, default=256, help="images of the spliced metric (0: skip)"
     )
+    syn.add_argument("--no-browser", dest="browser", action="store_false", help="skip the feature browsers")
     syn.set_defaults(func=run_synthetic)
 
     sc = sub.add_parser("score", help="score SAE checkpoint folders trained on demo:shapes-vit activations")
@@ -42,6 +43,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sc.add_argument("--test-images", type=int, default=None, help="held-out images to record (default 1,000)")
     sc.add_argument(
         "--downstream-images", type=int, default=256, help="images of the spliced metric (0: skip)"
+    )
+    sc.add_argument(
+        "--browser", action="store_true", help="also build a feature browser of each factor's best latents"
     )
     sc.set_defaults(func=run_score)
     bench.set_defaults(func=lambda args: bench.print_help() or 2)
@@ -57,6 +61,7 @@ def run_synthetic(args: argparse.Namespace) -> int:
         args.out, site=args.site or DEFAULT_SITE, architectures=archs, d_sae=args.d_sae, k=args.k,
         l1_coefficient=args.l1_coefficient, training_tokens=args.training_tokens, batch_size=args.batch_size,
         train_images=args.train_images, test_images=args.test_images, downstream_images=args.downstream_images,
+        browser=args.browser,
     )  # fmt: skip
     if reports:
         print(f"\ncomparison: {(args.out / 'comparison.html').resolve().as_uri()}")
@@ -80,7 +85,7 @@ def run_score(args: argparse.Namespace) -> int:
     reports, store = [], args.store
     for folder, name in zip(args.saes, names, strict=False):
         report = score(folder, store=store, out_dir=args.out / name, n_images=args.test_images,
-                       downstream_images=args.downstream_images, name=name)  # fmt: skip
+                       downstream_images=args.downstream_images, browser=args.browser, name=name)  # fmt: skip
         reports.append(report)
     write_comparison(reports, args.out, links={n: f"{n}/report.html" for n in names})
     print(format_table(reports))

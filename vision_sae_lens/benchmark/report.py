@@ -53,7 +53,7 @@ def write_report(report: dict[str, Any], out_dir: str | Path, *, browser: str | 
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(report, indent=1, default=_json_default))
     tables = [("Summary", [c for c, _ in COLUMNS], [[_fmt(fn(report)) for _, fn in COLUMNS]])]
-    tables.append(_factor_table(report))
+    tables.append(_factor_table(report, browser))
     probing = report.get("probing", {})
     if probing.get("available"):
         header = ["features", *(f"k={k}" for k in probing["ks"])]
@@ -69,7 +69,9 @@ def write_report(report: dict[str, Any], out_dir: str | Path, *, browser: str | 
     images = _plot_factors(report, out / "recovery_per_factor.png")
     images += _plot_probing(report, out / "probing.png")
     title = f"{report['suite']} benchmark: {report['name']}"
-    (out / "report.md").write_text(_markdown(title, tables))
+    (out / "report.md").write_text(
+        _markdown(title, [(c, h, [[str(x) for x in r] for r in rows]) for c, h, rows in tables])
+    )
     links = [(browser, "feature browser")] if browser else []
     html = out / "report.html"
     html.write_text(_render(title, tables, images, links))
@@ -101,7 +103,7 @@ def format_table(reports: list[dict[str, Any]]) -> str:
 
 
 # ------------------------------------------------------------------------------------ helpers
-def _factor_table(report: dict[str, Any]) -> tuple[str, list[str], list[list[str]]]:
+def _factor_table(report: dict[str, Any], browser: str | None) -> tuple[str, list[str], list[list[Any]]]:
     patch, image = report["recovery"]["patch"]["per_factor"], report["recovery"]["image"]["per_factor"]
     loc = report["localization"].get("per_factor", {})
     split = report["splitting"]["latents_per_factor"]
@@ -117,12 +119,33 @@ def _factor_table(report: dict[str, Any]) -> tuple[str, list[str], list[list[str
         "pointing",
     ]
     rows = [
-        [name, str(patch[name]["auroc_latent"]), _fmt(patch[name]["auroc"]), _fmt(patch[name]["f1"]),
+        [name, _latent_link(patch[name]["auroc_latent"], browser), _fmt(patch[name]["auroc"]), _fmt(patch[name]["f1"]),
          _fmt(image[name]["auroc"]), _fmt(image[name]["f1"]), str(split[name]),
          _fmt(loc.get(name, {}).get("iou")), _fmt(loc.get(name, {}).get("pointing"))]
         for name in report["factors"]
     ]  # fmt: skip
     return ("Per factor (best single latent)", header, rows)
+
+
+class _Link(str):
+    """A latent id that renders as a link to its feature-browser page in HTML (plain text in markdown)."""
+
+    href: str
+
+    def __html__(self) -> str:
+        from markupsafe import escape
+
+        return f'<a href="{escape(self.href)}">{escape(str(self))}</a>'
+
+
+def _latent_link(latent: int, browser: str | None) -> str:
+    if browser is None:
+        return str(latent)
+    link = _Link(str(latent))
+    link.href = (
+        f"{browser.rsplit('/', 1)[0]}/latents/{latent}.html" if "/" in browser else f"latents/{latent}.html"
+    )
+    return link
 
 
 def _plot_factors(report: dict[str, Any], path: Path) -> list[str]:

@@ -103,7 +103,9 @@ def score_rows(
             if image in probe_set:
                 prev = probe.get(image)
                 part = (batch.feats[lo:hi].sum(0).double(), batch.acts[lo:hi].sum(0).double(), hi - lo)
-                probe[image] = part if prev is None else tuple(a + b for a, b in zip(prev, part, strict=False))
+                probe[image] = (
+                    part if prev is None else tuple(a + b for a, b in zip(prev, part, strict=False))
+                )
     if recon is None:
         raise ValueError("the store has no rows of patch tokens to score")
     report: dict[str, Any] = {

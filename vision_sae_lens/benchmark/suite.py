@@ -41,6 +41,7 @@ def score(
     n_images: int | None = None,
     config: ScoreConfig | None = None,
     downstream_images: int = 256,
+    browser: bool = False,
     name: str | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -49,7 +50,9 @@ def score(
     ``store``: an activation store of ``synthetic:shapes:test`` recorded from ``demo:shapes-vit`` at
     the SAE's site (recorded here when None, into ``out_dir/acts-test-<site>`` or a temporary folder).
     ``n_images``: test images to record (default all 1,000). ``downstream_images``: images of the
-    spliced downstream metric (0 skips it). With ``out_dir`` the report files and plots are written.
+    spliced downstream metric (0 skips it). With ``out_dir`` the report files and plots are written;
+    ``browser=True`` also builds the feature browser of every factor's best latents into
+    ``out_dir/browser`` and links them from the report.
     """
     from sae_lens import SAE
 
@@ -121,8 +124,25 @@ def score(
     if out_dir is not None:
         from vision_sae_lens.benchmark.report import write_report
 
-        write_report(report, out_dir)
+        link = None
+        if browser:
+            link = _build_browser(sae, store, report, Path(out_dir) / "browser", progress=progress)
+        write_report(report, out_dir, browser=link)
     return report
+
+
+def _build_browser(sae: Any, store: Any, report: dict[str, Any], out: Path, *, progress: bool) -> str:
+    """Feature browser pages of the latents that best recover each factor; returns the report's link."""
+    from vision_sae_lens.analysis import build_browser
+
+    per_factor = report["recovery"]["patch"]["per_factor"]
+    latents = sorted(
+        {v["auroc_latent"] for v in per_factor.values()} | {v["f1_latent"] for v in per_factor.values()}
+    )
+    world = ShapesWorld("test", n_images=store.n_images, seed=int(store.dataset.get("seed", 0)))
+    build_browser(sae, store, out_dir=out, images=world, latents=latents, max_pages=len(latents),
+                  title=f"{report['name']}: best latents per factor", progress=progress)  # fmt: skip
+    return "browser/index.html"
 
 
 def prepare_synthetic(

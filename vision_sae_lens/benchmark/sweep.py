@@ -46,10 +46,12 @@ def run_synthetic_benchmark(
     test_images: int | None = None,
     config: ScoreConfig | None = None,
     downstream_images: int = 256,
+    browser: bool = True,
     progress: bool = True,
 ) -> list[dict[str, Any]]:
     """Record, train ``architectures`` at equal budget, score each and write the comparison into
-    ``out_dir`` (``acts-*``, ``saes/<name>``, ``reports/<name>``, ``comparison.*``). Returns the reports."""
+    ``out_dir`` (``acts-*``, ``saes/<name>``, ``reports/<name>`` with a feature browser of each factor's
+    best latents when ``browser``, ``comparison.*``). Returns the reports."""
     from vision_sae_lens.train import TrainConfig, build_sae_config, train_sae
 
     out = Path(out_dir)
@@ -83,7 +85,7 @@ def run_synthetic_benchmark(
         logger.info("scoring %s", run.name)
         reports.append(
             score(run.path, store=test_store, out_dir=out / "reports" / run.name, config=config,
-                  downstream_images=downstream_images, name=run.name, progress=progress)
+                  downstream_images=downstream_images, browser=browser, name=run.name, progress=progress)
         )  # fmt: skip
     write_comparison(reports, out, links={r["name"]: f"reports/{r['name']}/report.html" for r in reports})
     print(format_table(reports))
