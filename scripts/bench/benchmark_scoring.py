@@ -4,8 +4,9 @@ For each size it writes a float16 store of ``n`` shapes-world test images (64 pa
 ``--d-in``: the patch's 19 factor indicators, then Gaussian noise), and in a fresh child process scores a
 ReLU SAE of ``--d-sae`` latents on it with ``benchmark.score_rows`` over the store's ordered reader
 (all three passes, probing on ``--probe-images`` images). It prints, per size: rows, seconds, rows/s,
-and the peak resident memory the scoring added over the process after opening the store (sampled every
-5 ms), with the ratios to the smallest size. Flat memory means the peak ratio stays near 1 while the
+and the peak anonymous memory (RssAnon, sampled every 5 ms; glibc's mmap threshold is fixed at 1 MiB
+unless ``--glibc-default``) the scoring added over the process after opening the store, with the ratios
+to the smallest size. Flat memory means the peak ratio stays near 1 while the
 rows grow.
 
     .venv/bin/python scripts/bench/benchmark_scoring.py [--images 250,1000,4000] [--d-in 64] [--d-sae 512]
@@ -32,6 +33,11 @@ def main() -> None:
     parser.add_argument("--d-sae", type=int, default=512)
     parser.add_argument("--probe-images", type=int, default=200)
     parser.add_argument("--batch", type=int, default=4096)
+    parser.add_argument(
+        "--glibc-default",
+        action="store_true",
+        help="keep glibc's dynamic mmap threshold (freed batch buffers then stay in the heap and count as RSS)",
+    )
     args = parser.parse_args()
     sizes = [int(s) for s in args.images.split(",")]
     ctx = multiprocessing.get_context("spawn")
@@ -93,6 +99,8 @@ def _score(path: Path, n_images: int, args: argparse.Namespace, queue) -> None:
     from vision_sae_lens.store import ActivationStore
 
     torch.set_num_threads(1)
+    if not args.glibc_default:
+        _fix_mmap_threshold()
     store = ActivationStore(path)
 
     class ReLUSAE(torch.nn.Module):
@@ -128,6 +136,18 @@ def _score(path: Path, n_images: int, args: argparse.Namespace, queue) -> None:
     stop.set()
     thread.join()
     queue.put({"images": n_images, "rows": store.n_rows, "seconds": seconds, "peak_mib": peak[0] - base})
+
+
+def _fix_mmap_threshold(nbytes: int = 2**20) -> None:
+    """Serve blocks >= 1 MiB with mmap and return them on free (glibc otherwise raises the threshold
+    after the first large free, and per-batch buffers then linger in a fragmented heap), as
+    scripts/bench/analysis.py does."""
+    import ctypes
+    import ctypes.util
+
+    path = ctypes.util.find_library("c")
+    if path and hasattr(ctypes.CDLL(path), "mallopt"):
+        ctypes.CDLL(path).mallopt(-3, nbytes)  # M_MMAP_THRESHOLD
 
 
 def _rss_mib() -> float:
