@@ -81,7 +81,7 @@ def test_reconstruction_accumulator_matches_direct_formulas():
     out = acc.result(dense_threshold=0.1)
     fvu = float(((recon - x) ** 2).sum() / ((x - x.mean(0)) ** 2).sum())
     assert out["nmse"] == pytest.approx(fvu, rel=1e-6)
-    assert out["l0"] == pytest.approx(float((feats > 0).sum(1).float().mean()), rel=1e-9)
+    assert out["l0"] == pytest.approx(float((feats > 0).sum(1).double().mean()), rel=1e-12)
     freq = (feats > 0).float().mean(0)
     assert out["dead_fraction"] == pytest.approx(float((freq == 0).float().mean()))
     assert out["dense_fraction"] == pytest.approx(float((freq > 0.1).float().mean()))
