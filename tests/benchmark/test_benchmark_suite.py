@@ -117,6 +117,7 @@ def test_score_writes_reports_and_the_error_term_splice_is_exact(sae, test_store
     latent = report["recovery"]["patch"]["per_factor"]["color=red"]["auroc_latent"]
     assert f'href="browser/latents/{latent}.html"' in (tmp_path / "r" / "report.html").read_text()
     assert (tmp_path / "r" / "browser" / "latents" / f"{latent}.html").is_file()
+    assert 'href="../report.html"' in (tmp_path / "r" / "browser" / "index.html").read_text()
     assert report["reconstruction"]["rows"] == N_TEST * 64
     assert set(report["recovery"]["patch"]["per_factor"]) == set(FACTOR_NAMES)
     down = report["downstream"]
@@ -158,6 +159,9 @@ def test_cli_bench_score_compares_saes(sae, test_store, tmp_path, capsys):
     ):
         assert (tmp_path / "out" / name).is_file()
     assert main(["bench", "score", str(tmp_path), "--out", str(tmp_path / "x")]) == 1
+    assert "not a SAELens checkpoint folder" in capsys.readouterr().err
+    with pytest.raises(SAEMismatchError, match="cfg.json"):
+        score(tmp_path, store=test_store)
 
 
 def test_cli_bench_synthetic_records_trains_scores_and_compares(tmp_path, capsys):

@@ -74,11 +74,11 @@ def run_score(args: argparse.Namespace) -> int:
     """Handler of ``bench score``."""
     from vision_sae_lens.benchmark.report import format_table, write_comparison
     from vision_sae_lens.benchmark.suite import score
-    from vision_sae_lens.errors import ImageInputError
+    from vision_sae_lens.errors import SAEMismatchError
 
     for folder in args.saes:
         if not (folder / "cfg.json").is_file():
-            raise ImageInputError(
+            raise SAEMismatchError(
                 f"{folder} is not a SAELens checkpoint folder (no cfg.json); pass SAE folders"
             )
     names = _unique_names(args.saes)

@@ -66,7 +66,9 @@ def score(
     folder = None if isinstance(sae, SAE) else Path(sae)
     if folder is not None:
         if not (folder / "cfg.json").is_file():
-            raise FileNotFoundError(f"{folder} is not a SAELens checkpoint folder (no cfg.json)")
+            raise SAEMismatchError(
+                f"{folder} is not a SAELens checkpoint folder (no cfg.json); pass an SAE folder"
+            )
         sae = SAE.load_from_disk(str(folder), device="cpu")
     site = _check_sae(sae)
     cfg = config or ScoreConfig()
@@ -142,6 +144,12 @@ def _build_browser(sae: Any, store: Any, report: dict[str, Any], out: Path, *, p
     world = ShapesWorld("test", n_images=store.n_images, seed=int(store.dataset.get("seed", 0)))
     build_browser(sae, store, out_dir=out, images=world, latents=latents, max_pages=len(latents),
                   title=f"{report['name']}: best latents per factor", progress=progress)  # fmt: skip
+    # Link back from the browser's front page to the report (after its title; the page is ours to edit).
+    index = out / "index.html"
+    page = index.read_text("utf-8")
+    index.write_text(
+        page.replace("</h1>", '</h1>\n  <p><a href="../report.html">benchmark report</a></p>', 1), "utf-8"
+    )
     return "browser/index.html"
 
 
