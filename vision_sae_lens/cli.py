@@ -12,7 +12,7 @@ import importlib
 import logging
 import sys
 
-STAGES = ("backbones", "store", "train", "hub", "analysis", "demo")
+STAGES = ("backbones", "store", "train", "hub", "analysis", "benchmark", "demo")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 LOG_DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
 

@@ -6,7 +6,7 @@ Id syntax (``library:rest``):
   also ``timm:local-dir:DIR`` and ``timm:hf-hub:ORG/NAME``;
 * ``open_clip:ARCH/TAG`` — an open_clip model and pretrained tag (``open_clip:ViT-B-16/openai``);
 * ``hf:MODEL_ID_OR_DIR`` — a transformers model (``hf:facebook/dinov2-small``, ``hf:openai/clip-vit-base-patch16``);
-* ``demo:mnist-vit`` — the small MNIST ViT shipped in the package;
+* ``demo:mnist-vit`` — the small MNIST ViT shipped in the package; ``demo:shapes-vit`` — the benchmark's ViT;
 * a local directory: saved by ``timm.models.save_for_hf`` or transformers' ``save_pretrained``.
 
 Weights from a local file: ``weights="/path/to/file.pt"`` (CLI ``--weights PATH``) with a ``timm:`` or
@@ -98,9 +98,10 @@ def list_backbones() -> list[dict[str, str]]:
         },
         {
             "family": "demo",
-            "id": "demo:mnist-vit",
-            "examples": "demo:mnist-vit",
-            "sites": "all block sites (a 4-block timm ViT on 28x28 digits, shipped in the package)",
+            "id": "demo:mnist-vit | demo:shapes-vit",
+            "examples": "demo:mnist-vit, demo:shapes-vit",
+            "sites": "all block sites (4-block timm ViTs shipped in the package: 28x28 digits; the 32x32 "
+            "synthetic shapes world of the benchmark, multi-label)",
         },
         {
             "family": "module",
@@ -182,9 +183,13 @@ def _load_local_dir(path: Path, *, pretrained: bool, **kwargs: Any) -> BackboneS
 def _load_demo(name: str, *, pretrained: bool) -> BackboneSpec:
     from vision_sae_lens.backbones.timm_adapter import timm_spec
     from vision_sae_lens.demo.backbone import DEMO_BACKBONE_ID, demo_backbone
+    from vision_sae_lens.demo.shapes_backbone import SHAPES_BACKBONE_ID, shapes_backbone
 
+    if f"demo:{name}" == SHAPES_BACKBONE_ID:
+        return timm_spec(shapes_backbone(pretrained=pretrained), backbone_id=SHAPES_BACKBONE_ID)
     if f"demo:{name}" != DEMO_BACKBONE_ID:
         raise UnknownBackboneError(
-            f"unknown demo backbone 'demo:{name}'; the shipped one is {DEMO_BACKBONE_ID!r}"
+            f"unknown demo backbone 'demo:{name}'; the shipped ones are {DEMO_BACKBONE_ID!r} and "
+            f"{SHAPES_BACKBONE_ID!r}"
         )
     return timm_spec(demo_backbone(pretrained=pretrained), backbone_id=DEMO_BACKBONE_ID)

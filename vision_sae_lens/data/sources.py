@@ -65,6 +65,10 @@ def _open(spec: Any, *, streaming: bool, limit: int | None) -> ImageSource:
             return ImageFolder(text.removeprefix("imagefolder:"))
         if text.startswith("demo:"):
             return _open_demo(text)
+        if text.startswith("synthetic:"):
+            from vision_sae_lens.data.synthetic import open_synthetic
+
+            return open_synthetic(text)
         if text.startswith(("hf:", "hf-disk:")):
             return _open_hf_spec(text, streaming=streaming, limit=limit)
         if Path(text).is_dir():

@@ -1,0 +1,33 @@
+"""A ground-truth benchmark of vision SAEs: do latents recover known visual factors, localize them,
+and probe well? Offline, in minutes, on a CPU.
+
+- :func:`score`: one SAE on a suite (``"synthetic"``: the shapes world seen through ``demo:shapes-vit``)
+  -> a report dict, and report files with ``out_dir``.
+- :func:`run_synthetic_benchmark`: record the world, train a sweep at equal budget, score and compare.
+- :func:`score_rows` / :class:`ArrayTruth`: the same metrics on a user's own store and labels;
+  :func:`sparse_probing`: k-sparse probes on any features.
+- :func:`write_report` / :func:`write_comparison`: markdown + HTML with plots.
+See docs/benchmark.md for each metric's definition and source.
+"""
+
+from vision_sae_lens.benchmark.probing import sparse_probing
+from vision_sae_lens.benchmark.report import format_table, write_comparison, write_report
+from vision_sae_lens.benchmark.scoring import ScoreConfig, score_rows
+from vision_sae_lens.benchmark.suite import prepare_synthetic, score
+from vision_sae_lens.benchmark.sweep import run_synthetic_benchmark
+from vision_sae_lens.benchmark.truth import ArrayTruth, GroundTruth, SyntheticTruth
+
+__all__ = [
+    "score",
+    "run_synthetic_benchmark",
+    "prepare_synthetic",
+    "score_rows",
+    "ScoreConfig",
+    "GroundTruth",
+    "SyntheticTruth",
+    "ArrayTruth",
+    "sparse_probing",
+    "write_report",
+    "write_comparison",
+    "format_table",
+]
