@@ -41,6 +41,7 @@ __all__ = [
     "load_saev_checkpoint",
     "import_prisma",
     "analysis",
+    "benchmark",
     "VisionFacts",
     "apply_vision_facts",
     "vision_facts_of",
@@ -48,7 +49,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:  # static checkers and IDEs see the real names
-    from vision_sae_lens import analysis
+    from vision_sae_lens import analysis, benchmark
     from vision_sae_lens.backbones.hooked import HookedSAEViT
     from vision_sae_lens.backbones.layout import TokenLayout
     from vision_sae_lens.backbones.registry import list_backbones
@@ -87,6 +88,7 @@ __getattr__, __dir__ = lazy_exports(
         "load_saev_checkpoint": "vision_sae_lens.hub.saev",
         "import_prisma": "vision_sae_lens.hub.prisma",
         "analysis": "vision_sae_lens.analysis",
+        "benchmark": "vision_sae_lens.benchmark",
         "VisionFacts": "vision_sae_lens.metadata",
         "apply_vision_facts": "vision_sae_lens.metadata",
         "vision_facts_of": "vision_sae_lens.metadata",

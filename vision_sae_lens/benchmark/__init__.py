@@ -10,12 +10,9 @@ and probe well? Offline, in minutes, on a CPU.
 See docs/benchmark.md for each metric's definition and source.
 """
 
-from vision_sae_lens.benchmark.probing import sparse_probing
-from vision_sae_lens.benchmark.report import format_table, write_comparison, write_report
-from vision_sae_lens.benchmark.scoring import ScoreConfig, score_rows
-from vision_sae_lens.benchmark.suite import prepare_synthetic, score
-from vision_sae_lens.benchmark.sweep import run_synthetic_benchmark
-from vision_sae_lens.benchmark.truth import ArrayTruth, GroundTruth, SyntheticTruth
+from typing import TYPE_CHECKING
+
+from vision_sae_lens._lazy import lazy_exports
 
 __all__ = [
     "score",
@@ -31,3 +28,29 @@ __all__ = [
     "write_comparison",
     "format_table",
 ]
+
+if TYPE_CHECKING:
+    from vision_sae_lens.benchmark.probing import sparse_probing
+    from vision_sae_lens.benchmark.report import format_table, write_comparison, write_report
+    from vision_sae_lens.benchmark.scoring import ScoreConfig, score_rows
+    from vision_sae_lens.benchmark.suite import prepare_synthetic, score
+    from vision_sae_lens.benchmark.sweep import run_synthetic_benchmark
+    from vision_sae_lens.benchmark.truth import ArrayTruth, GroundTruth, SyntheticTruth
+
+__getattr__, __dir__ = lazy_exports(
+    globals(),
+    {
+        "score": "vision_sae_lens.benchmark.suite",
+        "run_synthetic_benchmark": "vision_sae_lens.benchmark.sweep",
+        "prepare_synthetic": "vision_sae_lens.benchmark.suite",
+        "score_rows": "vision_sae_lens.benchmark.scoring",
+        "ScoreConfig": "vision_sae_lens.benchmark.scoring",
+        "GroundTruth": "vision_sae_lens.benchmark.truth",
+        "SyntheticTruth": "vision_sae_lens.benchmark.truth",
+        "ArrayTruth": "vision_sae_lens.benchmark.truth",
+        "sparse_probing": "vision_sae_lens.benchmark.probing",
+        "write_report": "vision_sae_lens.benchmark.report",
+        "write_comparison": "vision_sae_lens.benchmark.report",
+        "format_table": "vision_sae_lens.benchmark.report",
+    },
+)
