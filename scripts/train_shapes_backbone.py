@@ -2,7 +2,7 @@
 image of the synthetic shapes world (``synthetic:shapes``), which of its factors are present
 (multi-label: one logit per factor of ``vision_sae_lens.data.synthetic.FACTOR_NAMES``).
 
-Re-runnable and seeded. It writes ``vision_sae_lens/demo/assets/shapes_vit.safetensors`` (fp16) with
+Re-runnable and seeded. It writes ``vision_sae_lens/backbones/assets/shapes_vit.safetensors`` (fp16) with
 safetensors metadata: the timm model name and kwargs, the factor names, the seed, the splits, the
 normalisation and the accuracies measured on the fp16 weights as shipped (per-factor label accuracy
 and exact-match accuracy on the test split). The images are regenerated from their seeds, so only the
@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from vision_sae_lens.data.synthetic import FACTOR_NAMES, ShapesWorld
 
-ASSETS = Path(__file__).resolve().parents[1] / "vision_sae_lens" / "demo" / "assets"
+ASSETS = Path(__file__).resolve().parents[1] / "vision_sae_lens" / "backbones" / "assets"
 SCRIPT = "scripts/train_shapes_backbone.py"
 MODEL_NAME = "vit_tiny_patch16_224"
 MODEL_KWARGS = {

@@ -51,7 +51,6 @@ __all__ = [
 if TYPE_CHECKING:  # static checkers and IDEs see the real names
     from vision_sae_lens import analysis, benchmark
     from vision_sae_lens.backbones.hooked import HookedSAEViT
-    from vision_sae_lens.backbones.layout import TokenLayout
     from vision_sae_lens.backbones.registry import list_backbones
     from vision_sae_lens.data.sources import open_images
     from vision_sae_lens.hub.prisma import import_prisma
@@ -60,6 +59,7 @@ if TYPE_CHECKING:  # static checkers and IDEs see the real names
     from vision_sae_lens.hub.saev import load_saev_checkpoint
     from vision_sae_lens.hub.saev_hub import import_saev
     from vision_sae_lens.hub.wiring import register_vision_releases
+    from vision_sae_lens.layout import TokenLayout
     from vision_sae_lens.metadata import VisionFacts, apply_vision_facts, vision_facts_of
     from vision_sae_lens.store.reader import ActivationStore
     from vision_sae_lens.store.recorder import cache_activations
@@ -72,7 +72,7 @@ __getattr__, __dir__ = lazy_exports(
     globals(),
     {
         "HookedSAEViT": "vision_sae_lens.backbones.hooked",
-        "TokenLayout": "vision_sae_lens.backbones.layout",
+        "TokenLayout": "vision_sae_lens.layout",
         "list_backbones": "vision_sae_lens.backbones.registry",
         "open_images": "vision_sae_lens.data.sources",
         "cache_activations": "vision_sae_lens.store.recorder",

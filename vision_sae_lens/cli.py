@@ -12,7 +12,17 @@ import importlib
 import logging
 import sys
 
-STAGES = ("backbones", "store", "train", "hub", "analysis", "benchmark", "demo")
+COMMAND_MODULES = (
+    "backbones.commands",
+    "store.commands",
+    "train.commands",
+    "train.verify",
+    "hub.commands",
+    "analysis.commands",
+    "benchmark.commands",
+    "demo.commands",
+)
+"""Modules (relative to the package) whose ``register(subparsers)`` adds sub-commands, in --help order."""
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 LOG_DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
 
@@ -28,8 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for stage in STAGES:
-        importlib.import_module(f"vision_sae_lens.{stage}.commands").register(subparsers)
+    for module in COMMAND_MODULES:
+        importlib.import_module(f"vision_sae_lens.{module}").register(subparsers)
     _show_defaults(parser)
     return parser
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import sae_lens
 
-from vision_sae_lens.backbones.layout import TokenLayout, check_token_selection
+from vision_sae_lens.layout import TokenLayout, check_token_selection
 
 
 @dataclass(frozen=True)

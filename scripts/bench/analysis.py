@@ -32,7 +32,7 @@ import torch
 from sae_lens import StandardSAE, StandardSAEConfig
 
 from vision_sae_lens.analysis import top_activating
-from vision_sae_lens.backbones.layout import TokenLayout
+from vision_sae_lens.layout import TokenLayout
 from vision_sae_lens.metadata import VisionFacts, apply_vision_facts
 from vision_sae_lens.store import ActivationStore, StoreWriter
 

@@ -66,7 +66,7 @@ def main() -> None:
 
 
 def _write_store(path: Path, n_images: int, d_in: int) -> None:
-    from vision_sae_lens.backbones.layout import TokenLayout
+    from vision_sae_lens.layout import TokenLayout
     from vision_sae_lens.data.synthetic import FACTOR_NAMES, ShapesWorld
     from vision_sae_lens.store import StoreWriter
 

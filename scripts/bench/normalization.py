@@ -27,7 +27,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from vision_sae_lens.backbones.layout import TokenLayout
+from vision_sae_lens.layout import TokenLayout
 from vision_sae_lens.store import StoreWriter
 from vision_sae_lens.train.feed import batch_stream, prepare_inputs
 

@@ -28,7 +28,7 @@ from sae_lens import (
     TopKTrainingSAEConfig,
 )
 
-from vision_sae_lens.backbones.layout import TokenLayout
+from vision_sae_lens.layout import TokenLayout
 from vision_sae_lens.store.writer import StoreWriter
 from vision_sae_lens.train import TrainConfig, train_sae
 

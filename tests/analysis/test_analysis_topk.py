@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from sae_lens import StandardSAE, StandardSAEConfig
 
 from vision_sae_lens.analysis import top_activating
-from vision_sae_lens.backbones.layout import TokenLayout
 from vision_sae_lens.errors import ImageInputError, SAEMismatchError, StoreError
+from vision_sae_lens.layout import TokenLayout
 from vision_sae_lens.metadata import VisionFacts, apply_vision_facts
 from vision_sae_lens.store import StoreWriter, cache_activations
 

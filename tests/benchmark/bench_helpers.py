@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from vision_sae_lens.backbones.layout import TokenLayout
+from vision_sae_lens.layout import TokenLayout
 from vision_sae_lens.store.reader import Rows
 
 LAYOUT = TokenLayout(image_size=(32, 32), patch_size=(4, 4), has_cls=True)

@@ -10,11 +10,11 @@ import torch
 from sae_lens import StandardSAE, StandardSAEConfig
 
 from vision_sae_lens.backbones import HookedSAEViT
+from vision_sae_lens.backbones.shapes_vit import shapes_backbone_info
 from vision_sae_lens.benchmark import score
 from vision_sae_lens.cli import main
 from vision_sae_lens.data import open_images
 from vision_sae_lens.data.synthetic import FACTOR_NAMES, ShapesWorld, patch_coverage
-from vision_sae_lens.demo.shapes_backbone import shapes_backbone_info
 from vision_sae_lens.errors import ImageInputError, SAEMismatchError, StoreMismatchError
 from vision_sae_lens.metadata import VisionFacts, apply_vision_facts
 from vision_sae_lens.store import cache_activations

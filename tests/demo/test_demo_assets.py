@@ -14,6 +14,8 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from vision_sae_lens.backbones.mnist_vit import ASSETS_DIR
+from vision_sae_lens.data.demo_digits import ASSETS_DIR as DIGITS_DIR
 from vision_sae_lens.demo import (
     DEMO_BACKBONE_ID,
     DemoDigits,
@@ -21,7 +23,6 @@ from vision_sae_lens.demo import (
     demo_backbone_info,
     load_demo_digits,
 )
-from vision_sae_lens.demo.backbone import ASSETS_DIR
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -43,9 +44,10 @@ def model():
 
 
 def test_assets_are_small():
-    sizes = {p.name: p.stat().st_size for p in ASSETS_DIR.iterdir() if p.is_file()}
-    assert {"mnist_vit.safetensors", "mnist_digits.npz"} <= sizes.keys()
-    assert sum(sizes.values()) < 2_000_000
+    files = [p for folder in (ASSETS_DIR, DIGITS_DIR) for p in folder.iterdir() if p.is_file()]
+    sizes = {p.name: p.stat().st_size for p in files}
+    assert {"mnist_vit.safetensors", "mnist_digits.npz", "shapes_vit.safetensors"} <= sizes.keys()
+    assert sum(sizes.values()) < 2_500_000
 
 
 def test_shipped_weights_load_in_float32_eval(model):

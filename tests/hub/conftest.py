@@ -15,8 +15,8 @@ import torch
 from local_hub import LocalHub
 from sae_lens import StandardSAE, StandardSAEConfig, TopKSAE, TopKSAEConfig
 
-from vision_sae_lens.backbones.layout import TokenLayout
 from vision_sae_lens.fsutil import seal_sae_folder
+from vision_sae_lens.layout import TokenLayout
 from vision_sae_lens.metadata import VisionFacts, apply_vision_facts
 
 TOKEN = "hf_testtokenABCDEFGH12345678"

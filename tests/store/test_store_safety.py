@@ -16,7 +16,6 @@ import pytest
 from conftest import SITES, TINY_ID, TINY_KWARGS, build_tiny, random_images
 from kill_at import count_points, run_killed, tree_bytes
 
-from vision_sae_lens.backbones.layout import TokenLayout
 from vision_sae_lens.errors import (
     OutputLockedError,
     StoreCorruptError,
@@ -24,9 +23,10 @@ from vision_sae_lens.errors import (
     UnsafePathError,
 )
 from vision_sae_lens.fsutil import DirLock
+from vision_sae_lens.layout import TokenLayout
 from vision_sae_lens.store import ActivationStore, StoreWriter, cache_activations
 from vision_sae_lens.store import format as fmt
-from vision_sae_lens.store.commands import verify_path
+from vision_sae_lens.train.verify import verify_path
 
 REPO = Path(__file__).resolve().parents[2]
 

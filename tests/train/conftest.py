@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from vision_sae_lens.backbones.layout import TokenLayout
+from vision_sae_lens.layout import TokenLayout
 from vision_sae_lens.store import StoreWriter
 
 # Tiny tensors: more intra-op threads only contend with the prefetch threads on a shared 2-core box.

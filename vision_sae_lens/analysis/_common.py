@@ -9,8 +9,8 @@ from typing import Any
 import torch
 from PIL import Image
 
-from vision_sae_lens.backbones.layout import TokenLayout
 from vision_sae_lens.errors import ImageInputError, SAEMismatchError
+from vision_sae_lens.layout import TokenLayout
 from vision_sae_lens.metadata import vision_facts_of
 
 

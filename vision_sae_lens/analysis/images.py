@@ -27,8 +27,8 @@ from vision_sae_lens.analysis._common import (
     site_acts,
 )
 from vision_sae_lens.analysis.geometry import grid_to_image, input_geometry, overlay
-from vision_sae_lens.backbones.layout import TokenLayout
 from vision_sae_lens.errors import ImageInputError
+from vision_sae_lens.layout import TokenLayout
 
 
 @dataclass(frozen=True)

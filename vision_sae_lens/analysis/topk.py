@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from vision_sae_lens.analysis.scan import ImageReduction, scan
-from vision_sae_lens.backbones.layout import TokenLayout
+from vision_sae_lens.layout import TokenLayout
 
 
 @dataclass

@@ -18,17 +18,17 @@ __all__ = [
 
 if TYPE_CHECKING:
     from vision_sae_lens.backbones.hooked import HookedSAEViT
-    from vision_sae_lens.backbones.layout import TOKEN_SELECTIONS, TokenLayout, TokenSelection
     from vision_sae_lens.backbones.registry import list_backbones, load_backbone_spec
     from vision_sae_lens.backbones.spec import BackboneSpec, BlockSites, ModuleSite
+    from vision_sae_lens.layout import TOKEN_SELECTIONS, TokenLayout, TokenSelection
 
 __getattr__, __dir__ = lazy_exports(
     globals(),
     {
         "HookedSAEViT": "vision_sae_lens.backbones.hooked",
-        "TokenLayout": "vision_sae_lens.backbones.layout",
-        "TokenSelection": "vision_sae_lens.backbones.layout",
-        "TOKEN_SELECTIONS": "vision_sae_lens.backbones.layout",
+        "TokenLayout": "vision_sae_lens.layout",
+        "TokenSelection": "vision_sae_lens.layout",
+        "TOKEN_SELECTIONS": "vision_sae_lens.layout",
         "list_backbones": "vision_sae_lens.backbones.registry",
         "load_backbone_spec": "vision_sae_lens.backbones.registry",
         "BackboneSpec": "vision_sae_lens.backbones.spec",

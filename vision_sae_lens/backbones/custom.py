@@ -8,9 +8,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from vision_sae_lens.backbones.layout import TokenLayout
 from vision_sae_lens.backbones.spec import BackboneSpec, BlockSites
 from vision_sae_lens.errors import UnknownBackboneError
+from vision_sae_lens.layout import TokenLayout
 
 
 def spec_from_module(

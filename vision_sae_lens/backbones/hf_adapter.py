@@ -13,9 +13,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from vision_sae_lens.backbones.layout import TokenLayout
 from vision_sae_lens.backbones.spec import BackboneSpec, BlockSites, ModuleSite
 from vision_sae_lens.errors import UnknownBackboneError
+from vision_sae_lens.layout import TokenLayout
 
 logger = logging.getLogger(__name__)
 

@@ -32,11 +32,11 @@ from vision_sae_lens.backbones.attention import (
 )
 from vision_sae_lens.backbones.config import HookedViTConfig
 from vision_sae_lens.backbones.images import prepare_pixels
-from vision_sae_lens.backbones.layout import TokenLayout
 from vision_sae_lens.backbones.site_checks import CheckedSitesMixin
 from vision_sae_lens.backbones.spec import BackboneSpec, ModuleSite
 from vision_sae_lens.compat import HookedRootModule, HookPoint
 from vision_sae_lens.errors import UnknownBackboneError
+from vision_sae_lens.layout import TokenLayout
 from vision_sae_lens.splice import SAESpliceMixin
 
 BLOCK_SITES = ("hook_resid_pre", "hook_attn_out", "hook_resid_mid", "hook_mlp_out", "hook_resid_post")

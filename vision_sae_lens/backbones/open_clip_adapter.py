@@ -7,9 +7,9 @@ from typing import Any
 from torch import nn
 
 from vision_sae_lens.backbones.attention import n_heads_of
-from vision_sae_lens.backbones.layout import TokenLayout
 from vision_sae_lens.backbones.spec import BackboneSpec, BlockSites, ModuleSite
 from vision_sae_lens.errors import UnknownBackboneError, close_matches
+from vision_sae_lens.layout import TokenLayout
 
 
 def load_open_clip(

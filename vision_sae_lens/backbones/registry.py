@@ -181,9 +181,9 @@ def _load_local_dir(path: Path, *, pretrained: bool, **kwargs: Any) -> BackboneS
 
 
 def _load_demo(name: str, *, pretrained: bool) -> BackboneSpec:
+    from vision_sae_lens.backbones.mnist_vit import DEMO_BACKBONE_ID, demo_backbone
+    from vision_sae_lens.backbones.shapes_vit import SHAPES_BACKBONE_ID, shapes_backbone
     from vision_sae_lens.backbones.timm_adapter import timm_spec
-    from vision_sae_lens.demo.backbone import DEMO_BACKBONE_ID, demo_backbone
-    from vision_sae_lens.demo.shapes_backbone import SHAPES_BACKBONE_ID, shapes_backbone
 
     if f"demo:{name}" == SHAPES_BACKBONE_ID:
         return timm_spec(shapes_backbone(pretrained=pretrained), backbone_id=SHAPES_BACKBONE_ID)

@@ -14,7 +14,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from vision_sae_lens.backbones.layout import TokenLayout
+from vision_sae_lens.layout import TokenLayout
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,6 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from vision_sae_lens.backbones.layout import TokenLayout
 from vision_sae_lens.benchmark.metrics import (
     LatentFactorHistogram,
     ReconstructionAccumulator,
@@ -31,6 +30,7 @@ from vision_sae_lens.benchmark.metrics import (
 )
 from vision_sae_lens.benchmark.probing import sparse_probing
 from vision_sae_lens.benchmark.truth import GroundTruth
+from vision_sae_lens.layout import TokenLayout
 
 logger = logging.getLogger(__name__)
 

@@ -109,7 +109,7 @@ def score(
     finally:
         if tmp is not None:
             tmp.cleanup()
-    from vision_sae_lens.demo.shapes_backbone import shapes_backbone_info
+    from vision_sae_lens.backbones.shapes_vit import shapes_backbone_info
 
     info = shapes_backbone_info()
     report = {

@@ -289,7 +289,7 @@ def _open_demo(spec: str) -> ImageSource:
             f"unknown demo image set {spec!r}; the shipped one is 'demo:mnist[:train|test|all]'"
         )
     try:
-        from vision_sae_lens.demo.digits import load_demo_digits
+        from vision_sae_lens.data.demo_digits import load_demo_digits
     except ImportError as exc:
         raise ImageInputError("the embedded demo digits are not available in this installation") from exc
     return GenericSource(load_demo_digits(split or "train"))

@@ -30,9 +30,9 @@ import sae_lens
 import torch
 from sae_lens import SAE, GatedSAE, GatedSAEConfig, StandardSAE, StandardSAEConfig, TopKSAE, TopKSAEConfig
 
-from vision_sae_lens.backbones.layout import TokenLayout
 from vision_sae_lens.errors import ConversionError, UnsafeCheckpointError
 from vision_sae_lens.fsutil import seal_sae_folder
+from vision_sae_lens.layout import TokenLayout
 from vision_sae_lens.metadata import VisionFacts
 
 logger = logging.getLogger(__name__)

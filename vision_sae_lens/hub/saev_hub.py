@@ -18,11 +18,11 @@ import torch
 from huggingface_hub import hf_hub_download
 from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
 
-from vision_sae_lens.backbones.layout import TokenLayout
 from vision_sae_lens.errors import HubError
 from vision_sae_lens.fsutil import check_inside, check_name, seal_sae_folder
 from vision_sae_lens.hub.registry import VisionRelease, find_release, release_for
 from vision_sae_lens.hub.saev import convert_saev_checkpoint, read_saev_checkpoint
+from vision_sae_lens.layout import TokenLayout
 from vision_sae_lens.metadata import VisionFacts
 
 logger = logging.getLogger(__name__)

@@ -159,7 +159,7 @@ def convert_saev_shards(
     so token indices match saev's. ``patch_size`` is guessed from saev's checkpoint name
     (``ViT-B-16``, ``vitb14``, ...) when not given; negative saev layers need ``n_layers``.
     """
-    from vision_sae_lens.backbones.layout import TokenLayout
+    from vision_sae_lens.layout import TokenLayout
     from vision_sae_lens.store import StoreWriter
 
     info = read_saev_shard_info(path)

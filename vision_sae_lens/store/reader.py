@@ -17,8 +17,8 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from vision_sae_lens.backbones.layout import TokenLayout
 from vision_sae_lens.errors import StoreCorruptError, StoreError, UnknownSiteError, close_matches
+from vision_sae_lens.layout import TokenLayout
 from vision_sae_lens.store import checks
 from vision_sae_lens.store import format as fmt
 

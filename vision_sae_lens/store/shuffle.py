@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from sae_lens.training.prefetch import PrefetchingIterator
 
-from vision_sae_lens.backbones.layout import check_token_selection
+from vision_sae_lens.layout import check_token_selection
 from vision_sae_lens.store import format as fmt
 
 if TYPE_CHECKING:

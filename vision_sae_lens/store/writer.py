@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 from vision_sae_lens import fsutil
-from vision_sae_lens.backbones.layout import TokenLayout, check_token_selection
 from vision_sae_lens.errors import StoreError, StoreMismatchError
+from vision_sae_lens.layout import TokenLayout, check_token_selection
 from vision_sae_lens.store import format as fmt
 
 

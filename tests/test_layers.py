@@ -1,0 +1,71 @@
+"""No stage imports a stage above it: the layering of docs/architecture.md, enforced on the source.
+
+The order is written once, in ``vision_sae_lens._layers.STAGES`` (bottom first). A module may import
+modules of its own layer or of layers below. Every import counts, also those inside functions (they
+run too) and those under ``TYPE_CHECKING`` (a type is a dependency).
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import vision_sae_lens
+from vision_sae_lens._layers import STAGES, layer_of
+
+PACKAGE = Path(vision_sae_lens.__file__).parent
+
+
+def upward_imports(module: str, source: str) -> list[str]:
+    """``"line: imported.module (layer)"`` for each import in ``source`` of a layer above ``module``'s."""
+    own = layer_of(module)
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            # `from pkg import x` imports the module pkg.x when there is one, else pkg's attribute x.
+            names = [_module_or_parent(f"{node.module}.{a.name}") for a in node.names]
+        elif isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        else:
+            continue
+        for name in names:
+            target = layer_of(name)
+            if own is not None and target is not None and target > own:
+                found.append(f"{node.lineno}: {name} ({'/'.join(STAGES[target]) or 'the package'})")
+    return found
+
+
+def _module_or_parent(dotted: str) -> str:
+    relative = PACKAGE.parent.joinpath(*dotted.split("."))
+    is_module = relative.with_suffix(".py").is_file() or (relative / "__init__.py").is_file()
+    return dotted if is_module else dotted.rpartition(".")[0]
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def test_every_module_has_a_layer():
+    unplaced = [_module_name(p) for p in PACKAGE.rglob("*.py") if layer_of(_module_name(p)) is None]
+    assert not unplaced, f"modules in no layer of vision_sae_lens._layers.STAGES: {unplaced}"
+
+
+def test_no_stage_imports_a_stage_above_it():
+    upward = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for hit in upward_imports(_module_name(path), path.read_text()):
+            upward.append(f"{path.relative_to(PACKAGE.parent)}:{hit}")
+    assert not upward, "upward imports:\n" + "\n".join(upward)
+
+
+def test_the_check_catches_upward_imports_and_allows_downward_ones():
+    assert upward_imports("vision_sae_lens.errors", "from vision_sae_lens.demo import pipeline\n")
+    assert upward_imports(
+        "vision_sae_lens.data.sources", "def f():\n    import vision_sae_lens.store.reader\n"
+    )
+    assert upward_imports("vision_sae_lens.layout", "from vision_sae_lens import backbones\n")
+    assert not upward_imports("vision_sae_lens.demo.pipeline", "from vision_sae_lens.store import reader\n")
+    assert not upward_imports(
+        "vision_sae_lens.store.reader", "from vision_sae_lens.layout import TokenLayout\n"
+    )
