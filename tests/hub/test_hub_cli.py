@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 import torch
-from conftest import make_checkpoint
+from helpers import make_checkpoint
 from sae_lens import SAE
 from saev_fixtures import header_for, make_weights, saev_forward_latents, write_saev
 

@@ -89,6 +89,8 @@ def cache_activations(
     fmt.check_dtype(dtype)
     root = Path(out_dir)
     check_claimable(root)  # a foreign non-empty directory is refused before the model is even loaded
+    if not isinstance(model, str):
+        model.check_names(list(sites))  # a model at hand: a misspelled site fails before anything is written
     ctx = join_distributed()
     lock = None
     try:
