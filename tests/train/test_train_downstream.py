@@ -103,7 +103,7 @@ def test_encoder_backbone_uses_embedding_cosine(images, tmp_path):
     assert model.output_kind == "embedding"
     store = _record(model, images, tmp_path / "acts")
     down = evaluate_sae(_identity_sae(store), store, model=model, images=images)["downstream"]
-    assert down["kind"] == "encoder" and down["top1_agreement"] is None
+    assert down["kind"] == "embedding" and down["top1_agreement"] is None
     assert down["cosine"] == pytest.approx(1.0, abs=1e-6) and down["fraction_recovered"] == pytest.approx(
         1.0, abs=1e-4
     )
@@ -129,7 +129,7 @@ def test_training_with_a_model_writes_the_downstream_report(classifier, images, 
         assert key in down
     # 40 steps on a random-weight model: the value is not meaningful yet, only well-formed.
     assert down["n_images"] == 16 and down["kl"] > 0 and isinstance(down["fraction_recovered"], float)
-    assert report["rows"][0] == store.n_rows - store.n_rows // 4  # the held-out quarter
+    assert report["rows"]["n_eval_images"] == round(store.n_images / 4)  # the held-out quarter of the images
     # The checkpoint splices into the backbone as-is (HookedSAEViT.add_sae reads its metadata).
     model.add_sae(run.sae)
     try:

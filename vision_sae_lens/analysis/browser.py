@@ -140,9 +140,9 @@ def _image_source(store: Any, images: Any) -> Any:
         try:
             source = open_images(spec)
             if "subset" in desc:
-                from vision_sae_lens.data import Subset
+                from vision_sae_lens.data import redraw_subset
 
-                source = Subset(source, range(*desc["subset"]))
+                source = redraw_subset(source, desc["subset"])
             if len(source) >= getattr(store, "n_images", 0):
                 return source
         except Exception as exc:  # the dataset may be gone or need a download: heatmaps still work

@@ -15,6 +15,10 @@ from vision_sae_lens.data.sources import (
     Subset,
     open_images,
     read_image,
+    redraw_subset,
+    select_images,
+    source_labels,
+    subset_indices,
     to_standard_mode,
 )
 
@@ -28,6 +32,10 @@ __all__ = [
     "StreamingHFSource",
     "GenericSource",
     "Subset",
+    "select_images",
+    "subset_indices",
+    "source_labels",
+    "redraw_subset",
     "read_image",
     "to_standard_mode",
 ]

@@ -73,8 +73,7 @@ def run_demo(out_dir: str | Path, *, config: DemoConfig | None = None, progress:
     """Run the demo into ``out_dir`` and print a summary table; returns what it measured."""
     from vision_sae_lens.analysis import build_browser
     from vision_sae_lens.backbones import HookedSAEViT
-    from vision_sae_lens.data import open_images
-    from vision_sae_lens.data.sources import Subset
+    from vision_sae_lens.data import open_images, select_images
     from vision_sae_lens.demo import DEMO_BACKBONE_ID, demo_backbone_info
     from vision_sae_lens.store import cache_activations
     from vision_sae_lens.train import TrainConfig, build_sae_config, train_sae
@@ -90,10 +89,11 @@ def run_demo(out_dir: str | Path, *, config: DemoConfig | None = None, progress:
         "1/5 backbone %s (recorded test accuracy %s)", model, demo_backbone_info().get("test_accuracy")
     )
     train_digits, test_digits = open_images("demo:mnist:train"), open_images("demo:mnist:test")
-    if cfg.train_images is not None:
-        train_digits = Subset(train_digits, range(min(cfg.train_images, len(train_digits))))
-    if cfg.test_images is not None:
-        test_digits = Subset(test_digits, range(min(cfg.test_images, len(test_digits))))
+    # The shipped digits are sorted by class: subsets are seeded, stratified draws, never the first N.
+    if cfg.train_images is not None and cfg.train_images < len(train_digits):
+        train_digits = select_images(train_digits, cfg.train_images, seed=cfg.seed)
+    if cfg.test_images is not None and cfg.test_images < len(test_digits):
+        test_digits = select_images(test_digits, cfg.test_images, seed=cfg.seed + 1)
 
     logger.info("2/5 recording %s on %d training digits", cfg.site, len(train_digits))
     store = cache_activations(

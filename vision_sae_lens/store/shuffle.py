@@ -48,6 +48,7 @@ def shuffled_batches(
     device: str | torch.device | None = None,
     prefetch: int = 4,
     skip_batches: int = 0,
+    exclude_images: Iterable[int] | None = None,
 ) -> Iterator[torch.Tensor]:
     """Yield ``(batch_size, d)`` float32 tensors of ``site`` rows ``start_row..stop_row-1`` in a seeded
     shuffled order, ``epochs`` times.
@@ -61,6 +62,7 @@ def shuffled_batches(
     norm of ``sqrt(d)``). Batches are produced by a background thread, ``prefetch`` batches ahead.
     ``skip_batches`` starts after that many batches of the same stream (counted over all epochs)
     without reading them: a resumed training run continues exactly where it stopped.
+    ``exclude_images`` drops every row of those images (a held-out evaluation set).
     """
     start, stop = store._range(start_row, stop_row)
     dim = store.site_dim(site)
@@ -76,7 +78,7 @@ def shuffled_batches(
         buffer_rows = max(DEFAULT_BUFFER_BYTES // (dim * itemsize), 4 * batch_size)
     buffer_rows = max(1, min(int(buffer_rows), max(n, 1)))
     block_rows = max(1, int(block_rows) if block_rows else buffer_rows // BLOCKS_PER_BUFFER)
-    keep = _row_filter(store, labels, token_types)
+    keep = _row_filter(store, labels, token_types, exclude_images)
     mean_d, scale = None, 1.0
     if subtract_mean or scale_norm:
         stats = site_statistics(store, site, start_row=start, stop_row=stop)
@@ -173,9 +175,10 @@ def site_statistics(
     }
 
 
-def _row_filter(store: ActivationStore, labels, token_types):
+def _row_filter(store: ActivationStore, labels, token_types, exclude_images=None):
     """A function (lo, hi) -> boolean mask of the rows to keep, or None to keep all."""
-    if labels is None and token_types is None:
+    excluded = None if exclude_images is None else np.unique(np.asarray(list(exclude_images), dtype=np.int64))
+    if labels is None and token_types is None and (excluded is None or not len(excluded)):
         return None
     label_set = None
     if labels is not None:
@@ -197,6 +200,8 @@ def _row_filter(store: ActivationStore, labels, token_types):
             mask &= np.isin(per_image[image_n], label_set)
         if token_ok is not None:
             mask &= token_ok[token_n]
+        if excluded is not None and len(excluded):
+            mask &= ~np.isin(image_n, excluded)
         return mask
 
     return keep

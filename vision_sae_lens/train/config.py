@@ -73,7 +73,10 @@ class TrainConfig:
     keep_checkpoints: int = 2
     """Newest periodic checkpoints kept on disk (older ones are deleted)."""
     eval_fraction: float = 0.05
-    """Share of the store's rows (the last ones) held out of training and used for evaluation."""
+    """Share of the store's images held out of training (a seeded random draw, stratified by label
+    when the store has labels; every row of a held-out image) and used for evaluation."""
+    split_seed: int = 0
+    """Seed of the held-out image draw (recorded in ``split.json`` and the checkpoint metadata)."""
     max_eval_rows: int = 65536
     """Upper bound on the held-out rows."""
     downstream_images: int = 64

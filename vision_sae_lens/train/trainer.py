@@ -45,7 +45,7 @@ from vision_sae_lens.train.feed import (
     check_store_for,
     estimation_batches,
     open_store,
-    split_rows,
+    split_store,
     store_preprocessing,
 )
 from vision_sae_lens.train.plots import plot_sweep
@@ -151,11 +151,12 @@ class _GroupTrainer:
         self.store = open_store(lead.store)
         for m in members:
             check_store_for(self.store, m.cfg.site, m.cfg.sae.d_in, m.name)
-        self.split: Split = split_rows(
-            int(self.store.n_rows),
+        self.split: Split = split_store(
+            self.store,
             eval_fraction=lead.eval_fraction,
             max_eval_rows=lead.max_eval_rows,
             batch_size=lead.batch_size,
+            seed=lead.split_seed,
         )
         self.device = resolve_device(lead.device)
         self.fingerprint = str(getattr(self.store, "fingerprint", ""))
@@ -187,7 +188,7 @@ class _GroupTrainer:
             lead.site,
             batch_size=lead.batch_size,
             seed=lead.data_seed,
-            stop_row=self.split.n_train,
+            split=self.split,
             skip_batches=start,
         )
         source = itertools.islice(source, n_steps - start)  # read ahead, never past the last step
@@ -331,7 +332,7 @@ class _GroupTrainer:
             return
         if scaler.scaling_factor is not None or scaler.whitening is not None:
             return  # restored from a checkpoint: the weights were trained against these statistics
-        kwargs = dict(batch_size=cfg.batch_size, seed=cfg.data_seed, stop_row=self.split.n_train)
+        kwargs = dict(batch_size=cfg.batch_size, seed=cfg.data_seed, split=self.split)
         batches = estimation_batches(self.store, cfg.site, n=cfg.n_batches_for_norm_estimate, **kwargs)
         batches = (b.to(self.device) for b in batches)
         estimate = (
@@ -367,7 +368,7 @@ class _GroupTrainer:
             tokens=str(store.tokens),
             layout=store.layout,
             preprocessing=store_preprocessing(store),
-            dataset=store.dataset,
+            dataset={**dict(store.dataset or {}), "held_out": _held_out_summary(self.split)},
             store_fingerprint=self.fingerprint or None,
             training_tokens=int(m.trainer.n_training_samples),
         )
@@ -389,6 +390,7 @@ class _GroupTrainer:
         trainer.set_final_sae_metadata()
         ckpt.write_inference_folder(trainer, m.folder, self._facts(m), fold_in_place=True)
         (m.folder / "train_config.json").write_text(json.dumps(m.cfg.to_dict(), indent=1, default=str))
+        (m.folder / "split.json").write_text(json.dumps(self.split.describe(), indent=1))
         m.result = self._load_result(m, training_sae=trainer.sae, n_steps=trainer.n_training_steps)
         ckpt.mark_finished(m.folder, self._progress(m))
         if m.wandb_run is not None:
@@ -408,8 +410,7 @@ class _GroupTrainer:
                 self.store,
                 model=self.model,
                 images=self.images,
-                start_row=self.split.n_train if self.split.n_eval else None,
-                stop_row=self.split.n_rows,
+                split=self.split,
                 max_rows=m.cfg.max_eval_rows,
                 n_images=m.cfg.downstream_images,
                 batch_size=m.cfg.batch_size,
@@ -426,6 +427,11 @@ class _GroupTrainer:
             history=m.history,
             train_seconds=m.train_seconds,
         )
+
+
+def _held_out_summary(split: Split) -> dict[str, Any]:
+    """The held-out draw without its image list (that is in ``split.json``)."""
+    return {k: v for k, v in split.describe().items() if k != "eval_images"}
 
 
 def _checked(source: Iterator[torch.Tensor], *, start: int, site: str, pin: bool) -> Iterator[torch.Tensor]:
