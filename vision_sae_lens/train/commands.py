@@ -6,6 +6,9 @@ import argparse
 import json
 import logging
 from pathlib import Path
+from typing import Any
+
+from vision_sae_lens.train.cli_args import add_sae_config_arguments, add_train_config_arguments
 
 logger = logging.getLogger(__name__)
 
@@ -24,25 +27,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out-dir", help="output folder (default: the sweep file's out_dir, else ./saes)")
     p.add_argument("--store", help="activation store directory (single-SAE mode)")
     p.add_argument("--site", help="site to train on, e.g. blocks.10.hook_resid_post (single-SAE mode)")
-    p.add_argument("--architecture", default="topk", help="SAELens training architecture (default topk)")
-    p.add_argument("--d-sae", type=int, help="number of latents (single-SAE mode)")
-    p.add_argument("--k", type=float, help="k of topk / batchtopk / matryoshka SAEs")
-    p.add_argument("--l1-coefficient", type=float, help="L1 coefficient of standard / gated SAEs")
-    p.add_argument("--training-tokens", type=int, help="rows to train on (single-SAE mode)")
-    p.add_argument("--batch-size", type=int, help="rows per step")
-    p.add_argument("--lr", type=float, help="learning rate")
-    p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
-    p.add_argument("--checkpoint-every-tokens", type=int, help="resumable checkpoint interval in rows")
-    p.add_argument("--wandb-project", help="log to this Weights & Biases project")
-    p.add_argument(
-        "--wandb-mode", choices=("online", "offline", "disabled"), help="W&B mode (offline needs no network)"
-    )
+    p.add_argument("--architecture", default="topk", help="SAELens training architecture (default: topk)")
     p.add_argument(
         "--resume", action="store_true", help="continue unfinished runs from their newest checkpoint"
     )
     p.add_argument("--overwrite", action="store_true", help="delete earlier output of these runs first")
-    _add_downstream_args(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_downstream_args(p, n_images=False)
+    # Every TrainConfig and SAELens SAE-config field, generated from the dataclasses.
+    p.set_defaults(_train_fields=add_train_config_arguments(p), _sae_fields=add_sae_config_arguments(p))
     p.set_defaults(func=_train)
 
     e = subparsers.add_parser(
@@ -51,6 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="MSE, NMSE, explained variance, L0, dead/dense latents; with --model/--images the downstream metric.",
     )
     e.add_argument("sae", help="SAELens SAE folder")
+    e.formatter_class = argparse.ArgumentDefaultsHelpFormatter
     e.add_argument("--store", required=True, help="activation store directory")
     e.add_argument("--site", help="store site (default: the SAE's hook_name)")
     e.add_argument("--start-row", type=int, help="first row (default: the training run's held-out slice)")
@@ -62,14 +56,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.set_defaults(func=_evaluate)
 
 
-def _add_downstream_args(p: argparse.ArgumentParser) -> None:
+def _add_downstream_args(p: argparse.ArgumentParser, *, n_images: bool = True) -> None:
     p.add_argument(
         "--model", help="backbone id for the spliced downstream metric ('store' = the store's backbone)"
     )
     p.add_argument(
         "--images", help="image source for the downstream metric (e.g. demo:mnist:test, imagefolder:DIR)"
     )
-    p.add_argument("--n-images", type=int, help="images for the downstream metric (default 64)")
+    if n_images:
+        p.add_argument("--n-images", type=int, help="images for the downstream metric (default 64)")
 
 
 def _downstream(args: argparse.Namespace, store_path: str | None):
@@ -94,32 +89,20 @@ def _train(args: argparse.Namespace) -> int:
     from vision_sae_lens.train.sweep import config_from_dict, load_sweep
     from vision_sae_lens.train.trainer import train_sae
 
-    overrides = {
-        "batch_size": args.batch_size,
-        "lr": args.lr,
-        "device": args.device,
-        "checkpoint_every_tokens": args.checkpoint_every_tokens,
-        "wandb_project": args.wandb_project,
-        "wandb_mode": args.wandb_mode,
+    given = {
+        k: getattr(args, k) for k in args._train_fields + args._sae_fields if getattr(args, k) is not None
     }
     if args.config:
-        configs, file_out = load_sweep(args.config, **overrides)
+        configs, file_out = load_sweep(args.config, **given)
         out_dir = args.out_dir or (str(Path(args.config).parent / file_out) if file_out else "saes")
         store_path = str(configs[0].store)
     else:
-        missing = [f for f in ("store", "site", "d_sae", "training_tokens") if getattr(args, f) is None]
+        d = {"architecture": args.architecture, "store": args.store, "site": args.site, **given}
+        missing = [f for f in ("store", "site", "d_sae", "training_tokens") if d.get(f) is None]
         if missing:
             raise ValueError(f"without --config, pass --{' --'.join(m.replace('_', '-') for m in missing)}")
-        d = {"architecture": args.architecture, "store": args.store, "site": args.site, "d_sae": args.d_sae}
-        d["training_tokens"] = args.training_tokens
-        if args.k is not None:
-            d["k"] = int(args.k) if args.architecture in ("topk", "abstopk") else args.k
-        if args.l1_coefficient is not None:
-            d["l1_coefficient"] = args.l1_coefficient
-        d.update({k: v for k, v in overrides.items() if v is not None})
+        d = _coerce_sae_fields(args.architecture, d)
         configs, out_dir, store_path = [config_from_dict(d)], args.out_dir or "saes", args.store
-    if args.n_images:
-        configs = [_with(c, downstream_images=args.n_images) for c in configs]
     model, images = _downstream(args, store_path)
     runs = train_sae(
         configs,
@@ -131,14 +114,42 @@ def _train(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     for run in runs:
-        r = run.report
-        fr = (r.get("downstream") or {}).get("fraction_recovered")
-        print(
-            f"{run.path}: L0 {r['l0']:.2f}  NMSE {r['nmse']:.4f}  explained variance {r['explained_variance']:.4f}"
-            f"  dead {r['dead_fraction']:.3f}"
-            + (f"  downstream recovered {fr:.3f}" if fr is not None else "")
-        )
+        print(format_run(run.path, run.report))
     return 0
+
+
+def format_run(path: Any, r: dict[str, Any]) -> str:
+    """One line per trained SAE: held-out NMSE / L0, dead by the one definition, downstream recovery."""
+    down = r.get("downstream") or {}
+    fr = down.get("fraction_recovered")
+    text = (
+        f"{path}: L0 {r['l0']:.2f}  NMSE {r['nmse']:.4f}  explained variance {r['explained_variance']:.4f}"
+        f"  dead {r['dead_fraction']:.3f} (over {r.get('density_rows', 0):,} rows)"
+    )
+    if fr is not None:
+        text += f"  downstream recovered {fr:.3f}" + (" (above 1: noise, not a gain)" if fr > 1 else "")
+    return text
+
+
+def _coerce_sae_fields(architecture: str, d: dict[str, Any]) -> dict[str, Any]:
+    """Flag values typed for another architecture (k is float for batchtopk, int for topk) fit this one."""
+    import dataclasses
+    import typing
+
+    from sae_lens.registry import SAE_TRAINING_CLASS_REGISTRY
+
+    from vision_sae_lens.train.config import ARCHITECTURE_ALIASES
+
+    arch = ARCHITECTURE_ALIASES.get(architecture, architecture)
+    if arch not in SAE_TRAINING_CLASS_REGISTRY:
+        return d
+    cls = SAE_TRAINING_CLASS_REGISTRY[arch][1]
+    hints = typing.get_type_hints(cls)
+    out = dict(d)
+    for f in dataclasses.fields(cls):
+        if hints.get(f.name) is int and isinstance(out.get(f.name), float) and out[f.name].is_integer():
+            out[f.name] = int(out[f.name])
+    return out
 
 
 def _with(cfg, **changes):

@@ -169,6 +169,9 @@ class _GroupTrainer:
         start = self._resume_step(active) if self.resume else 0
         for m in active:
             self._estimate_normalisation(m)
+            if start == 0:
+                self._init_b_dec(m)
+            _warn_short_window(m)
             self._start_wandb(m)
         try:
             if active:
@@ -346,6 +349,17 @@ class _GroupTrainer:
             n_batches_for_norm_estimate=cfg.n_batches_for_norm_estimate,
         )
 
+    def _init_b_dec(self, m: _Member) -> None:
+        """``b_dec_init='mean'``: the decoder bias starts at the mean of one training-slice batch."""
+        if m.cfg.b_dec_init != "mean" or not hasattr(m.trainer.sae, "b_dec"):
+            return
+        kwargs = dict(batch_size=m.cfg.batch_size, seed=m.cfg.data_seed + 1, split=self.split)
+        batch = next(iter(estimation_batches(self.store, m.cfg.site, n=1, **kwargs))).to(self.device)
+        with torch.no_grad():
+            m.trainer.sae.b_dec.data = (
+                m.trainer.activation_scaler(batch).mean(0).to(m.trainer.sae.b_dec.dtype)
+            )
+
     def _start_wandb(self, m: _Member) -> None:
         if not m.cfg.wandb_project or m.cfg.wandb_mode == "disabled":
             return
@@ -393,6 +407,7 @@ class _GroupTrainer:
         (m.folder / "split.json").write_text(json.dumps(self.split.describe(), indent=1))
         m.result = self._load_result(m, training_sae=trainer.sae, n_steps=trainer.n_training_steps)
         ckpt.mark_finished(m.folder, self._progress(m))
+        _warn_poor_result(m.name, m.result.report)
         if m.wandb_run is not None:
             m.wandb_run.summary.update(
                 {k: v for k, v in m.result.report.items() if isinstance(v, (int, float))}
@@ -426,6 +441,41 @@ class _GroupTrainer:
             n_steps=n_steps,
             history=m.history,
             train_seconds=m.train_seconds,
+        )
+
+
+DEAD_WARNING_FRACTION = 0.2
+"""Dead fraction above which the end of training warns."""
+
+
+def _warn_short_window(m: _Member) -> None:
+    if m.cfg.n_steps < m.cfg.dead_feature_window:
+        logger.warning(
+            "run %r trains %d steps, fewer than its dead_feature_window of %d: no latent will ever count as "
+            "dead in training, so TopK's AuxK loss never revives any. Lower dead_feature_window (default: a "
+            "tenth of the steps) or train longer.",
+            m.name,
+            m.cfg.n_steps,
+            m.cfg.dead_feature_window,
+        )
+
+
+def _warn_poor_result(name: str, report: dict[str, Any]) -> None:
+    nmse, dead = report.get("nmse"), report.get("dead_fraction")
+    if nmse is not None and nmse > 1:
+        logger.warning(
+            "run %r: held-out NMSE %.3f > 1, worse than predicting the mean activation; lower lr, add warm-up "
+            "or enable normalize_activations='expected_average_only_in'.",
+            name,
+            nmse,
+        )
+    if dead is not None and dead > DEAD_WARNING_FRACTION:
+        logger.warning(
+            "run %r: %.0f%% of latents are dead (never fire on %s store rows); train longer, lower "
+            "dead_feature_window, use decoder_init_norm=1.0 for TopK SAEs, or shrink d_sae.",
+            name,
+            100 * dead,
+            f"{report.get('density_rows', 0):,}",
         )
 
 
