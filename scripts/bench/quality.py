@@ -94,10 +94,12 @@ def main() -> None:
                 continue
             started = time.perf_counter()
             sae, info = fn(store, arch, args.tokens, tmp / f"{name}-{arch}", template)
+            sys.stdout.flush()
             if template is None:
                 template = sae  # the package's run: its metadata and batch size are shared
             report = _score(sae, store, model, test_digits, template)
             rows.append((arch, name, report, f"{time.perf_counter() - started:.0f}s {info}"))
+            _print_table(rows[-1:], header=len(rows) == 1)  # as each finishes; the whole table at the end
     _print_table(rows)
 
 
@@ -231,8 +233,11 @@ def _score(sae, store, model, test_digits, template):
     )
 
 
-def _print_table(rows) -> None:
-    print(f"\n{'arch':<10}{'implementation':<22}{'NMSE':>8}{'L0':>7}{'dead':>7}{'spliced acc':>13}  notes")
+def _print_table(rows, *, header: bool = True) -> None:
+    if header:
+        print(
+            f"\n{'arch':<10}{'implementation':<22}{'NMSE':>8}{'L0':>7}{'dead':>7}{'spliced acc':>13}  notes"
+        )
     for arch, name, rep, note in rows:
         if rep is None:
             print(f"{arch:<10}{name:<22}{'-':>8}{'-':>7}{'-':>7}{'-':>13}  {note}")
@@ -243,7 +248,7 @@ def _print_table(rows) -> None:
             f"{down.get('accuracy', float('nan')):>13.3f}  {note}"
         )
     clean = next((r[2]["downstream"]["clean_accuracy"] for r in rows if r[2]), None)
-    if clean is not None:
+    if clean is not None and len(rows) > 1:
         print(f"clean accuracy {clean:.3f}; NMSE/L0 on held-out images' rows; dead over the whole store")
 
 

@@ -140,7 +140,15 @@ def test_browser_in_headless_chromium(browser_site, tmp_path):
         assert len(rows) == 24
         driver.find_element(By.ID, "search").send_keys("class1")
         filtered = driver.find_elements(By.CSS_SELECTOR, "#latents tbody tr")
-        assert filtered and all("class1" in r.text for r in filtered)
+        # Full-text search: the best label or any label the latent fires on (index.js "labels").
+        data = read_index(index)
+        want = {
+            r["id"]
+            for r in data["latents"]
+            if r["flag"] != "dead" and ("class1" in (r["label"] or "") or "class1" in r["labels"].split())
+        }
+        shown = {int(r.find_elements(By.TAG_NAME, "td")[0].text) for r in filtered}
+        assert want and shown == want
         driver.find_element(By.ID, "search").clear()
         driver.find_element(By.CSS_SELECTOR, 'th[data-key="max"]').click()
         maxes = [
