@@ -6,7 +6,8 @@ The feature browser gives its default pages to the latents with the highest *int
 - **selectivity**: with labels, the lift of the latent's best label over chance,
   ``(precision - base) / (1 - base)`` (base: that label's share of the images), clipped at 0;
   without labels, 1;
-- **rarity**: ``1 - image_frequency``, so a latent that fires on every image scores 0;
+- **mid-frequency**: ``exp(-(log10(image_frequency / 0.05))**2 / (2 * 0.75**2))``, 1 for a latent firing
+  on 5% of the images, 0.27 at 0.3% or 78% (1.2 decades away): neither the near-silent nor the everywhere;
 - **support**: ``min(1, images fired on / 10)``, so a latent seen on two images does not win by luck.
 
 Dead latents (never fire), dense ones (token frequency above the package's dense threshold, see
@@ -31,6 +32,10 @@ POSITIONAL_MAX_ENTROPY = 0.5
 """Normalised entropy of the spatial firing map under which a frequent latent is positional."""
 MIN_SUPPORT_IMAGES = 10
 """Images a latent must fire on for full support."""
+PREFERRED_IMAGE_FREQUENCY = 0.05
+"""Image frequency at which the mid-frequency term is 1."""
+FREQUENCY_WIDTH_DECADES = 0.75
+"""Width (standard deviation, in decades of image frequency) of the mid-frequency term."""
 
 
 def spatial_entropy(token_counts: torch.Tensor, patch_tokens: torch.Tensor) -> torch.Tensor:
@@ -59,7 +64,9 @@ def interest_scores(stats: Any, patch_tokens: torch.Tensor) -> dict[str, torch.T
         selectivity = torch.ones_like(stats.image_frequency, dtype=torch.float64)
     fired_images = stats.image_frequency.double() * stats.n_images
     support = (fired_images / MIN_SUPPORT_IMAGES).clamp(max=1)
-    score = selectivity * (1 - stats.image_frequency.double()) * support
+    decades = torch.log10(stats.image_frequency.double().clamp(min=1e-12) / PREFERRED_IMAGE_FREQUENCY)
+    mid = torch.exp(-(decades**2) / (2 * FREQUENCY_WIDTH_DECADES**2))
+    score = selectivity * mid * support
     score = torch.where(stats.dead | stats.dense | positional, 0.0, score)
     return {"score": score.float(), "positional": positional, "entropy": entropy}
 
