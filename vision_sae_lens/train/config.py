@@ -61,7 +61,7 @@ class TrainConfig:
     feature_sampling_window: int = 2000
     """Steps per window of SAELens' training-time feature-density log."""
     b_dec_init: str = "mean"
-    """Decoder bias at the start: ``mean`` (the mean of one training batch, as sparsify does) or
+    """Decoder bias at the start: ``mean`` (the mean of the first training batch, as sparsify does) or
     ``zeros`` (SAELens' default)."""
     n_batches_for_norm_estimate: int = 100
     """Batches read to estimate the activation normalisation (``normalize_activations`` =

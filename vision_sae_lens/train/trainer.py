@@ -169,8 +169,6 @@ class _GroupTrainer:
         start = self._resume_step(active) if self.resume else 0
         for m in active:
             self._estimate_normalisation(m)
-            if start == 0:
-                self._init_b_dec(m)
             _warn_short_window(m)
             self._start_wandb(m)
         try:
@@ -204,6 +202,9 @@ class _GroupTrainer:
         try:
             for step in range(start, n_steps):
                 batch = next(stream).to(self.device, non_blocking=True)
+                if step == 0:
+                    for m in active:
+                        _init_b_dec(m, batch)
                 for m in active:
                     if step < m.cfg.n_steps:
                         self._step(m, batch, step)
@@ -349,17 +350,6 @@ class _GroupTrainer:
             n_batches_for_norm_estimate=cfg.n_batches_for_norm_estimate,
         )
 
-    def _init_b_dec(self, m: _Member) -> None:
-        """``b_dec_init='mean'``: the decoder bias starts at the mean of one training-slice batch."""
-        if m.cfg.b_dec_init != "mean" or not hasattr(m.trainer.sae, "b_dec"):
-            return
-        kwargs = dict(batch_size=m.cfg.batch_size, seed=m.cfg.data_seed + 1, split=self.split)
-        batch = next(iter(estimation_batches(self.store, m.cfg.site, n=1, **kwargs))).to(self.device)
-        with torch.no_grad():
-            m.trainer.sae.b_dec.data = (
-                m.trainer.activation_scaler(batch).mean(0).to(m.trainer.sae.b_dec.dtype)
-            )
-
     def _start_wandb(self, m: _Member) -> None:
         if not m.cfg.wandb_project or m.cfg.wandb_mode == "disabled":
             return
@@ -442,6 +432,15 @@ class _GroupTrainer:
             history=m.history,
             train_seconds=m.train_seconds,
         )
+
+
+def _init_b_dec(m: _Member, batch: torch.Tensor) -> None:
+    """``b_dec_init='mean'``: the decoder bias starts at the mean of the first training batch (as sparsify)."""
+    sae = m.trainer.sae
+    if m.cfg.b_dec_init != "mean" or not hasattr(sae, "b_dec"):
+        return
+    with torch.no_grad():
+        sae.b_dec.data = m.trainer.activation_scaler(batch.float()).mean(0).to(sae.b_dec.dtype)
 
 
 DEAD_WARNING_FRACTION = 0.2
