@@ -23,7 +23,7 @@ def test_defaults_scale_with_the_run():
     )
     assert cfg.batch_size == 512 and cfg.n_steps == 1953  # 1M / 1000 rounded down to a power of two
     assert cfg.dead_feature_window == 195 < cfg.n_steps  # AuxK can switch on within the run
-    assert cfg.lr_warm_up_steps == 97 and cfg.lr_scheduler == "cosineannealing"
+    assert cfg.lr_warm_up_steps == 97 and cfg.lr_scheduler == "constant"
     assert cfg.lr == pytest.approx(2e-4 * (2**14 / 512) ** 0.5) and cfg.lr_end == pytest.approx(cfg.lr / 10)
     big = TrainConfig(
         store="x", site=SITE, sae=TopKTrainingSAEConfig(d_in=8, d_sae=2**14, k=4), training_tokens=10**9
@@ -89,7 +89,7 @@ def test_cli_exposes_every_field_with_its_default(capsys):
         for f in dataclasses.fields(cfg_cls):
             if f.name not in ("d_in", "metadata", "device"):
                 assert f"--{f.name.replace('_', '-')}" in out, f.name
-    assert "(default: cosineannealing)" in out and "1.0 for batchtopk" in out
+    assert "(default: constant)" in out and "1.0 for batchtopk" in out
 
 
 def test_cli_flags_reach_the_configs(store, tmp_path):
