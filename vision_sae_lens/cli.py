@@ -44,9 +44,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows ``(default: ...)`` unless the help already states it or there is no default to show."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default in (None, argparse.SUPPRESS, False) or "default" in text:
+            return text
+        return super()._get_help_string(action) or text
+
+
 def _show_defaults(parser: argparse.ArgumentParser) -> None:
     """Every (sub-)command's ``--help`` shows the defaults, whichever stage registered it."""
-    parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
+    parser.formatter_class = _DefaultsFormatter
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for sub in action.choices.values():

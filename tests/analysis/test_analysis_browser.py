@@ -22,20 +22,35 @@ CHROMEDRIVER = shutil.which("chromedriver") or (
 
 
 @pytest.fixture(scope="module")
-def browser_site(vit, tmp_path_factory):
+def built(vit, tmp_path_factory):
+    """(sae, store, what build_browser returned)."""
     root = tmp_path_factory.mktemp("browser")
     source = LabelledImages(10, n_labels=3)
     store = cache_activations(vit, source, sites=[SITE], out_dir=root / "store", progress=False)
     sae = make_sae(vit, d_sae=24)
-    index = build_browser(
+    site = build_browser(
         sae, store, out_dir=root / "site", images=source, k=5, max_pages=6, model=vit, progress=False
     )
-    return sae, store, index
+    return sae, store, site
+
+
+@pytest.fixture(scope="module")
+def browser_site(built):
+    sae, store, site = built
+    return sae, store, site.index
 
 
 def read_index(index: Path) -> dict:
     text = (index.parent / "data" / "index.js").read_text()
     return json.loads(text.removeprefix("window.VSL_INDEX = ").rstrip().rstrip(";"))
+
+
+def test_build_browser_returns_what_the_index_shows(built):
+    """The caller gets the summary and the paged latents without re-reading the generated JavaScript."""
+    _, _, site = built
+    data = read_index(site.index)
+    assert site.summary == data["summary"] and site.summary["pages"] == len(site.pages) == 6
+    assert sorted(site.pages) == sorted(r["id"] for r in data["latents"] if r["page"])
 
 
 def test_browser_files_link_up(browser_site):
@@ -229,7 +244,7 @@ def test_labels_and_titles_are_escaped(browser_site, tmp_path):
     index = build_browser(
         sae, Evil(store), out_dir=tmp_path / "site", images=LabelledImages(10, n_labels=3), k=2, max_pages=2,
         title="<b>title</b>", progress=False,
-    )  # fmt: skip
+    ).index  # fmt: skip
     page = next((tmp_path / "site" / "latents").glob("*.html")).read_text()
     assert "<script>alert" not in page and "<b>title</b>" not in page and "&lt;b&gt;title&lt;/b&gt;" in page
     assert "&lt;script&gt;" in page or "alert" not in page
@@ -250,10 +265,10 @@ def test_image_folder_store_is_reopened_or_the_page_says_images_are_missing(vit,
         vit, str(tmp_path / "imgs"), sites=[SITE], out_dir=tmp_path / "store", progress=False
     )
     sae = make_sae(vit, d_sae=8)
-    index = build_browser(sae, store, out_dir=tmp_path / "site", k=2, max_pages=2, progress=False)
+    index = build_browser(sae, store, out_dir=tmp_path / "site", k=2, max_pages=2, progress=False).index
     assert "Images missing" not in index.read_text()  # found beside the store, file list matching
     shutil.move(str(tmp_path / "imgs"), str(tmp_path / "elsewhere"))
-    index = build_browser(sae, store, out_dir=tmp_path / "site2", k=2, max_pages=2, progress=False)
+    index = build_browser(sae, store, out_dir=tmp_path / "site2", k=2, max_pages=2, progress=False).index
     assert "Images missing" in index.read_text()
     page = next((tmp_path / "site2" / "latents").glob("*.html")).read_text()
     assert "Images missing" in page and "imagefolder" in page

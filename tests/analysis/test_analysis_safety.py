@@ -23,13 +23,15 @@ def small(vit, tmp_path_factory):
 def test_index_html_is_written_last(small, tmp_path, monkeypatch):
     sae, store, source = small
     out = tmp_path / "site"
-    index = browser.build_browser(sae, store, out_dir=out, images=source, k=2, max_pages=3, progress=False)
+    index = browser.build_browser(
+        sae, store, out_dir=out, images=source, k=2, max_pages=3, progress=False
+    ).index
     assert index.is_file()
 
     def crash(*args, **kwargs):
         raise RuntimeError("killed while writing latent pages")
 
-    monkeypatch.setattr(browser, "_write_latent_pages", crash)
+    monkeypatch.setattr(browser, "write_latent_pages", crash)
     with pytest.raises(RuntimeError, match="latent pages"):
         browser.build_browser(sae, store, out_dir=out, images=source, k=2, max_pages=3, progress=False)
     assert not index.exists(), "an unfinished rebuild must not look finished"

@@ -73,7 +73,7 @@ def test_every_entry_point_gives_equal_pixels(model, seen, mode, tmp_path):
     assert seen and all(torch.equal(b, want) for b in seen), "interventions saw other pixels"
     seen.clear()
 
-    (pixels, _), *_ = list(_pixel_batches(model, [img], 1, 1))
+    (pixels, _), *_ = list(_pixel_batches(model, [img], [0], 1))
     assert torch.equal(pixels, want)
 
 

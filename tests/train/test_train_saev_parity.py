@@ -134,8 +134,10 @@ def test_normalised_run_records_and_folds_the_transform(recorded, tmp_path):
     assert facts.tokens == "patches"
     norm = input_normalization_of(run.sae)
     assert norm is not None and norm.subtract_mean and norm.scale_norm
-    n_train = store.n_rows - round(store.n_rows * 0.2)
-    stats = store.statistics(SITE, stop_row=n_train, token_types=["patches"], subtract_mean=True)
+    # Statistics of the training rows only: every image but the held-out ones recorded in split.json.
+    held_out = json.loads((run.path / "split.json").read_text())["eval_images"]
+    assert held_out
+    stats = store.statistics(SITE, exclude_images=held_out, token_types=["patches"], subtract_mean=True)
     assert torch.allclose(norm.mean_d, torch.from_numpy(stats["mean"]))
     assert norm.scale == pytest.approx(stats["scale"])
     # The folder loads with plain SAELens and keeps the record.
@@ -159,9 +161,9 @@ def test_normalised_run_records_and_folds_the_transform(recorded, tmp_path):
         assert torch.allclose(unfolded.encode(z), f_raw, atol=1e-5)
         assert torch.allclose(norm.invert(unfolded.decode(unfolded.encode(z))), recon, atol=1e-5)
     report = json.loads((run.path / "eval.json").read_text())
-    assert report["tokens"] == "patches" and report["n_rows"] == report["rows"][1] - report["rows"][0] - (
-        (report["rows"][1] - report["rows"][0]) // store.layout.n_tokens
-    )
+    # Measured on the held-out images' patch rows only (their CLS rows are not the SAE's tokens).
+    held = report["rows"]
+    assert report["tokens"] == "patches" and report["n_rows"] == held["n_eval_rows"] - held["n_eval_images"]
 
 
 def test_normalised_sae_spliced_into_the_model_inverts_the_transform(recorded, tmp_path):

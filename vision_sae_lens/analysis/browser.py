@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,8 +49,11 @@ def build_browser(
     model: Any = None,
     ablation_images: int = 8,
     progress: bool = True,
-) -> Path:
-    """Write the feature browser for ``sae`` over an activation ``store`` into ``out_dir``; returns index.html.
+) -> BrowserSite:
+    """Write the feature browser for ``sae`` over an activation ``store`` into ``out_dir``.
+
+    Returns a :class:`BrowserSite`: the path of ``index.html``, the summary the index shows (latents,
+    dead, dense, positional, pages, ...) and the latents that got a page.
 
     ``images``: the store's images (anything ``data.open_images`` takes); default: re-opened from the
     store's dataset description when possible (demo, Hugging Face datasets, image folders found beside
@@ -82,9 +86,21 @@ def build_browser(
     ctx.interest, ctx.samples, ctx.missing, ctx.patch_tokens = interest, samples, missing, patch_tokens
     copy_assets(out)
     write_latent_pages(ctx, pages, starts, model=model, ablation_images=ablation_images, progress=progress)
-    write_index(ctx, pages)
+    summary = write_index(ctx, pages)
     logger.info("feature browser written to %s (%d latent pages)", out / "index.html", len(pages))
-    return out / "index.html"
+    return BrowserSite(index=out / "index.html", summary=summary, pages=list(pages))
+
+
+@dataclass(frozen=True)
+class BrowserSite:
+    """What :func:`build_browser` wrote."""
+
+    index: Path
+    """The browser's ``index.html`` (open it in a web browser)."""
+    summary: dict[str, Any]
+    """The figures the index shows: latents, dead, dense, positional, pages, the dead/dense definition."""
+    pages: list[int]
+    """Latents that got a page, in page order."""
 
 
 class _ImageStarts:

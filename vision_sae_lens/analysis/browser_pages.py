@@ -50,8 +50,9 @@ def _env() -> jinja2.Environment:
     )
 
 
-def write_index(ctx: Any, pages: list[int]) -> None:
-    """``data/index.js`` (one row per latent, every latent: the table pages), then ``index.html``.
+def write_index(ctx: Any, pages: list[int]) -> dict[str, Any]:
+    """``data/index.js`` (one row per latent, every latent: the table pages), then ``index.html``;
+    returns the summary the index shows.
 
     Call it after every latent page is written: ``index.html`` appears last.
     """
@@ -85,6 +86,7 @@ def write_index(ctx: Any, pages: list[int]) -> None:
     page = _env().get_template("index.html").render(title=ctx.title, meta=ctx.meta, missing=ctx.missing)
     # Last and atomic: a browser folder with an index.html is a finished one (pages, data, images).
     write_atomic(ctx.out / "index.html", page.encode("utf-8"))
+    return summary
 
 
 def write_latent_pages(

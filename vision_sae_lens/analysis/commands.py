@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         from vision_sae_lens.backbones import HookedSAEViT
 
         model = HookedSAEViT.from_pretrained(store.backbone_id if args.model == "store" else args.model)
-    index = build_browser(
+    site = build_browser(
         sae,
         store,
         out_dir=args.out,
@@ -77,9 +77,6 @@ def run(args: argparse.Namespace) -> int:
         title=args.title,
         model=model,
     )
-    summary = json.loads(
-        (index.parent / "data" / "index.js").read_text().split("=", 1)[1].rstrip().rstrip(";")
-    )
-    print(json.dumps(summary["summary"], indent=2))
-    print(f"feature browser: {index.resolve().as_uri()}")
+    print(json.dumps(site.summary, indent=2))
+    print(f"feature browser: {site.index.resolve().as_uri()}")
     return 0

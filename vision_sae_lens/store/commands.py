@@ -46,7 +46,12 @@ def add_cache_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--shard-images", type=int, default=None, help="images per shard (default ~65k rows)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda:LOCAL_RANK if available)")
-    parser.add_argument("--limit", type=int, default=None, help="record only the first N images")
+    parser.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        help="record a seeded random subset of N images (label-stratified; a stream takes its first N)",
+    )
     parser.add_argument("--streaming", action="store_true", help="stream an hf: dataset (needs --limit)")
     parser.add_argument(
         "--loader-threads",

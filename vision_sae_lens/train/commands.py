@@ -24,7 +24,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("--config", help="TOML sweep file with [defaults] and [[sae]] tables")
-    p.add_argument("--out-dir", help="output folder (default: the sweep file's out_dir, else ./saes)")
+    p.add_argument(
+        "--out",
+        "--out-dir",
+        dest="out_dir",
+        help="output folder (default: the sweep file's out_dir, else ./saes)",
+    )
     p.add_argument("--store", help="activation store directory (single-SAE mode)")
     p.add_argument("--site", help="site to train on, e.g. blocks.10.hook_resid_post (single-SAE mode)")
     p.add_argument("--architecture", default="topk", help="SAELens training architecture (default: topk)")
