@@ -10,16 +10,18 @@ returns a plain timm ``VisionTransformer`` whose ``pretrained_cfg`` makes timm's
 from __future__ import annotations
 
 import copy
-import json
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 from torch import nn
 
+from vision_sae_lens.backbones.embedded import ASSETS_DIR, build_embedded_vit, read_weights_info, weights_path
+
 DEMO_BACKBONE_ID = "demo:mnist-vit"
 WEIGHTS_FILE = "mnist_vit.safetensors"
-ASSETS_DIR = Path(__file__).resolve().parent / "assets"
+_SCRIPT = "scripts/train_demo_backbone.py"
+
+__all__ = ["ASSETS_DIR", "DEMO_BACKBONE_ID", "WEIGHTS_FILE", "demo_backbone", "demo_backbone_info"]
 
 
 def demo_backbone(*, pretrained: bool = True) -> nn.Module:
@@ -28,19 +30,10 @@ def demo_backbone(*, pretrained: bool = True) -> nn.Module:
     ``model.pretrained_cfg`` describes its preprocessing (input (1, 28, 28), the training mean/std,
     crop_pct 1.0, bilinear), so ``timm.data.resolve_data_config(model=model)`` gives the right transform.
     """
-    import timm
-
     info = demo_backbone_info()
-    model = timm.create_model(info["model_name"], pretrained=False, **info["model_kwargs"])
-    if pretrained:
-        from safetensors.torch import load_file
-
-        state = load_file(str(_weights_path()))
-        model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
-    model = model.float().eval()
-    model.pretrained_cfg = _pretrained_cfg(model, info)
-    model.default_cfg = model.pretrained_cfg
-    return model
+    labels = [str(d) for d in range(int(info["model_kwargs"]["num_classes"]))]
+    weights = weights_path(WEIGHTS_FILE, script=_SCRIPT) if pretrained else None
+    return build_embedded_vit(info, weights, label_names=labels, source=DEMO_BACKBONE_ID)
 
 
 def demo_backbone_info() -> dict[str, Any]:
@@ -53,57 +46,5 @@ def demo_backbone_info() -> dict[str, Any]:
 
 @lru_cache(maxsize=1)
 def _read_info() -> dict[str, Any]:
-    from safetensors import safe_open
-
-    with safe_open(str(_weights_path()), framework="pt") as f:
-        raw = dict(f.metadata() or {})
-    missing = {"model_name", "model_kwargs", "mean", "std", "test_accuracy"} - raw.keys()
-    if missing:
-        raise ValueError(
-            f"{WEIGHTS_FILE} lacks metadata {sorted(missing)}; regenerate it with scripts/train_demo_backbone.py"
-        )
-    info: dict[str, Any] = {"backbone_id": DEMO_BACKBONE_ID, "weights_file": WEIGHTS_FILE}
-    for key, value in raw.items():
-        if key in {"model_kwargs", "split", "mean", "std", "preprocessing"}:
-            info[key] = json.loads(value)
-        elif key in {"seed", "epochs", "batch_size", "threads"}:
-            info[key] = int(value)
-        elif key in {"test_accuracy", "train_accuracy", "training_seconds", "lr"}:
-            info[key] = float(value)
-        else:
-            info[key] = value
-    return info
-
-
-def _weights_path() -> Path:
-    path = ASSETS_DIR / WEIGHTS_FILE
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"the demo backbone weights are missing at {path}; reinstall vision_sae_lens or regenerate them "
-            "with `python scripts/train_demo_backbone.py`"
-        )
-    return path
-
-
-def _pretrained_cfg(model: nn.Module, info: dict[str, Any]) -> dict[str, Any]:
-    kwargs = info["model_kwargs"]
-    size = int(kwargs["img_size"])
-    cfg = dict(getattr(model, "pretrained_cfg", None) or {})
-    # Drop the ImageNet-era entries of the architecture's config: nothing here comes from the Hub.
-    for key in ("hf_hub_id", "url", "file", "test_input_size", "test_crop_pct", "license", "tag"):
-        cfg.pop(key, None)
-    cfg.update(
-        architecture=info["model_name"],
-        input_size=(int(kwargs["in_chans"]), size, size),
-        mean=tuple(float(m) for m in info["mean"]),
-        std=tuple(float(s) for s in info["std"]),
-        crop_pct=1.0,
-        crop_mode="center",
-        interpolation="bilinear",
-        num_classes=int(kwargs["num_classes"]),
-        first_conv="patch_embed.proj",
-        classifier="head",
-        label_names=[str(d) for d in range(int(kwargs["num_classes"]))],
-        source=DEMO_BACKBONE_ID,
-    )
-    return cfg
+    required = {"model_name", "model_kwargs", "mean", "std", "test_accuracy"}
+    return read_weights_info(WEIGHTS_FILE, backbone_id=DEMO_BACKBONE_ID, required=required, script=_SCRIPT)
