@@ -162,6 +162,51 @@ def _probe_root_module() -> None:
     _require(hasattr(root, "mod_dict"), seam, "setup() no longer fills mod_dict")
 
 
+def build_open_clip_visual(arch: str) -> torch.nn.Module:
+    """open_clip's image tower of architecture ``arch`` alone, randomly initialised exactly as inside
+    ``open_clip.create_model(arch)`` (the tower is built first, from the same RNG state), without the
+    text tower; ``preprocess_cfg`` is set as ``create_model`` sets it (private ``_build_vision_tower``)."""
+    import copy
+    from dataclasses import asdict
+
+    import open_clip
+    from open_clip.model import _build_vision_tower, set_model_preprocess_cfg
+    from open_clip.transform import PreprocessCfg
+
+    cfg = copy.deepcopy(open_clip.get_model_config(arch))
+    if cfg is None:
+        raise CompatError(f"open_clip has no model config {arch!r}")
+    vision_cfg = dict(cfg["vision_cfg"])
+    if "timm_model_name" in vision_cfg:  # create_model without CLIP weights: no timm download either
+        vision_cfg["timm_model_pretrained"] = False
+    visual = _build_vision_tower(cfg["embed_dim"], vision_cfg, cfg.get("quick_gelu", False), None)
+    # create_model's preprocessing for a built-in name without a tag: the defaults, at the tower's size
+    set_model_preprocess_cfg(visual, {**asdict(PreprocessCfg()), "size": visual.image_size})
+    return visual
+
+
+def _probe_open_clip_visual() -> None:
+    seam = "open_clip _build_vision_tower"
+    try:
+        from open_clip import model as oc_model
+    except ImportError:  # open_clip is optional: no backbone of it can be loaded, so nothing to check
+        return
+    fn = getattr(oc_model, "_build_vision_tower", None)
+    _require(fn is not None, seam, "open_clip.model has no _build_vision_tower")
+    _require(
+        _params(fn)[:4] == ["embed_dim", "vision_cfg", "quick_gelu", "cast_dtype"],
+        seam,
+        "signature is no longer (embed_dim, vision_cfg, quick_gelu, cast_dtype)",
+    )
+    src = inspect.getsource(oc_model.CLIP.__init__)
+    first = src.find("_build_vision_tower(")
+    _require(
+        0 <= first < src.find("_build_text_tower("),
+        seam,
+        "CLIP no longer builds its image tower before its text tower (random init would differ)",
+    )
+
+
 SEAMS: dict[str, Callable[[], None]] = {
     "sae_lens _SAEWrapper": _probe_wrapper_contract,
     "sae_lens _SAEWrapper error term": _probe_wrapper_error_is_constant,
@@ -169,6 +214,7 @@ SEAMS: dict[str, Callable[[], None]] = {
     "sae_lens get_deep_attr/set_deep_attr": _probe_deep_attr,
     "sae_lens _disable_hooks": _probe_disable_hooks,
     "transformer_lens HookedRootModule": _probe_root_module,
+    "open_clip _build_vision_tower": _probe_open_clip_visual,
 }
 """Seam name -> probe that raises :class:`CompatError` naming the seam when an upgrade changed it."""
 
@@ -201,6 +247,7 @@ __all__ = [
     "SAEWrapper",
     "SEAMS",
     "borrowed",
+    "build_open_clip_visual",
     "disable_sae_hooks",
     "get_deep_attr",
     "set_deep_attr",
