@@ -64,7 +64,7 @@ def main() -> None:
         for name, rows in samples.items()
     }
     bare = med["bare"]["rss_mib"]
-    for name, m in med.items():
+    for m in med.values():
         m["added_rss_mib"] = m["rss_mib"] - bare
     ours, theirs, cli = med["import vision_sae_lens"], med["import sae_lens"], med["vision-sae-lens --help"]
     result = {
