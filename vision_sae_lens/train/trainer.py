@@ -20,7 +20,6 @@ import logging
 import shutil
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -217,17 +216,12 @@ class _GroupTrainer:
         desc = active[0].name if len(active) == 1 else f"{len(active)} SAEs"
         pbar = tqdm(total=n_steps, initial=start, desc=desc, unit="step", disable=not self.progress)
         self._t0 = time.perf_counter()
-        pool = ThreadPoolExecutor(len(active), thread_name_prefix="vsl-sae") if len(active) > 1 else None
         try:
             for step in range(start, n_steps):
                 batch = next(stream).to(self.device, non_blocking=True)
-                stepping = [m for m in active if step < m.cfg.n_steps]
-                if pool is None or len(stepping) == 1:
-                    for m in stepping:
+                for m in active:
+                    if step < m.cfg.n_steps:
                         self._step(m, batch, step)
-                else:  # torch releases the GIL: the SAEs' steps overlap (results as if stepped in turn)
-                    for future in [pool.submit(self._step, m, batch, step) for m in stepping]:
-                        future.result()
                 done = step + 1
                 for m in active:
                     if done == m.cfg.n_steps:
@@ -245,8 +239,6 @@ class _GroupTrainer:
                 if done % lead.log_every == 0 or done == n_steps:
                     pbar.set_postfix_str(_postfix(active))
         finally:
-            if pool is not None:
-                pool.shutdown(cancel_futures=True)
             stream.close()
             pbar.close()
 
