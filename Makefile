@@ -5,7 +5,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_HUB_DISABLE_TELEMETRY = 1
 export TOKENIZERS_PARALLELISM = false
 
-.PHONY: demo test lint format bench clean-venv
+.PHONY: demo test test-fast lint typecheck format bench clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
@@ -18,12 +18,21 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) -m vision_sae_lens demo --out demo_out
 
+# pytest exits 5 when a filter selects no test: that is not a failure of the suite.
+PYTEST = $(PY) -m pytest -q -n 2 --dist loadfile
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 --dist loadfile tests; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+	$(PYTEST) tests; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
 
-lint: $(STAMP)
+# The fast lane: everything but the long end-to-end / subprocess / kill tests (@pytest.mark.slow).
+test-fast: $(STAMP)
+	$(PYTEST) -m "not slow" tests; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+
+lint: $(STAMP) typecheck
 	$(PY) -m ruff check vision_sae_lens tests scripts
 	$(PY) -m ruff format --check vision_sae_lens tests scripts
+
+typecheck: $(STAMP)
+	$(PY) -m mypy vision_sae_lens
 
 format: $(STAMP)
 	$(PY) -m ruff format vision_sae_lens tests scripts

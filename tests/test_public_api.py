@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 import vision_sae_lens
 
 
@@ -15,6 +17,7 @@ def test_every_exported_name_exists():
         assert name in vision_sae_lens.__all__
 
 
+@pytest.mark.slow
 def test_importing_the_package_registers_the_vision_releases_with_saelens():
     # A fresh interpreter: nothing but `import vision_sae_lens` may be needed.
     code = (

@@ -20,6 +20,10 @@ class VisionSAELensError(Exception):
         return str(self.args[0]) if self.args else ""
 
 
+class ConfigError(VisionSAELensError, ValueError):
+    """A setting, flag or config-file value that is invalid (d_sae 0, k > d_sae, an unknown option, ...)."""
+
+
 class UnknownBackboneError(VisionSAELensError, KeyError):
     """A backbone id that no registry entry or library understands."""
 
@@ -38,6 +42,10 @@ class SAEMismatchError(VisionSAELensError, ValueError):
 
 class StoreError(VisionSAELensError, RuntimeError):
     """An activation store that cannot be written or read."""
+
+
+class StoreNotFoundError(StoreError, FileNotFoundError):
+    """A path that holds no activation store (no metadata.json, or not a directory)."""
 
 
 class StoreCorruptError(StoreError):
@@ -60,6 +68,14 @@ class HubError(VisionSAELensError, RuntimeError):
     """Publishing to or loading from the Hugging Face Hub failed."""
 
 
+class HubFileNotFoundError(HubError, FileNotFoundError):
+    """A file or repo that the Hub (or the local Hub cache, offline) does not have."""
+
+
+class ReleaseNotFoundError(HubError, KeyError):
+    """A vision release name, or an SAE id within a release, that the registry does not know."""
+
+
 class ConversionError(VisionSAELensError, ValueError):
     """A foreign checkpoint (saev, ViT-Prisma) that cannot be interpreted."""
 
@@ -78,6 +94,10 @@ class UnsafePathError(VisionSAELensError, ValueError):
 
 class SAEFolderError(VisionSAELensError, ValueError):
     """An SAE folder that is incomplete or cannot be read (a missing or corrupt cfg.json, ...)."""
+
+
+class SAEFolderNotFoundError(SAEFolderError, FileNotFoundError):
+    """A path that holds no SAE folder (no cfg.json)."""
 
 
 class SAEFolderCorruptError(SAEFolderError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from helpers import build_tiny
 from sae_lens import SAE, StandardSAE, StandardSAEConfig
 from sae_lens.saes.sae import SAEMetadata
 from sae_lens.saes.transcoder import Transcoder, TranscoderConfig
@@ -21,8 +22,7 @@ SAE_SITES = [
 
 def tiny_model(**kwargs) -> HookedSAEViT:
     """2-block timm ViT at 32 px (CLS + 16 patches), eager attention so ``attn.hook_z`` is a site."""
-    torch.manual_seed(0)
-    return HookedSAEViT.from_pretrained(MODEL, pretrained=False, attention="eager", **TINY, **kwargs)
+    return build_tiny(depth=2, attention="eager", **kwargs)
 
 
 def images() -> torch.Tensor:

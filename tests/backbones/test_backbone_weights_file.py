@@ -45,7 +45,7 @@ def test_timm_weights_file_loads_those_weights_and_keeps_the_path_out_of_the_id(
 
 
 def test_open_clip_weights_file_both_forms(tmp_path, tmp_path_factory):
-    from tests.backbones.conftest import register_tiny_open_clip
+    from families import register_tiny_open_clip
 
     register_tiny_open_clip(tmp_path_factory.mktemp("cfg"))
     random = HookedSAEViT.from_pretrained("open_clip:tiny-vit", pretrained=False)

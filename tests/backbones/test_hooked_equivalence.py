@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from tests.backbones.conftest import FAMILIES, build_family
+from families import FAMILIES, build_family
 
 
 def _plain_output(family: str, hooked, plain, pixels):

@@ -151,7 +151,7 @@ def test_pretrained_transformers_from_local_dir(tmp_path):
 
 
 def test_pretrained_open_clip_from_weights_file(tmp_path, tmp_path_factory):
-    from tests.backbones.conftest import register_tiny_open_clip
+    from families import register_tiny_open_clip
 
     register_tiny_open_clip(tmp_path_factory.mktemp("cfg"))
     random = HookedSAEViT.from_pretrained("open_clip:tiny-vit", pretrained=False)

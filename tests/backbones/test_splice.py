@@ -152,7 +152,7 @@ def test_bad_saes_raise_clear_errors(tiny_vit):
 @pytest.mark.parametrize("tokens", ["patches", "registers", "cls"])
 def test_token_selection_with_registers(tokens, tmp_path_factory):
     """DINOv2 with 4 registers: only the SAE's tokens are reconstructed, the others pass through."""
-    from tests.backbones.conftest import build_family
+    from families import build_family
 
     model, _ = build_family("timm-dinov2-reg", tmp_path_factory)
     site = "blocks.0.hook_resid_post"

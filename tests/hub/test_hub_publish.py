@@ -6,7 +6,7 @@ import logging
 
 import pytest
 import torch
-from conftest import TOKEN, make_checkpoint
+from helpers import TOKEN, make_checkpoint
 from sae_lens import SAE
 
 from vision_sae_lens.errors import HubError
@@ -24,6 +24,7 @@ EVAL = {
 }
 
 
+@pytest.mark.slow
 def test_push_then_from_pretrained_equals_local(hub, tmp_path):
     run1 = make_checkpoint(tmp_path / "run1", hook_name="blocks.1.hook_resid_post", eval_json=EVAL)
     run2 = make_checkpoint(tmp_path / "run2", hook_name="blocks.0.hook_resid_post", arch="topk", seed=1)

@@ -25,6 +25,7 @@ from vision_sae_lens.hub.wiring import SAEV_CONVERSION
 CLIP = "saev-clip-vit-b-16-in1k"
 
 
+@pytest.mark.slow
 def test_register_is_idempotent_and_survives_cache_clear():
     names = hub_api.register_vision_releases()
     assert CLIP in names and "saev-dinov3-vit-b-16-in1k" in names
@@ -39,6 +40,7 @@ def test_register_is_idempotent_and_survives_cache_clear():
     assert SAEV_CONVERSION in NAMED_PRETRAINED_SAE_LOADERS
 
 
+@pytest.mark.slow
 def test_importing_the_package_wires_sae_lens_lazily():
     """A fresh interpreter: the import hook wires SAELens only once SAELens itself is imported."""
     code = (

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import make_checkpoint
+from helpers import make_checkpoint
 
 from vision_sae_lens.cli import main
 from vision_sae_lens.errors import HubError, UnsafePathError

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from conftest import SITES, TINY_ID, TINY_KWARGS, build_tiny, random_images
+from helpers import SITES, TINY_ID, TINY_KWARGS, build_tiny, random_images
 
 from vision_sae_lens.store import cache_activations
 from vision_sae_lens.store.commands import register

@@ -8,11 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import SITES, TINY_ID, TINY_KWARGS, build_tiny, make_folder
+import pytest
+from helpers import SITES, TINY_ID, TINY_KWARGS, build_tiny, make_folder
 
 from vision_sae_lens.store import ActivationStore, cache_activations
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_equals_single_process(tmp_path):
     folder = make_folder(tmp_path / "images")
     kw = dict(sites=SITES, dtype="float32", batch_size=2, shard_images=3, progress=False)

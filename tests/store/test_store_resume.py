@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import SITES, build_tiny, make_folder, random_images
+from helpers import SITES, build_tiny, make_folder, random_images
 
 from vision_sae_lens.errors import StoreError, StoreMismatchError
 from vision_sae_lens.store import ActivationStore, cache_activations
@@ -22,7 +22,7 @@ RECORD_KW = dict(sites=SITES, dtype="float16", batch_size=3, shard_images=4, pro
 SCRIPT = """
 import os, signal, sys
 sys.path.insert(0, {tests!r})
-from conftest import SITES, build_tiny
+from helpers import SITES, build_tiny
 from vision_sae_lens.store import cache_activations, writer
 mode, count = sys.argv[1], int(sys.argv[2])
 calls = {{"n": 0}}
@@ -88,11 +88,12 @@ def test_loader_threads_do_not_change_a_byte(folder, reference_store, tmp_path, 
     assert tree_bytes(store.path) == tree_bytes(reference_store.path)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("mode", "count"), [("add", 5), ("record", 2)])
 def test_kill_and_resume_is_byte_identical(folder, reference_store, tmp_path, mode, count):
     out = tmp_path / "s"
     script = tmp_path / "record.py"
-    tests_dir = str(Path(__file__).parent)
+    tests_dir = str(Path(__file__).parents[1])  # where helpers.py lives
     script.write_text(SCRIPT.format(tests=tests_dir, images=f"imagefolder:{folder}", out=str(out)))
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     killed = subprocess.run([sys.executable, str(script), mode, str(count)], env=env, capture_output=True)

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import SITES, random_images
+from helpers import SITES, random_images
 
 from vision_sae_lens.store import ActivationStore, StoreWriter, cache_activations
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SITES, TINY_ID, TINY_KWARGS, build_tiny, random_images
+from helpers import SITES, TINY_ID, TINY_KWARGS, build_tiny, random_images
 from kill_at import count_points, run_killed, tree_bytes
 
 from vision_sae_lens.errors import (

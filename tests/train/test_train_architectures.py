@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import D_IN, SITE
+from helpers import D_IN, SITE
 from sae_lens import SAE, GatedSAE, JumpReLUSAE, StandardSAE, TopKSAE
 from sae_lens.saes import AbsTopKSAE, MatchingPursuitSAE
 

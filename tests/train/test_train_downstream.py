@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import write_store
+from helpers import write_store
 from sae_lens import StandardSAE, StandardSAEConfig, TopKTrainingSAEConfig
 
 from vision_sae_lens.backbones import HookedSAEViT

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import D_IN, SITE, CountingStore, synthetic_rows, write_store
+from helpers import D_IN, SITE, CountingStore, synthetic_rows, write_store
 from sae_lens import SAE, BatchTopKTrainingSAEConfig, TopKTrainingSAEConfig
 from safetensors.torch import load_file
 
@@ -123,6 +123,7 @@ def test_config_validation_messages(store):
     assert _cfg(store, lr=1e-3).lr_end == pytest.approx(1e-4)
 
 
+@pytest.mark.slow
 def test_wandb_offline_logs_without_network(store, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     monkeypatch.setenv("WANDB_SILENT", "true")
@@ -141,6 +142,7 @@ def test_wandb_offline_logs_without_network(store, tmp_path, monkeypatch):
     assert len(logs) == 1 and logs[0].stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_sigkill_mid_training_then_resume(store, tmp_path):
     """A real kill (SIGKILL of a training process), not an exception: resume still finishes the run."""
     import subprocess

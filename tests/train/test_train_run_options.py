@@ -48,6 +48,7 @@ def all_tokens_store(tmp_path_factory):
     return writer.finish()
 
 
+@pytest.mark.slow
 def test_cli_flags_reach_the_run_and_log_lines_carry_timestamps(all_tokens_store, tmp_path):
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "vision_sae_lens", "train", "--store", str(all_tokens_store.path)]

@@ -8,11 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import D_IN, SITE
+from helpers import D_IN, SITE
+from kill_at import count_points, run_killed, tree_bytes
 from sae_lens import TopKTrainingSAEConfig
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "store"))
-from kill_at import count_points, run_killed, tree_bytes  # noqa: E402
 
 from vision_sae_lens.cli import main  # noqa: E402
 from vision_sae_lens.errors import (  # noqa: E402
@@ -297,7 +295,7 @@ def test_bad_sizes_are_refused_before_work(store, tmp_path, capsys, flags, match
 
 
 def test_unwritable_out_dir_fails_before_training(store, tmp_path):
-    from conftest import CountingStore
+    from helpers import CountingStore
 
     (tmp_path / "file").write_text("a file where a folder should be")
     counting = CountingStore(store)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import logging
 
+import pytest
 import torch
-from conftest import D_IN, OTHER_SITE, SITE, CountingStore
+from helpers import D_IN, OTHER_SITE, SITE, CountingStore
 from sae_lens import JumpReLUTrainingSAEConfig, StandardTrainingSAEConfig, TopKTrainingSAEConfig
 from safetensors.torch import load_file
 
@@ -50,6 +51,7 @@ def _weights(path):
     return load_file(path / "sae_weights.safetensors")
 
 
+@pytest.mark.slow
 def test_sweep_reads_each_batch_once_and_equals_separate_runs(store, tmp_path):
     shared = CountingStore(store)
     runs = train_sae(_configs(shared), out_dir=tmp_path / "sweep", progress=False)

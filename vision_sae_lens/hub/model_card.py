@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import yaml
+from huggingface_hub import ModelCard, ModelCardData
 
 TAGS = ["sparse-autoencoder", "saelens", "vision", "interpretability", "vision_sae_lens"]
 
@@ -18,16 +18,14 @@ TAGS = ["sparse-autoencoder", "saelens", "vision", "interpretability", "vision_s
 def build_model_card(repo_id: str, saes: list[dict[str, Any]]) -> str:
     """Model card text for the SAEs about to be published to ``repo_id``."""
     backbones = sorted({s["backbone"] for s in saes if s.get("backbone")})
-    front: dict[str, Any] = {"library_name": "saelens", "tags": TAGS}
     base_models = [m for m in (base_model_of(b) for b in backbones) if m]
-    if base_models:
-        front["base_model"] = base_models[0] if len(base_models) == 1 else base_models
+    data = ModelCardData(
+        library_name="saelens",
+        tags=TAGS,
+        base_model=(base_models[0] if len(base_models) == 1 else base_models) or None,
+    )
     datasets = sorted({_dataset_name(s.get("dataset")) for s in saes} - {None})
     lines = [
-        "---",
-        yaml.safe_dump(front, sort_keys=False).strip(),
-        "---",
-        "",
         f"# Vision SAEs: {', '.join(backbones) or 'unknown backbone'}",
         "",
         "Sparse autoencoders trained on vision-transformer activations with "
@@ -70,7 +68,7 @@ def build_model_card(repo_id: str, saes: list[dict[str, Any]]) -> str:
         "patch size, CLS/registers, preprocessing) in `metadata`; `eval.json` beside it holds the metrics.",
         "",
     ]
-    return "\n".join(lines)
+    return str(ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines)))
 
 
 def base_model_of(backbone: str) -> str | None:
@@ -87,10 +85,7 @@ def base_model_of(backbone: str) -> str | None:
 
 def parse_front_matter(card: str) -> dict[str, Any]:
     """The YAML front matter of a model card as a dict (empty if there is none)."""
-    if not card.startswith("---"):
-        return {}
-    _, front, _ = card.split("---", 2)
-    return yaml.safe_load(front) or {}
+    return ModelCard(card).data.to_dict()
 
 
 def _num(value: Any) -> str:

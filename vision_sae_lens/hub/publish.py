@@ -86,7 +86,13 @@ def push_to_hub(
     plan.model_card = build_model_card(repo_id, plan.saes)
     plan.files.append(("README.md", "<generated model card>"))
     if dry_run:
-        logger.info("dry run, nothing uploaded:\n%s", plan.describe())
+        # The plan itself is the caller's to show (the CLI prints it once); the log says only what happened.
+        logger.info(
+            "dry run: %d file(s) of %d SAE(s) for %s, nothing uploaded",
+            len(plan.files),
+            len(plan.saes),
+            repo_id,
+        )
         return plan
     plan.commit_url = _upload(plan, private=private, token=token, revision=revision, message=commit_message)
     logger.info("published %d SAE(s) to %s", len(plan.saes), repo_id)

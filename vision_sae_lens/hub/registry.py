@@ -13,7 +13,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-from vision_sae_lens.errors import HubError, close_matches
+from vision_sae_lens.errors import HubError, ReleaseNotFoundError, close_matches
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +54,9 @@ class VisionRelease:
             if entry["id"] == sae_id:
                 return entry
         ids = [e["id"] for e in self.saes]
-        raise HubError(f"SAE id {sae_id!r} is not in release {self.name!r}; valid ids include {ids[:5]}")
+        raise ReleaseNotFoundError(
+            f"SAE id {sae_id!r} is not in release {self.name!r}; valid ids include {ids[:5]}"
+        )
 
     def locate(self, folder: str) -> dict[str, Any] | None:
         """The SAE entry stored at ``folder`` in the repo, if any."""
@@ -85,7 +87,7 @@ def get_vision_release(name: str) -> VisionRelease:
     """A known vision release by name (HubError with close matches when unknown)."""
     releases = vision_releases()
     if name not in releases:
-        raise HubError(
+        raise ReleaseNotFoundError(
             f"unknown vision release {name!r}.{close_matches(name, releases)} See list_vision_releases()."
         )
     return releases[name]

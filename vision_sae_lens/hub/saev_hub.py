@@ -18,7 +18,7 @@ import torch
 from huggingface_hub import hf_hub_download
 from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
 
-from vision_sae_lens.errors import HubError
+from vision_sae_lens.errors import HubError, HubFileNotFoundError
 from vision_sae_lens.fsutil import check_inside, check_name, seal_sae_folder
 from vision_sae_lens.hub.registry import VisionRelease, find_release, release_for
 from vision_sae_lens.hub.saev import convert_saev_checkpoint, read_saev_checkpoint
@@ -121,7 +121,7 @@ def _load_from_hub(repo_id: str, folder_name: str, *, force_download: bool = Fal
     try:
         path = _download(repo_id, filename, force_download=force_download)
     except HubError as exc:
-        if release is not None and release.manifest and "not found" in str(exc):
+        if release is not None and release.manifest and isinstance(exc, HubFileNotFoundError):
             raise HubError(
                 f"{exc} saev published only some runs of {release.name}; read_saev_manifest({release.name!r}) "
                 "lists the sae_ids that exist."
@@ -185,9 +185,11 @@ def _download(repo_id: str, filename: str, *, force_download: bool = False) -> s
             "(HF_HUB_OFFLINE=1 or no network). Download it once while online, or unset HF_HUB_OFFLINE."
         ) from exc
     except EntryNotFoundError as exc:
-        raise HubError(f"{filename} not found in Hub repo {repo_id}.") from exc
+        raise HubFileNotFoundError(f"{filename} not found in Hub repo {repo_id}.") from exc
     except RepositoryNotFoundError as exc:
-        raise HubError(f"Hub repo {repo_id} not found (or private and no token with access).") from exc
+        raise HubFileNotFoundError(
+            f"Hub repo {repo_id} not found (or private and no token with access)."
+        ) from exc
 
 
 def _resolve_sources(source: str, sae_ids: list[str] | None):

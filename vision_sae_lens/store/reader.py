@@ -17,7 +17,13 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from vision_sae_lens.errors import StoreCorruptError, StoreError, UnknownSiteError, close_matches
+from vision_sae_lens.errors import (
+    StoreCorruptError,
+    StoreError,
+    StoreNotFoundError,
+    UnknownSiteError,
+    close_matches,
+)
 from vision_sae_lens.layout import TokenLayout
 from vision_sae_lens.store import checks
 from vision_sae_lens.store import format as fmt
@@ -50,7 +56,10 @@ class ActivationStore:
                     f"the store in {self.path} is incomplete (recording was interrupted or is still running); "
                     "re-run the same cache command to finish it."
                 )
-            raise StoreError(f"{self.path} is not an activation store (no {fmt.METADATA_FILE})")
+            raise StoreNotFoundError(
+                f"{self.path} is not an activation store (no {fmt.METADATA_FILE}); record one with "
+                "`vision-sae-lens cache` or cache_activations()"
+            )
         self.metadata: dict[str, Any] = fmt.read_json(meta_path)
         version = self.metadata.get("format_version")
         if self.metadata.get("format") != fmt.FORMAT_NAME or version != fmt.FORMAT_VERSION:

@@ -20,8 +20,9 @@ import os
 import queue
 import re
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +90,8 @@ def cache_activations(
     fmt.check_dtype(dtype)
     root = Path(out_dir)
     check_claimable(root)  # a foreign non-empty directory is refused before the model is even loaded
+    if not isinstance(model, str):
+        model.check_names(list(sites))  # a model at hand: a misspelled site fails before anything is written
     ctx = join_distributed()
     lock = None
     try:
@@ -117,11 +120,34 @@ def cache_activations(
         ctx.close()
 
 
-class _Plan:
+@dataclass(frozen=True)
+class RecordingPlan:
     """Everything derived from the arguments before recording: settings, shard ranges, stop layer."""
 
-    def __init__(self, **kw: Any) -> None:
-        self.__dict__.update(kw)
+    settings: dict[str, Any]
+    """The store settings as ``recording.json`` holds them (canonical JSON)."""
+    sites: list[str]
+    """Sites recorded, in order."""
+    site_dims: dict[str, int]
+    """Width of each site's rows."""
+    tokens: str
+    """Token selection (``patches``, ``cls``, ``registers``, ``all``)."""
+    token_idx: np.ndarray
+    """(t,) positions of the selected tokens in the full sequence."""
+    dtype: str
+    """Storage dtype of the shards."""
+    batch_size: int
+    """Images per forward pass."""
+    shard_images: int
+    """Images per shard (the last shard may hold fewer)."""
+    n_images: int
+    """Images in the source."""
+    n_shards: int
+    """Shards the store will hold."""
+    stop_at: int | None
+    """``stop_at_layer`` of the forward (None: the full model)."""
+    channels: int
+    """Input channels of the backbone."""
 
 
 def _load_model(model: Any, ctx: DistContext, *, device, pretrained: bool, model_kwargs) -> Any:
@@ -137,7 +163,9 @@ def _load_model(model: Any, ctx: DistContext, *, device, pretrained: bool, model
     return model.eval()
 
 
-def _plan(model, source, sites: list[str], tokens: str, dtype: str, batch_size: int, shard_images) -> _Plan:
+def _plan(
+    model, source, sites: list[str], tokens: str, dtype: str, batch_size: int, shard_images
+) -> RecordingPlan:
     token_idx = model.layout.token_indices(tokens).numpy()
     for site in sites:
         model.check_site(site)
@@ -185,7 +213,7 @@ def _plan(model, source, sites: list[str], tokens: str, dtype: str, batch_size: 
     }
     settings = json.loads(fmt.canonical_json(settings))  # exactly what recording.json will hold
     n_shards = -(-n_images // shard_images)
-    return _Plan(
+    return RecordingPlan(
         settings=settings,
         sites=sites,
         site_dims=site_dims,
@@ -228,7 +256,7 @@ def _shard_done(root: Path, k: int) -> bool:
 
 
 def _record(
-    model, source, plan: _Plan, root: Path, ctx: DistContext, *, loader_threads: int, progress: bool
+    model, source, plan: RecordingPlan, root: Path, ctx: DistContext, *, loader_threads: int, progress: bool
 ) -> None:
     from tqdm.auto import tqdm
 
@@ -279,7 +307,7 @@ def _record(
         bar.close()
 
 
-def _forward_rows(model, batch: dict, plan: _Plan) -> tuple[dict[str, np.ndarray], np.ndarray]:
+def _forward_rows(model, batch: dict, plan: RecordingPlan) -> tuple[dict[str, np.ndarray], np.ndarray]:
     pixels = batch["pixels"].to(model.device)
     with torch.inference_mode():
         _, cache = model.run_with_cache(
@@ -295,7 +323,9 @@ def _forward_rows(model, batch: dict, plan: _Plan) -> tuple[dict[str, np.ndarray
     return rows, np.stack([image_n, token_n], axis=1).astype(fmt.PROVENANCE_DTYPE)
 
 
-def _load_batches(model, source, plan: _Plan, shards: list[int], threads: int) -> Iterator[tuple[int, dict]]:
+def _load_batches(
+    model, source, plan: RecordingPlan, shards: list[int], threads: int
+) -> Generator[tuple[int, dict], None, None]:
     """Preprocessed batches of the given shards, produced one batch ahead on a loader thread that
     decodes and preprocesses each batch's images on a pool of ``threads`` (PIL releases the GIL)."""
 
@@ -314,7 +344,7 @@ def _load_batches(model, source, plan: _Plan, shards: list[int], threads: int) -
     return prefetched(produce(), depth=2)
 
 
-def _load_one(model, source, plan: _Plan, item: int | tuple[int, Any]) -> tuple[int, Any, int | None]:
+def _load_one(model, source, plan: RecordingPlan, item: int | tuple[int, Any]) -> tuple[int, Any, int | None]:
     """``(index, pixels (1, c, h, w) | the exception that made the image unusable, label)``."""
     i, got = item if isinstance(item, tuple) else (item, None)
     if isinstance(got, Exception):  # the streaming reader could not decode this row
@@ -349,7 +379,7 @@ def _prepare(source, loaded: list[tuple[int, Any, int | None]], last: bool) -> d
     }
 
 
-def _merge(root: Path, plan: _Plan) -> None:
+def _merge(root: Path, plan: RecordingPlan) -> None:
     records = []
     for k in range(plan.n_shards):
         if not _shard_done(root, k):

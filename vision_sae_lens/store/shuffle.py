@@ -12,7 +12,7 @@ one batch plus the window's row numbers, never set by the store's size.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -246,7 +246,7 @@ def _row_filter(store: ActivationStore, labels, token_types):
     return keep
 
 
-def prefetched(source: Iterator[Any], depth: int) -> Iterator[Any]:
+def prefetched(source: Iterator[Any], depth: int) -> Generator[Any, None, None]:
     """Iterate ``source`` on a background thread, ``depth`` items ahead (SAELens' PrefetchingIterator).
 
     Exceptions of the source are re-raised here; when the consumer stops early, the thread is stopped

@@ -33,6 +33,7 @@ from vision_sae_lens import fsutil
 from vision_sae_lens.errors import (
     CheckpointCorruptError,
     SAEFolderError,
+    SAEFolderNotFoundError,
     TrainingError,
     UnsafeCheckpointError,
 )
@@ -234,13 +235,13 @@ def open_sae_folder(folder: str | Path, *, device: str = "cpu", require_checksum
     ``require_checksums``) and its cfg.json, with errors that name the file at fault."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise SAEFolderError(f"SAE folder {folder} does not exist (or is not a folder)")
+        raise SAEFolderNotFoundError(f"SAE folder {folder} does not exist (or is not a folder)")
     fsutil.verify_sae_folder(folder, require=require_checksums)
     cfg_path = folder / "cfg.json"
     try:
         cfg = json.loads(cfg_path.read_text())
     except FileNotFoundError:
-        raise SAEFolderError(f"{folder} is not a SAELens folder: it has no cfg.json") from None
+        raise SAEFolderNotFoundError(f"{folder} is not a SAELens folder: it has no cfg.json") from None
     except (OSError, ValueError) as exc:
         raise SAEFolderError(f"{cfg_path} is not valid JSON ({exc}); the SAE folder is damaged") from exc
     if not isinstance(cfg, dict):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import tempfile
 import threading
 import time
 import traceback
@@ -59,11 +60,16 @@ def run_killed(
 
     With ``log``, the child writes the points it passed there (JSON) when it finishes.
     """
-    err = Path(f"/tmp/kill_at_{os.getpid()}_{time.monotonic_ns()}.err")
+    err = Path(tempfile.gettempdir()) / f"kill_at_{os.getpid()}_{time.monotonic_ns()}.err"
     pid = os.fork()
     if pid == 0:  # child: never returns into pytest
         code = 0
         try:
+            # The parent's OpenMP thread pool does not survive fork(): a multi-threaded op in the child
+            # would wait forever on workers that do not exist. One intra-op thread needs no pool.
+            import torch
+
+            torch.set_num_threads(1)
             switch = KillSwitch(at)
             switch.install()
             fn()
