@@ -6,6 +6,7 @@ import open_clip
 import torch
 from PIL import Image
 
+from tests.backbones.families import register_tiny_open_clip
 from vision_sae_lens.backbones import HookedSAEViT
 from vision_sae_lens.backbones.open_clip_adapter import ImageTower
 
@@ -16,8 +17,6 @@ def _full_clip(arch: str, seed: int):
 
 
 def test_random_tower_equals_full_clip_tower_and_has_no_text_weights(tmp_path_factory):
-    from tests.backbones.conftest import register_tiny_open_clip
-
     register_tiny_open_clip(tmp_path_factory.mktemp("cfg"))
     for arch in ("tiny-vit", "tiny-timm-trunk"):
         clip, _, preprocess = _full_clip(arch, seed=3)
@@ -40,8 +39,6 @@ def test_random_tower_equals_full_clip_tower_and_has_no_text_weights(tmp_path_fa
 
 
 def test_full_clip_checkpoint_file_loads_into_the_tower_alone(tmp_path, tmp_path_factory):
-    from tests.backbones.conftest import register_tiny_open_clip
-
     register_tiny_open_clip(tmp_path_factory.mktemp("cfg"))
     clip, _, _ = _full_clip("tiny-vit", seed=5)
     path = tmp_path / "clip.pt"
