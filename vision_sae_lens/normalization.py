@@ -116,10 +116,12 @@ def estimate_input_normalization(
     token_types: list[str] | None,
     start_row: int = 0,
     stop_row: int | None = None,
+    exclude_images: Any = None,
     max_rows: int = 262144,
 ) -> InputNormalization | None:
     """The normalisation of ``site`` over rows ``[start_row, stop_row)`` of the tokens ``token_types``
-    (None: every row); None when neither ``subtract_mean`` nor ``scale_norm`` is asked for."""
+    (None: every row), leaving out the rows of ``exclude_images`` (held-out images); None when neither
+    ``subtract_mean`` nor ``scale_norm`` is asked for."""
     if not (subtract_mean or scale_norm):
         return None
     stats = store.statistics(
@@ -129,6 +131,7 @@ def estimate_input_normalization(
         max_rows=max_rows,
         token_types=token_types,
         subtract_mean=subtract_mean,
+        exclude_images=exclude_images,
     )
     return InputNormalization(
         mean_d=torch.from_numpy(stats["mean"]) if subtract_mean else None,

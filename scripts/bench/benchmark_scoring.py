@@ -66,8 +66,8 @@ def main() -> None:
 
 
 def _write_store(path: Path, n_images: int, d_in: int) -> None:
-    from vision_sae_lens.layout import TokenLayout
     from vision_sae_lens.data.synthetic import FACTOR_NAMES, ShapesWorld
+    from vision_sae_lens.layout import TokenLayout
     from vision_sae_lens.store import StoreWriter
 
     layout = TokenLayout(image_size=(32, 32), patch_size=(4, 4), has_cls=True)

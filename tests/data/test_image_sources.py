@@ -92,3 +92,31 @@ def test_demo_digits():
     assert src.label_names == [str(d) for d in range(10)] and src.description["name"] == "demo:mnist"
     with pytest.raises(ImageInputError, match="demo"):
         open_images("demo:cifar")
+
+
+def test_limit_is_a_seeded_stratified_draw_not_the_first_images():
+    from vision_sae_lens.data import redraw_subset, select_images, source_labels
+
+    full = open_images("demo:mnist:train")
+    labels = np.asarray(source_labels(full))
+    assert (np.diff(labels) >= 0).all()  # the shipped digits are sorted by class: first-N is one class
+    sub = open_images("demo:mnist:train", limit=500)
+    got = np.asarray([sub[i][1] for i in range(len(sub))])
+    want = np.bincount(labels, minlength=10) * 500 / len(full)
+    assert np.abs(np.bincount(got, minlength=10) - want).max() < 1  # every class keeps its share
+    assert sub.description["subset"]["seed"] == 0 and sub.description["subset"]["stratified"]
+    again = open_images("demo:mnist:train", limit=500)
+    assert (
+        again.indices == sub.indices
+        and open_images("demo:mnist:train", limit=500, seed=1).indices != sub.indices
+    )
+    assert redraw_subset(full, sub.description["subset"]).indices == sub.indices
+    with pytest.raises(ImageInputError, match="changed|drawn"):
+        redraw_subset(select_images(full, 3999), sub.description["subset"])
+
+
+def test_limit_on_an_image_folder_keeps_both_classes(tmp_path):
+    src = open_images(write_folder(tmp_path / "imgs", n_per_class=5), limit=4)
+    assert sorted(src[i][1] for i in range(4)) == [0, 0, 1, 1]
+    with pytest.raises(ImageInputError, match="limit"):
+        open_images(tmp_path / "imgs", limit=0)

@@ -67,3 +67,24 @@ def test_demo_command_help_lists_its_options(capsys):
     help_text = capsys.readouterr().out
     for option in ("--out", "--training-tokens", "--train-images", "--test-images", "--site"):
         assert option in help_text
+
+
+def test_demo_subsets_are_stratified_and_dead_is_one_number(demo):
+    import numpy as np
+
+    result, _ = demo
+    store = ActivationStore(result.store_dir)
+    counts = np.bincount(np.asarray(store.labels), minlength=10)
+    assert counts.min() >= 30 and counts.sum() == 400  # not the first 400 digits: those are zeros and ones
+    assert store.dataset["subset"]["stratified"] and result.n_test == 200
+    index = result.browser_index
+    text = (index.parent / "data" / "index.js").read_text()
+    browser = json.loads(text.removeprefix("window.VSL_INDEX = ").rstrip().rstrip(";"))["summary"]
+    title = index.read_text()
+    (paged,) = [p for p in result.sae_dirs if p.name in title]
+    report = json.loads((paged / "eval.json").read_text())
+    # The browser and eval.json count dead latents by the same definition over the same rows.
+    assert browser["dead"] == report["dead"] and browser["n_rows"] == report["density_rows"] == store.n_rows
+    for row in result.rows:
+        assert row["density_rows"] == store.n_rows
+    assert "dead: fires on none of the store's" in format_summary(result)

@@ -103,7 +103,7 @@ def test_encoder_backbone_uses_embedding_cosine(images, tmp_path):
     assert model.output_kind == "embedding"
     store = _record(model, images, tmp_path / "acts")
     down = evaluate_sae(_identity_sae(store), store, model=model, images=images)["downstream"]
-    assert down["kind"] == "encoder" and down["top1_agreement"] is None
+    assert down["kind"] == "embedding" and down["top1_agreement"] is None
     assert down["cosine"] == pytest.approx(1.0, abs=1e-6) and down["fraction_recovered"] == pytest.approx(
         1.0, abs=1e-4
     )
@@ -129,7 +129,7 @@ def test_training_with_a_model_writes_the_downstream_report(classifier, images, 
         assert key in down
     # 40 steps on a random-weight model: the value is not meaningful yet, only well-formed.
     assert down["n_images"] == 16 and down["kl"] > 0 and isinstance(down["fraction_recovered"], float)
-    assert report["rows"][0] == store.n_rows - store.n_rows // 4  # the held-out quarter
+    assert report["rows"]["n_eval_images"] == round(store.n_images / 4)  # the held-out quarter of the images
     # The checkpoint splices into the backbone as-is (HookedSAEViT.add_sae reads its metadata).
     model.add_sae(run.sae)
     try:
@@ -157,3 +157,57 @@ def test_labelled_images_add_accuracy_for_every_variant(classifier, images):
     # Unlabelled inputs have no accuracy.
     unlabelled = evaluate_sae(_identity_sae(store), store, model=model, images=images)["downstream"]
     assert unlabelled["accuracy"] is None and unlabelled["clean_accuracy"] is None
+
+
+class _Labelled:
+    """A labelled image source sorted by class (like the demo digits): first-N would be one class."""
+
+    def __init__(self, pixels, labels):
+        from PIL import Image
+
+        self.labels = list(labels)
+        self.label_names = [str(i) for i in range(max(labels) + 1)]
+        arr = ((pixels.permute(0, 2, 3, 1).clamp(-2, 2) + 2) / 4 * 255).to(torch.uint8).numpy()
+        self.images = [Image.fromarray(a) for a in arr]
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return self.images[i], self.labels[i]
+
+
+def test_embedding_model_gets_nearest_prototype_accuracy(images, tmp_path):
+    from vision_sae_lens.data import open_images
+
+    model = _model(0)
+    assert model.output_kind == "embedding"
+    store = _record(model, images, tmp_path / "acts")
+    source = open_images(_Labelled(images, [i // 12 for i in range(48)]))  # 4 classes, sorted
+    sae = _identity_sae(store)
+    down = evaluate_sae(sae, store, model=model, images=source, n_images=48)["downstream"]
+    assert down["kind"] == "embedding" and down["accuracy_metric"] == "nearest prototype"
+    # Brute force: prototypes are the mean normalised clean embeddings per class.
+    with torch.no_grad():
+        emb = torch.nn.functional.normalize(
+            model.output_tensor(model(model.preprocess(source.obj.images))), dim=-1
+        )
+    labels = torch.tensor(source.obj.labels)
+    protos = torch.nn.functional.normalize(torch.stack([emb[labels == c].mean(0) for c in range(4)]), dim=-1)
+    want = ((emb @ protos.T).argmax(-1) == labels).float().mean().item()
+    assert down["clean_accuracy"] == pytest.approx(want) and down["accuracy"] == pytest.approx(want, abs=1e-6)
+    assert down["kl"] is None and down["cosine"] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_downstream_images_are_a_stratified_draw_not_the_first(images, tmp_path, classifier):
+    from vision_sae_lens.data import open_images
+    from vision_sae_lens.train.downstream import _pick_images
+
+    source = open_images(_Labelled(images, [i // 12 for i in range(48)]))
+    picked = _pick_images(source, 8, seed=0)
+    assert sorted(source[i][1] for i in picked) == [0, 0, 1, 1, 2, 2, 3, 3]
+    model, store = classifier
+    down = evaluate_sae(_identity_sae(store), store, model=model, images=source, n_images=8)["downstream"]
+    assert down["n_images"] == 8 and down["accuracy_metric"] == "top-1"
+    assert down["logit_diff"] > 0  # the identity SAE keeps the clean top class on top
+    assert down["recovered_above_one"] is False

@@ -36,12 +36,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--latents",
         metavar="IDS",
-        help="comma-separated latents to give pages (default: those firing on the most images)",
+        help="comma-separated latents to give pages (default: the highest interest scores; see docs/analysis.md)",
     )
     parser.add_argument("--max-pages", type=int, default=200, help="latent pages when --latents is not given")
     parser.add_argument("--batch-size", type=int, default=4096, help="store rows per batch")
     parser.add_argument("--device", default="cpu", help="device for the SAE (default cpu)")
     parser.add_argument("--title", help="page title")
+    parser.add_argument(
+        "--model",
+        help="backbone id ('store' = the store's backbone) to show each page's ablation effect",
+    )
     parser.set_defaults(func=run)
 
 
@@ -55,6 +59,11 @@ def run(args: argparse.Namespace) -> int:
     sae = open_sae_folder(args.sae, device=args.device or "cpu")
     store = ActivationStore(args.store)
     latents = [int(x) for x in args.latents.split(",") if x.strip()] if args.latents else None
+    model = None
+    if args.model:
+        from vision_sae_lens.backbones import HookedSAEViT
+
+        model = HookedSAEViT.from_pretrained(store.backbone_id if args.model == "store" else args.model)
     index = build_browser(
         sae,
         store,
@@ -66,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
         max_pages=args.max_pages,
         batch_size=args.batch_size,
         title=args.title,
+        model=model,
     )
     summary = json.loads(
         (index.parent / "data" / "index.js").read_text().split("=", 1)[1].rstrip().rstrip(";")

@@ -58,6 +58,10 @@ class FeatureStats:
     """P(latent fires on the image | best label)."""
     label_counts: torch.Tensor | None = field(default=None, repr=False)
     """(d_sae, labels) images where the latent fires, per label."""
+    label_images: torch.Tensor | None = field(default=None, repr=False)
+    """(labels,) images per label."""
+    token_counts: torch.Tensor | None = field(default=None, repr=False)
+    """(d_sae, tokens) firings per token position (sequence index): the spatial firing map."""
 
     def quantiles(self, qs: tuple[float, ...] = (0.5, 0.9, 0.99)) -> torch.Tensor:
         """(d_sae, len(qs)) quantiles of the non-zero activations (bin resolution, about 10%; NaN if dead)."""
@@ -109,6 +113,7 @@ class StatsAccumulator:
         self.labels = labels
         """Label per image (-1 or None: unlabelled); a list may grow while the scan runs."""
         self.label_counts = None if labels is None else torch.zeros(d_sae, n_labels, dtype=torch.long)
+        self.token_counts = torch.zeros(d_sae, 1, dtype=torch.long)
 
     def rows(self, feats_ns: torch.Tensor, image_n: torch.Tensor, token_n: torch.Tensor) -> None:
         self.n_rows += feats_ns.shape[0]
@@ -118,6 +123,14 @@ class StatsAccumulator:
         self.max = torch.maximum(self.max, feats_ns.amax(0))
         rows_n, latent_n = fires_ns.nonzero(as_tuple=True)
         if latent_n.numel():
+            tok_n = token_n.to(torch.long)[rows_n]
+            width = int(tok_n.max()) + 1
+            if width > self.token_counts.shape[1]:
+                self.token_counts = torch.nn.functional.pad(
+                    self.token_counts, (0, width - self.token_counts.shape[1])
+                )
+            flat = self.token_counts.view(-1)
+            flat.index_add_(0, latent_n * self.token_counts.shape[1] + tok_n, torch.ones_like(tok_n))
             nb = len(BIN_EDGES) - 1
             bins = (torch.bucketize(feats_ns[rows_n, latent_n], BIN_EDGES) - 1).clamp(0, nb - 1)
             self.hist.index_add_(0, latent_n * nb + bins, torch.ones_like(bins))
@@ -150,6 +163,7 @@ class StatsAccumulator:
             dense=freq > dense_threshold,
             dense_threshold=dense_threshold,
             label_names=label_names,
+            token_counts=self.token_counts,
         )
         if self.label_counts is not None:
             labels = torch.tensor([_label(self.labels[i]) for i in range(self.n_images)], dtype=torch.long)
@@ -217,3 +231,4 @@ def _add_selectivity(stats: FeatureStats, counts_sl: torch.Tensor, labels: torch
     stats.precision = precision_sl.gather(1, best[:, None]).squeeze(1).float()
     stats.recall = recall_sl.gather(1, best[:, None]).squeeze(1).float()
     stats.label_counts = counts_sl
+    stats.label_images = per_label.long()

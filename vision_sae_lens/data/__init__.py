@@ -18,6 +18,10 @@ __all__ = [
     "StreamingHFSource",
     "GenericSource",
     "Subset",
+    "select_images",
+    "subset_indices",
+    "source_labels",
+    "redraw_subset",
     "read_image",
     "to_standard_mode",
 ]
@@ -34,6 +38,10 @@ if TYPE_CHECKING:
         Subset,
         open_images,
         read_image,
+        redraw_subset,
+        select_images,
+        source_labels,
+        subset_indices,
         to_standard_mode,
     )
 
@@ -49,6 +57,10 @@ __getattr__, __dir__ = lazy_exports(
         "StreamingHFSource": "vision_sae_lens.data.sources",
         "GenericSource": "vision_sae_lens.data.sources",
         "Subset": "vision_sae_lens.data.sources",
+        "select_images": "vision_sae_lens.data.sources",
+        "subset_indices": "vision_sae_lens.data.sources",
+        "source_labels": "vision_sae_lens.data.sources",
+        "redraw_subset": "vision_sae_lens.data.sources",
         "read_image": "vision_sae_lens.data.sources",
         "to_standard_mode": "vision_sae_lens.data.sources",
     },

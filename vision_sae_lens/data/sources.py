@@ -44,18 +44,105 @@ class ImageSource(Protocol):
         ...
 
 
-def open_images(spec: Any, *, streaming: bool = False, limit: int | None = None) -> ImageSource:
+def open_images(
+    spec: Any, *, streaming: bool = False, limit: int | None = None, seed: int = 0
+) -> ImageSource:
     """Build an :class:`ImageSource` from a spec string, a directory, a list of paths or PIL images,
     a ``datasets.Dataset`` / ``IterableDataset``, or any object with ``len`` and ``getitem``.
 
+    ``limit`` keeps a seeded random subset of ``limit`` images (stratified by label when the source
+    has labels; see :func:`select_images`), never the first ones: datasets are often sorted by class.
     ``streaming=True`` streams a ``hf:`` dataset instead of downloading it whole; a streamed source needs
-    ``limit`` (how many images to take) so its length, and therefore the store layout, is fixed.
-    ``limit`` also truncates any other source to its first ``limit`` images.
+    ``limit`` so its length, and therefore the store layout, is fixed, and takes the stream's first
+    ``limit`` rows (a stream cannot be sampled without reading it whole: shuffle it upstream).
     """
+    if limit is not None and limit < 1:
+        raise ImageInputError(f"limit must be >= 1 image, got {limit}")
     source = _open(spec, streaming=streaming, limit=limit)
     if limit is not None and not isinstance(source, StreamingHFSource) and limit < len(source):
-        source = Subset(source, range(limit))
+        source = select_images(source, limit, seed=seed)
     return source
+
+
+def select_images(source: ImageSource, n: int, *, seed: int = 0) -> Subset:
+    """A seeded random subset of ``n`` images of ``source``, stratified by label when it has labels.
+
+    Every label keeps its share of the images (largest remainder; unlabelled images form their own
+    stratum) and the chosen indices are kept in dataset order. The same source, ``n`` and ``seed``
+    always give the same subset; its description records how it was drawn so it can be re-drawn.
+    """
+    total = len(source)
+    if not 1 <= n <= total:
+        raise ImageInputError(f"cannot select {n} of {total} images; choose 1..{total}")
+    labels = source_labels(source)
+    indices = subset_indices(total, n, labels=labels, seed=seed)
+    return Subset(source, indices, how={"seed": seed, "stratified": labels is not None, "of": total})
+
+
+def redraw_subset(source: ImageSource, subset: Any) -> Subset:
+    """The subset a description's ``subset`` entry names, drawn again from the full ``source``.
+
+    Raises :class:`ImageInputError` when the images drawn now are not the recorded ones (the
+    source changed since recording).
+    """
+    if isinstance(subset, (list, tuple)):  # older descriptions: a [start, stop) range
+        return Subset(source, range(*subset))
+    if subset.get("of") not in (None, len(source)):
+        raise ImageInputError(
+            f"the subset was drawn from {subset['of']} images, the source now has {len(source)}"
+        )
+    chosen = select_images(source, int(subset["count"]), seed=int(subset.get("seed", 0)))
+    if (
+        subset.get("indices_sha256")
+        and chosen.description["subset"]["indices_sha256"] != subset["indices_sha256"]
+    ):
+        raise ImageInputError("the images drawn again differ from the recorded subset: the source changed")
+    return chosen
+
+
+def subset_indices(
+    total: int, n: int, *, labels: Sequence[int | None] | None = None, seed: int = 0
+) -> np.ndarray:
+    """Sorted int64 indices of a seeded random subset of ``n`` out of ``total`` (stratified by ``labels``)."""
+    rng = np.random.default_rng(seed)
+    if labels is None:
+        return np.sort(rng.choice(total, size=n, replace=False)).astype(np.int64)
+    lab = np.asarray([-1 if v is None else int(v) for v in labels], dtype=np.int64)
+    if len(lab) != total:
+        raise ValueError(f"{len(lab)} labels for {total} items")
+    classes, counts = np.unique(lab, return_counts=True)
+    quota = counts * n / total
+    take = np.floor(quota).astype(np.int64)
+    # Largest remainder: the rounding leftovers go to the classes closest to their next image.
+    short = n - int(take.sum())
+    if short:
+        order = np.lexsort((rng.random(len(classes)), -(quota - take)))
+        take[order[:short]] += 1
+    chosen = [
+        rng.choice(np.flatnonzero(lab == c), size=int(t), replace=False)
+        for c, t in zip(classes, take, strict=True)
+    ]
+    return np.sort(np.concatenate(chosen)).astype(np.int64)
+
+
+def source_labels(source: Any) -> list[int | None] | None:
+    """Labels of every image of ``source`` without decoding any image (None when unknown or unlabelled)."""
+    if isinstance(source, Subset):
+        inner = source_labels(source.source)
+        return None if inner is None else [inner[i] for i in source.indices]
+    if isinstance(source, ImageFolder):
+        labels = list(source._labels)
+    elif isinstance(source, HFSource):
+        labels = list(source.ds[source.label_col]) if source.label_col else None
+    elif isinstance(source, GenericSource):
+        labels = getattr(source.obj, "labels", None)
+        labels = None if labels is None or callable(labels) else list(labels)
+    else:
+        labels = getattr(source, "labels", None)
+        labels = None if labels is None or callable(labels) else list(labels)
+    if labels is None or all(v is None for v in labels):
+        return None
+    return [None if v is None else int(v) for v in labels]
 
 
 def _open(spec: Any, *, streaming: bool, limit: int | None) -> ImageSource:
@@ -259,11 +346,15 @@ class GenericSource:
 
 
 class Subset:
-    """The images of ``source`` at ``indices`` (used for ``limit``)."""
+    """The images of ``source`` at ``indices`` (see :func:`select_images`)."""
 
-    def __init__(self, source: ImageSource, indices: Sequence[int]) -> None:
-        self.source, self.indices = source, list(indices)
+    def __init__(
+        self, source: ImageSource, indices: Sequence[int], *, how: dict[str, Any] | None = None
+    ) -> None:
+        self.source, self.indices = source, [int(i) for i in indices]
         self.label_names = source.label_names
+        self.how = dict(how or {})
+        """How the indices were drawn (seed, stratified, of): recorded in the description."""
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -277,8 +368,12 @@ class Subset:
 
     @property
     def description(self) -> dict[str, Any]:
-        r = self.indices
-        return {**self.source.description, "count": len(self), "subset": [r[0], r[-1] + 1] if r else [0, 0]}
+        subset = {
+            **self.how,
+            "count": len(self),
+            "indices_sha256": _sha256_lines(str(i) for i in self.indices),
+        }
+        return {**self.source.description, "count": len(self), "subset": subset}
 
 
 # ------------------------------------------------------------------------------------- demo set

@@ -31,8 +31,8 @@ class DemoConfig:
     """Held-out digits for the accuracy figures (None: all 1,000)."""
     training_tokens: int = 1_000_000
     """Activation rows each SAE trains on (the store is re-read in new shuffled epochs)."""
-    batch_size: int = 1024
-    """Rows per optimizer step."""
+    batch_size: int | None = None
+    """Rows per optimizer step (None: the package default for the budget, as ``vision-sae-lens train``)."""
     d_sae: int = 512
     """Latents per SAE (8x the backbone's width of 64)."""
     sweep: tuple[tuple[str, dict[str, Any]], ...] = (
@@ -42,14 +42,14 @@ class DemoConfig:
     )
     """(architecture, extra SAELens config fields) of each SAE trained in the one data pass."""
     browser_latents: int = 64
-    """Latents that get a page in the feature browser (most frequent first)."""
+    """Latents that get a page in the feature browser (highest interest score first)."""
     seed: int = 0
     """Seed of the SAEs' initial weights and of the batch order."""
 
     def __post_init__(self) -> None:
         if not self.sweep:
             raise ValueError("sweep must list at least one (architecture, fields) pair")
-        if self.training_tokens < self.batch_size:
+        if self.batch_size is not None and self.training_tokens < self.batch_size:
             raise ValueError(
                 f"training_tokens ({self.training_tokens}) must be at least batch_size ({self.batch_size})"
             )
@@ -65,6 +65,8 @@ class DemoResult:
     browser_index: Path
     accuracy: dict[str, float]
     """Digit accuracy on the held-out split: clean, zero_ablation, mean_ablation, and one per SAE."""
+    n_test: int = 0
+    """Held-out test digits the accuracies are measured on (a stratified draw when a subset)."""
     rows: list[dict[str, Any]] = field(default_factory=list)
     """The summary table, one row per SAE."""
 
@@ -73,8 +75,7 @@ def run_demo(out_dir: str | Path, *, config: DemoConfig | None = None, progress:
     """Run the demo into ``out_dir`` and print a summary table; returns what it measured."""
     from vision_sae_lens.analysis import build_browser
     from vision_sae_lens.backbones import HookedSAEViT
-    from vision_sae_lens.data import open_images
-    from vision_sae_lens.data.sources import Subset
+    from vision_sae_lens.data import open_images, select_images
     from vision_sae_lens.demo import DEMO_BACKBONE_ID, demo_backbone_info
     from vision_sae_lens.store import cache_activations
     from vision_sae_lens.train import TrainConfig, build_sae_config, train_sae
@@ -90,10 +91,11 @@ def run_demo(out_dir: str | Path, *, config: DemoConfig | None = None, progress:
         "1/5 backbone %s (recorded test accuracy %s)", model, demo_backbone_info().get("test_accuracy")
     )
     train_digits, test_digits = open_images("demo:mnist:train"), open_images("demo:mnist:test")
-    if cfg.train_images is not None:
-        train_digits = Subset(train_digits, range(min(cfg.train_images, len(train_digits))))
-    if cfg.test_images is not None:
-        test_digits = Subset(test_digits, range(min(cfg.test_images, len(test_digits))))
+    # The shipped digits are sorted by class: subsets are seeded, stratified draws, never the first N.
+    if cfg.train_images is not None and cfg.train_images < len(train_digits):
+        train_digits = select_images(train_digits, cfg.train_images, seed=cfg.seed)
+    if cfg.test_images is not None and cfg.test_images < len(test_digits):
+        test_digits = select_images(test_digits, cfg.test_images, seed=cfg.seed + 1)
 
     logger.info("2/5 recording %s on %d training digits", cfg.site, len(train_digits))
     store = cache_activations(
@@ -112,14 +114,9 @@ def run_demo(out_dir: str | Path, *, config: DemoConfig | None = None, progress:
             site=cfg.site,
             sae=build_sae_config(arch, d_in=model.d_model, d_sae=cfg.d_sae, **fields),
             training_tokens=cfg.training_tokens,
-            batch_size=cfg.batch_size,
-            lr=1e-3,
-            lr_scheduler="cosineannealing",
-            lr_warm_up_steps=20,
+            batch_size=cfg.batch_size,  # everything else: the package defaults, as the CLI uses them
             seed=cfg.seed,
             data_seed=cfg.seed,
-            dead_feature_window=200,
-            feature_sampling_window=200,
             downstream_images=len(test_digits),
             name=f"{arch}-{cfg.d_sae}",
         )
@@ -132,12 +129,14 @@ def run_demo(out_dir: str | Path, *, config: DemoConfig | None = None, progress:
     logger.info("4/5 top images, heatmaps and feature browser for %s", best.name)
     index = build_browser(
         best.sae, store, out_dir=out / "browser", images=train_digits,
-        max_pages=cfg.browser_latents, title=f"demo: {best.name} on {cfg.site}", progress=progress,
+        max_pages=cfg.browser_latents, title=f"demo: {best.name} on {cfg.site}", model=model, progress=progress,
     )  # fmt: skip
 
     logger.info("5/5 summary")
     rows = [_summary_row(run, accuracy) for run in runs]
-    result = DemoResult(out, store.path, [run.path for run in runs], index, accuracy, rows)
+    result = DemoResult(
+        out, store.path, [run.path for run in runs], index, accuracy, n_test=len(test_digits), rows=rows
+    )
     summary = {
         "config": asdict(cfg),
         "accuracy": accuracy,
@@ -151,18 +150,29 @@ def run_demo(out_dir: str | Path, *, config: DemoConfig | None = None, progress:
 
 
 def format_summary(result: DemoResult) -> str:
-    """The summary table as text."""
+    """The summary table as text.
+
+    Accuracies are on the held-out test digits (all 1,000, or a seeded stratified draw); NMSE and L0
+    on the training run's held-out images; dead by the package's one definition (never fires on any
+    row of the store). "recovered" above 1 is marked as noise: an SAE cannot beat the clean model.
+    """
     acc = result.accuracy
+    dead_rows = result.rows[0].get("density_rows", 0) if result.rows else 0
     lines = [
-        f"digit accuracy on held-out digits: clean {acc['clean']:.3f} | zero-ablation {acc['zero_ablation']:.3f} "
-        f"| mean-ablation {acc['mean_ablation']:.3f}",
-        f"{'SAE':<22}{'L0':>8}{'NMSE':>8}{'dead':>8}{'spliced acc':>13}{'acc recovered':>15}",
+        f"digit accuracy on {result.n_test} held-out test digits (stratified): clean {acc['clean']:.3f} | "
+        f"zero-ablation {acc['zero_ablation']:.3f} | mean-ablation {acc['mean_ablation']:.3f}",
+        f"{'SAE':<22}{'L0':>7}{'NMSE':>8}{'dead':>7}{'clean':>8}{'spliced':>9}{'zero-abl.':>10}{'recovered':>11}",
     ]
     for row in result.rows:
+        rec = row["accuracy_recovered"]
+        flag = "  (>1: noise)" if rec == rec and rec > 1 else ""
         lines.append(
-            f"{row['name']:<22}{row['l0']:>8.1f}{row['nmse']:>8.3f}{row['dead_fraction']:>8.3f}"
-            f"{row['spliced_accuracy']:>13.3f}{row['accuracy_recovered']:>15.3f}"
+            f"{row['name']:<22}{row['l0']:>7.1f}{row['nmse']:>8.4f}{row['dead_fraction']:>7.3f}{acc['clean']:>8.3f}"
+            f"{row['spliced_accuracy']:>9.3f}{acc['zero_ablation']:>10.3f}{rec:>11.3f}{flag}"
         )
+    lines.append(
+        f"dead: fires on none of the store's {dead_rows:,} rows; NMSE / L0 on the training run's held-out images"
+    )
     return "\n".join(lines)
 
 
@@ -189,6 +199,7 @@ def _summary_row(run: Any, accuracy: dict[str, float]) -> dict[str, Any]:
         "l0": float(report["l0"]),
         "nmse": float(report["nmse"]),
         "dead_fraction": float(report["dead_fraction"]),
+        "density_rows": int(report.get("density_rows", 0)),
         "spliced_accuracy": spliced,
         "accuracy_recovered": (spliced - zero) / (clean - zero) if clean != zero else float("nan"),
     }

@@ -48,6 +48,7 @@ def shuffled_batches(
     device: str | torch.device | None = None,
     prefetch: int = 4,
     skip_batches: int = 0,
+    exclude_images: Iterable[int] | None = None,
 ) -> Iterator[torch.Tensor]:
     """Yield ``(batch_size, d)`` float32 tensors of ``site`` rows ``start_row..stop_row-1`` in a seeded
     shuffled order, ``epochs`` times.
@@ -62,6 +63,7 @@ def shuffled_batches(
     (``prefetch=0``: in the caller's thread, for a consumer that runs the whole stream on its own prefetch thread).
     ``skip_batches`` starts after that many batches of the same stream (counted over all epochs)
     without reading them: a resumed training run continues exactly where it stopped.
+    ``exclude_images`` drops every row of those images (a held-out evaluation set).
     """
     start, stop = store._range(start_row, stop_row)
     dim = store.site_dim(site)
@@ -77,7 +79,7 @@ def shuffled_batches(
         buffer_rows = max(DEFAULT_BUFFER_BYTES // (dim * itemsize), 4 * batch_size)
     buffer_rows = max(1, min(int(buffer_rows), max(n, 1)))
     block_rows = max(1, int(block_rows) if block_rows else buffer_rows // BLOCKS_PER_BUFFER)
-    keep = _row_filter(store, labels, token_types)
+    keep = _row_filter(store, labels, token_types, exclude_images)
     mean_d, scale = None, 1.0
     if subtract_mean or scale_norm:
         # Statistics of exactly the rows emitted, after centring: the mean norm is then sqrt(d).
@@ -89,6 +91,7 @@ def shuffled_batches(
             labels=labels,
             token_types=token_types,
             subtract_mean=subtract_mean,
+            exclude_images=exclude_images,
         )
         mean_d = torch.from_numpy(stats["mean"]) if subtract_mean else None
         scale = stats["scale"] if scale_norm else 1.0
@@ -156,10 +159,12 @@ def site_statistics(
     labels: Iterable[int] | None = None,
     token_types: Iterable[str] | None = None,
     subtract_mean: bool = False,
+    exclude_images: Iterable[int] | None = None,
 ) -> dict[str, Any]:
     """Mean row and mean row norm of ``site`` over the rows that ``shuffled`` would emit.
 
-    Only rows of images with ``labels`` and tokens of ``token_types`` count (None: all). With more
+    Only rows of images with ``labels`` and tokens of ``token_types``, and none of ``exclude_images``,
+    count (None: all). With more
     than ``max_rows`` rows in the range, chunks spread evenly through it are read. ``mean`` is the
     (d,) float32 mean; ``mean_norm`` the mean L2 norm of the rows, *after* removing ``mean`` when
     ``subtract_mean`` (so ``scale`` = ``sqrt(d) / mean_norm`` brings the transformed rows to a mean
@@ -169,7 +174,7 @@ def site_statistics(
     start, stop = store._range(start_row, stop_row)
     if stop - start == 0:
         raise ValueError("cannot compute statistics of an empty row range")
-    keep = _row_filter(store, labels, token_types)
+    keep = _row_filter(store, labels, token_types, exclude_images)
     spans = _sample_spans(start, stop, max_rows)
     dim = store.site_dim(site)
 
@@ -217,9 +222,10 @@ def _sample_spans(start: int, stop: int, max_rows: int, chunk: int = 4096) -> li
     return [(int(lo), int(lo) + chunk) for lo in starts]
 
 
-def _row_filter(store: ActivationStore, labels, token_types):
+def _row_filter(store: ActivationStore, labels, token_types, exclude_images=None):
     """A function (lo, hi) -> boolean mask of the rows to keep, or None to keep all."""
-    if labels is None and token_types is None:
+    excluded = None if exclude_images is None else np.unique(np.asarray(list(exclude_images), dtype=np.int64))
+    if labels is None and token_types is None and (excluded is None or not len(excluded)):
         return None
     label_set = None
     if labels is not None:
@@ -241,6 +247,8 @@ def _row_filter(store: ActivationStore, labels, token_types):
             mask &= np.isin(per_image[image_n], label_set)
         if token_ok is not None:
             mask &= token_ok[token_n]
+        if excluded is not None and len(excluded):
+            mask &= ~np.isin(image_n, excluded)
         return mask
 
     return keep

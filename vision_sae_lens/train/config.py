@@ -38,16 +38,19 @@ class TrainConfig:
     training_tokens: int
     """Activation rows to train on (rounded down to whole batches); the store is re-read in new
     shuffled epochs when it holds fewer rows."""
-    batch_size: int = 4096
-    """Rows per optimizer step (SAELens ``train_batch_size_samples``)."""
-    lr: float = 3e-4
-    """Adam learning rate."""
+    batch_size: int | None = None
+    """Rows per optimizer step (SAELens ``train_batch_size_samples``); None: ``training_tokens / 1000``
+    rounded down to a power of two, within 256..4096, so short runs still take ~1000 steps."""
+    lr: float | None = None
+    """Adam learning rate; None: ``2e-4 / sqrt(d_sae / 2**14)`` (the d_sae scaling of OpenAI's TopK
+    paper, as in dictionary_learning and sparsify)."""
     lr_end: float | None = None
     """Final learning rate of the cosine schedules; None means ``lr / 10`` (SAELens' runner default)."""
     lr_scheduler: str = "constant"
-    """One of ``constant``, ``cosineannealing``, ``cosineannealingwarmrestarts``."""
-    lr_warm_up_steps: int = 0
-    """Linear learning-rate warm-up steps."""
+    """One of ``constant`` (after the warm-up; measured better than cosine at short budgets, as
+    dictionary_learning), ``cosineannealing``, ``cosineannealingwarmrestarts``."""
+    lr_warm_up_steps: int | None = None
+    """Linear learning-rate warm-up steps; None: 5% of the steps, at most 1000."""
     lr_decay_steps: int = 0
     """Linear decay-to-zero steps at the end of training."""
     n_restart_cycles: int = 1
@@ -56,10 +59,14 @@ class TrainConfig:
     """Adam beta1."""
     adam_beta2: float = 0.999
     """Adam beta2."""
-    dead_feature_window: int = 1000
-    """Steps without firing after which a latent counts as dead (TopK aux loss, statistics)."""
+    dead_feature_window: int | None = None
+    """Steps without firing after which a latent counts as dead for training (TopK's AuxK loss
+    revives those); None: a tenth of the steps, at most 1000, so AuxK switches on in short runs too."""
     feature_sampling_window: int = 2000
-    """Steps per window of the feature-density statistics."""
+    """Steps per window of SAELens' training-time feature-density log."""
+    b_dec_init: str = "mean"
+    """Decoder bias at the start: ``mean`` (the mean of the first training batch, as sparsify does) or
+    ``zeros`` (SAELens' default)."""
     n_batches_for_norm_estimate: int = 100
     """Batches read to estimate the activation normalisation (``normalize_activations`` =
     ``expected_average_only_in`` or ``covariance_whitening``); folded into the saved weights."""
@@ -76,7 +83,10 @@ class TrainConfig:
     keep_checkpoints: int = 2
     """Newest periodic checkpoints kept on disk (older ones are deleted)."""
     eval_fraction: float = 0.05
-    """Share of the store's rows (the last ones) held out of training and used for evaluation."""
+    """Share of the store's images held out of training (a seeded random draw, stratified by label
+    when the store has labels; every row of a held-out image) and used for evaluation."""
+    split_seed: int = 0
+    """Seed of the held-out image draw (recorded in ``split.json`` and the checkpoint metadata)."""
     max_eval_rows: int = 65536
     """Upper bound on the held-out rows."""
     downstream_images: int = 64
@@ -115,6 +125,8 @@ class TrainConfig:
             )
         if not self.site:
             raise ValueError("site must name a hook of the store, e.g. 'blocks.10.hook_resid_post'")
+        if self.batch_size is None:
+            object.__setattr__(self, "batch_size", default_batch_size(self.training_tokens))
         if self.batch_size <= 0:
             raise ValueError(f"batch_size must be > 0, got {self.batch_size}")
         if self.training_tokens < self.batch_size:
@@ -122,8 +134,16 @@ class TrainConfig:
                 f"training_tokens ({self.training_tokens}) is smaller than one batch ({self.batch_size}); "
                 "raise training_tokens or lower batch_size."
             )
+        if self.lr is None:
+            object.__setattr__(self, "lr", default_lr(self.sae.d_sae))
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.lr_warm_up_steps is None:
+            object.__setattr__(self, "lr_warm_up_steps", min(1000, self.n_steps // 20))
+        if self.dead_feature_window is None:
+            object.__setattr__(self, "dead_feature_window", max(1, min(1000, self.n_steps // 10)))
+        if self.b_dec_init not in ("mean", "zeros"):
+            raise ValueError(f"b_dec_init must be 'mean' or 'zeros', got {self.b_dec_init!r}")
         if self.lr_end is None:
             object.__setattr__(self, "lr_end", self.lr / 10)
         if self.lr_scheduler.lower() not in LR_SCHEDULERS:
@@ -203,11 +223,33 @@ class TrainConfig:
         return d
 
 
+def default_batch_size(training_tokens: int) -> int:
+    """The default batch: ``training_tokens / 1000`` rounded down to a power of two, within 256..4096."""
+    target = max(1, training_tokens // 1000)
+    return int(min(4096, max(256, 2 ** (target.bit_length() - 1))))
+
+
+def default_lr(d_sae: int) -> float:
+    """The default learning rate for ``d_sae`` latents: ``2e-4 / sqrt(d_sae / 2**14)``."""
+    return 2e-4 / (d_sae / 2**14) ** 0.5
+
+
+ARCHITECTURE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "topk": {"decoder_init_norm": 1.0},
+    "batchtopk": {"decoder_init_norm": 1.0},
+    "matryoshka_batchtopk": {"decoder_init_norm": 1.0},
+}
+"""SAE-config defaults that differ from SAELens' (measured in ``scripts/bench/quality.py``): TopK-
+family SAEs start from a unit-norm decoder (OpenAI, dictionary_learning, sparsify); SAELens' 0.1
+leaves many latents silent from the first steps. L1 SAEs keep SAELens' 0.1, which is better there."""
+
+
 def build_sae_config(architecture: str, **fields: Any) -> TrainingSAEConfig:
     """A SAELens ``*TrainingSAEConfig`` from an architecture name and its fields (e.g. from TOML).
 
     Every training architecture registered with SAELens works (``standard``, ``topk``, ``batchtopk``,
     ``jumprelu``, ``gated``, ``matryoshka_batchtopk``, ...); ``l1`` and ``matryoshka`` are aliases.
+    Fields not given take :data:`ARCHITECTURE_DEFAULTS`, then SAELens' defaults.
     """
     arch = ARCHITECTURE_ALIASES.get(architecture, architecture)
     if arch not in SAE_TRAINING_CLASS_REGISTRY:
@@ -224,7 +266,7 @@ def build_sae_config(architecture: str, **fields: Any) -> TrainingSAEConfig:
             f"{cfg_cls.__name__} has no field(s) {', '.join(unknown)}."
             f"{close_matches(unknown[0], valid)} Fields: {', '.join(sorted(valid))}"
         )
-    return cfg_cls(**fields)
+    return cfg_cls(**{**ARCHITECTURE_DEFAULTS.get(arch, {}), **fields})
 
 
 def training_architectures() -> list[str]:

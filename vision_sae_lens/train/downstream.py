@@ -2,12 +2,17 @@
 
 For each image batch the model runs four times: clean, with the SAE spliced in at its site
 (``run_with_saes``), with the site's SAE tokens zeroed, and with them replaced by their mean
-activation. A classifier is compared on its logits (top-1 agreement with the clean model, KL of
-the clean distribution to the other, and top-1 accuracy when the images come with labels), an
-encoder on its final embedding (cosine similarity).
-``fraction_recovered`` puts the SAE between zero-ablation (0) and the clean model (1):
-``(D_zero - D_sae) / D_zero`` with D the KL (classifier) or ``1 - cosine`` (encoder), the
-vision analogue of SAELens' "CE loss recovered".
+activation. The metric follows the model's own ``output_kind`` (decided by the backbone adapter from the
+model's metadata, never from a head's shape): a classifier (``logits``) is compared on its logits
+(top-1 agreement with the clean model, KL of the clean distribution to the other, logit difference
+of the clean top class, top-1 accuracy when the images have labels); an embedding model
+(``embedding``: CLIP, SigLIP, DINOv2 towers) on its embedding (cosine similarity to the clean one
+and, with labels, nearest-prototype accuracy: each class's prototype is the mean normalised clean
+embedding of its images). ``fraction_recovered`` puts the SAE between zero-ablation (0) and the
+clean model (1): ``(D_zero - D_sae) / D_zero`` with D the KL (classifier) or ``1 - cosine``
+(embedding), the vision analogue of SAELens' "CE loss recovered". Above 1 it is noise (the SAE
+cannot beat the clean model): ``recovered_above_one`` flags it.
+The images are a seeded random, label-stratified draw of ``n_images``, never the first ones.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ def measure_downstream(
     n_images: int = 64,
     batch_size: int = 32,
     use_error_term: bool = False,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """Spliced-SAE vs clean model on ``images`` (a pixel tensor, a list of images or an ImageSource).
 
@@ -41,10 +47,11 @@ def measure_downstream(
     """
     site = sae.cfg.metadata.hook_name
     model.check_sae(sae)
-    kind = "classifier" if model.output_kind == "logits" else "encoder"
+    kind = "classifier" if model.output_kind == "logits" else "embedding"
     outs: dict[str, list[torch.Tensor]] = {"clean": [], "sae": [], "zero": [], "mean": []}
     labels: list[int | None] = []
-    for pixels, batch_labels in _pixel_batches(model, images, n_images, batch_size):
+    picked = _pick_images(images, n_images, seed)
+    for pixels, batch_labels in _pixel_batches(model, images, picked, batch_size):
         labels += batch_labels
         clean_out = model.run_with_cache(pixels, names_filter=[site])
         clean, acts = model.output_tensor(clean_out[0]), clean_out[1][site]
@@ -58,15 +65,22 @@ def measure_downstream(
             ablated = model.run_with_hooks(pixels, fwd_hooks=[(site, hook)])
             outs[name].append(model.output_tensor(ablated).float())
     clean, sae_out, zero, mean = (torch.cat(outs[k]) for k in ("clean", "sae", "zero", "mean"))
-    labels_n = torch.tensor(labels) if labels and None not in labels and kind == "classifier" else None
-    res_sae, res_zero, res_mean = (_compare(kind, clean, o, labels_n) for o in (sae_out, zero, mean))
+    labels_n = torch.tensor(labels) if labels and None not in labels else None
+    protos = _prototypes(clean, labels_n) if kind == "embedding" and labels_n is not None else None
+    res_sae, res_zero, res_mean = (_compare(kind, clean, o, labels_n, protos) for o in (sae_out, zero, mean))
     div = "kl" if kind == "classifier" else "one_minus_cosine"
+    recovered = _recovered(res_zero[div], res_sae[div])
     return {
         "kind": kind,
         "n_images": int(clean.shape[0]),
-        "clean_accuracy": _accuracy(clean, labels_n),
+        "images": {"method": "seeded random images, stratified by label when labelled", "seed": seed},
+        "clean_accuracy": _accuracy(kind, clean, labels_n, protos),
+        "accuracy_metric": None
+        if labels_n is None
+        else ("top-1" if kind == "classifier" else "nearest prototype"),
         "use_error_term": use_error_term,
-        "fraction_recovered": _recovered(res_zero[div], res_sae[div]),
+        "fraction_recovered": recovered,
+        "recovered_above_one": recovered is not None and recovered > 1.0,
         "fraction_recovered_vs_mean": _recovered(res_mean[div], res_sae[div]),
         **res_sae,
         "zero_ablation": res_zero,
@@ -75,21 +89,53 @@ def measure_downstream(
 
 
 def _compare(
-    kind: str, clean: torch.Tensor, other: torch.Tensor, labels_n: torch.Tensor | None
+    kind: str,
+    clean: torch.Tensor,
+    other: torch.Tensor,
+    labels_n: torch.Tensor | None,
+    protos_cd: torch.Tensor | None,
 ) -> dict[str, float | None]:
     cos = F.cosine_similarity(clean.flatten(1), other.flatten(1), dim=-1).mean().item()
+    acc = _accuracy(kind, other, labels_n, protos_cd)
     if kind != "classifier":
-        return {"top1_agreement": None, "kl": None, "cosine": cos, "one_minus_cosine": max(0.0, 1.0 - cos)}
+        return {
+            "top1_agreement": None,
+            "kl": None,
+            "logit_diff": None,
+            "cosine": cos,
+            "one_minus_cosine": max(0.0, 1.0 - cos),
+            "accuracy": acc,
+        }
     logp, logq = clean.log_softmax(-1), other.log_softmax(-1)
     kl = (logp.exp() * (logp - logq)).sum(-1).mean().item()
-    top1 = (clean.argmax(-1) == other.argmax(-1)).float().mean().item()
-    return {"top1_agreement": top1, "kl": max(0.0, kl), "cosine": cos, "accuracy": _accuracy(other, labels_n)}
+    top_n = clean.argmax(-1)
+    top1 = (top_n == other.argmax(-1)).float().mean().item()
+    # Logit difference of the clean top class over the runner-up, as the other run sees them.
+    runner_n = clean.topk(2, dim=-1).indices[:, 1] if clean.shape[-1] > 1 else top_n
+    rows = torch.arange(len(top_n))
+    diff = (other[rows, top_n] - other[rows, runner_n]).mean().item()
+    return {"top1_agreement": top1, "kl": max(0.0, kl), "logit_diff": diff, "cosine": cos, "accuracy": acc}
 
 
-def _accuracy(logits_nc: torch.Tensor, labels_n: torch.Tensor | None) -> float | None:
+def _prototypes(clean_nd: torch.Tensor, labels_n: torch.Tensor) -> torch.Tensor:
+    """(classes, d) mean normalised clean embedding per label (zero rows for absent labels)."""
+    unit = F.normalize(clean_nd.flatten(1), dim=-1)
+    protos = torch.zeros(int(labels_n.max()) + 1, unit.shape[1])
+    protos.index_add_(0, labels_n, unit)
+    return F.normalize(protos, dim=-1)
+
+
+def _accuracy(
+    kind: str, out: torch.Tensor, labels_n: torch.Tensor | None, protos_cd: torch.Tensor | None
+) -> float | None:
     if labels_n is None:
         return None
-    return (logits_nc.argmax(-1).cpu() == labels_n).float().mean().item()
+    if kind == "classifier":
+        return (out.argmax(-1).cpu() == labels_n).float().mean().item()
+    if protos_cd is None:
+        return None
+    pred = (F.normalize(out.flatten(1), dim=-1) @ protos_cd.T).argmax(-1)
+    return (pred.cpu() == labels_n).float().mean().item()
 
 
 def _recovered(ablated: float, spliced: float) -> float | None:
@@ -125,17 +171,26 @@ def _replace_hook(mask_t: torch.Tensor | None, value_d: torch.Tensor):
     return hook
 
 
-def _pixel_batches(model: Any, images: Any, n_images: int, batch_size: int):
-    """(preprocessed pixels, labels) batches of the first ``n_images`` images (labels None if unknown)."""
-    if isinstance(images, torch.Tensor):
-        items: Any = images[:n_images]
-        for i in range(0, items.shape[0], batch_size):
-            chunk = items[i : i + batch_size]
-            yield model.preprocess(chunk), [None] * len(chunk)
-        return
-    n = min(n_images, len(images))
-    for i in range(0, n, batch_size):
-        chunk = [images[j] for j in range(i, min(n, i + batch_size))]
+def _pick_images(images: Any, n_images: int, seed: int) -> list[int]:
+    """Indices of a seeded random draw of ``n_images`` (stratified by label when the source has labels)."""
+    from vision_sae_lens.data.sources import source_labels, subset_indices
+
+    total = images.shape[0] if isinstance(images, torch.Tensor) else len(images)
+    n = min(n_images, total)
+    if n >= total:
+        return list(range(total))
+    labels = None if isinstance(images, torch.Tensor) else source_labels(images)
+    return subset_indices(total, n, labels=labels, seed=seed).tolist()
+
+
+def _pixel_batches(model: Any, images: Any, picked: list[int], batch_size: int):
+    """(preprocessed pixels, labels) batches of the ``picked`` images (labels None if unknown)."""
+    for i in range(0, len(picked), batch_size):
+        idx = picked[i : i + batch_size]
+        if isinstance(images, torch.Tensor):
+            yield model.preprocess(images[idx]), [None] * len(idx)
+            continue
+        chunk = [images[j] for j in idx]
         # An ImageSource yields (image, label) pairs.
         labels = [c[1] if isinstance(c, tuple) else None for c in chunk]
         yield model.preprocess([c[0] if isinstance(c, tuple) else c for c in chunk]), labels

@@ -1,35 +1,49 @@
 """``evaluate_sae``: how well an SAE reconstructs held-out activations, and what survives downstream.
 
-Reconstruction metrics stream over a contiguous slice of the store (by default the slice the
-training run held out): MSE, normalised MSE (= fraction of variance unexplained), explained
-variance (SAELens' ``ExplainedVarianceCalculator``), L0, dead and dense latent fractions and the
-feature-density histogram. With a backbone and images, the SAE is spliced into the model and
+Reconstruction metrics stream over held-out rows (by default the images the training run held
+out, from ``split.json``): MSE, normalised MSE (= fraction of variance unexplained), explained
+variance (SAELens' ``ExplainedVarianceCalculator``), L0. Firing statistics use the package's one
+definition of *dead* and *dense* (:data:`DEAD_DENSE_DEFINITION`), over the whole store (a seeded
+random draw of its images when it holds more than :data:`DENSITY_MAX_ROWS` rows): the same rows the
+feature browser scans, so both report the same counts. With a backbone and images, the SAE is spliced into the model and
 compared with the clean model and with zero- and mean-ablation of the site
-(:mod:`vision_sae_lens.train.downstream`). The report is a JSON-ready dict; with ``out_dir`` it is
-written as ``eval.json`` with a ``density.png`` beside it.
+(:mod:`vision_sae_lens.train.downstream`). Only rows of the SAE's ``metadata.tokens`` count, and an SAE
+trained on normalised inputs has the normalisation folded in, so raw rows go in. The report is a
+JSON-ready dict; with ``out_dir`` it is written as ``eval.json`` with a ``density.png`` beside it.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from sae_lens import SAE
 from sae_lens.evals import ExplainedVarianceCalculator
 from tqdm.auto import tqdm
 
 from vision_sae_lens.errors import SAEMismatchError
-from vision_sae_lens.train.feed import Split, check_store_for, open_store, split_rows
+from vision_sae_lens.train.feed import Split, check_store_for, open_store
 from vision_sae_lens.train.plots import plot_density
 
 logger = logging.getLogger(__name__)
 
 DENSITY_BINS = torch.linspace(-8, 0, 33)
 """Edges of the log10 feature-density histogram (latents that never fire are counted apart)."""
+DENSE_THRESHOLD = 0.1
+"""Token frequency above which a latent is *dense*."""
+DENSITY_MAX_ROWS = 10_000_000
+"""Rows over which firing is counted: the whole store, or a seeded random draw of its images
+holding at most this many rows."""
+DEAD_DENSE_DEFINITION = (
+    "dead: fires (activation > 0) on no token of the density rows; dense: fires on more than "
+    f"{DENSE_THRESHOLD:g} of them. Density rows: every row of the store, or a seeded random draw of its "
+    f"images holding at most {DENSITY_MAX_ROWS:,} rows."
+)
+"""The package's one definition of dead and dense latents (eval.json, the browser, the demo)."""
 
 
 @torch.no_grad()
@@ -40,12 +54,15 @@ def evaluate_sae(
     model: Any = None,
     images: Any = None,
     site: str | None = None,
+    split: Any = None,
     start_row: int | None = None,
     stop_row: int | None = None,
     max_rows: int = 65536,
     batch_size: int = 4096,
     n_images: int = 64,
-    dense_threshold: float = 0.1,
+    dense_threshold: float = DENSE_THRESHOLD,
+    density_max_rows: int = DENSITY_MAX_ROWS,
+    seed: int = 0,
     use_error_term: bool = False,
     device: str | None = None,
     out_dir: str | Path | None = None,
@@ -53,14 +70,15 @@ def evaluate_sae(
 ) -> dict[str, Any]:
     """Evaluate an SAE (object or SAELens folder) on rows of an activation store.
 
-    Rows ``[start_row, stop_row)`` are read; by default the held-out slice recorded in the
-    folder's ``train_config.json``, else the last ``max_rows`` rows. ``model`` (a ``HookedSAEViT``)
-    and ``images`` add the spliced downstream metric on the first ``n_images`` images.
-    A latent is *dead* when it never fires on these rows and *dense* when it fires on more than
-    ``dense_threshold`` of them. Only rows of the SAE's ``metadata.tokens`` count (a patches SAE is
-    not measured on CLS rows). An SAE trained with ``subtract_mean`` / ``scale_norm`` has them folded
-    in, so raw rows go in and the metrics are in raw units. ``progress=False`` hides the bar.
-    Returns the report; writes ``eval.json`` and ``density.png`` into ``out_dir`` when given.
+    Reconstruction rows: ``[start_row, stop_row)`` when given, else the held-out images of
+    ``split`` (a :class:`~vision_sae_lens.train.feed.Split`) or of the folder's ``split.json``, else
+    a seeded random draw of images; at most ``max_rows`` rows. Dead and dense latents follow
+    :data:`DEAD_DENSE_DEFINITION` (over at most ``density_max_rows`` rows). ``model`` (a
+    ``HookedSAEViT``) and ``images`` add the spliced downstream metric on a seeded random,
+    label-stratified draw of ``n_images`` images. Only rows of the SAE's ``metadata.tokens`` count (a
+    patches SAE is not measured on CLS rows); an SAE trained with ``subtract_mean`` / ``scale_norm``
+    has them folded in, so the metrics are in raw units. ``progress=False`` hides the bars. Returns
+    the report; writes ``eval.json`` and ``density.png`` into ``out_dir`` when given.
     """
     folder = Path(sae_or_dir) if not isinstance(sae_or_dir, SAE) else None
     if folder is not None:
@@ -78,20 +96,19 @@ def evaluate_sae(
             "the SAE has no cfg.metadata.hook_name; pass site= to say which store site to use"
         )
     check_store_for(store, site, sae.cfg.d_in, name=str(folder or "sae"))
-    n_rows = int(store.n_rows)
-    start_row, stop_row = _default_rows(folder, n_rows, start_row, stop_row, max_rows)
-    stop_row = min(stop_row, start_row + max_rows)
     keep_t = _token_keep(sae, store)
-    recon = _reconstruction(
-        sae, store, site, start_row, stop_row, batch_size, dense_threshold, keep_t=keep_t, progress=progress
-    )
+    rows_n, which = _eval_rows(folder, store, split, start_row, stop_row, max_rows, seed)
+    rows_n = _of_tokens(store, rows_n, keep_t)
+    recon = _reconstruction(sae, store, site, rows_n, batch_size, progress=progress)
     mean_d = recon.pop("_mean_d")
+    density_n = _of_tokens(store, _sampled_rows(store, density_max_rows, seed), keep_t)
+    recon.update(_firing(sae, store, site, density_n, batch_size, dense_threshold, progress=progress))
     report: dict[str, Any] = {
         "site": site,
         "architecture": sae.cfg.architecture(),
         "d_in": sae.cfg.d_in,
         "d_sae": sae.cfg.d_sae,
-        "rows": [start_row, stop_row],
+        "rows": which,
         "store_fingerprint": str(getattr(store, "fingerprint", "")) or None,
         "tokens": getattr(sae.cfg.metadata, "tokens", None),
         **recon,
@@ -100,7 +117,7 @@ def evaluate_sae(
         from vision_sae_lens.train.downstream import measure_downstream
 
         report["downstream"] = measure_downstream(
-            model, sae, images, mean_d=mean_d, n_images=n_images, use_error_term=use_error_term
+            model, sae, images, mean_d=mean_d, n_images=n_images, use_error_term=use_error_term, seed=seed
         )
     elif model is not None or images is not None:
         logger.warning("the downstream metric needs both a model and images; skipped")
@@ -126,7 +143,7 @@ def evaluate_run(
     out_dir: Path,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """The end-of-training report of one run: its ``eval_store``, else its held-out slice.
+    """The end-of-training report of one run: on its ``eval_store``, else on its held-out images.
 
     With ``eval_fraction=0`` and no ``eval_store`` there is no row the SAE did not train on: the report
     says so (``"evaluated": false``) instead of measuring training rows; the downstream metric is still
@@ -144,7 +161,7 @@ def evaluate_run(
     if cfg.eval_store is not None:
         return evaluate_sae(sae, open_store(cfg.eval_store), start_row=0, **common)
     if split.n_eval:
-        return evaluate_sae(sae, store, start_row=split.n_train, stop_row=split.n_rows, **common)
+        return evaluate_sae(sae, store, split=split, **common)
     downstream = model is not None and images is not None
     logger.warning(
         "run %r: eval_fraction=0 and no eval_store, so no held-out rows: the reconstruction metrics are not "
@@ -171,32 +188,30 @@ def evaluate_run(
     return report
 
 
-def _default_rows(folder: Path | None, n_rows: int, start: int | None, stop: int | None, max_rows: int):
-    stop = n_rows if stop is None else min(stop, n_rows)
-    if start is None:
-        train_cfg = folder / "train_config.json" if folder is not None else None
-        if train_cfg is not None and train_cfg.exists():
-            cfg = json.loads(train_cfg.read_text())
-            split = split_rows(
-                n_rows,
-                eval_fraction=cfg["eval_fraction"],
-                max_eval_rows=cfg["max_eval_rows"],
-                batch_size=1,
-            )
-            start = split.n_train if split.n_eval else max(0, n_rows - max_rows)
-            if not split.n_eval:
-                logger.warning(
-                    "%s was trained with eval_fraction=0: rows [%d, %d) of the store were training rows, so "
-                    "these metrics are on training data (pass another store, or start_row/stop_row).",
-                    folder,
-                    start,
-                    stop,
-                )
-        else:
-            start = max(0, stop - max_rows)
-    if not 0 <= start < stop:
-        raise ValueError(f"empty evaluation slice [{start}, {stop}) of a store with {n_rows} rows")
-    return start, stop
+def _eval_rows(folder, store, split, start, stop, max_rows: int, seed: int):
+    """(row numbers, JSON description) of the reconstruction rows."""
+    from vision_sae_lens.train.feed import split_from_record
+
+    n_rows = int(store.n_rows)
+    if start is not None or stop is not None:
+        lo, hi = start or 0, n_rows if stop is None else min(stop, n_rows)
+        hi = min(hi, lo + max_rows)
+        if not 0 <= lo < hi:
+            raise ValueError(f"empty evaluation slice [{lo}, {hi}) of a store with {n_rows} rows")
+        return np.arange(lo, hi, dtype=np.int64), {"method": "row range", "start": lo, "stop": hi}
+    record = folder / "split.json" if folder is not None else None
+    if split is None and record is not None and record.exists():
+        split = split_from_record(store, json.loads(record.read_text()))
+    if split is not None and split.n_eval:
+        desc = {k: v for k, v in split.describe().items() if k != "eval_images"}
+        return split.eval_rows[:max_rows], {**desc, "held_out": True}
+    if split is not None:
+        logger.warning(
+            "%s was trained with eval_fraction=0: no image was held out, so these metrics are on training "
+            "rows (pass another store, or start_row/stop_row).",
+            folder or "the SAE",
+        )
+    return _sampled_rows(store, max_rows, seed), {"method": "seeded random images", "seed": seed}
 
 
 def _token_keep(sae: SAE, store: Any) -> torch.Tensor | None:
@@ -208,53 +223,60 @@ def _token_keep(sae: SAE, store: Any) -> torch.Tensor | None:
     return store.layout.token_mask(tokens)
 
 
+def _of_tokens(store: Any, rows_n: np.ndarray, keep_t: torch.Tensor | None) -> np.ndarray:
+    """The rows among ``rows_n`` whose token is kept by ``keep_t`` (all of them when it is None)."""
+    if keep_t is None or not len(rows_n):
+        return rows_n
+    lo, hi = int(rows_n.min()), int(rows_n.max()) + 1
+    token_n = np.asarray(store.provenance(lo, hi)[1], dtype=np.int64)
+    return rows_n[keep_t.numpy()[token_n[rows_n - lo]]]
+
+
+def _sampled_rows(store: Any, max_rows: int, seed: int) -> np.ndarray:
+    """Every row of the store, or the rows of a seeded random draw of images holding at most ``max_rows``."""
+    from vision_sae_lens.data.sources import subset_indices
+
+    n_rows = int(store.n_rows)
+    if n_rows <= max_rows:
+        return np.arange(n_rows, dtype=np.int64)
+    image_n = np.asarray(store.provenance(0, n_rows)[0], dtype=np.int64)
+    images = np.unique(image_n)
+    n = max(1, int(max_rows // (n_rows / len(images))))
+    labels = getattr(store, "labels", None)
+    lab = None if labels is None else [None if v < 0 else int(v) for v in np.asarray(labels)[images]]
+    chosen = images[subset_indices(len(images), n, labels=lab, seed=seed)]
+    return np.flatnonzero(np.isin(image_n, chosen)).astype(np.int64)[:max_rows]
+
+
+def _row_batches(store: Any, site: str, rows_n: np.ndarray, batch_size: int, desc: str, progress: bool):
+    chunks = range(0, len(rows_n), batch_size)
+    for i in tqdm(chunks, desc=desc, total=len(chunks), leave=False, disable=not progress):
+        chunk = rows_n[i : i + batch_size]
+        if len(chunk) and chunk[-1] - chunk[0] == len(chunk) - 1:  # contiguous: one plain read
+            yield store.read_rows(site, int(chunk[0]), int(chunk[-1]) + 1)
+        else:
+            yield store.gather(site, chunk)
+
+
 def _reconstruction(
-    sae: SAE,
-    store: Any,
-    site: str,
-    start: int,
-    stop: int,
-    batch_size: int,
-    dense_threshold: float,
-    *,
-    keep_t: torch.Tensor | None = None,
-    progress: bool = True,
+    sae: SAE, store: Any, site: str, rows_n: np.ndarray, batch_size: int, *, progress: bool = True
 ) -> dict[str, Any]:
     sae.eval()
     ev = ExplainedVarianceCalculator()
-    fired_s = torch.zeros(sae.cfg.d_sae, dtype=torch.float64)
     sse = l0_sum = cos_sum = 0.0
     n = 0
-    batches = store.ordered(site, batch_size, start_row=start, stop_row=stop)
-    total = math.ceil((stop - start) / batch_size)
-    for rows in tqdm(batches, desc="evaluating", total=total, leave=False, disable=not progress):
-        acts_bd = getattr(rows, "acts", rows[0] if isinstance(rows, tuple) else rows)
-        if keep_t is not None:
-            acts_bd = acts_bd[keep_t[rows.token_idx]]
-            if not len(acts_bd):
-                continue
+    for acts_bd in _row_batches(store, site, rows_n, batch_size, "evaluating", progress):
         x_bd = acts_bd.to(sae.device, torch.float32)
         feats_bs = sae.encode(x_bd)
         recon_bd = sae.decode(feats_bs).float()
         ev.add_batch(recon_bd, x_bd)
         sse += (recon_bd - x_bd).double().pow(2).sum().item()
-        active_bs = feats_bs != 0
-        fired_s += active_bs.sum(0).double().cpu()
-        l0_sum += active_bs.sum().item()
+        l0_sum += (feats_bs != 0).sum().item()
         cos_sum += torch.nn.functional.cosine_similarity(recon_bd, x_bd, dim=-1).double().sum().item()
         n += x_bd.shape[0]
-    if n == 0:
-        raise ValueError(
-            f"rows [{start}, {stop}) of {site} hold no rows of the SAE's tokens; evaluate on a wider slice"
-        )
     d = sae.cfg.d_in
     mean_d = (ev.sum_x / n).float()
     total_var = ev.sum_squared_norm - n * mean_d.double().pow(2).sum().item()
-    freq_s = fired_s / n
-    log_freq = torch.log10(freq_s[freq_s > 0])
-    counts = torch.histogram(
-        log_freq.clamp(DENSITY_BINS[0], DENSITY_BINS[-1]), bins=DENSITY_BINS.double()
-    ).hist
     return {
         "n_rows": n,
         "mse": sse / (n * d),
@@ -263,13 +285,42 @@ def _reconstruction(
         "explained_variance": ev.compute(),
         "cosine_similarity": cos_sum / n,
         "l0": l0_sum / n,
+        "_mean_d": mean_d,
+    }
+
+
+def _firing(
+    sae: SAE,
+    store: Any,
+    site: str,
+    rows_n: np.ndarray,
+    batch_size: int,
+    dense_threshold: float,
+    *,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Dead / dense fractions and the density histogram by :data:`DEAD_DENSE_DEFINITION`."""
+    fired_s = torch.zeros(sae.cfg.d_sae, dtype=torch.float64)
+    n = 0
+    for acts_bd in _row_batches(store, site, rows_n, batch_size, "counting firing", progress):
+        fired_s += (sae.encode(acts_bd.to(sae.device, torch.float32)) > 0).sum(0).double().cpu()
+        n += acts_bd.shape[0]
+    freq_s = fired_s / max(n, 1)
+    log_freq = torch.log10(freq_s[freq_s > 0])
+    counts = torch.histogram(
+        log_freq.clamp(DENSITY_BINS[0], DENSITY_BINS[-1]), bins=DENSITY_BINS.double()
+    ).hist
+    return {
         "dead_fraction": float((fired_s == 0).double().mean()),
         "dense_fraction": float((freq_s > dense_threshold).double().mean()),
+        "dead": int((fired_s == 0).sum()),
+        "dense": int((freq_s > dense_threshold).sum()),
         "dense_threshold": dense_threshold,
+        "density_rows": n,
+        "dead_dense_definition": DEAD_DENSE_DEFINITION,
         "density_histogram": {
             "log10_density_edges": [round(float(e), 4) for e in DENSITY_BINS],
             "counts": [int(c) for c in counts],
             "never_fired": int((fired_s == 0).sum()),
         },
-        "_mean_d": mean_d,
     }

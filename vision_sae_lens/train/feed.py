@@ -1,7 +1,8 @@
 """From an activation store to training batches: opening, validating, splitting, streaming.
 
-The last ``eval_fraction`` of the store's rows (rows are in image order, so these are the last
-images) is held out for evaluation; training reads the rest through ``ActivationStore.shuffled``,
+A seeded random share ``eval_fraction`` of the store's *images* (stratified by label when the store
+has labels; never the last ones, since datasets are often sorted by class) is held out for
+evaluation with all their rows; training reads the other rows through ``ActivationStore.shuffled``,
 one epoch at a time with the epoch folded into the seed, so the stream is the same prefix however
 many epochs a run needs (a sweep member equals the same config trained alone). A background
 thread (SAELens' ``PrefetchingIterator``) reads the next batches while the SAEs train.
@@ -16,8 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
+from vision_sae_lens.data.sources import subset_indices
 from vision_sae_lens.errors import SAEMismatchError, TrainingError, UnknownSiteError, close_matches
 from vision_sae_lens.normalization import InputNormalization, estimate_input_normalization
 
@@ -73,29 +76,85 @@ def check_store_for(store: Any, site: str, d_in: int, name: str) -> None:
         )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Split:
-    """Training rows ``[0, n_train)`` and held-out rows ``[n_train, n_rows)`` of a store."""
+    """Which rows of a store train and which are held out: every row of the held-out images."""
 
     n_rows: int
-    n_train: int
+    """Rows in the store."""
+    eval_images: np.ndarray
+    """Sorted image indices held out of training."""
+    eval_rows: np.ndarray
+    """Sorted row numbers of the held-out images."""
+    seed: int = 0
+    """Seed of the held-out draw."""
+    stratified: bool = False
+    """Whether the draw kept each label's share of the images."""
 
     @property
     def n_eval(self) -> int:
         """Held-out rows."""
-        return self.n_rows - self.n_train
+        return len(self.eval_rows)
+
+    @property
+    def n_train(self) -> int:
+        """Training rows."""
+        return self.n_rows - self.n_eval
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready record of the draw (written as ``split.json`` and into the checkpoint metadata)."""
+        return {
+            "method": "seeded random images" + (", stratified by label" if self.stratified else ""),
+            "seed": self.seed,
+            "n_rows": self.n_rows,
+            "n_eval_rows": self.n_eval,
+            "n_eval_images": len(self.eval_images),
+            "eval_images": [int(i) for i in self.eval_images],
+        }
 
 
-def split_rows(n_rows: int, *, eval_fraction: float, max_eval_rows: int, batch_size: int) -> Split:
-    """Hold out the last rows for evaluation; at least one training batch must remain."""
-    n_eval = min(int(round(n_rows * eval_fraction)), max_eval_rows) if eval_fraction > 0 else 0
-    if eval_fraction > 0 and n_eval == 0 and n_rows > batch_size:
-        n_eval = 1
-    split = Split(n_rows=n_rows, n_train=n_rows - n_eval)
+def split_store(
+    store: Any, *, eval_fraction: float, max_eval_rows: int, batch_size: int, seed: int = 0
+) -> Split:
+    """Hold out a seeded random ``eval_fraction`` of the store's images (at most ``max_eval_rows``
+    rows), stratified by the store's labels when it has them; one training batch must remain."""
+    n_rows = int(store.n_rows)
+    empty = np.empty(0, dtype=np.int64)
+    if eval_fraction <= 0:
+        return _checked_split(Split(n_rows, empty, empty, seed), batch_size)
+    image_n = np.asarray(store.provenance(0, n_rows)[0], dtype=np.int64)
+    images = np.unique(image_n)
+    rows_per_image = n_rows / max(len(images), 1)
+    n_eval = min(int(round(len(images) * eval_fraction)), int(max_eval_rows // max(rows_per_image, 1)))
+    n_eval = min(max(n_eval, 1), len(images) - 1)
+    if n_eval < 1:
+        return _checked_split(Split(n_rows, empty, empty, seed), batch_size)
+    per_image = getattr(store, "labels", None)
+    labels = None
+    if per_image is not None:
+        lab = np.asarray(per_image, dtype=np.int64)[images]
+        labels = None if bool((lab < 0).all()) else [None if v < 0 else int(v) for v in lab]
+    chosen = images[subset_indices(len(images), n_eval, labels=labels, seed=seed)]
+    rows = np.flatnonzero(np.isin(image_n, chosen)).astype(np.int64)
+    return _checked_split(Split(n_rows, chosen, rows, seed, labels is not None), batch_size)
+
+
+def split_from_record(store: Any, record: dict[str, Any]) -> Split:
+    """The :class:`Split` a ``split.json`` record describes, on ``store``."""
+    n_rows = int(store.n_rows)
+    chosen = np.asarray(record.get("eval_images", []), dtype=np.int64)
+    if not len(chosen):
+        return Split(n_rows, chosen, chosen, int(record.get("seed", 0)))
+    image_n = np.asarray(store.provenance(0, n_rows)[0], dtype=np.int64)
+    rows = np.flatnonzero(np.isin(image_n, chosen)).astype(np.int64)
+    return Split(n_rows, chosen, rows, int(record.get("seed", 0)), "stratified" in record.get("method", ""))
+
+
+def _checked_split(split: Split, batch_size: int) -> Split:
     if split.n_train < batch_size:
         raise TrainingError(
-            f"the store's training slice has {split.n_train} rows ({n_rows} rows, {n_eval} held out), fewer than "
-            f"one batch of {batch_size}; record more images or lower batch_size / eval_fraction."
+            f"the store's training slice has {split.n_train} rows ({split.n_rows} rows, {split.n_eval} held out), "
+            f"fewer than one batch of {batch_size}; record more images or lower batch_size / eval_fraction."
         )
     return split
 
@@ -106,26 +165,27 @@ def batch_stream(
     *,
     batch_size: int,
     seed: int,
-    stop_row: int,
+    split: Split,
     skip_batches: int = 0,
     token_types: list[str] | None = None,
     normalization: InputNormalization | None = None,
     prefetch: int | None = None,
 ) -> Iterator[torch.Tensor]:
-    """Endless (batch_size, d_in) float32 batches over rows ``[0, stop_row)``, epoch after epoch.
+    """Endless (batch_size, d_in) float32 batches over the training rows of ``split``, epoch after epoch.
 
     ``skip_batches`` resumes the stream after that many batches without reading them (whole epochs
     are skipped here, the rest by ``shuffled``). ``token_types`` keeps rows of those token kinds only
     (see :func:`token_filter`); ``normalization`` is applied to every batch. ``prefetch`` is passed to
     ``shuffled`` (0: no reader thread of its own, for a caller that prefetches the whole stream).
     """
-    n_rows = count_selected_rows(store, token_types, stop_row)
+    n_rows = count_selected_rows(store, token_types, split)
     per_epoch = n_rows // batch_size
     if per_epoch == 0:
         raise TrainingError(
             f"the training rows of {site} hold {n_rows} rows of tokens {token_types}, fewer than one batch of "
-            f"{batch_size}; record more images or lower batch_size."
+            f"{batch_size}; record more images or lower batch_size / eval_fraction."
         )
+    held_out = {"exclude_images": split.eval_images} if split.n_eval else {}
     first_epoch, skip_in_epoch = divmod(skip_batches, per_epoch)
     for epoch in itertools.count(first_epoch):
         if epoch > 0:
@@ -134,10 +194,10 @@ def batch_stream(
             site,
             batch_size,
             seed=seed + epoch * _EPOCH_SEED_STRIDE,
-            stop_row=stop_row,
             drop_last=True,
             skip_batches=skip_in_epoch if epoch == first_epoch else 0,
             **({"token_types": token_types} if token_types is not None else {}),
+            **held_out,
             **({"prefetch": prefetch} if prefetch is not None else {}),
         )
         if normalization is None:
@@ -159,7 +219,7 @@ def estimation_batches(
     *,
     batch_size: int,
     seed: int,
-    stop_row: int,
+    split: Split,
     n: int,
     token_types: list[str] | None = None,
     normalization: InputNormalization | None = None,
@@ -171,7 +231,7 @@ def estimation_batches(
         site,
         batch_size=batch_size,
         seed=seed + 7919,
-        stop_row=stop_row,
+        split=split,
         token_types=token_types,
         normalization=normalization,
     )
@@ -198,18 +258,21 @@ def token_filter(store: Any, tokens: str | None) -> list[str] | None:
     return ["cls", "registers", "patches"] if tokens == "all" else [tokens]
 
 
-def count_selected_rows(store: Any, token_types: list[str] | None, stop_row: int) -> int:
-    """Rows of ``token_types`` among rows ``[0, stop_row)`` (rows are whole images of the same tokens)."""
+def count_selected_rows(store: Any, token_types: list[str] | None, split: Split) -> int:
+    """Training rows of ``split`` that are tokens of ``token_types`` (None: every token).
+
+    Every image contributes the same stored tokens, so this is (training images) x (kept tokens per image).
+    """
     if token_types is None:
-        return stop_row
+        return split.n_train
     layout = store.layout
     per_image = layout.token_indices(str(store.tokens)).numpy()
     keep = torch.zeros(layout.n_tokens, dtype=torch.bool)
     for kind in token_types:
         keep |= layout.token_mask(kind)
-    keep_i = keep.numpy()[per_image]
-    full, rest = divmod(stop_row, len(per_image))
-    return int(full * keep_i.sum() + keep_i[:rest].sum())
+    kept_per_image = int(keep.numpy()[per_image].sum())
+    train_images = split.n_rows // len(per_image) - len(split.eval_images)
+    return train_images * kept_per_image
 
 
 def check_finite_batch(batch: torch.Tensor, *, step: int, site: str) -> None:
@@ -239,15 +302,15 @@ class RunInputs:
     """``subtract_mean`` / ``scale_norm`` statistics of the training rows, or None."""
 
 
-def prepare_inputs(store: Any, cfg: Any, *, n_train: int) -> RunInputs:
-    """Token filter and input normalisation of ``cfg`` over training rows ``[0, n_train)``.
+def prepare_inputs(store: Any, cfg: Any, *, split: Split) -> RunInputs:
+    """Token filter and input normalisation of ``cfg`` over the training rows of ``split``.
 
     The statistics are computed once, deterministically, so every epoch and a resumed run see the same
     transform. Raises when fewer than one batch of the selected tokens is left for training.
     """
     token_types = token_filter(store, cfg.tokens)
     tokens = cfg.tokens or str(store.tokens)
-    n_selected = count_selected_rows(store, token_types, n_train)
+    n_selected = count_selected_rows(store, token_types, split)
     if n_selected < cfg.batch_size:
         raise TrainingError(
             f"the training slice holds {n_selected} rows of tokens={tokens!r}, fewer than one batch of "
@@ -260,7 +323,7 @@ def prepare_inputs(store: Any, cfg: Any, *, n_train: int) -> RunInputs:
         scale_norm=cfg.scale_norm,
         tokens=tokens,
         token_types=token_types,
-        stop_row=n_train,
+        exclude_images=split.eval_images if split.n_eval else None,
     )
     if norm is not None:
         logger.info(

@@ -44,6 +44,7 @@ SHARED_FIELDS = (
     "batch_size",
     "data_seed",
     "eval_fraction",
+    "split_seed",
     "max_eval_rows",
     "device",
     "checkpoint_every_tokens",

@@ -49,7 +49,7 @@ from vision_sae_lens.train.feed import (
     estimation_batches,
     open_store,
     prepare_inputs,
-    split_rows,
+    split_store,
     store_preprocessing,
 )
 from vision_sae_lens.train.plots import plot_sweep
@@ -159,15 +159,16 @@ class _GroupTrainer:
         self.store = open_store(lead.store)
         for m in members:
             check_store_for(self.store, m.cfg.site, m.cfg.sae.d_in, m.name)
-        self.split: Split = split_rows(
-            int(self.store.n_rows),
+        self.split: Split = split_store(
+            self.store,
             eval_fraction=lead.eval_fraction,
             max_eval_rows=lead.max_eval_rows,
             batch_size=lead.batch_size,
+            seed=lead.split_seed,
         )
         self.device = resolve_device(lead.device)
         self.fingerprint = str(getattr(self.store, "fingerprint", ""))
-        self.inputs = prepare_inputs(self.store, lead, n_train=self.split.n_train)
+        self.inputs = prepare_inputs(self.store, lead, split=self.split)
         self.token_types, self.tokens = self.inputs.token_types, self.inputs.tokens
         self.normalization = self.inputs.normalization
 
@@ -179,6 +180,7 @@ class _GroupTrainer:
         start = self._resume_step(active) if self.resume else 0
         for m in active:
             self._estimate_normalisation(m)
+            _warn_short_window(m)
             self._start_wandb(m)
         try:
             if active:
@@ -202,7 +204,7 @@ class _GroupTrainer:
             lead.site,
             batch_size=lead.batch_size,
             seed=lead.data_seed,
-            stop_row=self.split.n_train,
+            split=self.split,
             skip_batches=start,
             token_types=self.token_types,
             normalization=self.normalization,
@@ -219,6 +221,9 @@ class _GroupTrainer:
         try:
             for step in range(start, n_steps):
                 batch = next(stream).to(self.device, non_blocking=True)
+                if step == 0:
+                    for m in active:
+                        _init_b_dec(m, batch)
                 for m in active:
                     if step < m.cfg.n_steps:
                         self._step(m, batch, step)
@@ -371,7 +376,7 @@ class _GroupTrainer:
         kwargs = dict(
             batch_size=cfg.batch_size,
             seed=cfg.data_seed,
-            stop_row=self.split.n_train,
+            split=self.split,
             token_types=self.token_types,
             normalization=self.normalization,
         )
@@ -411,7 +416,7 @@ class _GroupTrainer:
             tokens=self.tokens,
             layout=store.layout,
             preprocessing=store_preprocessing(store),
-            dataset=store.dataset,
+            dataset={**dict(store.dataset or {}), "held_out": _held_out_summary(self.split)},
             store_fingerprint=self.fingerprint or None,
             training_tokens=int(m.trainer.n_training_samples),
             backbone_weights_file=store.metadata.get("backbone_weights_file"),
@@ -440,6 +445,7 @@ class _GroupTrainer:
                 trainer, tmp, self._facts(m), fold_in_place=True, normalization=self.normalization
             )
             (tmp / "train_config.json").write_text(json.dumps(m.cfg.to_dict(), indent=1, default=str))
+            (tmp / "split.json").write_text(json.dumps(self.split.describe(), indent=1))
             m.result = self._load_result(
                 m, training_sae=trainer.sae, n_steps=trainer.n_training_steps, path=tmp
             )
@@ -450,6 +456,7 @@ class _GroupTrainer:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         m.result.path = m.folder
+        _warn_poor_result(m.name, m.result.report)
         if m.wandb_run is not None:
             m.wandb_run.summary.update(
                 {k: v for k, v in m.result.report.items() if isinstance(v, (int, float))}
@@ -490,6 +497,55 @@ class _GroupTrainer:
             history=m.history,
             train_seconds=m.train_seconds,
         )
+
+
+def _init_b_dec(m: _Member, batch: torch.Tensor) -> None:
+    """``b_dec_init='mean'``: the decoder bias starts at the mean of the first training batch (as sparsify)."""
+    sae = m.trainer.sae
+    if m.cfg.b_dec_init != "mean" or not hasattr(sae, "b_dec"):
+        return
+    with torch.no_grad():
+        sae.b_dec.data = m.trainer.activation_scaler(batch.float()).mean(0).to(sae.b_dec.dtype)
+
+
+DEAD_WARNING_FRACTION = 0.2
+"""Dead fraction above which the end of training warns."""
+
+
+def _warn_short_window(m: _Member) -> None:
+    if m.cfg.n_steps < m.cfg.dead_feature_window:
+        logger.warning(
+            "run %r trains %d steps, fewer than its dead_feature_window of %d: no latent will ever count as "
+            "dead in training, so TopK's AuxK loss never revives any. Lower dead_feature_window (default: a "
+            "tenth of the steps) or train longer.",
+            m.name,
+            m.cfg.n_steps,
+            m.cfg.dead_feature_window,
+        )
+
+
+def _warn_poor_result(name: str, report: dict[str, Any]) -> None:
+    nmse, dead = report.get("nmse"), report.get("dead_fraction")
+    if nmse is not None and nmse > 1:
+        logger.warning(
+            "run %r: held-out NMSE %.3f > 1, worse than predicting the mean activation; lower lr, add warm-up "
+            "or enable normalize_activations='expected_average_only_in'.",
+            name,
+            nmse,
+        )
+    if dead is not None and dead > DEAD_WARNING_FRACTION:
+        logger.warning(
+            "run %r: %.0f%% of latents are dead (never fire on %s store rows); train longer, lower "
+            "dead_feature_window, use decoder_init_norm=1.0 for TopK SAEs, or shrink d_sae.",
+            name,
+            100 * dead,
+            f"{report.get('density_rows', 0):,}",
+        )
+
+
+def _held_out_summary(split: Split) -> dict[str, Any]:
+    """The held-out draw without its image list (that is in ``split.json``)."""
+    return {k: v for k, v in split.describe().items() if k != "eval_images"}
 
 
 def _checked(source: Iterator[torch.Tensor], *, start: int, site: str, pin: bool) -> Iterator[torch.Tensor]:

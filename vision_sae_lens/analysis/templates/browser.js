@@ -1,4 +1,4 @@
-// Feature browser index: a searchable, sortable table of latents from window.VSL_INDEX (data/index.js).
+// Feature browser index: a searchable, sortable, paged table of latents from window.VSL_INDEX (data/index.js).
 (function () {
   "use strict";
   var data = window.VSL_INDEX;
@@ -6,8 +6,11 @@
   var search = document.getElementById("search");
   var hideDead = document.getElementById("hide-dead");
   var count = document.getElementById("count");
-  var sortKey = "id", sortDir = 1;
-  var MAX_ROWS = 1000;
+  var prevBtn = document.getElementById("prev-page");
+  var nextBtn = document.getElementById("next-page");
+  var pageInfo = document.getElementById("page-info");
+  var sortKey = "score", sortDir = -1;
+  var PAGE_ROWS = 200, page = 0;
 
   function fmt(v, digits) {
     if (v === null || v === undefined || Number.isNaN(v)) return "";
@@ -39,7 +42,10 @@
     var rows = data.latents.filter(function (r) {
       if (hideDead.checked && r.flag === "dead") return false;
       if (!q) return true;
-      return String(r.id) === q || String(r.id).indexOf(q) === 0 || (r.label || "").toLowerCase().indexOf(q) >= 0;
+      if (String(r.id) === q || String(r.id).indexOf(q) === 0) return true;
+      // Full text over the best label, every label it fires on, and the flag.
+      var text = ((r.label || "") + " " + (r.labels || "") + " " + (r.flag || "")).toLowerCase();
+      return q.split(/\s+/).every(function (w) { return text.indexOf(w) >= 0; });
     });
     rows.sort(function (a, b) {
       var x = a[sortKey], y = b[sortKey];
@@ -49,9 +55,18 @@
       return (x < y ? -1 : 1) * sortDir;
     });
     tbody.textContent = "";
-    rows.slice(0, MAX_ROWS).forEach(function (r) {
+    var pages = Math.max(1, Math.ceil(rows.length / PAGE_ROWS));
+    page = Math.min(page, pages - 1);
+    rows.slice(page * PAGE_ROWS, (page + 1) * PAGE_ROWS).forEach(function (r) {
       var tr = document.createElement("tr");
       var td = cell(tr, "");
+      if (r.thumb) {
+        var img = document.createElement("img");
+        img.src = r.thumb;
+        img.className = "thumb";
+        img.alt = "";
+        td.appendChild(img);
+      }
       if (r.page) {
         var a = document.createElement("a");
         a.href = r.page;
@@ -59,8 +74,9 @@
         a.className = "latent-link";
         td.appendChild(a);
       } else {
-        td.textContent = r.id;
+        td.appendChild(document.createTextNode(r.id));
       }
+      cell(tr, fmt(r.score, 3));
       cell(tr, fmt(r.freq, 4));
       cell(tr, fmt(r.img_freq, 3));
       cell(tr, fmt(r.mean_active, 3));
@@ -71,7 +87,11 @@
       cell(tr, r.flag || "", r.flag ? "flag-" + r.flag : "");
       tbody.appendChild(tr);
     });
-    count.textContent = "showing " + Math.min(rows.length, MAX_ROWS) + " of " + rows.length + " latents";
+    var first = rows.length ? page * PAGE_ROWS + 1 : 0;
+    count.textContent = "showing " + first + "\u2013" + Math.min(rows.length, (page + 1) * PAGE_ROWS) + " of " + rows.length + " latents";
+    pageInfo.textContent = "page " + (page + 1) + " / " + pages;
+    prevBtn.disabled = page === 0;
+    nextBtn.disabled = page >= pages - 1;
   }
 
   document.querySelectorAll("#latents th").forEach(function (th) {
@@ -79,13 +99,16 @@
       var key = th.getAttribute("data-key");
       sortDir = key === sortKey ? -sortDir : (th.getAttribute("data-type") === "num" && key !== "id" ? -1 : 1);
       sortKey = key;
+      page = 0;
       document.querySelectorAll("#latents th").forEach(function (h) { h.className = ""; });
       th.className = sortDir > 0 ? "asc" : "desc";
       render();
     });
   });
-  search.addEventListener("input", render);
-  hideDead.addEventListener("change", render);
+  search.addEventListener("input", function () { page = 0; render(); });
+  hideDead.addEventListener("change", function () { page = 0; render(); });
+  prevBtn.addEventListener("click", function () { page -= 1; render(); });
+  nextBtn.addEventListener("click", function () { page += 1; render(); });
   summary();
   render();
 })();

@@ -1,0 +1,269 @@
+"""SAE quality at equal budget: this package's out-of-the-box SAE vs the reference trainers, one run.
+
+Every implementation trains on the same rows of the same store (the demo's MNIST ViT store, the
+training images of one seeded, stratified split, read in the same shuffled batch order), with the
+same number of rows and the same batch size, and is scored by the same code: NMSE and L0 on the
+held-out images' rows, dead latents by the package's one definition (over the whole store), and
+digit accuracy on the 1,000 held-out test digits with the SAE spliced in (no error term).
+
+Implementations (per architecture, topk and batchtopk):
+- ``vision_sae_lens``: ``TrainConfig(store, site, sae, training_tokens)``, nothing else set.
+- ``saelens-lm-defaults``: SAELens' own LM defaults through the same trainer (lr 3e-4 constant, no
+  warm-up, dead-feature window 1000 steps, ``decoder_init_norm`` 0.1, b_dec zeros).
+- ``dictionary_learning`` 0.1.0 (TopKTrainer / BatchTopKTrainer, their defaults; warm-up and
+  threshold start clipped to a tenth of the run, since their 1000-step defaults exceed it).
+- ``sparsify`` 1.3.3 (EleutherAI's SparseCoder and its trainer's step: b_dec = first batch mean,
+  unit-norm decoder, parallel-gradient removal, Adam at its default lr, linear warm-up clipped as
+  above; topk only: sparsify has no batchtopk).
+
+The reference trainers are an optional extra, never a dependency of the package: install them into
+a throw-away folder and the script finds them there (torch comes from the package's environment)::
+
+    pip install --target /tmp/refpkgs --no-deps eai-sparsify==1.3.3 dictionary-learning==0.1.0 natsort schedulefree
+    python scripts/bench/quality.py --refpkgs /tmp/refpkgs
+
+Without them the table lists only the package rows and says which references are missing.
+``--tokens`` sets the budget (default 1,000,000 rows, about 5 epochs of the 196,000-row store).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+os.environ.setdefault("SPARSIFY_DISABLE_TRITON", "1")
+os.environ.setdefault("TQDM_DISABLE", "1")  # sparsify's Triton kernels need a GPU
+
+SITE = "blocks.1.hook_resid_post"
+D_SAE, K = 512, 16
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--tokens", type=int, default=1_000_000, help="training rows per SAE")
+    parser.add_argument("--refpkgs", default="/tmp/refpkgs", help="folder holding the reference trainers")
+    parser.add_argument("--store", help="existing demo store (default: record one into a temp folder)")
+    parser.add_argument("--architectures", default="topk,batchtopk")
+    parser.add_argument("--only", help="comma-separated implementations to run")
+    args = parser.parse_args()
+    torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
+    refs = _import_references(args.refpkgs)
+
+    from vision_sae_lens.backbones import HookedSAEViT
+    from vision_sae_lens.data import open_images
+    from vision_sae_lens.demo import DEMO_BACKBONE_ID
+    from vision_sae_lens.store import ActivationStore, cache_activations
+
+    model = HookedSAEViT.from_pretrained(DEMO_BACKBONE_ID)
+    test_digits = open_images("demo:mnist:test")
+    tmp = Path(tempfile.mkdtemp(prefix="vsl-quality-"))
+    if args.store:
+        store = ActivationStore(args.store)
+    else:
+        store = cache_activations(
+            model, open_images("demo:mnist:train"), sites=[SITE], tokens="patches", dtype="float32",
+            out_dir=tmp / "acts", batch_size=256, progress=False,
+        )  # fmt: skip
+    print(f"store: {store.n_rows:,} rows of {SITE} (d {store.site_dim(SITE)}), budget {args.tokens:,} rows")
+    impls = {
+        "vision_sae_lens": _train_package,
+        "saelens-lm-defaults": _train_saelens_lm,
+        "dictionary_learning": _train_dictionary_learning if "dictionary_learning" in refs else None,
+        "sparsify": _train_sparsify if "sparsify" in refs else None,
+    }
+    only = set(args.only.split(",")) if args.only else None
+    rows = []
+    for arch in args.architectures.split(","):
+        template = None
+        for name, fn in impls.items():
+            if only and name not in only and name != "vision_sae_lens":
+                continue
+            if fn is None:
+                rows.append((arch, name, None, "not installed (see --refpkgs)"))
+                continue
+            if name == "sparsify" and arch != "topk":
+                continue
+            started = time.perf_counter()
+            sae, info = fn(store, arch, args.tokens, tmp / f"{name}-{arch}", template)
+            sys.stdout.flush()
+            if template is None:
+                template = sae  # the package's run: its metadata and batch size are shared
+            report = _score(sae, store, model, test_digits, template)
+            rows.append((arch, name, report, f"{time.perf_counter() - started:.0f}s {info}"))
+            _print_table(rows[-1:], header=len(rows) == 1)  # as each finishes; the whole table at the end
+    _print_table(rows)
+
+
+# ------------------------------------------------------------------------------ implementations
+def _package_config(store, arch, tokens, **overrides):
+    from vision_sae_lens.train import TrainConfig, build_sae_config
+
+    sae_fields = {k: overrides.pop(k) for k in list(overrides) if k in ("decoder_init_norm",)}
+    return TrainConfig(
+        store=store,
+        site=SITE,
+        sae=build_sae_config(arch, d_in=store.site_dim(SITE), d_sae=D_SAE, k=K, **sae_fields),
+        training_tokens=tokens,
+        **overrides,
+    )
+
+
+def _train_package(store, arch, tokens, out, template):
+    from vision_sae_lens.train import train_sae
+
+    cfg = _package_config(store, arch, tokens)
+    run = train_sae(cfg, out_dir=out, progress=False)
+    return run.sae, f"batch {cfg.batch_size}, {cfg.n_steps} steps"
+
+
+def _train_saelens_lm(store, arch, tokens, out, template):
+    from vision_sae_lens.train import train_sae
+
+    cfg = _package_config(
+        store, arch, tokens, batch_size=4096, lr=3e-4, lr_scheduler="constant", lr_warm_up_steps=0,
+        lr_decay_steps=0, dead_feature_window=1000, decoder_init_norm=0.1, b_dec_init="zeros",
+    )  # fmt: skip
+    run = train_sae(cfg, out_dir=out, progress=False)
+    return run.sae, f"batch {cfg.batch_size}, {cfg.n_steps} steps"
+
+
+def _same_batches(store, template_cfg, tokens):
+    """The package run's training batches: same split, same seed, same order."""
+    from vision_sae_lens.train.feed import batch_stream, split_store
+
+    split = split_store(
+        store, eval_fraction=template_cfg.eval_fraction, max_eval_rows=template_cfg.max_eval_rows,
+        batch_size=template_cfg.batch_size, seed=template_cfg.split_seed,
+    )  # fmt: skip
+    steps = tokens // template_cfg.batch_size
+    stream = batch_stream(
+        store, SITE, batch_size=template_cfg.batch_size, seed=template_cfg.data_seed, split=split
+    )
+    return steps, (next(stream) for _ in range(steps))
+
+
+def _train_dictionary_learning(store, arch, tokens, out, template):
+    from dictionary_learning.trainers.batch_top_k import BatchTopKTrainer
+    from dictionary_learning.trainers.top_k import TopKTrainer
+
+    cfg = _package_config(store, arch, tokens)
+    steps, batches = _same_batches(store, cfg, tokens)
+    cls = TopKTrainer if arch == "topk" else BatchTopKTrainer
+    clip = max(1, steps // 10)
+    trainer = cls(
+        steps=steps, activation_dim=store.site_dim(SITE), dict_size=D_SAE, k=K, layer=0, lm_name="demo",
+        warmup_steps=min(1000, clip), threshold_start_step=min(1000, clip), seed=0, device="cpu",
+    )  # fmt: skip
+    for step, x in enumerate(batches):
+        trainer.update(step, x)
+    ae = trainer.ae
+    w_enc, b_enc, w_dec, b_dec = ae.encoder.weight.T, ae.encoder.bias, ae.decoder.weight.T, ae.b_dec
+    threshold = float(ae.threshold) if arch == "batchtopk" else None
+    return _as_saelens(w_enc, b_enc, w_dec, b_dec, template, threshold=threshold), f"{steps} steps"
+
+
+def _train_sparsify(store, arch, tokens, out, template):
+    from sparsify import SparseCoder, SparseCoderConfig
+    from transformers import get_linear_schedule_with_warmup
+
+    cfg = _package_config(store, arch, tokens)
+    steps, batches = _same_batches(store, cfg, tokens)
+    torch.manual_seed(0)
+    sae = SparseCoder(store.site_dim(SITE), SparseCoderConfig(num_latents=D_SAE, k=K), device="cpu")
+    adam = torch.optim.Adam(sae.parameters(), lr=2e-4 / (D_SAE / 2**14) ** 0.5)
+    schedule = get_linear_schedule_with_warmup(adam, min(1000, max(1, steps // 10)), steps)
+    for step, x in enumerate(batches):
+        if step == 0:
+            sae.b_dec.data = x.mean(0)
+        sae.set_decoder_norm_to_unit_norm()
+        out_ = sae(x, dead_mask=None)
+        out_.fvu.backward()
+        sae.remove_gradient_parallel_to_decoder_directions()
+        adam.step()
+        adam.zero_grad()
+        schedule.step()
+    sae.set_decoder_norm_to_unit_norm()
+    return _as_saelens(
+        sae.encoder.weight.T, sae.encoder.bias, sae.W_dec, sae.b_dec, template
+    ), f"{steps} steps"
+
+
+def _as_saelens(w_enc, b_enc, w_dec, b_dec, template, *, threshold=None):
+    """A SAELens inference SAE with the reference weights (TopK, or JumpReLU for a global threshold)."""
+    from sae_lens import JumpReLUSAE, JumpReLUSAEConfig, TopKSAE, TopKSAEConfig
+
+    d_in, d_sae = w_enc.shape
+    meta = (
+        dataclasses.replace(template.cfg.metadata)
+        if dataclasses.is_dataclass(template.cfg.metadata)
+        else None
+    )
+    if threshold is None:
+        sae = TopKSAE(TopKSAEConfig(d_in=d_in, d_sae=d_sae, k=K, rescale_acts_by_decoder_norm=False))
+    else:
+        sae = JumpReLUSAE(JumpReLUSAEConfig(d_in=d_in, d_sae=d_sae))
+        sae.threshold.data[:] = threshold
+    with torch.no_grad():
+        sae.W_enc.data = w_enc.detach().float().clone().contiguous()
+        sae.b_enc.data = b_enc.detach().float().clone()
+        sae.W_dec.data = w_dec.detach().float().clone().contiguous()
+        sae.b_dec.data = b_dec.detach().float().clone()
+    sae.cfg.metadata = meta if meta is not None else template.cfg.metadata
+    return sae
+
+
+# ------------------------------------------------------------------------------------- scoring
+def _score(sae, store, model, test_digits, template):
+    from vision_sae_lens.train.evaluate import evaluate_sae
+    from vision_sae_lens.train.feed import split_store
+
+    cfg = _package_config(store, "topk", 4096)
+    split = split_store(store, eval_fraction=cfg.eval_fraction, max_eval_rows=cfg.max_eval_rows, batch_size=1)
+    return evaluate_sae(
+        sae, store, split=split, model=model, images=test_digits, n_images=len(test_digits), batch_size=4096
+    )
+
+
+def _print_table(rows, *, header: bool = True) -> None:
+    if header:
+        print(
+            f"\n{'arch':<10}{'implementation':<22}{'NMSE':>8}{'L0':>7}{'dead':>7}{'spliced acc':>13}  notes"
+        )
+    for arch, name, rep, note in rows:
+        if rep is None:
+            print(f"{arch:<10}{name:<22}{'-':>8}{'-':>7}{'-':>7}{'-':>13}  {note}")
+            continue
+        down = rep.get("downstream") or {}
+        print(
+            f"{arch:<10}{name:<22}{rep['nmse']:>8.4f}{rep['l0']:>7.1f}{rep['dead_fraction']:>7.3f}"
+            f"{down.get('accuracy', float('nan')):>13.3f}  {note}"
+        )
+    clean = next((r[2]["downstream"]["clean_accuracy"] for r in rows if r[2]), None)
+    if clean is not None and len(rows) > 1:
+        print(f"clean accuracy {clean:.3f}; NMSE/L0 on held-out images' rows; dead over the whole store")
+
+
+def _import_references(folder: str) -> set[str]:
+    found = set()
+    if folder and Path(folder).is_dir() and folder not in sys.path:
+        sys.path.append(folder)  # appended: the package's own torch / transformers stay first
+    for name in ("dictionary_learning", "sparsify"):
+        try:
+            __import__(name)
+            found.add(name)
+        except Exception as exc:  # noqa: BLE001 - any import failure means "not available"
+            print(f"{name}: not available ({type(exc).__name__}: {exc})")
+    return found
+
+
+if __name__ == "__main__":
+    main()
