@@ -151,7 +151,7 @@ def bench_step(args, tmp: Path) -> None:
                 cfg = TrainConfig(
                     store=store, site=SITE, sae=make_cfg(), training_tokens=bs * steps, batch_size=bs,
                     lr=3e-4, device="cpu", name=f"{arch}-{expansion}-{rep}", eval_fraction=0.0001,
-                    max_eval_rows=LAYOUT.n_patches,
+                    max_eval_rows=LAYOUT.n_patches, dead_feature_window=1000,  # no latent dead: as the bare step
                 )  # fmt: skip
                 run = train_sae(cfg, out_dir=tmp / f"step_{arch}_{expansion}_{rep}", progress=False)
                 loop.append(run.train_seconds / steps)
