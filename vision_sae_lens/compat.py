@@ -162,6 +162,158 @@ def _probe_root_module() -> None:
     _require(hasattr(root, "mod_dict"), seam, "setup() no longer fills mod_dict")
 
 
+def build_open_clip_visual(arch: str) -> torch.nn.Module:
+    """open_clip's image tower of architecture ``arch`` alone, randomly initialised exactly as inside
+    ``open_clip.create_model(arch)`` (the tower is built first, from the same RNG state), without the
+    text tower; ``preprocess_cfg`` is set as ``create_model`` sets it (private ``_build_vision_tower``)."""
+    import copy
+    from dataclasses import asdict
+
+    import open_clip
+    from open_clip.model import _build_vision_tower, set_model_preprocess_cfg
+    from open_clip.transform import PreprocessCfg
+
+    cfg = copy.deepcopy(open_clip.get_model_config(arch))
+    if cfg is None:
+        raise CompatError(f"open_clip has no model config {arch!r}")
+    vision_cfg = dict(cfg["vision_cfg"])
+    if "timm_model_name" in vision_cfg:  # create_model without CLIP weights: no timm download either
+        vision_cfg["timm_model_pretrained"] = False
+    visual = _build_vision_tower(cfg["embed_dim"], vision_cfg, cfg.get("quick_gelu", False), None)
+    # create_model's preprocessing for a built-in name without a tag: the defaults, at the tower's size
+    set_model_preprocess_cfg(visual, {**asdict(PreprocessCfg()), "size": visual.image_size})
+    return visual
+
+
+def _probe_open_clip_visual() -> None:
+    seam = "open_clip _build_vision_tower"
+    try:
+        from open_clip import model as oc_model
+    except ImportError:  # open_clip is optional: no backbone of it can be loaded, so nothing to check
+        return
+    fn = getattr(oc_model, "_build_vision_tower", None)
+    _require(fn is not None, seam, "open_clip.model has no _build_vision_tower")
+    _require(
+        _params(fn)[:4] == ["embed_dim", "vision_cfg", "quick_gelu", "cast_dtype"],
+        seam,
+        "signature is no longer (embed_dim, vision_cfg, quick_gelu, cast_dtype)",
+    )
+    src = inspect.getsource(oc_model.CLIP.__init__)
+    first = src.find("_build_vision_tower(")
+    _require(
+        0 <= first < src.find("_build_text_tower("),
+        seam,
+        "CLIP no longer builds its image tower before its text tower (random init would differ)",
+    )
+
+
+# ------------------------------------------------------------------------------- SAELens trainer
+# ``SAETrainer.step`` costs more than the SAE's own work: a non-fused Adam, a float copy of the whole
+# (batch, d_sae) activation matrix for the firing statistics, and an unconditional gradient clip. The
+# two functions below keep SAETrainer (its schedulers, scaler, statistics, checkpoint state) and
+# replace only its optimizer and its private ``_train_step``, with the same results.
+
+
+def use_fused_adam(trainer) -> bool:
+    """Give ``trainer`` (a fresh ``SAETrainer``) the same Adam and lr schedule with ``fused=True``
+    where the device supports it; True when it did. Call it before loading any trainer state."""
+    from sae_lens.training.optim import get_lr_scheduler
+
+    params = list(trainer.sae.parameters())
+    if not all(p.dtype in (torch.float32, torch.float16, torch.bfloat16) for p in params):
+        return False
+    cfg = trainer.cfg
+    try:
+        optimizer = torch.optim.Adam(params, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), fused=True)
+    except (RuntimeError, ValueError):  # a device without a fused Adam kernel keeps SAELens' own
+        return False
+    trainer.optimizer = optimizer
+    trainer.lr_scheduler = get_lr_scheduler(
+        cfg.lr_scheduler_name,
+        lr=cfg.lr,
+        optimizer=optimizer,
+        warm_up_steps=cfg.lr_warm_up_steps,
+        decay_steps=cfg.lr_decay_steps,
+        training_steps=cfg.total_training_steps,
+        lr_end=cfg.lr_end,
+        num_cycles=cfg.n_restart_cycles,
+    )
+    return True
+
+
+def trainer_step(trainer, batch: torch.Tensor, *, max_grad_norm: float | None = 1.0):
+    """``trainer.step(batch)`` (SAELens' ``SAETrainer.step``) without its avoidable cost: the firing
+    statistics are counted on a boolean mask (no float copy of the activations) and the gradient is
+    clipped to ``max_grad_norm`` only when one is given (SAELens always clips at 1.0, the default)."""
+    from sae_lens.saes.sae import TrainStepInput
+
+    sae = trainer.sae
+    batch = batch.to(sae.device)
+    trainer.n_training_samples += batch.shape[0]
+    sae_in = trainer.activation_scaler(batch)
+    sae.train()
+    with trainer.autocast_if_enabled:
+        out = sae.training_forward_pass(
+            step_input=TrainStepInput(
+                sae_in=sae_in,
+                dead_neuron_mask=trainer.dead_neurons,
+                coefficients=trainer.get_coefficients(),
+                n_training_steps=trainer.n_training_steps,
+                is_logging_step=trainer._is_logging_step(),
+            ),
+        )
+        with torch.no_grad():
+            acts = out.feature_acts
+            fired_bd = acts.to_dense() != 0 if acts.is_sparse else acts != 0
+            did_fire = fired_bd.any(0)
+            trainer.n_forward_passes_since_fired += 1
+            trainer.n_forward_passes_since_fired[did_fire] = 0
+            trainer.act_freq_scores += fired_bd.sum(0)
+            trainer.n_frac_active_samples += trainer.cfg.train_batch_size_samples
+            del fired_bd
+    out.loss.backward()
+    if max_grad_norm is not None:
+        torch.nn.utils.clip_grad_norm_(sae.parameters(), max_grad_norm)
+    trainer.optimizer.step()
+    trainer.optimizer.zero_grad(set_to_none=True)
+    trainer.lr_scheduler.step()
+    for scheduler in trainer.coefficient_schedulers.values():
+        scheduler.step()
+    return out
+
+
+def _probe_trainer_step() -> None:
+    seam = "sae_lens SAETrainer._train_step"
+    from sae_lens.training.sae_trainer import SAETrainer
+
+    src = inspect.getsource(SAETrainer._train_step)
+    for needle in (
+        "training_forward_pass",
+        "dead_neuron_mask=self.dead_neurons",
+        "coefficients=self.get_coefficients()",
+        "n_training_steps=self.n_training_steps",
+        "is_logging_step=self._is_logging_step()",
+        "self.n_forward_passes_since_fired[did_fire] = 0",
+        "self.act_freq_scores += firing_feats.sum(0)",
+        "self.n_frac_active_samples += self.cfg.train_batch_size_samples",
+        "clip_grad_norm_(sae.parameters(), 1.0)",
+        "self.optimizer.step()",
+        "self.lr_scheduler.step()",
+        "scheduler.step()",
+    ):
+        _require(needle in src, seam, f"no longer does {needle!r} (update compat.trainer_step to match)")
+    step_src = inspect.getsource(SAETrainer.step)
+    _require(
+        "self.activation_scaler(batch)" in step_src
+        and "self.n_training_samples += batch.shape[0]" in step_src,
+        seam,
+        "step() no longer scales the batch and counts samples as trainer_step does",
+    )
+    init_src = inspect.getsource(SAETrainer.__init__)
+    for needle in ("Adam(", "get_lr_scheduler(", "num_cycles=cfg.n_restart_cycles", "lr_end=cfg.lr_end"):
+        _require(needle in init_src, seam, f"__init__ no longer builds its optimizer with {needle!r}")
+
+
 SEAMS: dict[str, Callable[[], None]] = {
     "sae_lens _SAEWrapper": _probe_wrapper_contract,
     "sae_lens _SAEWrapper error term": _probe_wrapper_error_is_constant,
@@ -169,6 +321,8 @@ SEAMS: dict[str, Callable[[], None]] = {
     "sae_lens get_deep_attr/set_deep_attr": _probe_deep_attr,
     "sae_lens _disable_hooks": _probe_disable_hooks,
     "transformer_lens HookedRootModule": _probe_root_module,
+    "open_clip _build_vision_tower": _probe_open_clip_visual,
+    "sae_lens SAETrainer._train_step": _probe_trainer_step,
 }
 """Seam name -> probe that raises :class:`CompatError` naming the seam when an upgrade changed it."""
 
@@ -201,7 +355,10 @@ __all__ = [
     "SAEWrapper",
     "SEAMS",
     "borrowed",
+    "build_open_clip_visual",
     "disable_sae_hooks",
     "get_deep_attr",
     "set_deep_attr",
+    "trainer_step",
+    "use_fused_adam",
 ]

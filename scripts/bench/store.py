@@ -1,7 +1,9 @@
 """Activation store benchmarks (CPU, random-init models, no downloads). Each number is a ratio measured in
 one run on this machine:
 
-(a) recording throughput / plain forward throughput of the same model up to the same block (target >= 0.9);
+(a) recording throughput / throughput of a plain loop (JPEG decode, preprocess, forward up to the same
+    block) for a timm, an open_clip and a transformers ViT (target >= 0.95), and the peak RSS of each
+    (target <= 1.1), each case in a fresh process;
 (b) ``shuffled()`` rows/s / sequential ``np.memmap`` read rows/s of the same file, warm page cache
     (target >= 0.5), plus absolute rows/s at d_model 768;
 (c) peak RSS while recording 10x more images than the recorder's in-flight buffers hold (must stay flat).
@@ -14,6 +16,9 @@ from __future__ import annotations
 import argparse
 import logging
 import resource
+import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -33,39 +38,72 @@ def images(n: int, size: int, seed: int = 0) -> list[Image.Image]:
     return [Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)) for _ in range(n)]
 
 
-def bench_recording(tmp: Path, n_images: int) -> None:
-    torch.manual_seed(0)
-    model = HookedSAEViT.from_pretrained("timm:vit_small_patch16_224", pretrained=False)
-    sites = ["blocks.5.hook_resid_post", "blocks.6.hook_resid_post"]
-    batch = 32
-    imgs = images(n_images, 224)
-    pixels = model.preprocess(imgs)
+BACKBONES = {
+    # name: (build, site at layer -2, images per run)
+    "timm ViT-S/16": (lambda: HookedSAEViT.from_pretrained("timm:vit_small_patch16_224", pretrained=False),
+                      "blocks.10.hook_resid_post"),
+    "open_clip ViT-B-32": (lambda: HookedSAEViT.from_pretrained("open_clip:ViT-B-32", pretrained=False),
+                           "blocks.10.hook_resid_post"),
+    "transformers ViT (384 x 6)": (lambda: _hf_vit(), "blocks.4.hook_resid_post"),
+}  # fmt: skip
 
-    def plain_forward() -> float:
-        with torch.inference_mode():
-            t0 = time.perf_counter()
-            for lo in range(0, n_images, batch):
-                model(pixels[lo : lo + batch], stop_at_layer=7)
-            return n_images / (time.perf_counter() - t0)
 
-    def recording(run: int) -> float:
-        t0 = time.perf_counter()
-        cache_activations(
-            model, imgs, sites=sites, out_dir=tmp / f"rec{run}", batch_size=batch, progress=False
-        )
-        return n_images / (time.perf_counter() - t0)
+def _hf_vit() -> HookedSAEViT:
+    import transformers
 
-    with torch.inference_mode():
-        model(pixels[:batch], stop_at_layer=7)  # warm-up
-    # Interleaved and best-of-2: the machine is shared, so a single run is at the mercy of its neighbours.
-    plain, rec = 0.0, 0.0
-    for run in range(2):
-        plain = max(plain, plain_forward())
-        rec = max(rec, recording(run))
-    print(f"(a) recording ViT-S/16 224px, 2 sites up to block 7, fp16, {n_images} images, batch {batch}:")
-    print(
-        f"    plain forward {plain:.1f} img/s, recording {rec:.1f} img/s -> ratio {rec / plain:.2f} (target >= 0.9)"
+    cfg = transformers.ViTConfig(
+        hidden_size=384, num_hidden_layers=6, num_attention_heads=6, intermediate_size=1536
     )
+    return HookedSAEViT.from_module(
+        transformers.ViTModel(cfg, add_pooling_layer=False).eval(), backbone_id="hf:vit"
+    )
+
+
+def _child(mode: str, backbone: str, image_dir: str, out: str, batch: int) -> None:
+    """One measurement in a fresh process (peak RSS is per process): prints img/s and peak RSS."""
+    torch.manual_seed(0)
+    model = BACKBONES[backbone][0]()
+    site = BACKBONES[backbone][1]
+    paths = sorted(Path(image_dir).glob("*.jpg"))
+    stop = model.layer_of(site) + 1
+    if mode == "plain":  # what a user's loop does: decode, preprocess, forward to the block
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            for lo in range(0, len(paths), batch):
+                pixels = model.preprocess([Image.open(p) for p in paths[lo : lo + batch]])
+                model(pixels, stop_at_layer=stop)
+    else:
+        t0 = time.perf_counter()
+        cache_activations(model, [str(p) for p in paths], sites=[site], out_dir=out, batch_size=batch,
+                          progress=False)  # fmt: skip
+    rate = len(paths) / (time.perf_counter() - t0)
+    print(f"@@ {rate} {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}")
+
+
+def bench_recording(tmp: Path, n_images: int, repeats: int) -> None:
+    image_dir = tmp / "jpegs"
+    image_dir.mkdir()
+    for i, img in enumerate(images(n_images, 256)):
+        img.save(image_dir / f"{i:05d}.jpg", quality=90)
+    batch = 32
+    print(f"(a) recording layer -2 (fp16) vs the plain loop (JPEG decode + preprocess + forward to the same block),"
+          f" {n_images} images, batch {batch}, each in a fresh process, median of {repeats} interleaved:")  # fmt: skip
+    for backbone in BACKBONES:
+        rates: dict[str, list[float]] = {"plain": [], "record": []}
+        rss: dict[str, list[float]] = {"plain": [], "record": []}
+        for run in range(repeats):
+            for mode in ("plain", "record"):
+                cmd = [sys.executable, __file__, "--child", mode, backbone, str(image_dir),
+                       str(tmp / f"rec-{len(rates['record'])}-{run}-{backbone[:4]}"), str(batch)]  # fmt: skip
+                out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+                rate, peak = next(ln for ln in out.splitlines() if ln.startswith("@@")).split()[1:]
+                rates[mode].append(float(rate))
+                rss[mode].append(float(peak))
+        plain, rec = statistics.median(rates["plain"]), statistics.median(rates["record"])
+        plain_rss, rec_rss = statistics.median(rss["plain"]), statistics.median(rss["record"])
+        print(f"    {backbone}: plain {plain:.1f} img/s, recording {rec:.1f} img/s -> ratio {rec / plain:.2f} "
+              f"(target >= 0.95); peak RSS plain {plain_rss:.0f} MiB, recording {rec_rss:.0f} MiB -> ratio "
+              f"{rec_rss / plain_rss:.2f} (target <= 1.1)")  # fmt: skip
 
 
 def bench_shuffled(tmp: Path, n_rows: int) -> None:
@@ -162,16 +200,25 @@ def _rss_bytes() -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller sizes (for a smoke run)")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats of each recording case")
+    parser.add_argument("--only", choices=["recording", "shuffled", "rss"], help="run one section")
+    parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child:
+        mode, backbone, image_dir, out, batch = args.child
+        return _child(mode, backbone, image_dir, out, int(batch))
     logging.basicConfig(level=logging.WARNING)
     # Recommended for CPU runs that allocate many large tensors (see vision_sae_lens.cpu_memory); applies
     # to the baselines and to the store alike.
     keep_freed_memory()
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)
-        bench_recording(tmp, 64 if args.quick else 160)
-        bench_shuffled(tmp, 65536 if args.quick else 262144)
-        bench_rss(tmp, 320 if args.quick else 1280)
+        if args.only in (None, "recording"):
+            bench_recording(tmp, 32 if args.quick else 96, args.repeats)
+        if args.only in (None, "shuffled"):
+            bench_shuffled(tmp, 65536 if args.quick else 262144)
+        if args.only in (None, "rss"):
+            bench_rss(tmp, 320 if args.quick else 1280)
 
 
 if __name__ == "__main__":

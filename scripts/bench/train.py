@@ -8,6 +8,11 @@
 2. Four SAEs (topk, batchtopk, standard, jumprelu) train in one sweep (one data pass) and then
    one after another; the wall-time ratio sweep / sequential shows what sharing the pass saves.
 
+3. ``--only step``: the bare SAE step (SAELens' ``training_forward_pass``: encode, decode, loss; backward;
+   a fused Adam step, on batches already in memory) next to the package's training loop fed from the
+   store, for standard / topk / batchtopk at d_in 768 x 8 and x 32 latents; ratio loop / bare (target
+   >= 0.9), median of interleaved repeats.
+
 Times are those of the training loops (``TrainRun.train_seconds``), evaluation excluded.
 """
 
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -100,6 +106,73 @@ def build_store(path: Path, n_rows: int, d: int):
     return writer.finish()
 
 
+STEP_SAES = {
+    "standard": lambda d, n: StandardTrainingSAEConfig(d_in=d, d_sae=n, l1_coefficient=1.0),
+    "topk": lambda d, n: TopKTrainingSAEConfig(d_in=d, d_sae=n, k=32),
+    "batchtopk": lambda d, n: BatchTopKTrainingSAEConfig(d_in=d, d_sae=n, k=32),
+}
+
+
+def bare_step_seconds(make_cfg, batches: list[torch.Tensor], lr: float) -> float:
+    """Seconds per step of the SAE's own work: forward + loss, backward, fused Adam; nothing else."""
+    from sae_lens.registry import get_sae_training_class
+    from sae_lens.saes.sae import TrainStepInput
+
+    torch.manual_seed(0)
+    sae_cfg = make_cfg()
+    sae = get_sae_training_class(sae_cfg.architecture())[0](sae_cfg)
+    coefficients = {k: (v.value if hasattr(v, "value") else v) for k, v in sae.get_coefficients().items()}
+    optimizer = torch.optim.Adam(sae.parameters(), lr=lr, fused=True)
+    dead = torch.zeros(sae_cfg.d_sae, dtype=torch.bool)
+    sae.train()
+    t0 = time.perf_counter()
+    for i, batch in enumerate(batches):
+        out = sae.training_forward_pass(
+            TrainStepInput(batch, coefficients, dead, n_training_steps=i, is_logging_step=False)
+        )
+        out.loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return (time.perf_counter() - t0) / len(batches)
+
+
+def bench_step(args, tmp: Path) -> None:
+    d, bs, steps = 768, args.batch_size, args.steps
+    rows = bs * (steps + 2) + LAYOUT.n_patches
+    store = build_store(tmp / "step_acts", rows, d)
+    batches = [store.read_rows(SITE, i * bs, (i + 1) * bs) for i in range(steps)]
+    results = {}
+    for expansion in (8, 32):
+        for arch, make in STEP_SAES.items():
+            make_cfg = lambda make=make, n=d * expansion: make(d, n)  # noqa: E731
+            bare, loop = [], []
+            for rep in range(args.repeats):  # interleaved: a neighbour's burst hits both alike
+                bare.append(bare_step_seconds(make_cfg, batches, 3e-4))
+                cfg = TrainConfig(
+                    store=store, site=SITE, sae=make_cfg(), training_tokens=bs * steps, batch_size=bs,
+                    lr=3e-4, device="cpu", name=f"{arch}-{expansion}-{rep}", eval_fraction=0.0001,
+                    max_eval_rows=LAYOUT.n_patches, dead_feature_window=1000,  # no latent dead: as the bare step
+                )  # fmt: skip
+                run = train_sae(cfg, out_dir=tmp / f"step_{arch}_{expansion}_{rep}", progress=False)
+                loop.append(run.train_seconds / steps)
+            b, lp = statistics.median(bare), statistics.median(loop)
+            results[f"{arch} 768x{expansion}"] = {
+                "bare_s_per_step": round(b, 3),
+                "loop_s_per_step": round(lp, 3),
+                "loop_speed_over_bare": round(b / lp, 3),
+            }
+            print(
+                f"  {arch} 768x{expansion}: bare {b:.3f} s/step, loop {lp:.3f} s/step -> {b / lp:.3f}",
+                flush=True,
+            )
+    print(
+        json.dumps(
+            {"batch_size": bs, "steps": steps, "threads": torch.get_num_threads(), **results}, indent=1
+        )
+    )
+    print("target: loop_speed_over_bare >= 0.9")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--d-in", type=int, default=256)
@@ -108,9 +181,15 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=4096)
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--only", choices=["step", "feed-and-sweep"], help="run one part")
+    ap.add_argument("--repeats", type=int, default=2, help="interleaved repeats (step part)")
     args = ap.parse_args()
     d, d_sae, bs = args.d_in, args.d_in * args.expansion, args.batch_size
     tmp = Path(tempfile.mkdtemp(prefix="bench_train_"))
+    if args.only in (None, "step"):
+        bench_step(args, tmp)
+        if args.only:
+            return
     t = time.perf_counter()
     store = build_store(tmp / "acts", args.rows, d)
     print(f"store: {store.n_rows} rows x {d} fp16 written in {time.perf_counter() - t:.1f}s ({tmp})")

@@ -7,7 +7,6 @@ import pytest
 import torch
 from helpers import D_IN, SITE, CountingStore, synthetic_rows, write_store
 from sae_lens import SAE, BatchTopKTrainingSAEConfig, TopKTrainingSAEConfig
-from sae_lens.training.sae_trainer import SAETrainer
 from safetensors.torch import load_file
 
 from vision_sae_lens.errors import SAEMismatchError, TrainingError, UnknownSiteError
@@ -96,15 +95,17 @@ def test_nan_activations_stop_with_a_clear_message(store, tmp_path):
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(store, tmp_path, monkeypatch):
-    real_step = SAETrainer.step
+    import vision_sae_lens.train.trainer as trainer_module
 
-    def poisoned(self, batch):
-        out = real_step(self, batch)
-        if self.n_training_steps == 60:
+    real_step = trainer_module.trainer_step
+
+    def poisoned(trainer, batch, **kwargs):
+        out = real_step(trainer, batch, **kwargs)
+        if trainer.n_training_steps == 60:
             out.loss = out.loss * float("nan")
         return out
 
-    monkeypatch.setattr(SAETrainer, "step", poisoned)
+    monkeypatch.setattr(trainer_module, "trainer_step", poisoned)
     with pytest.raises(TrainingError, match=r"loss became nan at step 60.*checkpoints/run/50"):
         train_sae(_cfg(store), out_dir=tmp_path, progress=False)
     assert not (tmp_path / "run" / "cfg.json").exists()

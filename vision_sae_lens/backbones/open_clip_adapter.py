@@ -1,4 +1,9 @@
-"""open_clip image towers as a BackboneSpec: native ViTs and towers that wrap a timm trunk (SigLIP, EVA)."""
+"""open_clip image towers as a BackboneSpec: native ViTs and towers that wrap a timm trunk (SigLIP, EVA).
+
+Only the image tower is built or kept: random weights build it alone (the same weights as inside the
+full CLIP for the same seed), and a pretrained CLIP keeps its ``visual`` and drops the text tower, so
+neither recording nor the store fingerprint spends memory or time on weights that never touch an image.
+"""
 
 from __future__ import annotations
 
@@ -33,10 +38,71 @@ def load_open_clip(
             f"known tags: {', '.join(t for a, t in open_clip.list_pretrained() if a == arch) or 'none'}; "
             "or pass pretrained=False for random weights."
         )
+    backbone_id = f"open_clip:{arch_and_tag}"
+    built_in = not kwargs and not arch.startswith(("hf-hub:", "local-dir:"))
+    if built_in and (not pretrained or weights is not None):
+        tower = _tower_alone(arch, weights if pretrained else None)
+        if tower is not None:
+            return open_clip_spec(tower, backbone_id=backbone_id)
     model, _, preprocess = open_clip.create_model_and_transforms(
         arch, pretrained=(tag or None) if pretrained else None, **kwargs
     )
-    return open_clip_spec(model, preprocess=preprocess, backbone_id=f"open_clip:{arch_and_tag}")
+    return open_clip_spec(ImageTower(model.visual), preprocess=preprocess, backbone_id=backbone_id)
+
+
+def _tower_alone(arch: str, weights: str | None) -> ImageTower | None:
+    """The image tower built alone (random, or loaded from the ``visual.*`` entries of a local open_clip
+    state dict); None when the file is in another layout, which open_clip's full loader then converts."""
+    from vision_sae_lens.compat import build_open_clip_visual
+
+    tower = ImageTower(build_open_clip_visual(arch))
+    if weights is None:
+        return tower
+    state = _read_state_dict(weights)
+    visual = {k: v for k, v in state.items() if k.startswith("visual.")}
+    del state  # the text tower's tensors are freed before anything else is allocated
+    if not visual:
+        return None
+    try:
+        tower.load_state_dict(visual, strict=True)
+    except RuntimeError:  # other shapes (e.g. a resized position embedding): open_clip's loader adapts
+        return None
+    return tower
+
+
+def _read_state_dict(path: str) -> dict[str, Any]:
+    import torch
+
+    if str(path).endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        state = load_file(path, device="cpu")
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        return {}
+    if state and next(iter(state)).startswith("module."):  # saved from DistributedDataParallel
+        state = {k[len("module.") :]: v for k, v in state.items()}
+    return state
+
+
+class ImageTower(nn.Module):
+    """An open_clip image tower on its own, with CLIP's ``encode_image``; holding it keeps no text tower."""
+
+    def __init__(self, visual: nn.Module) -> None:
+        super().__init__()
+        self.visual = visual
+
+    def encode_image(self, image, normalize: bool = False):
+        """CLIP's image embedding (``open_clip.CLIP.encode_image``)."""
+        features = self.visual(image)
+        return nn.functional.normalize(features, dim=-1) if normalize else features
+
+    def forward(self, image):
+        """The image embedding."""
+        return self.encode_image(image)
 
 
 def open_clip_spec(model: nn.Module, *, preprocess: Any = None, backbone_id: str) -> BackboneSpec:

@@ -170,11 +170,16 @@ def _plan(
     for site in sites:
         model.check_site(site)
         fsutil.check_name(site, what="site name")  # it becomes the folder shards/<site>/
-    # One blank image tells every site's shape; only (batch, tokens, d) sites can be stored as rows.
+    block_only = all(s == "hook_embed" or s.startswith("blocks.") for s in sites)
+    stop_at = max(1, max(model.layer_of(s) for s in sites)) if block_only else None
+    # One blank image, run only as deep as the recording will, tells every site's shape; only
+    # (batch, tokens, d) sites can be stored as rows.
     channels = int(model.preprocessing.get("channels", 3))
     probe = torch.zeros(1, channels, *model.layout.image_size, device=model.device)
     with torch.inference_mode():
-        _, cache = model.run_with_cache(probe, names_filter=sites, return_cache_object=False)
+        _, cache = model.run_with_cache(
+            probe, names_filter=sites, stop_at_layer=stop_at, return_cache_object=False
+        )
     site_dims = {}
     for site in sites:
         shape = tuple(cache[site].shape)
@@ -184,8 +189,6 @@ def _plan(
                 "per-token sites can be recorded (e.g. blocks.N.hook_resid_post)."
             )
         site_dims[site] = int(shape[2])
-    block_only = all(s == "hook_embed" or s.startswith("blocks.") for s in sites)
-    stop_at = max(1, max(model.layer_of(s) for s in sites)) if block_only else None
     n_images = len(source)
     if n_images == 0:
         raise ImageInputError("the image source is empty")
@@ -433,10 +436,12 @@ class _BackgroundWriter:
 
 
 def _weights_sha256(module: torch.nn.Module) -> str:
+    # The held backbone only (for open_clip the image tower: the text tower is never built or kept);
+    # each tensor's bytes are hashed in place, without a copy.
     digest = hashlib.sha256()
     for name, tensor in module.state_dict().items():
         digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
-        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        digest.update(memoryview(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy()))
     return digest.hexdigest()
 
 

@@ -59,16 +59,17 @@ def shuffled_batches(
     ``buffer_rows / 64``) is the length of each contiguous run of rows. ``labels`` keeps rows of images with those labels, ``token_types`` rows of those
     token kinds (``"cls"``, ``"registers"``, ``"patches"``). ``subtract_mean`` / ``scale_norm`` apply
     :func:`site_statistics` of the same rows (same range, labels and token kinds): the mean is removed,
-    then rows are scaled so that their mean norm is ``sqrt(d)``. Batches are produced by a background thread, ``prefetch`` batches ahead.
+    then rows are scaled so that their mean norm is ``sqrt(d)``. Batches are produced by a background thread, ``prefetch`` batches ahead
+    (``prefetch=0``: in the caller's thread, for a consumer that runs the whole stream on its own prefetch thread).
     ``skip_batches`` starts after that many batches of the same stream (counted over all epochs)
     without reading them: a resumed training run continues exactly where it stopped.
     ``exclude_images`` drops every row of those images (a held-out evaluation set).
     """
     start, stop = store._range(start_row, stop_row)
     dim = store.site_dim(site)
-    if batch_size < 1 or epochs < 1 or prefetch < 1:
+    if batch_size < 1 or epochs < 1 or prefetch < 0:
         raise ValueError(
-            f"batch_size, epochs and prefetch must be >= 1 (got {batch_size}, {epochs}, {prefetch})"
+            f"batch_size and epochs must be >= 1 and prefetch >= 0 (got {batch_size}, {epochs}, {prefetch})"
         )
     if skip_batches < 0:
         raise ValueError(f"skip_batches must be >= 0, got {skip_batches}")
@@ -135,7 +136,7 @@ def shuffled_batches(
         mean_d = mean_d.to(target)
 
     def batches() -> Iterator[torch.Tensor]:
-        for raw in prefetched(produce(), prefetch):
+        for raw in prefetched(produce(), prefetch) if prefetch else produce():
             # Copy in the storage dtype, then convert on the device (half the transfer for fp16/bf16).
             acts = (raw if target is None else raw.to(target, non_blocking=True)).float()
             if mean_d is not None:

@@ -169,12 +169,14 @@ def batch_stream(
     skip_batches: int = 0,
     token_types: list[str] | None = None,
     normalization: InputNormalization | None = None,
+    prefetch: int | None = None,
 ) -> Iterator[torch.Tensor]:
     """Endless (batch_size, d_in) float32 batches over the training rows of ``split``, epoch after epoch.
 
     ``skip_batches`` resumes the stream after that many batches without reading them (whole epochs
     are skipped here, the rest by ``shuffled``). ``token_types`` keeps rows of those token kinds only
-    (see :func:`token_filter`); ``normalization`` is applied to every batch.
+    (see :func:`token_filter`); ``normalization`` is applied to every batch. ``prefetch`` is passed to
+    ``shuffled`` (0: no reader thread of its own, for a caller that prefetches the whole stream).
     """
     n_rows = count_selected_rows(store, token_types, split)
     per_epoch = n_rows // batch_size
@@ -196,6 +198,7 @@ def batch_stream(
             skip_batches=skip_in_epoch if epoch == first_epoch else 0,
             **({"token_types": token_types} if token_types is not None else {}),
             **held_out,
+            **({"prefetch": prefetch} if prefetch is not None else {}),
         )
         if normalization is None:
             yield from batches

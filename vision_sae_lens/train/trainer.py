@@ -34,8 +34,10 @@ from sae_lens.training.sae_trainer import SAETrainer, SAETrainerConfig
 from tqdm.auto import tqdm
 
 from vision_sae_lens import fsutil
+from vision_sae_lens.compat import trainer_step, use_fused_adam
 from vision_sae_lens.errors import TrainingError
 from vision_sae_lens.metadata import VisionFacts
+from vision_sae_lens.store.reader import ActivationStore
 from vision_sae_lens.train import checkpoint as ckpt
 from vision_sae_lens.train.config import TrainConfig, resolve_device
 from vision_sae_lens.train.evaluate import evaluate_run
@@ -206,6 +208,8 @@ class _GroupTrainer:
             skip_batches=start,
             token_types=self.token_types,
             normalization=self.normalization,
+            # One read-ahead queue: the store's reader runs inside the prefetch thread below.
+            prefetch=0 if isinstance(self.store, ActivationStore) else None,
         )
         source = itertools.islice(source, n_steps - start)  # read ahead, never past the last step
         pin = self.device.startswith("cuda")
@@ -248,7 +252,7 @@ class _GroupTrainer:
         sparsity_log = trainer.maybe_reset_sparsity()
         if sparsity_log and m.wandb_run is not None:
             m.wandb_run.log(sparsity_log, step=trainer.n_training_steps)
-        out = trainer.step(batch)
+        out = trainer_step(trainer, batch)  # SAETrainer.step without its avoidable cost (see compat)
         if not torch.isfinite(out.loss):
             last = ckpt.list_checkpoints(m.ckpt_root)
             keep = (
@@ -326,6 +330,7 @@ class _GroupTrainer:
         )
         trainer = SAETrainer(cfg=trainer_cfg, sae=sae, data_provider=iter(()))
         sae.to(self.device)
+        use_fused_adam(trainer)
         return trainer
 
     def _resume_step(self, active: list[_Member]) -> int:

@@ -1,0 +1,89 @@
+"""The package's training step (fused Adam, boolean firing statistics) against SAELens' own
+``SAETrainer.step``: same seed, same batches -> same weights, statistics and schedules."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from sae_lens import (
+    BatchTopKTrainingSAEConfig,
+    JumpReLUTrainingSAEConfig,
+    StandardTrainingSAEConfig,
+    TopKTrainingSAEConfig,
+)
+from sae_lens.config import LoggingConfig
+from sae_lens.registry import get_sae_training_class
+from sae_lens.training.sae_trainer import SAETrainer, SAETrainerConfig
+
+from vision_sae_lens import compat
+
+D_IN, D_SAE, BATCH, STEPS = 16, 64, 32, 12
+
+CONFIGS = {
+    "standard": lambda: StandardTrainingSAEConfig(d_in=D_IN, d_sae=D_SAE, l1_coefficient=2.0, l1_warm_up_steps=4),
+    "topk": lambda: TopKTrainingSAEConfig(d_in=D_IN, d_sae=D_SAE, k=4),
+    "batchtopk": lambda: BatchTopKTrainingSAEConfig(d_in=D_IN, d_sae=D_SAE, k=4),
+    "jumprelu": lambda: JumpReLUTrainingSAEConfig(d_in=D_IN, d_sae=D_SAE),
+}  # fmt: skip
+
+
+def _trainer(make_cfg, *, lr: float) -> SAETrainer:
+    torch.manual_seed(0)
+    sae_cfg = make_cfg()
+    sae = get_sae_training_class(sae_cfg.architecture())[0](sae_cfg)
+    cfg = SAETrainerConfig(
+        total_training_samples=STEPS * BATCH, train_batch_size_samples=BATCH, lr=lr, lr_end=lr / 10,
+        lr_scheduler_name="cosineannealing", lr_warm_up_steps=3, lr_decay_steps=0, n_restart_cycles=1,
+        adam_beta1=0.9, adam_beta2=0.999, device="cpu", autocast=False, dead_feature_window=3,
+        feature_sampling_window=5, n_checkpoints=0, checkpoint_path=None, save_final_checkpoint=False,
+        logger=LoggingConfig(log_to_wandb=False), n_batches_for_norm_estimate=1,
+    )  # fmt: skip
+    return SAETrainer(cfg=cfg, sae=sae, data_provider=iter(()))
+
+
+def _batches() -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    return [torch.randn(BATCH, D_IN, generator=g) * 3 for _ in range(STEPS)]
+
+
+def _run(trainer: SAETrainer, step) -> list[float]:
+    losses = []
+    for batch in _batches():
+        trainer.maybe_reset_sparsity()
+        losses.append(float(step(trainer, batch).loss.detach()))
+        trainer.n_training_steps += 1
+    return losses
+
+
+@pytest.mark.parametrize("arch", list(CONFIGS))
+def test_fast_step_equals_saelens_trainer(arch):
+    reference = _trainer(CONFIGS[arch], lr=3e-2)
+    ours = _trainer(CONFIGS[arch], lr=3e-2)
+    assert compat.use_fused_adam(ours)
+    assert ours.optimizer.param_groups[0]["fused"] and not reference.optimizer.param_groups[0].get("fused")
+    ref_losses = _run(reference, lambda t, b: t.step(b))
+    our_losses = _run(ours, lambda t, b: compat.trainer_step(t, b))
+    assert our_losses == pytest.approx(ref_losses, rel=1e-4, abs=1e-5)
+    for (name, a), (_, b) in zip(reference.sae.named_parameters(), ours.sae.named_parameters(), strict=True):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5), name
+    assert not torch.equal(ours.sae.W_enc, _trainer(CONFIGS[arch], lr=3e-2).sae.W_enc)  # it did train
+    assert torch.equal(ours.act_freq_scores, reference.act_freq_scores)
+    assert torch.equal(ours.n_forward_passes_since_fired, reference.n_forward_passes_since_fired)
+    assert ours.n_frac_active_samples == reference.n_frac_active_samples
+    assert ours.n_training_samples == reference.n_training_samples
+    assert ours.optimizer.param_groups[0]["lr"] == pytest.approx(reference.optimizer.param_groups[0]["lr"])
+    assert ours.get_coefficients() == reference.get_coefficients()
+
+
+def test_no_clipping_when_none_is_configured(monkeypatch):
+    """max_grad_norm=None equals SAELens' step with its fixed clip removed (and a large gradient
+    makes the clip matter, so the default really clips)."""
+    clipped = _trainer(CONFIGS["standard"], lr=1e-2)
+    _run(clipped, lambda t, b: compat.trainer_step(t, b))
+    unclipped = _trainer(CONFIGS["standard"], lr=1e-2)
+    _run(unclipped, lambda t, b: compat.trainer_step(t, b, max_grad_norm=None))
+    reference = _trainer(CONFIGS["standard"], lr=1e-2)
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda *a, **k: torch.tensor(0.0))
+    _run(reference, lambda t, b: t.step(b))
+    assert torch.allclose(unclipped.sae.W_enc, reference.sae.W_enc, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(clipped.sae.W_enc, unclipped.sae.W_enc, rtol=1e-5, atol=1e-6)
