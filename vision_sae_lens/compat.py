@@ -10,8 +10,10 @@ whole dependency surface on these two libraries reads in one file.
 
 from __future__ import annotations
 
+import functools
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 from sae_lens import SAE
@@ -314,6 +316,35 @@ def _probe_trainer_step() -> None:
         _require(needle in init_src, seam, f"__init__ no longer builds its optimizer with {needle!r}")
 
 
+@contextmanager
+def quiet_norm_estimate(progress: bool) -> Iterator[None]:
+    """Hide the bars of SAELens' ``ActivationScaler.estimate_*`` inside the block unless ``progress``.
+
+    That bar takes no ``disable`` argument; with ``progress=False`` every bar must stay hidden, so the
+    module's ``tqdm`` name is swapped for a disabled one while the estimate runs, and restored after.
+    """
+    from sae_lens.training import activation_scaler
+
+    if progress:
+        yield
+        return
+    original = activation_scaler.tqdm
+    activation_scaler.tqdm = functools.partial(original, disable=True)
+    try:
+        yield
+    finally:
+        activation_scaler.tqdm = original
+
+
+def _probe_norm_estimate_bar() -> None:
+    seam = "sae_lens activation_scaler.tqdm"
+    from sae_lens.training import activation_scaler
+
+    _require(hasattr(activation_scaler, "tqdm"), seam, "the module no longer names tqdm")
+    src = inspect.getsource(activation_scaler)
+    _require("tqdm(" in src, seam, "the norm estimate no longer calls the module's tqdm")
+
+
 SEAMS: dict[str, Callable[[], None]] = {
     "sae_lens _SAEWrapper": _probe_wrapper_contract,
     "sae_lens _SAEWrapper error term": _probe_wrapper_error_is_constant,
@@ -323,6 +354,7 @@ SEAMS: dict[str, Callable[[], None]] = {
     "transformer_lens HookedRootModule": _probe_root_module,
     "open_clip _build_vision_tower": _probe_open_clip_visual,
     "sae_lens SAETrainer._train_step": _probe_trainer_step,
+    "sae_lens activation_scaler.tqdm": _probe_norm_estimate_bar,
 }
 """Seam name -> probe that raises :class:`CompatError` naming the seam when an upgrade changed it."""
 

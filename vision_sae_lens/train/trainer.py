@@ -34,7 +34,7 @@ from sae_lens.training.sae_trainer import SAETrainer, SAETrainerConfig
 from tqdm.auto import tqdm
 
 from vision_sae_lens import fsutil
-from vision_sae_lens.compat import trainer_step, use_fused_adam
+from vision_sae_lens.compat import quiet_norm_estimate, trainer_step, use_fused_adam
 from vision_sae_lens.errors import TrainingError
 from vision_sae_lens.metadata import VisionFacts
 from vision_sae_lens.store.reader import ActivationStore
@@ -53,7 +53,6 @@ from vision_sae_lens.train.feed import (
     store_preprocessing,
 )
 from vision_sae_lens.train.plots import plot_sweep
-from vision_sae_lens.train.saelens_seams import quiet_norm_estimate
 from vision_sae_lens.train.sweep import group_configs, unique_names
 
 logger = logging.getLogger(__name__)
