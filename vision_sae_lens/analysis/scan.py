@@ -64,12 +64,19 @@ class ImageReduction:
         self._feats_mts, self._token_mt = feats_mts, token_mt
         self._argmax_ms, self._sum_ms = argmax_ms, sum_ms
 
+    def _lazy(self) -> tuple[torch.Tensor, torch.Tensor]:
+        # Set together at construction whenever argmax/sum are left to be computed on demand.
+        if self._feats_mts is None or self._token_mt is None:
+            raise ValueError("this ImageReduction holds no per-token activations to reduce")
+        return self._feats_mts, self._token_mt
+
     @property
     def argmax_ms(self) -> torch.Tensor:
         """(m, s) int64 token index of each max (the lowest such token on ties)."""
         if self._argmax_ms is None:
             # argmax returns the first maximal position, i.e. the lowest token since tokens ascend.
-            self._argmax_ms = self._token_mt.gather(1, self._feats_mts.argmax(dim=1))
+            feats_mts, token_mt = self._lazy()
+            self._argmax_ms = token_mt.gather(1, feats_mts.argmax(dim=1))
         return self._argmax_ms
 
     def argmax_at(self, image_p: torch.Tensor, latent_p: torch.Tensor) -> torch.Tensor:
@@ -77,15 +84,16 @@ class ImageReduction:
         are looked at, so a consumer that needs few of them (top-k entrants) stays cheap."""
         if self._argmax_ms is not None or self._feats_mts is None:
             return self.argmax_ms[image_p, latent_p]
-        cols_pt = self._feats_mts[image_p, :, latent_p]
-        return self._token_mt[image_p].gather(1, cols_pt.argmax(dim=1, keepdim=True)).squeeze(1)
+        feats_mts, token_mt = self._lazy()
+        cols_pt = feats_mts[image_p, :, latent_p]
+        return token_mt[image_p].gather(1, cols_pt.argmax(dim=1, keepdim=True)).squeeze(1)
 
     @property
     def sum_ms(self) -> torch.Tensor:
         """(m, s) float64 sum of activations over the image's tokens (float64 so that how an image's
         rows were split across batches does not change its mean, and so ties between images stay ties)."""
         if self._sum_ms is None:
-            self._sum_ms = self._feats_mts.sum(dim=1, dtype=torch.float64)
+            self._sum_ms = self._lazy()[0].sum(dim=1, dtype=torch.float64)
         return self._sum_ms
 
     @property
@@ -95,13 +103,14 @@ class ImageReduction:
 
     def take(self, sl: slice) -> ImageReduction:
         """The images ``sl`` (a slice of positions), keeping whatever is still lazy lazy."""
-        lazy = self._feats_mts is not None
+        lazy = self._feats_mts is not None and self._token_mt is not None
+        feats_mts, token_mt = self._lazy() if lazy else (None, None)
         return ImageReduction(
             self.image_idx[sl],
             self.max_ms[sl],
             self.count_m[sl],
-            feats_mts=self._feats_mts[sl] if lazy else None,
-            token_mt=self._token_mt[sl] if lazy else None,
+            feats_mts=None if feats_mts is None else feats_mts[sl],
+            token_mt=None if token_mt is None else token_mt[sl],
             argmax_ms=None if self._argmax_ms is None else self._argmax_ms[sl],
             sum_ms=None if self._sum_ms is None else self._sum_ms[sl],
         )

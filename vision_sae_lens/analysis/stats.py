@@ -87,7 +87,12 @@ class FeatureStats:
             "dense": int(self.dense.sum()),
             "l0": float(self.frequency.sum()),
         }
-        if self.precision is not None and bool(alive.any()):
+        if (
+            self.precision is not None
+            and self.recall is not None
+            and self.best_label is not None
+            and bool(alive.any())
+        ):
             p, r = self.precision[alive], self.recall[alive]
             out.update(
                 mean_best_precision=float(p.mean()),
@@ -196,7 +201,7 @@ def feature_stats(
     names = getattr(source, "label_names", None)
     if selectivity and labels is None and is_store:
         raise ValueError(_NO_LABELS)
-    labels_out = [] if labels is None and not is_store else None
+    labels_out: list[int | None] | None = [] if labels is None and not is_store else None
     if selectivity is False:
         labels = labels_out = None
     acc = StatsAccumulator(

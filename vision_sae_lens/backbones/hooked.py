@@ -260,7 +260,7 @@ class HookedSAEViT(SAESpliceMixin, CheckedSitesMixin, HookedRootModule):
         # left untouched (it sets a `.name` attribute on each module it visits).
         self.mod_dict, self.hook_dict = {}, {}
         for name, module in self._own_modules():
-            setattr(module, "name", name)  # what HookedRootModule.setup sets (not an nn.Module field)
+            module.name = name  # what HookedRootModule.setup sets (not an nn.Module field)
             self.mod_dict[name] = module
             if isinstance(module, HookPoint):
                 self.hook_dict[name] = module
