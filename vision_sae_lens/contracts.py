@@ -64,6 +64,11 @@ class ActivationStoreReader(Protocol):
         ...
 
     @property
+    def fingerprint(self) -> str:
+        """Content hash of the store (what a report records to name the rows it measured)."""
+        ...
+
+    @property
     def sites(self) -> list[str]:
         """Recorded site names."""
         ...
