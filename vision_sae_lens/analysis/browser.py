@@ -79,7 +79,7 @@ def build_browser(
     pages = _pick_pages(sae, stats, interest, latents, max_pages)
     source, missing = _image_source(store, images)
     ctx = _Context(sae, store, view, stats, top, source, out, title or _default_title(sae, store))
-    ctx.interest, ctx.samples, ctx.missing, ctx.patch_tokens = interest, samples, missing, patch_tokens
+    ctx.add_scan(interest=interest, samples=samples, missing=missing, patch_tokens=patch_tokens)
     copy_assets(out)
     write_latent_pages(ctx, pages, starts, model=model, ablation_images=ablation_images, progress=progress)
     write_index(ctx, pages)
@@ -116,6 +116,23 @@ class _Context:
         self.meta = (
             f"{getattr(store, 'backbone_id', '')} · {view.site} · {view.tokens} · "
             f"{stats.frequency.numel()} latents · {stats.n_images} images · {stats.n_rows} tokens"
+        )
+
+    def add_scan(
+        self,
+        *,
+        interest: dict[str, torch.Tensor],
+        samples: SampleAccumulator,
+        missing: str | None,
+        patch_tokens: torch.Tensor,
+    ) -> None:
+        """What the pages read besides the statistics: interest scores, quantile samples, why images are
+        missing (None when they are not), the patch token positions."""
+        self.interest, self.samples, self.missing, self.patch_tokens = (
+            interest,
+            samples,
+            missing,
+            patch_tokens,
         )
 
     def label_of(self, image: int) -> str:

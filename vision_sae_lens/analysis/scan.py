@@ -13,8 +13,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -26,7 +27,11 @@ from vision_sae_lens.analysis._common import (
     sae_view,
     site_acts,
 )
+from vision_sae_lens.contracts import ActivationStoreReader
 from vision_sae_lens.errors import SAEMismatchError, StoreError
+
+if TYPE_CHECKING:
+    from vision_sae_lens.compat import SAE
 
 logger = logging.getLogger(__name__)
 _NO_TOKEN = torch.iinfo(torch.int32).max
@@ -146,7 +151,7 @@ class Source:
     view: SAEView
     batches: Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
     total_rows: int | None
-    labels: Sequence[int] | None
+    labels: Sequence[int] | np.ndarray | None
     label_names: list[str] | None
 
 
@@ -200,19 +205,19 @@ def open_source(
     return Source(view, iter(source), None, None, None)
 
 
-def _store_source(sae: Any, store: Any, batch_size: int) -> Source:
+def _store_source(sae: SAE, store: ActivationStoreReader, batch_size: int) -> Source:
     site = sae.cfg.metadata.hook_name
-    sites = list(getattr(store, "sites", [site]))
+    sites = list(store.sites)
     if site not in sites:
         raise SAEMismatchError(f"the SAE reads {site!r} but the store holds {sites}; record that site first.")
-    width = int(store.site_dim(site)) if hasattr(store, "site_dim") else int(store.d_model)
+    width = int(store.site_dim(site))
     if width != int(sae.cfg.d_in):
         raise SAEMismatchError(
             f"the SAE reads d_in={sae.cfg.d_in} but the store's {site} rows have width {width}."
         )
     view = sae_view(sae, layout=store.layout)
     keep_t = None
-    store_tokens = getattr(store, "tokens", "all")
+    store_tokens = store.tokens
     if view.tokens != store_tokens:
         have = set(store.layout.token_indices(store_tokens).tolist())
         want = set(view.token_idx.tolist())
@@ -238,8 +243,7 @@ def _store_source(sae: Any, store: Any, batch_size: int) -> Source:
             if acts.shape[0]:
                 yield acts, image_n, token_n
 
-    labels = getattr(store, "labels", None)
-    return Source(view, batches(), int(store.n_rows), labels, getattr(store, "label_names", None))
+    return Source(view, batches(), int(store.n_rows), store.labels, store.label_names)
 
 
 def _image_source(sae: Any, images: Any, model: Any, batch_size: int, labels_out: list | None) -> Source:
