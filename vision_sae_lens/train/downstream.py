@@ -138,7 +138,9 @@ def _accuracy(
     return (pred.cpu() == labels_n).float().mean().item()
 
 
-def _recovered(ablated: float, spliced: float) -> float | None:
+def _recovered(ablated: float | None, spliced: float | None) -> float | None:
+    if ablated is None or spliced is None:
+        return None
     if ablated <= 1e-12:
         return None  # the site does not matter for the output: nothing to recover
     return (ablated - spliced) / ablated
