@@ -260,7 +260,8 @@ class HookedSAEViT(SAESpliceMixin, CheckedSitesMixin, HookedRootModule):
         # left untouched (it sets a `.name` attribute on each module it visits).
         self.mod_dict, self.hook_dict = {}, {}
         for name, module in self._own_modules():
-            module.name = name  # what HookedRootModule.setup sets (not an nn.Module field)
+            # What HookedRootModule.setup sets on each module it names.
+            module.name = name  # type: ignore[assignment]  # nn.Module.__setattr__ is typed Tensor | Module, yet keeps any value
             self.mod_dict[name] = module
             if isinstance(module, HookPoint):
                 self.hook_dict[name] = module

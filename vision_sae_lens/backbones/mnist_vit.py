@@ -38,8 +38,10 @@ def demo_backbone(*, pretrained: bool = True) -> nn.Module:
         state = load_file(str(_weights_path()))
         model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
     model = model.float().eval()
-    model.pretrained_cfg = _pretrained_cfg(model, info)
-    model.default_cfg = model.pretrained_cfg
+    # timm reads these plain attributes (create_transform, resolve_data_config), as its own builder sets them.
+    cfg = _pretrained_cfg(model, info)
+    model.pretrained_cfg = cfg  # type: ignore[assignment]  # nn.Module.__setattr__ is typed Tensor | Module, yet keeps any value
+    model.default_cfg = cfg  # type: ignore[assignment]  # nn.Module.__setattr__ is typed Tensor | Module, yet keeps any value
     return model
 
 

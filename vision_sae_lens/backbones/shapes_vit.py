@@ -52,8 +52,9 @@ def shapes_backbone(*, pretrained: bool = True) -> nn.Module:
         label_names=list(info["label_names"]),
         source=SHAPES_BACKBONE_ID,
     )
-    model.pretrained_cfg = cfg
-    model.default_cfg = cfg
+    # timm reads these plain attributes (create_transform, resolve_data_config), as its own builder sets them.
+    model.pretrained_cfg = cfg  # type: ignore[assignment]  # nn.Module.__setattr__ is typed Tensor | Module, yet keeps any value
+    model.default_cfg = cfg  # type: ignore[assignment]  # nn.Module.__setattr__ is typed Tensor | Module, yet keeps any value
     return model
 
 
