@@ -61,7 +61,7 @@ def sae_view(sae: SAE, model: HookedSAEViT | None = None, *, layout: TokenLayout
     return SAEView(site=site, tokens=tokens, layout=lay, token_idx=lay.token_indices(tokens))
 
 
-def check_latents(sae: Any, latents: int | Sequence[int] | torch.Tensor) -> torch.Tensor:
+def check_latents(sae: SAE, latents: int | Sequence[int] | torch.Tensor) -> torch.Tensor:
     """Latent indices as an int64 tensor; IndexError naming the valid range otherwise."""
     idx = torch.as_tensor(latents, dtype=torch.long).flatten()
     d_sae = int(sae.cfg.d_sae)
@@ -114,7 +114,7 @@ def _label_of(item: Any) -> int | None:
     return None
 
 
-def site_acts(model: Any, images: Any, site: str) -> torch.Tensor:
+def site_acts(model: HookedSAEViT, images: Any, site: str) -> torch.Tensor:
     """Activations at ``site`` for one batch of images, running only the blocks needed: (b, t, d)."""
     stop = model.layer_of(site) if site.startswith("blocks.") else None
     with torch.no_grad():
@@ -122,7 +122,7 @@ def site_acts(model: Any, images: Any, site: str) -> torch.Tensor:
     return cache[site]
 
 
-def encode_acts(sae: Any, acts: torch.Tensor) -> torch.Tensor:
+def encode_acts(sae: SAE, acts: torch.Tensor) -> torch.Tensor:
     """SAE latents for activations (..., d_in) -> (..., d_sae), in the SAE's dtype and device."""
     param = next(sae.parameters())
     with torch.no_grad():

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -30,12 +30,17 @@ from vision_sae_lens.analysis.stats import FeatureStats, StatsAccumulator
 from vision_sae_lens.analysis.topk import TopActivations, TopKAccumulator
 from vision_sae_lens.train.evaluate import DENSE_THRESHOLD
 
+if TYPE_CHECKING:
+    from vision_sae_lens.backbones import HookedSAEViT
+    from vision_sae_lens.compat import SAE
+    from vision_sae_lens.contracts import ActivationStoreReader
+
 logger = logging.getLogger(__name__)
 
 
 def build_browser(
-    sae: Any,
-    store: Any,
+    sae: SAE,
+    store: ActivationStoreReader,
     *,
     out_dir: str | Path,
     images: Any = None,
@@ -45,7 +50,7 @@ def build_browser(
     max_pages: int = 200,
     batch_size: int = 4096,
     title: str | None = None,
-    model: Any = None,
+    model: HookedSAEViT | None = None,
     ablation_images: int = 8,
     progress: bool = True,
 ) -> Path:
@@ -142,7 +147,7 @@ class _Context:
         return self.label_names[lab] if self.label_names and lab < len(self.label_names) else str(lab)
 
 
-def _pick_pages(sae: Any, stats: FeatureStats, interest: dict, latents: Any, max_pages: int) -> list[int]:
+def _pick_pages(sae: SAE, stats: FeatureStats, interest: dict, latents: Any, max_pages: int) -> list[int]:
     if latents is not None:
         return check_latents(sae, latents).tolist()
     # Highest interest score first (ties: more images, then latent order); flagged latents score 0
@@ -207,5 +212,5 @@ def _folder_matches(folder: Path, desc: dict[str, Any]) -> bool:
         return False
 
 
-def _default_title(sae: Any, store: Any) -> str:
+def _default_title(sae: SAE, store: Any) -> str:
     return f"SAE feature browser · {sae.cfg.metadata.hook_name}"

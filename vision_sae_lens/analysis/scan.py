@@ -31,6 +31,7 @@ from vision_sae_lens.contracts import ActivationStoreReader
 from vision_sae_lens.errors import SAEMismatchError, StoreError
 
 if TYPE_CHECKING:
+    from vision_sae_lens.backbones import HookedSAEViT
     from vision_sae_lens.compat import SAE
 
 logger = logging.getLogger(__name__)
@@ -156,11 +157,11 @@ class Source:
 
 
 def scan(
-    sae: Any,
+    sae: SAE,
     source: Any,
     consumers: Sequence[Consumer],
     *,
-    model: Any = None,
+    model: HookedSAEViT | None = None,
     batch_size: int = 2048,
     progress: bool = True,
     labels_out: list | None = None,
@@ -192,7 +193,12 @@ def scan(
 
 
 def open_source(
-    sae: Any, source: Any, *, model: Any = None, batch_size: int = 2048, labels_out: list | None = None
+    sae: SAE,
+    source: Any,
+    *,
+    model: HookedSAEViT | None = None,
+    batch_size: int = 2048,
+    labels_out: list | None = None,
 ) -> Source:
     """Turn a store, images or a batch iterable into a :class:`Source` for ``sae``."""
     if hasattr(source, "ordered"):
@@ -246,7 +252,9 @@ def _store_source(sae: SAE, store: ActivationStoreReader, batch_size: int) -> So
     return Source(view, batches(), int(store.n_rows), store.labels, store.label_names)
 
 
-def _image_source(sae: Any, images: Any, model: Any, batch_size: int, labels_out: list | None) -> Source:
+def _image_source(
+    sae: SAE, images: Any, model: HookedSAEViT, batch_size: int, labels_out: list | None
+) -> Source:
     view = sae_view(sae, model)
     token_idx = view.token_idx
 

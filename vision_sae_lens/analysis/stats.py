@@ -12,11 +12,15 @@ the fraction where the latent fires).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from vision_sae_lens.analysis.scan import ImageReduction, scan
+
+if TYPE_CHECKING:
+    from vision_sae_lens.backbones import HookedSAEViT
+    from vision_sae_lens.compat import SAE
 
 BIN_EDGES = torch.logspace(-4, 4, 8 * 24 + 1)
 """Histogram bin edges for non-zero activations (24 bins per decade from 1e-4 to 1e4)."""
@@ -178,10 +182,10 @@ class StatsAccumulator:
 
 
 def feature_stats(
-    sae: Any,
+    sae: SAE,
     source: Any,
     *,
-    model: Any = None,
+    model: HookedSAEViT | None = None,
     labels: Any = None,
     selectivity: bool | None = None,
     dense_threshold: float = 0.1,
