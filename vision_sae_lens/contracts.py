@@ -97,6 +97,11 @@ class ActivationStoreReader(Protocol):
     def backbone_id(self) -> str: ...
 
     @property
+    def dataset(self) -> dict[str, Any]:
+        """Description of the image source the rows were recorded from (kind, name, split, count, ...)."""
+        ...
+
+    @property
     def label_names(self) -> list[str] | None: ...
 
     @property

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -31,6 +31,9 @@ from vision_sae_lens.benchmark.metrics import (
 from vision_sae_lens.benchmark.probing import sparse_probing
 from vision_sae_lens.benchmark.truth import GroundTruth
 from vision_sae_lens.layout import TokenLayout
+
+if TYPE_CHECKING:
+    from vision_sae_lens.compat import SAE
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +79,7 @@ class ScoreConfig:
 
 @torch.no_grad()
 def score_rows(
-    sae: Any,
+    sae: SAE,
     rows: RowsFn,
     truth: GroundTruth,
     *,
@@ -162,7 +165,7 @@ class _Batch:
     """(image, lo, hi): consecutive rows of one image."""
 
 
-def _encoded(sae: Any, rows: RowsFn, layout: TokenLayout, *, desc: str, progress: bool) -> Iterator[_Batch]:
+def _encoded(sae: SAE, rows: RowsFn, layout: TokenLayout, *, desc: str, progress: bool) -> Iterator[_Batch]:
     device = next(iter(sae.parameters())).device
     for r in tqdm(rows(), desc=desc, unit="batch", disable=not progress, leave=False):
         keep = r.token_idx >= layout.n_prefix
@@ -269,7 +272,7 @@ def _splitting_summary(
 
 
 def _localization(
-    sae: Any,
+    sae: SAE,
     rows: RowsFn,
     truth: GroundTruth,
     layout: TokenLayout,

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -29,6 +29,9 @@ from vision_sae_lens.contracts import ActivationStoreReader
 from vision_sae_lens.errors import SAEMismatchError
 from vision_sae_lens.train.feed import Split, check_store_for, open_store
 from vision_sae_lens.train.plots import plot_density
+
+if TYPE_CHECKING:
+    from vision_sae_lens.backbones import HookedSAEViT
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +55,7 @@ def evaluate_sae(
     sae_or_dir: SAE | str | Path,
     store: ActivationStoreReader | str | Path,
     *,
-    model: Any = None,
+    model: HookedSAEViT | None = None,
     images: Any = None,
     site: str | None = None,
     split: Any = None,
@@ -139,7 +142,7 @@ def evaluate_run(
     store: ActivationStoreReader,
     split: Split,
     name: str,
-    model: Any = None,
+    model: HookedSAEViT | None = None,
     images: Any = None,
     out_dir: Path,
     progress: bool = True,
@@ -180,7 +183,7 @@ def evaluate_run(
         "note": "eval_fraction=0 held no rows out and no eval_store was given: not evaluated on activation rows "
         "(every row of the store was used for training).",
     }
-    if downstream:
+    if model is not None and images is not None:
         from vision_sae_lens.train.downstream import measure_downstream
 
         report["downstream"] = measure_downstream(model, sae, images, n_images=cfg.downstream_images)
