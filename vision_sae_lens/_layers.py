@@ -10,7 +10,18 @@ PACKAGE = "vision_sae_lens"
 
 STAGES: tuple[tuple[str, ...], ...] = (
     # foundation: no stage, imported by all
-    ("errors", "_lazy", "_layers", "layout", "metadata", "fsutil", "compat", "cpu_memory", "normalization"),
+    (
+        "errors",
+        "_lazy",
+        "_layers",
+        "layout",
+        "metadata",
+        "contracts",
+        "fsutil",
+        "compat",
+        "cpu_memory",
+        "normalization",
+    ),
     ("data",),
     ("splice", "backbones"),
     ("store",),

@@ -178,14 +178,14 @@ class DirLock:
                 f"{self.folder} is in use by another {self.what} ({owner}; lock file {self.path}). Wait for it "
                 "to finish or write somewhere else; the lock goes away by itself when that process ends."
             ) from None
-        owner = {
+        record: dict[str, object] = {
             "pid": os.getpid(),
             "host": socket.gethostname(),
             "since": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "command": " ".join(_command_line())[:300],
         }
-        owner["command"] = " ".join(_command_line())[:300]
         os.ftruncate(fd, 0)
-        os.pwrite(fd, (json.dumps(owner) + "\n").encode(), 0)
+        os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
         self._fd = fd
         return self
 

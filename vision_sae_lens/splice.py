@@ -20,9 +20,9 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -30,14 +30,34 @@ from vision_sae_lens.compat import SAE, SAEWrapper, borrowed, disable_sae_hooks,
 from vision_sae_lens.errors import BackboneMismatchWarning, SAEMismatchError
 from vision_sae_lens.metadata import vision_facts_of
 
+if TYPE_CHECKING:
+    from vision_sae_lens.compat import HookedRootModule
+    from vision_sae_lens.layout import TokenLayout
 
-class SAESpliceMixin:
+    _Host = HookedRootModule  # the class the mixin is combined with
+else:
+    _Host = object
+
+
+class SAESpliceMixin(_Host):
     """SAELens' SAE splicing API for a ``HookedRootModule`` whose hook points can be swapped.
 
     The host keeps ``_acts_to_saes`` and ``_transcoder_output_hooks`` dicts (as HookedSAETransformer
     does), offers ``check_site``/``site_dim``/``layout``/``backbone_id``, and wraps its forward in
     :meth:`_sae_token_masks`.
     """
+
+    # Provided by the host class (annotations only: nothing is set here).
+    _acts_to_saes: dict[str, Any]
+    backbone_id: str
+    layout: TokenLayout
+    check_site: Callable[[str], None]
+    site_dim: Callable[[str], int | None]
+
+    if TYPE_CHECKING:
+
+        @property
+        def device(self) -> torch.device: ...
 
     # Borrowed unchanged from SAELens: identical behaviour, one implementation.
     acts_to_saes = borrowed("acts_to_saes")

@@ -150,6 +150,32 @@ def test_pretrained_transformers_from_local_dir(tmp_path):
         assert torch.equal(hooked(pixels).pooler_output, model(pixel_values=pixels).pooler_output)
 
 
+@pytest.mark.parametrize("family", ["clip", "siglip"])
+def test_transformers_dual_encoder_config_builds_without_weights(tmp_path, family):
+    """A config-only folder (``pretrained=False``) of CLIP/SigLIP builds the dual-encoder class at random
+    init, as ``transformers``' own constructor does (those classes have no ``from_config``)."""
+    import transformers as tf
+
+    text = dict(
+        hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, vocab_size=50
+    )
+    vision = dict(
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=32,
+        patch_size=8,
+    )
+    config_cls, model_cls = (
+        (tf.CLIPConfig, tf.CLIPModel) if family == "clip" else (tf.SiglipConfig, tf.SiglipModel)
+    )
+    config_cls(text_config=text, vision_config=vision).save_pretrained(tmp_path)
+    hooked = HookedSAEViT.from_pretrained(f"hf:{tmp_path}", pretrained=False)
+    assert type(hooked.backbone) is model_cls
+    assert hooked.n_layers == 2 and hooked.layout.patch_size == (8, 8)
+
+
 def test_pretrained_open_clip_from_weights_file(tmp_path, tmp_path_factory):
     from families import register_tiny_open_clip
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from PIL import Image
@@ -12,6 +12,10 @@ from PIL import Image
 from vision_sae_lens.errors import ImageInputError, SAEMismatchError
 from vision_sae_lens.layout import TokenLayout
 from vision_sae_lens.metadata import vision_facts_of
+
+if TYPE_CHECKING:
+    from vision_sae_lens.backbones import HookedSAEViT
+    from vision_sae_lens.compat import SAE
 
 
 @dataclass(frozen=True)
@@ -30,7 +34,7 @@ class SAEView:
         return (self.token_idx >= self.layout.n_prefix).nonzero().flatten()
 
 
-def sae_view(sae: Any, model: Any | None = None, *, layout: TokenLayout | None = None) -> SAEView:
+def sae_view(sae: SAE, model: HookedSAEViT | None = None, *, layout: TokenLayout | None = None) -> SAEView:
     """Resolve site, tokens and layout of ``sae`` (its vision metadata, else the model's layout, all tokens).
 
     With a model, the SAE is checked against it first (unknown site, width, token layout).
@@ -39,24 +43,25 @@ def sae_view(sae: Any, model: Any | None = None, *, layout: TokenLayout | None =
         model.check_sae(sae)
     facts = vision_facts_of(sae)
     site = sae.cfg.metadata.hook_name
+    lay: TokenLayout | None
     if facts is not None:
         lay, tokens = facts.layout, facts.tokens
         if model is not None and facts.tokens == "all" and lay.n_tokens != model.layout.n_tokens:
             lay = model.layout
     else:
-        lay = layout if layout is not None else getattr(model, "layout", None)
+        lay = layout if layout is not None else model.layout if model is not None else None
         tokens = "all"
-        if lay is None:
-            raise SAEMismatchError(
-                "the SAE has no vision metadata (layout, tokens); pass a model or a store so the "
-                "token layout is known, or write it with vision_sae_lens.apply_vision_facts(sae, ...)."
-            )
+    if lay is None:
+        raise SAEMismatchError(
+            "the SAE has no vision metadata (layout, tokens); pass a model or a store so the "
+            "token layout is known, or write it with vision_sae_lens.apply_vision_facts(sae, ...)."
+        )
     if not site:
         raise SAEMismatchError("the SAE has no cfg.metadata.hook_name; set it to the site it reads.")
     return SAEView(site=site, tokens=tokens, layout=lay, token_idx=lay.token_indices(tokens))
 
 
-def check_latents(sae: Any, latents: int | Sequence[int] | torch.Tensor) -> torch.Tensor:
+def check_latents(sae: SAE, latents: int | Sequence[int] | torch.Tensor) -> torch.Tensor:
     """Latent indices as an int64 tensor; IndexError naming the valid range otherwise."""
     idx = torch.as_tensor(latents, dtype=torch.long).flatten()
     d_sae = int(sae.cfg.d_sae)
@@ -109,7 +114,7 @@ def _label_of(item: Any) -> int | None:
     return None
 
 
-def site_acts(model: Any, images: Any, site: str) -> torch.Tensor:
+def site_acts(model: HookedSAEViT, images: Any, site: str) -> torch.Tensor:
     """Activations at ``site`` for one batch of images, running only the blocks needed: (b, t, d)."""
     stop = model.layer_of(site) if site.startswith("blocks.") else None
     with torch.no_grad():
@@ -117,7 +122,7 @@ def site_acts(model: Any, images: Any, site: str) -> torch.Tensor:
     return cache[site]
 
 
-def encode_acts(sae: Any, acts: torch.Tensor) -> torch.Tensor:
+def encode_acts(sae: SAE, acts: torch.Tensor) -> torch.Tensor:
     """SAE latents for activations (..., d_in) -> (..., d_sae), in the SAE's dtype and device."""
     param = next(sae.parameters())
     with torch.no_grad():

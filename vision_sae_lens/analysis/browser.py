@@ -19,7 +19,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -31,12 +31,17 @@ from vision_sae_lens.analysis.stats import FeatureStats, StatsAccumulator
 from vision_sae_lens.analysis.topk import TopActivations, TopKAccumulator
 from vision_sae_lens.train.evaluate import DENSE_THRESHOLD
 
+if TYPE_CHECKING:
+    from vision_sae_lens.backbones import HookedSAEViT
+    from vision_sae_lens.compat import SAE
+    from vision_sae_lens.contracts import ActivationStoreReader
+
 logger = logging.getLogger(__name__)
 
 
 def build_browser(
-    sae: Any,
-    store: Any,
+    sae: SAE,
+    store: ActivationStoreReader,
     *,
     out_dir: str | Path,
     images: Any = None,
@@ -46,7 +51,7 @@ def build_browser(
     max_pages: int = 200,
     batch_size: int = 4096,
     title: str | None = None,
-    model: Any = None,
+    model: HookedSAEViT | None = None,
     ablation_images: int = 8,
     progress: bool = True,
 ) -> BrowserSite:
@@ -83,7 +88,7 @@ def build_browser(
     pages = _pick_pages(sae, stats, interest, latents, max_pages)
     source, missing = _image_source(store, images)
     ctx = _Context(sae, store, view, stats, top, source, out, title or _default_title(sae, store))
-    ctx.interest, ctx.samples, ctx.missing, ctx.patch_tokens = interest, samples, missing, patch_tokens
+    ctx.add_scan(interest=interest, samples=samples, missing=missing, patch_tokens=patch_tokens)
     copy_assets(out)
     write_latent_pages(ctx, pages, starts, model=model, ablation_images=ablation_images, progress=progress)
     summary = write_index(ctx, pages)
@@ -134,6 +139,23 @@ class _Context:
             f"{stats.frequency.numel()} latents · {stats.n_images} images · {stats.n_rows} tokens"
         )
 
+    def add_scan(
+        self,
+        *,
+        interest: dict[str, torch.Tensor],
+        samples: SampleAccumulator,
+        missing: str | None,
+        patch_tokens: torch.Tensor,
+    ) -> None:
+        """What the pages read besides the statistics: interest scores, quantile samples, why images are
+        missing (None when they are not), the patch token positions."""
+        self.interest, self.samples, self.missing, self.patch_tokens = (
+            interest,
+            samples,
+            missing,
+            patch_tokens,
+        )
+
     def label_of(self, image: int) -> str:
         if self.labels is None or image >= len(self.labels) or int(self.labels[image]) < 0:
             return ""
@@ -141,7 +163,7 @@ class _Context:
         return self.label_names[lab] if self.label_names and lab < len(self.label_names) else str(lab)
 
 
-def _pick_pages(sae: Any, stats: FeatureStats, interest: dict, latents: Any, max_pages: int) -> list[int]:
+def _pick_pages(sae: SAE, stats: FeatureStats, interest: dict, latents: Any, max_pages: int) -> list[int]:
     if latents is not None:
         return check_latents(sae, latents).tolist()
     # Highest interest score first (ties: more images, then latent order); flagged latents score 0
@@ -206,5 +228,5 @@ def _folder_matches(folder: Path, desc: dict[str, Any]) -> bool:
         return False
 
 
-def _default_title(sae: Any, store: Any) -> str:
+def _default_title(sae: SAE, store: Any) -> str:
     return f"SAE feature browser · {sae.cfg.metadata.hook_name}"

@@ -117,7 +117,9 @@ def write_latent_pages(
             pic = _render(ctx, image, grid_hs[j], float(ctx.stats.max_activation[j]), patch)
             pic.save(ctx.out / name)
             if kind == "top" and rank == 0:
-                pic.resize((_THUMB_PX, _THUMB_PX), Image.BILINEAR).save(ctx.out / "img" / f"thumb_{j}.png")
+                pic.resize((_THUMB_PX, _THUMB_PX), Image.Resampling.BILINEAR).save(
+                    ctx.out / "img" / f"thumb_{j}.png"
+                )
             card = dict(src=f"../{name}", value=entry["value"], caption=caption, label=ctx.label_of(image))
             card["where"] = f"patch {patch}" if patch >= 0 else f"token {entry.get('token', '')}"
             cards.setdefault((j, kind), []).append((rank, card))
@@ -238,7 +240,7 @@ def _render(ctx: Any, image: int, grid_hw: np.ndarray, vmax: float, patch: int) 
     pic = overlay(original, grid_to_image(grid_hw, lay, geometry, original.size), vmax=vmax)
     factor = max(1, -(-_MIN_DISPLAY_PX // max(1, min(pic.size))))
     if factor > 1:
-        pic = pic.resize((pic.width * factor, pic.height * factor), Image.NEAREST)
+        pic = pic.resize((pic.width * factor, pic.height * factor), Image.Resampling.NEAREST)
     if patch >= 0:
         box = geometry.box_in_original(lay.patch_box(patch))
         ImageDraw.Draw(pic).rectangle([round(v * factor) for v in box], outline=(80, 220, 255), width=2)

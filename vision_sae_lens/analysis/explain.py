@@ -20,11 +20,14 @@ from lower activation quantiles; :func:`nearest_latents` ranks latents by decode
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from vision_sae_lens.analysis.scan import ImageReduction
+
+if TYPE_CHECKING:
+    from vision_sae_lens.compat import SAE
 
 POSITIONAL_MIN_IMAGE_FREQUENCY = 0.5
 """A latent firing on fewer images than this share is never called positional."""
@@ -79,7 +82,7 @@ def _padded_counts(token_counts: torch.Tensor | None, width: int) -> torch.Tenso
     return token_counts
 
 
-def nearest_latents(sae: Any, latents: list[int], *, n: int = 6) -> dict[int, list[tuple[int, float]]]:
+def nearest_latents(sae: SAE, latents: list[int], *, n: int = 6) -> dict[int, list[tuple[int, float]]]:
     """For each latent, the ``n`` other latents whose decoder directions have the highest cosine."""
     w_sd = torch.nn.functional.normalize(sae.W_dec.detach().float().cpu(), dim=-1)
     if not latents:

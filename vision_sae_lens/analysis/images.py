@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -29,6 +29,10 @@ from vision_sae_lens.analysis._common import (
 from vision_sae_lens.analysis.geometry import grid_to_image, input_geometry, overlay
 from vision_sae_lens.errors import ImageInputError
 from vision_sae_lens.layout import TokenLayout
+
+if TYPE_CHECKING:
+    from vision_sae_lens.backbones import HookedSAEViT
+    from vision_sae_lens.compat import SAE
 
 
 @dataclass(frozen=True)
@@ -74,7 +78,7 @@ class ImageFeatures:
 
 
 def encode_images(
-    model: Any, sae: Any, images: Any, *, batch_size: int = 32, progress: bool = True
+    model: HookedSAEViT, sae: SAE, images: Any, *, batch_size: int = 32, progress: bool = True
 ) -> ImageFeatures:
     """SAE latents of images, shaped (b, grid_h, grid_w, d_sae) for patches plus CLS/registers.
 
@@ -96,7 +100,7 @@ def encode_images(
     return _shape(torch.cat(patches), torch.cat(prefixes), view.token_idx[prefix_mask], view.layout)
 
 
-def decode(sae: Any, feats: ImageFeatures | torch.Tensor) -> ImageFeatures | torch.Tensor:
+def decode(sae: SAE, feats: ImageFeatures | torch.Tensor) -> ImageFeatures | torch.Tensor:
     """Reconstruct the site's activations from latents, keeping the shape: (..., d_sae) -> (..., d_in)."""
     param = next(sae.parameters())
 
@@ -110,8 +114,8 @@ def decode(sae: Any, feats: ImageFeatures | torch.Tensor) -> ImageFeatures | tor
 
 
 def heatmap(
-    model: Any,
-    sae: Any,
+    model: HookedSAEViT,
+    sae: SAE,
     image: Any,
     *,
     latent: int,
@@ -128,7 +132,7 @@ def heatmap(
     return overlay(original, heat_hw, vmax=vmax, alpha=alpha, cmap=cmap)
 
 
-def heatmap_array(model: Any, sae: Any, image: Any, *, latent: int) -> np.ndarray:
+def heatmap_array(model: HookedSAEViT, sae: SAE, image: Any, *, latent: int) -> np.ndarray:
     """One latent's activation at every pixel of the original image: (height, width), NaN where cropped."""
     check_latents(sae, latent)
     original = to_pil(image, model)
@@ -140,7 +144,7 @@ def heatmap_array(model: Any, sae: Any, image: Any, *, latent: int) -> np.ndarra
     return grid_to_image(grid_hw, model.layout, geometry, original.size)
 
 
-def to_pil(image: Any, model: Any = None) -> Image.Image:
+def to_pil(image: Any, model: HookedSAEViT | None = None) -> Image.Image:
     """One image as PIL: a PIL image, a path, a uint8 (c, h, w) tensor, or an (image, label) item."""
     if isinstance(image, tuple):
         image = image[0]

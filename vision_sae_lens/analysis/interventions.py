@@ -12,13 +12,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 
 from vision_sae_lens.analysis._common import check_latents, image_batches, sae_view
 from vision_sae_lens.analysis.images import encode_images
+
+if TYPE_CHECKING:
+    from vision_sae_lens.backbones import HookedSAEViT
+    from vision_sae_lens.compat import SAE
 
 EditFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """(latents_bts, token_mask_t) -> edited latents_bts."""
@@ -64,8 +68,8 @@ class InterventionResult:
 
 
 def ablate(
-    model: Any,
-    sae: Any,
+    model: HookedSAEViT,
+    sae: SAE,
     images: Any,
     *,
     latents: int | Sequence[int],
@@ -106,8 +110,8 @@ def ablate(
 
 
 def steer(
-    model: Any,
-    sae: Any,
+    model: HookedSAEViT,
+    sae: SAE,
     images: Any,
     *,
     latent: int,
@@ -145,8 +149,8 @@ def steer(
 
 
 def edit_latents(
-    model: Any,
-    sae: Any,
+    model: HookedSAEViT,
+    sae: SAE,
     images: Any,
     edit: EditFn,
     *,
@@ -198,7 +202,7 @@ def _token_mask(view: Any, patches: Any) -> torch.Tensor:
     return chosen & covered
 
 
-def _latent_means(model: Any, sae: Any, images: Any, means: Any, batch_size: int) -> torch.Tensor:
+def _latent_means(model: HookedSAEViT, sae: SAE, images: Any, means: Any, batch_size: int) -> torch.Tensor:
     if hasattr(means, "mean_activation"):
         means = means.mean_activation
     if means is not None:

@@ -13,8 +13,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -26,7 +27,12 @@ from vision_sae_lens.analysis._common import (
     sae_view,
     site_acts,
 )
+from vision_sae_lens.contracts import ActivationStoreReader
 from vision_sae_lens.errors import SAEMismatchError, StoreError
+
+if TYPE_CHECKING:
+    from vision_sae_lens.backbones import HookedSAEViT
+    from vision_sae_lens.compat import SAE
 
 logger = logging.getLogger(__name__)
 _NO_TOKEN = torch.iinfo(torch.int32).max
@@ -64,12 +70,19 @@ class ImageReduction:
         self._feats_mts, self._token_mt = feats_mts, token_mt
         self._argmax_ms, self._sum_ms = argmax_ms, sum_ms
 
+    def _lazy(self) -> tuple[torch.Tensor, torch.Tensor]:
+        # Set together at construction whenever argmax/sum are left to be computed on demand.
+        if self._feats_mts is None or self._token_mt is None:
+            raise ValueError("this ImageReduction holds no per-token activations to reduce")
+        return self._feats_mts, self._token_mt
+
     @property
     def argmax_ms(self) -> torch.Tensor:
         """(m, s) int64 token index of each max (the lowest such token on ties)."""
         if self._argmax_ms is None:
             # argmax returns the first maximal position, i.e. the lowest token since tokens ascend.
-            self._argmax_ms = self._token_mt.gather(1, self._feats_mts.argmax(dim=1))
+            feats_mts, token_mt = self._lazy()
+            self._argmax_ms = token_mt.gather(1, feats_mts.argmax(dim=1))
         return self._argmax_ms
 
     def argmax_at(self, image_p: torch.Tensor, latent_p: torch.Tensor) -> torch.Tensor:
@@ -77,15 +90,16 @@ class ImageReduction:
         are looked at, so a consumer that needs few of them (top-k entrants) stays cheap."""
         if self._argmax_ms is not None or self._feats_mts is None:
             return self.argmax_ms[image_p, latent_p]
-        cols_pt = self._feats_mts[image_p, :, latent_p]
-        return self._token_mt[image_p].gather(1, cols_pt.argmax(dim=1, keepdim=True)).squeeze(1)
+        feats_mts, token_mt = self._lazy()
+        cols_pt = feats_mts[image_p, :, latent_p]
+        return token_mt[image_p].gather(1, cols_pt.argmax(dim=1, keepdim=True)).squeeze(1)
 
     @property
     def sum_ms(self) -> torch.Tensor:
         """(m, s) float64 sum of activations over the image's tokens (float64 so that how an image's
         rows were split across batches does not change its mean, and so ties between images stay ties)."""
         if self._sum_ms is None:
-            self._sum_ms = self._feats_mts.sum(dim=1, dtype=torch.float64)
+            self._sum_ms = self._lazy()[0].sum(dim=1, dtype=torch.float64)
         return self._sum_ms
 
     @property
@@ -95,13 +109,14 @@ class ImageReduction:
 
     def take(self, sl: slice) -> ImageReduction:
         """The images ``sl`` (a slice of positions), keeping whatever is still lazy lazy."""
-        lazy = self._feats_mts is not None
+        lazy = self._feats_mts is not None and self._token_mt is not None
+        feats_mts, token_mt = self._lazy() if lazy else (None, None)
         return ImageReduction(
             self.image_idx[sl],
             self.max_ms[sl],
             self.count_m[sl],
-            feats_mts=self._feats_mts[sl] if lazy else None,
-            token_mt=self._token_mt[sl] if lazy else None,
+            feats_mts=None if feats_mts is None else feats_mts[sl],
+            token_mt=None if token_mt is None else token_mt[sl],
             argmax_ms=None if self._argmax_ms is None else self._argmax_ms[sl],
             sum_ms=None if self._sum_ms is None else self._sum_ms[sl],
         )
@@ -137,16 +152,16 @@ class Source:
     view: SAEView
     batches: Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
     total_rows: int | None
-    labels: Sequence[int] | None
+    labels: Sequence[int] | np.ndarray | None
     label_names: list[str] | None
 
 
 def scan(
-    sae: Any,
+    sae: SAE,
     source: Any,
     consumers: Sequence[Consumer],
     *,
-    model: Any = None,
+    model: HookedSAEViT | None = None,
     batch_size: int = 2048,
     progress: bool = True,
     labels_out: list | None = None,
@@ -178,7 +193,12 @@ def scan(
 
 
 def open_source(
-    sae: Any, source: Any, *, model: Any = None, batch_size: int = 2048, labels_out: list | None = None
+    sae: SAE,
+    source: Any,
+    *,
+    model: HookedSAEViT | None = None,
+    batch_size: int = 2048,
+    labels_out: list | None = None,
 ) -> Source:
     """Turn a store, images or a batch iterable into a :class:`Source` for ``sae``."""
     if hasattr(source, "ordered"):
@@ -191,19 +211,19 @@ def open_source(
     return Source(view, iter(source), None, None, None)
 
 
-def _store_source(sae: Any, store: Any, batch_size: int) -> Source:
+def _store_source(sae: SAE, store: ActivationStoreReader, batch_size: int) -> Source:
     site = sae.cfg.metadata.hook_name
-    sites = list(getattr(store, "sites", [site]))
+    sites = list(store.sites)
     if site not in sites:
         raise SAEMismatchError(f"the SAE reads {site!r} but the store holds {sites}; record that site first.")
-    width = int(store.site_dim(site)) if hasattr(store, "site_dim") else int(store.d_model)
+    width = int(store.site_dim(site))
     if width != int(sae.cfg.d_in):
         raise SAEMismatchError(
             f"the SAE reads d_in={sae.cfg.d_in} but the store's {site} rows have width {width}."
         )
     view = sae_view(sae, layout=store.layout)
     keep_t = None
-    store_tokens = getattr(store, "tokens", "all")
+    store_tokens = store.tokens
     if view.tokens != store_tokens:
         have = set(store.layout.token_indices(store_tokens).tolist())
         want = set(view.token_idx.tolist())
@@ -229,11 +249,12 @@ def _store_source(sae: Any, store: Any, batch_size: int) -> Source:
             if acts.shape[0]:
                 yield acts, image_n, token_n
 
-    labels = getattr(store, "labels", None)
-    return Source(view, batches(), int(store.n_rows), labels, getattr(store, "label_names", None))
+    return Source(view, batches(), int(store.n_rows), store.labels, store.label_names)
 
 
-def _image_source(sae: Any, images: Any, model: Any, batch_size: int, labels_out: list | None) -> Source:
+def _image_source(
+    sae: SAE, images: Any, model: HookedSAEViT, batch_size: int, labels_out: list | None
+) -> Source:
     view = sae_view(sae, model)
     token_idx = view.token_idx
 

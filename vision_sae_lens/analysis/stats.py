@@ -12,11 +12,15 @@ the fraction where the latent fires).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from vision_sae_lens.analysis.scan import ImageReduction, scan
+
+if TYPE_CHECKING:
+    from vision_sae_lens.backbones import HookedSAEViT
+    from vision_sae_lens.compat import SAE
 
 BIN_EDGES = torch.logspace(-4, 4, 8 * 24 + 1)
 """Histogram bin edges for non-zero activations (24 bins per decade from 1e-4 to 1e4)."""
@@ -87,7 +91,12 @@ class FeatureStats:
             "dense": int(self.dense.sum()),
             "l0": float(self.frequency.sum()),
         }
-        if self.precision is not None and bool(alive.any()):
+        if (
+            self.precision is not None
+            and self.recall is not None
+            and self.best_label is not None
+            and bool(alive.any())
+        ):
             p, r = self.precision[alive], self.recall[alive]
             out.update(
                 mean_best_precision=float(p.mean()),
@@ -173,10 +182,10 @@ class StatsAccumulator:
 
 
 def feature_stats(
-    sae: Any,
+    sae: SAE,
     source: Any,
     *,
-    model: Any = None,
+    model: HookedSAEViT | None = None,
     labels: Any = None,
     selectivity: bool | None = None,
     dense_threshold: float = 0.1,
@@ -196,7 +205,7 @@ def feature_stats(
     names = getattr(source, "label_names", None)
     if selectivity and labels is None and is_store:
         raise ValueError(_NO_LABELS)
-    labels_out = [] if labels is None and not is_store else None
+    labels_out: list[int | None] | None = [] if labels is None and not is_store else None
     if selectivity is False:
         labels = labels_out = None
     acc = StatsAccumulator(

@@ -11,12 +11,16 @@ or ``by="mean"`` (mean over its tokens; the token reported is still where the ma
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from vision_sae_lens.analysis.scan import ImageReduction, scan
 from vision_sae_lens.layout import TokenLayout
+
+if TYPE_CHECKING:
+    from vision_sae_lens.backbones import HookedSAEViT
+    from vision_sae_lens.compat import SAE
 
 
 @dataclass
@@ -115,12 +119,12 @@ class TopKAccumulator:
 
 
 def top_activating(
-    sae: Any,
+    sae: SAE,
     source: Any,
     *,
     k: int = 16,
     by: str = "max",
-    model: Any = None,
+    model: HookedSAEViT | None = None,
     batch_size: int = 4096,
     progress: bool = True,
 ) -> TopActivations:

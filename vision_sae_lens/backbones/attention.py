@@ -19,7 +19,7 @@ Supported: timm ``Attention`` (ViT, DeiT, DINOv2, SigLIP, CLIP towers), ``torch.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import torch
 import torch.nn.functional as F
@@ -28,9 +28,22 @@ from torch import nn
 from vision_sae_lens.compat import HookPoint
 from vision_sae_lens.errors import UnknownBackboneError
 
+if TYPE_CHECKING:
+    from timm.layers import Attention as TimmAttention
+
 ATTENTION_SITES = ("hook_q", "hook_k", "hook_v", "hook_attn_scores", "hook_pattern", "hook_z")
 ATTENTION_MODES = ("fused", "eager")
 HookGetter = Callable[[str], nn.Module]
+
+
+class _HFAttention(Protocol):
+    """What the eager path reads from a transformers q_proj/k_proj/v_proj attention module."""
+
+    q_proj: nn.Module
+    k_proj: nn.Module
+    v_proj: nn.Module
+    head_dim: int
+    training: bool
 
 
 class AttentionHooks(nn.Module):
@@ -107,8 +120,10 @@ def _eager_forward_for(module: nn.Module, hook: HookGetter) -> Callable[..., Any
                 "use the default attention='fused'."
             )
         return _mha_forward(module, hook)
-    if all(hasattr(module, a) for a in ("q_proj", "k_proj", "v_proj")) and _hf_out_proj(module) is not None:
-        return _hf_forward(module, hook)
+    out_proj = _hf_out_proj(module)
+    if all(hasattr(module, a) for a in ("q_proj", "k_proj", "v_proj")) and out_proj is not None:
+        # Duck-typed across transformers' families: the hasattr checks above are what _HFAttention needs.
+        return _hf_forward(cast(_HFAttention, module), hook, out_proj)
     raise UnknownBackboneError(
         f"attention='eager' does not support {type(module).__name__} (supported: timm Attention, "
         "nn.MultiheadAttention, transformers q_proj/k_proj/v_proj attention); use attention='fused', "
@@ -116,12 +131,13 @@ def _eager_forward_for(module: nn.Module, hook: HookGetter) -> Callable[..., Any
     )
 
 
-def _timm_forward(m: nn.Module, hook: HookGetter) -> Callable[..., torch.Tensor]:
+def _timm_forward(m: TimmAttention, hook: HookGetter) -> Callable[..., torch.Tensor]:
     def forward(
         x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False
     ) -> torch.Tensor:
         b, n, _ = x.shape
-        gate = m.gate(x).sigmoid() if getattr(m, "gate", None) is not None else None
+        gate_proj: nn.Module | None = getattr(m, "gate", None)  # only in newer timm versions
+        gate = gate_proj(x).sigmoid() if gate_proj is not None else None
         q, k, v = m.qkv(x).reshape(b, n, 3, m.num_heads, m.head_dim).unbind(2)
         q, k = m.q_norm(q), m.k_norm(k)  # norms act on d_head: same result in either layout
         p = m.attn_drop.p if m.training else 0.0
@@ -174,14 +190,13 @@ def _hf_out_proj(m: nn.Module) -> nn.Module | None:
     )
 
 
-def _hf_forward(m: nn.Module, hook: HookGetter) -> Callable[..., tuple]:
-    out_proj = _hf_out_proj(m)
-    scale = getattr(m, "scaling", None) or getattr(m, "scale", None) or m.head_dim**-0.5
+def _hf_forward(m: _HFAttention, hook: HookGetter, out_proj: nn.Module) -> Callable[..., tuple]:
+    scale = float(getattr(m, "scaling", None) or getattr(m, "scale", None) or m.head_dim**-0.5)
     dropout = float(getattr(m, "attention_dropout", getattr(m, "dropout", 0.0)) or 0.0)
 
     def forward(
         hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **_kwargs: Any
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, None]:
         b, n, _ = hidden_states.shape
         shape = (b, n, -1, m.head_dim)
         q = m.q_proj(hidden_states).view(shape)

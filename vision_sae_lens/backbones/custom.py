@@ -57,7 +57,16 @@ def spec_from_module(
             f"{type(module).__name__} is not a timm, open_clip or transformers model; pass blocks= (the list "
             "of transformer blocks or their attribute path) and layout=TokenLayout(...)."
         )
-    block_list = list(module.get_submodule(blocks)) if isinstance(blocks, str) else list(blocks)
+    if isinstance(blocks, str):
+        container = module.get_submodule(blocks)
+        if not isinstance(container, (nn.ModuleList, nn.Sequential)):
+            raise UnknownBackboneError(
+                f"blocks={blocks!r} is a {type(container).__name__}, not a list of blocks "
+                "(nn.ModuleList / nn.Sequential); name the module that holds the transformer blocks."
+            )
+        block_list = list(container)
+    else:
+        block_list = list(blocks)
     if not block_list:
         raise UnknownBackboneError("blocks is empty: pass the model's transformer blocks")
     if layout is None:

@@ -90,6 +90,7 @@ def build_embedded_vit(
         label_names=label_names,
         source=source,
     )
-    model.pretrained_cfg = cfg
-    model.default_cfg = cfg
+    # timm reads these plain attributes (create_transform, resolve_data_config), as its own builder sets them.
+    model.pretrained_cfg = cfg  # type: ignore[assignment]  # nn.Module.__setattr__ is typed Tensor | Module, yet keeps any value
+    model.default_cfg = cfg  # type: ignore[assignment]  # nn.Module.__setattr__ is typed Tensor | Module, yet keeps any value
     return model

@@ -40,15 +40,20 @@ def load_hf(source: str, *, pretrained: bool, **kwargs: Any) -> BackboneSpec:
             "downloadable, or a local directory saved with save_pretrained()."
         ) from exc
     archs = getattr(config, "architectures", None) or []
-    if any(a.endswith("ForImageClassification") for a in archs):
-        cls = tf.AutoModelForImageClassification
-    elif config.model_type == "clip":
-        cls = tf.CLIPModel
-    elif config.model_type == "siglip":
-        cls = tf.SiglipModel
+    model: nn.Module
+    if config.model_type in ("clip", "siglip") and not any(
+        a.endswith("ForImageClassification") for a in archs
+    ):
+        # The dual-encoder classes, so the image-embedding head comes along; they have no from_config.
+        dual = tf.CLIPModel if config.model_type == "clip" else tf.SiglipModel
+        model = dual.from_pretrained(source, config=config) if pretrained else dual(config)
     else:
-        cls = tf.AutoModel
-    model = cls.from_pretrained(source, config=config) if pretrained else cls.from_config(config)
+        auto = (
+            tf.AutoModelForImageClassification
+            if any(a.endswith("ForImageClassification") for a in archs)
+            else tf.AutoModel
+        )
+        model = auto.from_pretrained(source, config=config) if pretrained else auto.from_config(config)
     processor = None
     try:
         processor = tf.AutoImageProcessor.from_pretrained(source)
@@ -64,9 +69,10 @@ def hf_spec(model: nn.Module, *, processor: Any = None, backbone_id: str) -> Bac
     parts = layers_path.split(".")[:-1]
     vision_path = ".".join(parts[:-1] if parts and parts[-1] == "encoder" else parts)
     vision = model.get_submodule(vision_path) if vision_path else model
-    config = getattr(vision, "config", None) or model.config
+    # A transformers PretrainedConfig: which fields it has depends on the model family.
+    config: Any = getattr(vision, "config", None) or getattr(model, "config", None)
     config = getattr(config, "vision_config", config)
-    embeddings = vision.embeddings
+    embeddings = vision.get_submodule("embeddings")
     has_cls = any(getattr(embeddings, a, None) is not None for a in ("class_embedding", "cls_token"))
     layout = TokenLayout(
         image_size=_pair(config.image_size),
@@ -177,11 +183,11 @@ def _output_tensor(out: Any) -> torch.Tensor:
 
 def _pooled_site(model: nn.Module, vision: nn.Module, family: str) -> ModuleSite | None:
     if hasattr(model, "classifier"):
-        return ModuleSite(model.classifier, "input")
+        return ModuleSite(model.get_submodule("classifier"), "input")
     if hasattr(model, "visual_projection"):
-        return ModuleSite(model.visual_projection)
+        return ModuleSite(model.get_submodule("visual_projection"))
     if family == "clip" and hasattr(vision, "post_layernorm"):
-        return ModuleSite(vision.post_layernorm)
+        return ModuleSite(vision.get_submodule("post_layernorm"))
     head = getattr(vision, "head", None) or getattr(vision, "pooler", None)
     return ModuleSite(head) if isinstance(head, nn.Module) else None
 

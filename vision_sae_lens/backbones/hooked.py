@@ -260,7 +260,8 @@ class HookedSAEViT(SAESpliceMixin, CheckedSitesMixin, HookedRootModule):
         # left untouched (it sets a `.name` attribute on each module it visits).
         self.mod_dict, self.hook_dict = {}, {}
         for name, module in self._own_modules():
-            module.name = name
+            # What HookedRootModule.setup sets on each module it names.
+            module.name = name  # type: ignore[assignment]  # nn.Module.__setattr__ is typed Tensor | Module, yet keeps any value
             self.mod_dict[name] = module
             if isinstance(module, HookPoint):
                 self.hook_dict[name] = module
@@ -340,8 +341,10 @@ class HookedSAEViT(SAESpliceMixin, CheckedSitesMixin, HookedRootModule):
         self._bridges.append(handle)
 
     def _install_eager_attention(self) -> None:
+        attn_path = self.spec.block_sites.attn
+        assert attn_path is not None, "checked in __init__ before attention='eager' is installed"
         for i, block in enumerate(self.spec.blocks):
-            attn = block.get_submodule(self.spec.block_sites.attn)
+            attn = block.get_submodule(attn_path)
 
             def hook(name: str, i: int = i) -> nn.Module:
                 return getattr(self.blocks[i].attn, name)

@@ -10,17 +10,33 @@ The returned cache is a :class:`SiteCache`, whose missing keys name the close ca
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
 
 from vision_sae_lens.backbones.attention import ATTENTION_SITES
 from vision_sae_lens.backbones.config import SiteCache
 from vision_sae_lens.errors import ImageInputError, UnknownSiteError, close_matches
 
+if TYPE_CHECKING:
+    from vision_sae_lens.compat import HookedRootModule, HookPoint
 
-class CheckedSitesMixin:
+    _Host = HookedRootModule  # the class the mixin is combined with; its methods are what super() reaches
+else:
+    _Host = object
+
+
+class CheckedSitesMixin(_Host):
     """Name-checked ``run_with_cache`` / ``run_with_hooks`` / ``hooks`` / ``add_hook`` for a ``HookedRootModule``
     host that has ``hook_dict``, ``_acts_to_saes``, ``attention``, ``backbone_id`` and ``preprocess``."""
+
+    # Provided by the host class (annotations only: nothing is set here).
+    hook_dict: dict[str, HookPoint]
+    _acts_to_saes: dict[str, Any]
+    attention: str
+    backbone_id: str
+    preprocess: Callable[[Any], torch.Tensor]
 
     def check_site(self, site: str) -> None:
         """Raise :class:`UnknownSiteError` (with close names) unless ``site`` is a hook of this model."""
@@ -42,7 +58,8 @@ class CheckedSitesMixin:
             if isinstance(name, str):
                 self.check_site(name)
 
-    def run_with_cache(
+    # Images come first (TransformerLens takes them in *model_args): a narrower signature on purpose.
+    def run_with_cache(  # type: ignore[override]
         self,
         images: Any,
         *model_args: Any,

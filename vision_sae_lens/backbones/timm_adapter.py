@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Literal, Protocol, cast
 
 from torch import nn
 
@@ -12,6 +13,19 @@ from vision_sae_lens.backbones.attention import n_heads_of
 from vision_sae_lens.backbones.spec import BackboneSpec, BlockSites, ModuleSite
 from vision_sae_lens.errors import UnknownBackboneError, close_matches
 from vision_sae_lens.layout import TokenLayout
+
+
+class _PatchEmbed(Protocol):
+    img_size: tuple[int, int]
+    patch_size: tuple[int, int]
+
+
+class _TimmViT(Protocol):
+    """What timm's VisionTransformer-like models (ViT, Eva, ...) share and the spec reads."""
+
+    patch_embed: _PatchEmbed
+    blocks: Sequence[nn.Module]
+    embed_dim: int
 
 
 def load_timm(name: str, *, pretrained: bool, **kwargs: Any) -> BackboneSpec:
@@ -37,11 +51,12 @@ def timm_spec(model: nn.Module, *, backbone_id: str) -> BackboneSpec:
             f"{type(model).__name__} is not a timm ViT (no .blocks / .patch_embed); "
             "use HookedSAEViT.from_module(model, blocks=...) for other architectures."
         )
+    vit = cast(_TimmViT, model)  # the checks above: a timm ViT-like model
     n_prefix = int(getattr(model, "num_prefix_tokens", 1))
     has_cls = getattr(model, "cls_token", None) is not None
     layout = TokenLayout(
-        image_size=tuple(model.patch_embed.img_size),
-        patch_size=tuple(model.patch_embed.patch_size),
+        image_size=(*vit.patch_embed.img_size,),
+        patch_size=(*vit.patch_embed.patch_size,),
         has_cls=has_cls,
         n_registers=n_prefix - int(has_cls),
     )
@@ -50,26 +65,31 @@ def timm_spec(model: nn.Module, *, backbone_id: str) -> BackboneSpec:
     data_cfg = timm.data.resolve_data_config(model=model)
     data_cfg["input_size"] = (data_cfg["input_size"][0], *layout.image_size)
     transform = timm.data.create_transform(**data_cfg)
-    block = model.blocks[0]
+    block = vit.blocks[0]
     num_classes = int(getattr(model, "num_classes", 0) or 0)
     return BackboneSpec(
         backbone_id=backbone_id,
         model=model,
-        blocks=list(model.blocks),
+        blocks=list(vit.blocks),
         block_sites=_block_sites(block),
         layout=layout,
         transform=transform,
         preprocessing=_describe(data_cfg),
         output_kind="logits" if num_classes > 0 and not is_embedding_head(model) else "embedding",
-        embed=ModuleSite(model.pos_drop) if hasattr(model, "pos_drop") else None,
-        final_norm=ModuleSite(model.norm) if isinstance(getattr(model, "norm", None), nn.Module) else None,
-        pooled=ModuleSite(model.head, "input")
-        if isinstance(getattr(model, "head", None), nn.Module)
-        else None,
-        d_model=int(model.embed_dim),
+        embed=_optional_site(model, "pos_drop"),
+        final_norm=_optional_site(model, "norm"),
+        pooled=_optional_site(model, "head", "input"),
+        d_model=int(vit.embed_dim),
         d_mlp=_d_mlp(block),
-        n_heads=n_heads_of(block.attn) if hasattr(block, "attn") else None,
+        n_heads=n_heads_of(attn) if isinstance(attn := getattr(block, "attn", None), nn.Module) else None,
     )
+
+
+def _optional_site(
+    model: nn.Module, name: str, where: Literal["input", "output"] = "output"
+) -> ModuleSite | None:
+    child = getattr(model, name, None)  # not every timm ViT variant has it
+    return ModuleSite(child, where) if isinstance(child, nn.Module) else None
 
 
 # Pretrained tags of image-text towers fine-tuned into classifiers ("openai_ft_in1k", "laion2b_ft_in12k").

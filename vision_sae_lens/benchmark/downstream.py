@@ -10,7 +10,7 @@ recovered" for this loss: ``(L_zero - L_sae) / (L_zero - L_clean)``.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -18,11 +18,15 @@ import torch.nn.functional as F
 
 from vision_sae_lens.splice import sae_token_mask
 
+if TYPE_CHECKING:
+    from vision_sae_lens.backbones import HookedSAEViT
+    from vision_sae_lens.compat import SAE
+
 
 @torch.no_grad()
 def multilabel_downstream(
-    model: Any,
-    sae: Any,
+    model: HookedSAEViT,
+    sae: SAE,
     images: Sequence[Any],
     labels_nf: np.ndarray,
     *,

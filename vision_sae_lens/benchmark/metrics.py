@@ -44,9 +44,10 @@ class LatentFactorHistogram:
         """Count a batch: ``acts_ns`` latent activations, ``labels_nf`` bool factor labels."""
         n, s = acts_ns.shape
         f = labels_nf.shape[1]
-        if self.pos_fsb is None:
+        if self.pos_fsb is None or self.n_pos_f is None:
             self.pos_fsb = torch.zeros(f, s, self.n_bins + 1, dtype=torch.float64)
             self.n_pos_f = torch.zeros(f, dtype=torch.float64)
+        pos_fsb, n_pos_f = self.pos_fsb, self.n_pos_f
         width = self.n_bins + 1
         flat_ns = self.bin_of(acts_ns) + torch.arange(s).mul(width)
         self.total_sb += torch.bincount(flat_ns.reshape(-1), minlength=s * width).view(s, width)
@@ -54,8 +55,15 @@ class LatentFactorHistogram:
         for k in range(f):
             rows = flat_ns[labels_nf[:, k]]
             if len(rows):
-                self.pos_fsb[k] += torch.bincount(rows.reshape(-1), minlength=s * width).view(s, width)
-        self.n_pos_f += labels_nf.sum(0).double()
+                pos_fsb[k] += torch.bincount(rows.reshape(-1), minlength=s * width).view(s, width)
+        n_pos_f += labels_nf.sum(0).double()
+
+    @property
+    def n_positive_f(self) -> torch.Tensor:
+        """Rows labelled positive for each factor so far."""
+        if self.n_pos_f is None:
+            raise ValueError("no rows were added")
+        return self.n_pos_f
 
     def scores(self) -> dict[str, torch.Tensor]:
         """``auroc_sf``, ``f1_sf`` (best threshold), ``threshold_sf`` (act > this), ``precision_sf`` and

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -31,6 +31,9 @@ from vision_sae_lens.benchmark.metrics import (
 from vision_sae_lens.benchmark.probing import sparse_probing
 from vision_sae_lens.benchmark.truth import GroundTruth
 from vision_sae_lens.layout import TokenLayout
+
+if TYPE_CHECKING:
+    from vision_sae_lens.compat import SAE
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +79,7 @@ class ScoreConfig:
 
 @torch.no_grad()
 def score_rows(
-    sae: Any,
+    sae: SAE,
     rows: RowsFn,
     truth: GroundTruth,
     *,
@@ -94,7 +97,7 @@ def score_rows(
     names = list(truth.factor_names)
     probe_set = _probe_subset(n_images, cfg)
     recon: ReconstructionAccumulator | None = None
-    probe: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    probe: dict[int, tuple[torch.Tensor, torch.Tensor, int]] = {}  # image -> (feature sum, act sum, rows)
     for batch in _encoded(sae, rows, layout, desc="1/3 reconstruction", progress=progress):
         if recon is None:
             recon = ReconstructionAccumulator(batch.acts.shape[1], batch.feats.shape[1])
@@ -102,9 +105,11 @@ def score_rows(
         for image, lo, hi in batch.groups:
             if image in probe_set:
                 prev = probe.get(image)
-                part = (batch.feats[lo:hi].sum(0).double(), batch.acts[lo:hi].sum(0).double(), hi - lo)
+                feats_f, acts_d = batch.feats[lo:hi].sum(0).double(), batch.acts[lo:hi].sum(0).double()
                 probe[image] = (
-                    part if prev is None else tuple(a + b for a, b in zip(prev, part, strict=False))
+                    (feats_f, acts_d, hi - lo)
+                    if prev is None
+                    else (prev[0] + feats_f, prev[1] + acts_d, prev[2] + hi - lo)
                 )
     if recon is None:
         raise ValueError("the store has no rows of patch tokens to score")
@@ -126,21 +131,21 @@ def score_rows(
     images, max_ns = zip(*reducer.flush(), strict=False)
     image_hist.add(torch.stack(max_ns), _image_labels(truth, images))
 
-    patch, image = patch_hist.scores(), image_hist.scores()
+    patch_scores, image_scores = patch_hist.scores(), image_hist.scores()
     report["recovery"] = {
-        "patch": _recovery_summary(patch, names, cfg),
-        "image": _recovery_summary(image, names, cfg),
+        "patch": _recovery_summary(patch_scores, names, cfg),
+        "image": _recovery_summary(image_scores, names, cfg),
     }
     mix = splitting_and_mixing(
-        patch["precision_sf"], patch["recall_sf"], alive_s, prior_f=patch_hist.n_pos_f,
+        patch_scores["precision_sf"], patch_scores["recall_sf"], alive_s, prior_f=patch_hist.n_positive_f,
         family_f=_families(names), precision_threshold=cfg.precision_threshold,
         recall_threshold=cfg.recall_threshold,
     )  # fmt: skip
     report["splitting"] = _splitting_summary(mix, names, alive_s)
 
-    rec = feature_recovery(patch["auroc_sf"], patch["f1_sf"], f1_threshold=cfg.f1_threshold)
+    rec = feature_recovery(patch_scores["auroc_sf"], patch_scores["f1_sf"], f1_threshold=cfg.f1_threshold)
     latents_f = rec["latent_auroc_f"]
-    thresholds_f = patch["threshold_sf"][latents_f, torch.arange(len(names))]
+    thresholds_f = patch_scores["threshold_sf"][latents_f, torch.arange(len(names))]
     report["localization"] = _localization(
         sae, rows, truth, layout, latents_f, thresholds_f, names, progress=progress
     )
@@ -160,7 +165,7 @@ class _Batch:
     """(image, lo, hi): consecutive rows of one image."""
 
 
-def _encoded(sae: Any, rows: RowsFn, layout: TokenLayout, *, desc: str, progress: bool) -> Iterator[_Batch]:
+def _encoded(sae: SAE, rows: RowsFn, layout: TokenLayout, *, desc: str, progress: bool) -> Iterator[_Batch]:
     device = next(iter(sae.parameters())).device
     for r in tqdm(rows(), desc=desc, unit="batch", disable=not progress, leave=False):
         keep = r.token_idx >= layout.n_prefix
@@ -191,16 +196,16 @@ class _ImageMax:
         done = []
         for image, lo, hi in batch.groups:
             part = batch.feats[lo:hi].max(0).values
-            if image == self.image:
+            if image == self.image and self.max_s is not None:
                 self.max_s = torch.maximum(self.max_s, part)
                 continue
-            if self.image is not None:
+            if self.image is not None and self.max_s is not None:
                 done.append((self.image, self.max_s))
             self.image, self.max_s = image, part
         return done
 
     def flush(self) -> list[tuple[int, torch.Tensor]]:
-        return [] if self.image is None else [(self.image, self.max_s)]
+        return [] if self.image is None or self.max_s is None else [(self.image, self.max_s)]
 
 
 def _patch_labels(truth: GroundTruth, batch: _Batch) -> torch.Tensor:
@@ -267,7 +272,7 @@ def _splitting_summary(
 
 
 def _localization(
-    sae: Any,
+    sae: SAE,
     rows: RowsFn,
     truth: GroundTruth,
     layout: TokenLayout,

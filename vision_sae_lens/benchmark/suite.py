@@ -11,11 +11,12 @@ random subset of the images, and with ``out_dir`` writes ``report.json``, ``repo
 from __future__ import annotations
 
 import logging
+import os
 import re
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -23,6 +24,10 @@ from vision_sae_lens.benchmark.scoring import ScoreConfig, score_rows
 from vision_sae_lens.benchmark.truth import SyntheticTruth
 from vision_sae_lens.data.synthetic import ShapesWorld
 from vision_sae_lens.errors import SAEMismatchError, StoreMismatchError, close_matches
+
+if TYPE_CHECKING:
+    from vision_sae_lens.compat import SAE
+    from vision_sae_lens.contracts import ActivationStoreReader
 
 logger = logging.getLogger(__name__)
 
@@ -33,10 +38,10 @@ DEFAULT_SITE = "blocks.2.hook_resid_post"
 
 
 def score(
-    sae: Any,
+    sae: SAE | str | Path,
     suite: str = "synthetic",
     *,
-    store: Any = None,
+    store: ActivationStoreReader | str | Path | None = None,
     out_dir: str | Path | None = None,
     n_images: int | None = None,
     config: ScoreConfig | None = None,
@@ -70,6 +75,7 @@ def score(
                 f"{folder} is not a SAELens checkpoint folder (no cfg.json); pass an SAE folder"
             )
         sae = SAE.load_from_disk(str(folder), device="cpu")
+    assert isinstance(sae, SAE)  # loaded just above when a folder was given
     site = _check_sae(sae)
     cfg = config or ScoreConfig()
     model = HookedSAEViT.from_pretrained(BACKBONE_ID)
@@ -86,7 +92,7 @@ def score(
             model, world, sites=[site], tokens="patches", dtype="float32",
             out_dir=root / f"acts-test-{_safe(site)}", batch_size=128, progress=progress,
         )  # fmt: skip
-    elif not isinstance(store, ActivationStore):
+    elif isinstance(store, (str, os.PathLike)):
         store = ActivationStore(store)
     try:
         world = _check_store(store, site)
@@ -133,7 +139,9 @@ def score(
     return report
 
 
-def _build_browser(sae: Any, store: Any, report: dict[str, Any], out: Path, *, progress: bool) -> str:
+def _build_browser(
+    sae: SAE, store: ActivationStoreReader, report: dict[str, Any], out: Path, *, progress: bool
+) -> str:
     """Feature browser pages of the latents that best recover each factor; returns the report's link."""
     from vision_sae_lens.analysis import build_browser
 
@@ -183,7 +191,7 @@ def prepare_synthetic(
     return stores[0], stores[1]
 
 
-def _check_sae(sae: Any) -> str:
+def _check_sae(sae: SAE) -> str:
     from vision_sae_lens.metadata import vision_facts_of
 
     site = sae.cfg.metadata.hook_name
@@ -204,7 +212,7 @@ def _check_sae(sae: Any) -> str:
     return site
 
 
-def _check_store(store: Any, site: str) -> ShapesWorld:
+def _check_store(store: ActivationStoreReader, site: str) -> ShapesWorld:
     desc = store.dataset
     if store.backbone_id != BACKBONE_ID or desc.get("kind") != "synthetic" or desc.get("split") != "test":
         raise StoreMismatchError(

@@ -80,6 +80,7 @@ def run_synthetic_benchmark(
         for arch in architectures
     ]  # fmt: skip
     runs = train_sae(configs, out_dir=out / "saes", progress=progress)
+    assert isinstance(runs, list), "train_sae returns a list for a list of configs"
     reports = []
     for run in runs:
         logger.info("scoring %s", run.name)

@@ -47,7 +47,7 @@ class SyntheticTruth:
         self._masks = lru_cache(maxsize=256)(world.pixel_masks)
 
     def image_factors(self, image: int) -> np.ndarray:
-        return self._masks(int(image)).any(axis=(1, 2))
+        return np.asarray(self._masks(int(image)).any(axis=(1, 2)))
 
     def patch_factors(self, image: int) -> np.ndarray:
         return patch_coverage(self._masks(int(image)), patch_size=self.patch_size) >= self.min_coverage
@@ -93,7 +93,9 @@ class ArrayTruth:
 
     def patch_factors(self, image: int) -> np.ndarray:
         if self.masks is None:
+            assert self.n_patches is not None, "__init__ requires n_patches without masks"
             return np.broadcast_to(self.labels[image], (self.n_patches, self.labels.shape[1]))
+        assert self.patch_size is not None, "__init__ requires patch_size with masks"
         return patch_coverage(self.masks[image], patch_size=self.patch_size) >= self.min_coverage
 
     def pixel_masks(self, image: int) -> np.ndarray | None:

@@ -17,31 +17,18 @@ import hashlib
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from vision_sae_lens.contracts import ImageSource
 from vision_sae_lens.errors import ImageInputError
 
+if TYPE_CHECKING:
+    from vision_sae_lens.data.demo_digits import Split
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm")
-
-
-@runtime_checkable
-class ImageSource(Protocol):
-    """What the recorder reads: ``len``, ``source[i] -> (PIL.Image, label | None)``, labels, description."""
-
-    label_names: list[str] | None
-    """Class names, indexed by label (None when the source has no labels)."""
-
-    def __len__(self) -> int: ...
-
-    def __getitem__(self, i: int) -> tuple[Image.Image, int | None]: ...
-
-    @property
-    def description(self) -> dict[str, Any]:
-        """JSON-ready provenance (kind, name, split, count, ...), never an absolute path."""
-        ...
 
 
 def open_images(
@@ -130,6 +117,7 @@ def source_labels(source: Any) -> list[int | None] | None:
     if isinstance(source, Subset):
         inner = source_labels(source.source)
         return None if inner is None else [inner[i] for i in source.indices]
+    labels: list[Any] | None
     if isinstance(source, ImageFolder):
         labels = list(source._labels)
     elif isinstance(source, HFSource):
@@ -349,7 +337,11 @@ class Subset:
     """The images of ``source`` at ``indices`` (see :func:`select_images`)."""
 
     def __init__(
-        self, source: ImageSource, indices: Sequence[int], *, how: dict[str, Any] | None = None
+        self,
+        source: ImageSource,
+        indices: Sequence[int] | np.ndarray,
+        *,
+        how: dict[str, Any] | None = None,
     ) -> None:
         self.source, self.indices = source, [int(i) for i in indices]
         self.label_names = source.label_names
@@ -383,11 +375,14 @@ def _open_demo(spec: str) -> ImageSource:
         raise ImageInputError(
             f"unknown demo image set {spec!r}; the shipped one is 'demo:mnist[:train|test|all]'"
         )
+    splits: dict[str, Split] = {"": "train", "train": "train", "test": "test", "all": "all"}
+    if split not in splits:
+        raise ImageInputError(f"unknown demo split {split!r} in {spec!r}; choose train, test or all")
     try:
         from vision_sae_lens.data.demo_digits import load_demo_digits
     except ImportError as exc:
         raise ImageInputError("the embedded demo digits are not available in this installation") from exc
-    return GenericSource(load_demo_digits(split or "train"))
+    return GenericSource(load_demo_digits(splits[split]))
 
 
 # ------------------------------------------------------------------------ Hugging Face datasets
@@ -483,7 +478,10 @@ class StreamingHFSource:
         return self.limit
 
     def __getitem__(self, i: int) -> tuple[Image.Image, int | None]:
-        return next(iter(self.iter_range(i, i + 1)))[1]
+        item = next(iter(self.iter_range(i, i + 1)))[1]
+        if isinstance(item, Exception):
+            raise item
+        return item
 
     def iter_range(
         self, start: int, stop: int

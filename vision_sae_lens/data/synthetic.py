@@ -168,7 +168,7 @@ class ShapesWorld:
 
     def image_factors(self, i: int) -> np.ndarray:
         """``(F,)`` bool: factors carried by at least one object with a visible pixel."""
-        return self.pixel_masks(i).any(axis=(1, 2))
+        return np.asarray(self.pixel_masks(i).any(axis=(1, 2)))
 
     def patch_factors(self, i: int, *, patch_size: int, min_coverage: float = 0.25) -> np.ndarray:
         """``(n_patches, F)`` bool in row-major patch order: a patch carries a factor when at least

@@ -123,6 +123,7 @@ def run_demo(out_dir: str | Path, *, config: DemoConfig | None = None, progress:
         for arch, fields in cfg.sweep
     ]
     runs = train_sae(configs, out_dir=out / "saes", model=model, images=test_digits, progress=progress)
+    assert isinstance(runs, list), "train_sae returns a list for a list of configs"
     accuracy = _accuracies(runs)
 
     best = max(runs, key=lambda run: accuracy[run.name])

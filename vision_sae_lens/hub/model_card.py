@@ -24,7 +24,7 @@ def build_model_card(repo_id: str, saes: list[dict[str, Any]]) -> str:
         tags=TAGS,
         base_model=(base_models[0] if len(base_models) == 1 else base_models) or None,
     )
-    datasets = sorted({_dataset_name(s.get("dataset")) for s in saes} - {None})
+    datasets = sorted({name for s in saes if (name := _dataset_name(s.get("dataset"))) is not None})
     lines = [
         f"# Vision SAEs: {', '.join(backbones) or 'unknown backbone'}",
         "",

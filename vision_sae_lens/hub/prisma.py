@@ -22,6 +22,7 @@ import json
 import logging
 import pickle
 import re
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -85,7 +86,9 @@ def load_prisma_pickle(path: str | Path, *, trust_remote_pickle: bool = False) -
             "trust_remote_pickle=True: fully unpickling %s (this can execute code from the file).", path
         )
         return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_TRUSTING_PICKLE)
-    stand_ins = [(PrismaConfigStandIn, name) for name in PRISMA_CONFIG_CLASSES]
+    stand_ins: list[Callable[..., Any] | tuple[Callable[..., Any], str]] = [
+        (PrismaConfigStandIn, name) for name in PRISMA_CONFIG_CLASSES
+    ]
     try:
         with torch.serialization.safe_globals(stand_ins):
             return torch.load(path, map_location="cpu", weights_only=True)
@@ -209,7 +212,7 @@ def _write_metadata(sae: SAE, cfg: dict[str, Any]) -> None:
 
 def _facts(cfg: dict[str, Any], hook: str | None) -> VisionFacts | None:
     name = str(cfg.get("model_name") or "")
-    vit_cfg = cfg.get("vit_model_cfg") if isinstance(cfg.get("vit_model_cfg"), dict) else {}
+    vit_cfg: dict[str, Any] = cfg["vit_model_cfg"] if isinstance(cfg.get("vit_model_cfg"), dict) else {}
     patch = vit_cfg.get("patch_size")
     if patch is None:
         m = re.search(r"(?:ViT-[A-Za-z]+-|patch)(\d+)", name)

@@ -170,6 +170,10 @@ def convert_saev_checkpoint(
     if arch == "standard":
         sae: SAE = StandardSAE(StandardSAEConfig(**common))
     elif arch == "topk":
+        if ckpt.top_k is None:
+            raise ConversionError(
+                f"the saev header names a TopK activation ({ckpt.activation}) without top_k"
+            )
         sae = TopKSAE(TopKSAEConfig(k=int(ckpt.top_k), **common))
     else:
         sae = JumpReLUSAE(JumpReLUSAEConfig(**common))

@@ -136,8 +136,10 @@ def _load_from_hub(repo_id: str, folder_name: str, *, force_download: bool = Fal
             entry.get("d_in"),
             ckpt.d_model,
         )
-    sae = convert_saev_checkpoint(ckpt, facts=_facts_of(release, entry) if release else None)
-    if release is not None:
+    known = (release, entry) if release is not None and entry is not None else None
+    sae = convert_saev_checkpoint(ckpt, facts=_facts_of(*known) if known else None)
+    if known is not None:
+        release, entry = known
         sae.cfg.metadata.release = release.name
         sae.cfg.metadata.sae_id = entry["id"]
         sae.cfg.metadata.repo_id = repo_id

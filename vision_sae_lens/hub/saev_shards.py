@@ -78,7 +78,7 @@ def read_saev_shard_info(path: str | Path) -> SaevShardInfo:
     except FileNotFoundError as exc:
         raise ConversionError(f"{path} is not a saev shard directory: {exc.filename} is missing") from exc
     get = lambda *keys: next((md[k] for k in keys if k in md), None)  # noqa: E731
-    fields = {
+    fields: dict[str, Any] = {  # JSON values; None ones are refused just below
         "layers": get("layers"),
         "n_patches": get("content_tokens_per_example", "n_patches_per_img"),
         "cls_token": get("cls_token"),

@@ -39,7 +39,11 @@ PROVENANCE = "_provenance"
 RECORDS = "_records"
 DTYPES = ("float32", "float16", "bfloat16")
 # bfloat16 has no numpy dtype: its 16-bit patterns are stored and memory-mapped as uint16.
-NUMPY_STORAGE = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2"), "bfloat16": np.dtype("<u2")}
+NUMPY_STORAGE: dict[str, np.dtype] = {
+    "float32": np.dtype("<f4"),
+    "float16": np.dtype("<f2"),
+    "bfloat16": np.dtype("<u2"),
+}
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 PROVENANCE_DTYPE = np.dtype("<i4")
 

@@ -51,7 +51,7 @@ class ShardBuilder:
             if len(arr) != n:
                 raise ValueError(f"{key}: {len(arr)} rows but {n} provenance rows")
             _, _, f, digest = self._files[key]
-            view = memoryview(np.ascontiguousarray(arr)).cast("B")
+            view = np.ascontiguousarray(arr).data.cast("B")
             f.write(view)
             digest.update(view)
         self.n_rows += n

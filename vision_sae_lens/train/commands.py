@@ -126,7 +126,7 @@ def _train(args: argparse.Namespace) -> int:
         images=images,
         progress=not args.no_progress,
     )
-    for run in runs:
+    for run in runs if isinstance(runs, list) else [runs]:
         print(format_run(run.path, run.report))
     return 0
 

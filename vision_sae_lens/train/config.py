@@ -125,27 +125,28 @@ class TrainConfig:
             )
         if not self.site:
             raise ValueError("site must name a hook of the store, e.g. 'blocks.10.hook_resid_post'")
-        if self.batch_size is None:
-            object.__setattr__(self, "batch_size", default_batch_size(self.training_tokens))
-        if self.batch_size <= 0:
-            raise ValueError(f"batch_size must be > 0, got {self.batch_size}")
-        if self.training_tokens < self.batch_size:
+        # The None defaults are resolved here; locals carry the resolved (non-None) values below.
+        batch_size = default_batch_size(self.training_tokens) if self.batch_size is None else self.batch_size
+        object.__setattr__(self, "batch_size", batch_size)
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be > 0, got {batch_size}")
+        if self.training_tokens < batch_size:
             raise ValueError(
-                f"training_tokens ({self.training_tokens}) is smaller than one batch ({self.batch_size}); "
+                f"training_tokens ({self.training_tokens}) is smaller than one batch ({batch_size}); "
                 "raise training_tokens or lower batch_size."
             )
-        if self.lr is None:
-            object.__setattr__(self, "lr", default_lr(self.sae.d_sae))
-        if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if self.lr_warm_up_steps is None:
-            object.__setattr__(self, "lr_warm_up_steps", min(1000, self.n_steps // 20))
+        lr = default_lr(self.sae.d_sae) if self.lr is None else self.lr
+        object.__setattr__(self, "lr", lr)
+        if lr <= 0:
+            raise ValueError(f"lr must be > 0, got {lr}")
+        warm_up = min(1000, self.n_steps // 20) if self.lr_warm_up_steps is None else self.lr_warm_up_steps
+        object.__setattr__(self, "lr_warm_up_steps", warm_up)
         if self.dead_feature_window is None:
             object.__setattr__(self, "dead_feature_window", max(1, min(1000, self.n_steps // 10)))
         if self.b_dec_init not in ("mean", "zeros"):
             raise ValueError(f"b_dec_init must be 'mean' or 'zeros', got {self.b_dec_init!r}")
         if self.lr_end is None:
-            object.__setattr__(self, "lr_end", self.lr / 10)
+            object.__setattr__(self, "lr_end", lr / 10)
         if self.lr_scheduler.lower() not in LR_SCHEDULERS:
             raise ValueError(
                 f"unknown lr_scheduler {self.lr_scheduler!r}; choose one of {', '.join(LR_SCHEDULERS)}"
@@ -153,9 +154,9 @@ class TrainConfig:
         for name in ("lr_warm_up_steps", "lr_decay_steps", "keep_checkpoints", "downstream_images"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.lr_warm_up_steps + self.lr_decay_steps > self.n_steps:
+        if warm_up + self.lr_decay_steps > self.n_steps:
             raise ValueError(
-                f"lr_warm_up_steps + lr_decay_steps ({self.lr_warm_up_steps + self.lr_decay_steps}) exceed the "
+                f"lr_warm_up_steps + lr_decay_steps ({warm_up + self.lr_decay_steps}) exceed the "
                 f"{self.n_steps} training steps."
             )
         for name in ("n_restart_cycles", "dead_feature_window", "feature_sampling_window", "log_every"):
@@ -165,7 +166,7 @@ class TrainConfig:
             raise ValueError("n_batches_for_norm_estimate must be >= 1")
         if not 0.0 <= self.eval_fraction < 1.0:
             raise ValueError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
-        if self.checkpoint_every_tokens is not None and self.checkpoint_every_tokens < self.batch_size:
+        if self.checkpoint_every_tokens is not None and self.checkpoint_every_tokens < batch_size:
             raise ValueError("checkpoint_every_tokens must be at least one batch (or None)")
         if self.wandb_mode not in ("online", "offline", "disabled"):
             raise ValueError(f"wandb_mode must be online, offline or disabled, got {self.wandb_mode!r}")
@@ -194,7 +195,8 @@ class TrainConfig:
     @property
     def n_steps(self) -> int:
         """Optimizer steps: whole batches in ``training_tokens``."""
-        return self.training_tokens // self.batch_size
+        batch_size = default_batch_size(self.training_tokens) if self.batch_size is None else self.batch_size
+        return self.training_tokens // batch_size
 
     @property
     def architecture(self) -> str:

@@ -17,7 +17,7 @@ The images are a seeded random, label-stratified draw of ``n_images``, never the
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -25,10 +25,13 @@ from sae_lens import SAE
 
 from vision_sae_lens.splice import sae_token_mask
 
+if TYPE_CHECKING:
+    from vision_sae_lens.backbones import HookedSAEViT
+
 
 @torch.no_grad()
 def measure_downstream(
-    model: Any,
+    model: HookedSAEViT,
     sae: SAE,
     images: Any,
     *,
@@ -138,7 +141,9 @@ def _accuracy(
     return (pred.cpu() == labels_n).float().mean().item()
 
 
-def _recovered(ablated: float, spliced: float) -> float | None:
+def _recovered(ablated: float | None, spliced: float | None) -> float | None:
+    if ablated is None or spliced is None:
+        return None
     if ablated <= 1e-12:
         return None  # the site does not matter for the output: nothing to recover
     return (ablated - spliced) / ablated
@@ -183,7 +188,7 @@ def _pick_images(images: Any, n_images: int, seed: int) -> list[int]:
     return subset_indices(total, n, labels=labels, seed=seed).tolist()
 
 
-def _pixel_batches(model: Any, images: Any, picked: list[int], batch_size: int):
+def _pixel_batches(model: HookedSAEViT, images: Any, picked: list[int], batch_size: int):
     """(preprocessed pixels, labels) batches of the ``picked`` images (labels None if unknown)."""
     for i in range(0, len(picked), batch_size):
         idx = picked[i : i + batch_size]

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -25,9 +25,13 @@ from sae_lens import SAE
 from sae_lens.evals import ExplainedVarianceCalculator
 from tqdm.auto import tqdm
 
+from vision_sae_lens.contracts import ActivationStoreReader
 from vision_sae_lens.errors import SAEMismatchError
 from vision_sae_lens.train.feed import Split, check_store_for, open_store
 from vision_sae_lens.train.plots import plot_density
+
+if TYPE_CHECKING:
+    from vision_sae_lens.backbones import HookedSAEViT
 
 logger = logging.getLogger(__name__)
 
@@ -49,9 +53,9 @@ DEAD_DENSE_DEFINITION = (
 @torch.no_grad()
 def evaluate_sae(
     sae_or_dir: SAE | str | Path,
-    store: Any,
+    store: ActivationStoreReader | str | Path,
     *,
-    model: Any = None,
+    model: HookedSAEViT | None = None,
     images: Any = None,
     site: str | None = None,
     split: Any = None,
@@ -89,27 +93,27 @@ def evaluate_sae(
         sae = sae_or_dir
     if device is not None:
         sae = sae.to(device)
-    store = open_store(store)
+    reader: ActivationStoreReader = open_store(store)
     site = site or sae.cfg.metadata.hook_name
     if not site:
         raise SAEMismatchError(
             "the SAE has no cfg.metadata.hook_name; pass site= to say which store site to use"
         )
-    check_store_for(store, site, sae.cfg.d_in, name=str(folder or "sae"))
-    keep_t = _token_keep(sae, store)
-    rows_n, which = _eval_rows(folder, store, split, start_row, stop_row, max_rows, seed)
-    rows_n = _of_tokens(store, rows_n, keep_t)
-    recon = _reconstruction(sae, store, site, rows_n, batch_size, progress=progress)
+    check_store_for(reader, site, sae.cfg.d_in, name=str(folder or "sae"))
+    keep_t = _token_keep(sae, reader)
+    rows_n, which = _eval_rows(folder, reader, split, start_row, stop_row, max_rows, seed)
+    rows_n = _of_tokens(reader, rows_n, keep_t)
+    recon = _reconstruction(sae, reader, site, rows_n, batch_size, progress=progress)
     mean_d = recon.pop("_mean_d")
-    density_n = _of_tokens(store, _sampled_rows(store, density_max_rows, seed), keep_t)
-    recon.update(_firing(sae, store, site, density_n, batch_size, dense_threshold, progress=progress))
+    density_n = _of_tokens(reader, _sampled_rows(reader, density_max_rows, seed), keep_t)
+    recon.update(_firing(sae, reader, site, density_n, batch_size, dense_threshold, progress=progress))
     report: dict[str, Any] = {
         "site": site,
         "architecture": sae.cfg.architecture(),
         "d_in": sae.cfg.d_in,
         "d_sae": sae.cfg.d_sae,
         "rows": which,
-        "store_fingerprint": str(getattr(store, "fingerprint", "")) or None,
+        "store_fingerprint": reader.fingerprint or None,
         "tokens": getattr(sae.cfg.metadata, "tokens", None),
         **recon,
     }
@@ -135,10 +139,10 @@ def evaluate_run(
     sae: SAE,
     cfg: Any,
     *,
-    store: Any,
+    store: ActivationStoreReader,
     split: Split,
     name: str,
-    model: Any = None,
+    model: HookedSAEViT | None = None,
     images: Any = None,
     out_dir: Path,
     progress: bool = True,
@@ -179,7 +183,7 @@ def evaluate_run(
         "note": "eval_fraction=0 held no rows out and no eval_store was given: not evaluated on activation rows "
         "(every row of the store was used for training).",
     }
-    if downstream:
+    if model is not None and images is not None:
         from vision_sae_lens.train.downstream import measure_downstream
 
         report["downstream"] = measure_downstream(model, sae, images, n_images=cfg.downstream_images)
@@ -214,16 +218,16 @@ def _eval_rows(folder, store, split, start, stop, max_rows: int, seed: int):
     return _sampled_rows(store, max_rows, seed), {"method": "seeded random images", "seed": seed}
 
 
-def _token_keep(sae: SAE, store: Any) -> torch.Tensor | None:
+def _token_keep(sae: SAE, store: ActivationStoreReader) -> torch.Tensor | None:
     """(tokens,) mask of the token positions the SAE applies to, or None when every stored row counts."""
     tokens = getattr(sae.cfg.metadata, "tokens", None)
-    recorded = str(getattr(store, "tokens", "all"))
+    recorded = store.tokens
     if not tokens or tokens == recorded or tokens == "all":
         return None
     return store.layout.token_mask(tokens)
 
 
-def _of_tokens(store: Any, rows_n: np.ndarray, keep_t: torch.Tensor | None) -> np.ndarray:
+def _of_tokens(store: ActivationStoreReader, rows_n: np.ndarray, keep_t: torch.Tensor | None) -> np.ndarray:
     """The rows among ``rows_n`` whose token is kept by ``keep_t`` (all of them when it is None)."""
     if keep_t is None or not len(rows_n):
         return rows_n
@@ -232,7 +236,7 @@ def _of_tokens(store: Any, rows_n: np.ndarray, keep_t: torch.Tensor | None) -> n
     return rows_n[keep_t.numpy()[token_n[rows_n - lo]]]
 
 
-def _sampled_rows(store: Any, max_rows: int, seed: int) -> np.ndarray:
+def _sampled_rows(store: ActivationStoreReader, max_rows: int, seed: int) -> np.ndarray:
     """Every row of the store, or the rows of a seeded random draw of images holding at most ``max_rows``."""
     from vision_sae_lens.data.sources import subset_indices
 
@@ -242,13 +246,15 @@ def _sampled_rows(store: Any, max_rows: int, seed: int) -> np.ndarray:
     image_n = np.asarray(store.provenance(0, n_rows)[0], dtype=np.int64)
     images = np.unique(image_n)
     n = max(1, int(max_rows // (n_rows / len(images))))
-    labels = getattr(store, "labels", None)
+    labels = store.labels
     lab = None if labels is None else [None if v < 0 else int(v) for v in np.asarray(labels)[images]]
     chosen = images[subset_indices(len(images), n, labels=lab, seed=seed)]
     return np.flatnonzero(np.isin(image_n, chosen)).astype(np.int64)[:max_rows]
 
 
-def _row_batches(store: Any, site: str, rows_n: np.ndarray, batch_size: int, desc: str, progress: bool):
+def _row_batches(
+    store: ActivationStoreReader, site: str, rows_n: np.ndarray, batch_size: int, desc: str, progress: bool
+):
     chunks = range(0, len(rows_n), batch_size)
     for i in tqdm(chunks, desc=desc, total=len(chunks), leave=False, disable=not progress):
         chunk = rows_n[i : i + batch_size]
@@ -259,7 +265,13 @@ def _row_batches(store: Any, site: str, rows_n: np.ndarray, batch_size: int, des
 
 
 def _reconstruction(
-    sae: SAE, store: Any, site: str, rows_n: np.ndarray, batch_size: int, *, progress: bool = True
+    sae: SAE,
+    store: ActivationStoreReader,
+    site: str,
+    rows_n: np.ndarray,
+    batch_size: int,
+    *,
+    progress: bool = True,
 ) -> dict[str, Any]:
     sae.eval()
     ev = ExplainedVarianceCalculator()
@@ -291,7 +303,7 @@ def _reconstruction(
 
 def _firing(
     sae: SAE,
-    store: Any,
+    store: ActivationStoreReader,
     site: str,
     rows_n: np.ndarray,
     batch_size: int,

@@ -1,0 +1,138 @@
+"""The contracts between stages, as typing Protocols: what ``data/`` offers the recorder and what a store
+offers ``train/``, ``analysis/`` and ``benchmark/``.
+
+A Protocol is structural: any object with these members satisfies it, so a user's own dataset or a
+store-like object (a view over rows, a test double) works without inheriting from anything. The
+concrete classes live in their stages (``data.sources``, ``store.reader.ActivationStore``); this module
+sits at the bottom so that every stage can name the contract without importing the stage that
+implements it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from vision_sae_lens.layout import TokenLayout
+
+
+@runtime_checkable
+class ImageSource(Protocol):
+    """What the recorder reads: ``len``, ``source[i] -> (PIL.Image, label | None)``, labels, description."""
+
+    @property
+    def label_names(self) -> list[str] | None:
+        """Class names, indexed by label (None when the source has no labels)."""
+        ...
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, i: int) -> tuple[Image.Image, int | None]: ...
+
+    @property
+    def description(self) -> dict[str, Any]:
+        """JSON-ready provenance (kind, name, split, count, ...), never an absolute path."""
+        ...
+
+
+class RowBatch(Protocol):
+    """A batch of rows with provenance (``store.Rows`` is one): ``acts`` (n, d) float32, ``image_idx`` (n,),
+    ``token_idx`` (n,)."""
+
+    @property
+    def acts(self) -> torch.Tensor: ...
+
+    @property
+    def image_idx(self) -> torch.Tensor: ...
+
+    @property
+    def token_idx(self) -> torch.Tensor: ...
+
+
+class ActivationStoreReader(Protocol):
+    """The reading side of an activation store (``vision_sae_lens.store.ActivationStore`` is the one the
+    package ships): rows of one or more sites, in (image, token) order, with their provenance."""
+
+    @property
+    def path(self) -> Any:
+        """Folder of the store."""
+        ...
+
+    @property
+    def fingerprint(self) -> str:
+        """Content hash of the store (what a report records to name the rows it measured)."""
+        ...
+
+    @property
+    def sites(self) -> list[str]:
+        """Recorded site names."""
+        ...
+
+    def site_dim(self, site: str) -> int:
+        """Width of the rows of ``site``."""
+        ...
+
+    @property
+    def layout(self) -> TokenLayout:
+        """Token layout of the backbone the rows came from."""
+        ...
+
+    @property
+    def tokens(self) -> str:
+        """Token selection recorded: ``patches``, ``cls``, ``registers`` or ``all``."""
+        ...
+
+    @property
+    def n_images(self) -> int: ...
+
+    @property
+    def n_rows(self) -> int: ...
+
+    @property
+    def backbone_id(self) -> str: ...
+
+    @property
+    def dataset(self) -> dict[str, Any]:
+        """Description of the image source the rows were recorded from (kind, name, split, count, ...)."""
+        ...
+
+    @property
+    def label_names(self) -> list[str] | None: ...
+
+    @property
+    def labels(self) -> np.ndarray | None:
+        """One label per image (-1: unlabelled), or None when the source had no labels."""
+        ...
+
+    def __len__(self) -> int: ...
+
+    def read_rows(self, site: str, start: int, stop: int) -> torch.Tensor:
+        """Rows ``start..stop-1`` of ``site`` as float32, shape (n, d)."""
+        ...
+
+    def provenance(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(image_idx, token_idx)`` of rows ``start..stop-1``."""
+        ...
+
+    def gather(self, site: str, rows_n: np.ndarray) -> torch.Tensor:
+        """The rows at the (sorted) indices ``rows_n`` of ``site``."""
+        ...
+
+    def ordered(
+        self, site: str, batch_size: int, *, start_row: int = 0, stop_row: int | None = None
+    ) -> Iterator[RowBatch]:
+        """Batches of rows in store order."""
+        ...
+
+    def shuffled(self, site: str, batch_size: int, **kwargs: Any) -> Iterator[torch.Tensor]:
+        """Shuffled training batches of ``site``."""
+        ...
+
+    def statistics(self, site: str, **kwargs: Any) -> dict[str, Any]:
+        """Mean, norm and scale of ``site`` (for normalisation)."""
+        ...
