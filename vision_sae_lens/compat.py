@@ -194,7 +194,8 @@ def _probe_open_clip_visual() -> None:
     except ImportError:  # open_clip is optional: no backbone of it can be loaded, so nothing to check
         return
     fn = getattr(oc_model, "_build_vision_tower", None)
-    _require(fn is not None, seam, "open_clip.model has no _build_vision_tower")
+    _require(callable(fn), seam, "open_clip.model has no _build_vision_tower")
+    assert fn is not None
     _require(
         _params(fn)[:4] == ["embed_dim", "vision_cfg", "quick_gelu", "cast_dtype"],
         seam,

@@ -76,7 +76,7 @@ def _read_state_dict(path: str) -> dict[str, Any]:
     if str(path).endswith(".safetensors"):
         from safetensors.torch import load_file
 
-        state = load_file(path, device="cpu")
+        state: Any = load_file(path, device="cpu")
     else:
         state = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
@@ -109,7 +109,7 @@ def open_clip_spec(model: nn.Module, *, preprocess: Any = None, backbone_id: str
     """Describe an open_clip CLIP model (its ``visual`` tower); ``preprocess`` defaults to open_clip's eval transform."""
     import open_clip
 
-    visual = model.visual
+    visual: Any = model.visual  # open_clip's VisionTransformer or TimmModel (typed loosely by torch)
     if preprocess is None:
         cfg = getattr(visual, "preprocess_cfg", {}) or {}
         preprocess = open_clip.image_transform(
@@ -144,7 +144,7 @@ def open_clip_spec(model: nn.Module, *, preprocess: Any = None, backbone_id: str
     return spec
 
 
-def _native_spec(visual: nn.Module, backbone_id: str) -> BackboneSpec:
+def _native_spec(visual: Any, backbone_id: str) -> BackboneSpec:
     blocks = list(visual.transformer.resblocks)
     if not getattr(visual.transformer, "batch_first", True):
         raise UnknownBackboneError(

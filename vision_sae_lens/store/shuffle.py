@@ -228,10 +228,11 @@ def _row_filter(store: ActivationStore, labels, token_types, exclude_images=None
     if labels is None and token_types is None and (excluded is None or not len(excluded)):
         return None
     label_set = None
+    per_image = np.zeros(0, dtype=np.int64)
     if labels is not None:
-        per_image = store.labels
-        if per_image is None:
+        if store.labels is None:
             raise ValueError(f"store {store.path} has no labels; cannot filter by label")
+        per_image = np.asarray(store.labels)
         label_set = np.asarray(sorted(set(int(v) for v in labels)), dtype=np.int64)
     token_ok = None
     if token_types is not None:

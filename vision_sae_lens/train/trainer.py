@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 import torch
 from sae_lens import SAE
@@ -99,7 +99,7 @@ def train_sae(
     end includes the spliced downstream metric. Returns a ``TrainRun`` (or a list, for a list).
     """
     single = isinstance(configs, TrainConfig)
-    cfgs = [configs] if single else list(configs)
+    cfgs: list[TrainConfig] = [configs] if isinstance(configs, TrainConfig) else list(configs)
     if not cfgs:
         raise ValueError("no configs to train")
     out = Path(out_dir)
@@ -139,10 +139,23 @@ class _Member:
         self.folder = out / name
         self.ckpt_root = out / "checkpoints" / name
         self.trainer: SAETrainer | None = None
+        """Built when the group starts (or resumes) training; see :attr:`live`."""
         self.history: list[dict[str, float]] = []
         self.wandb_run: Any = None
         self.result: TrainRun | None = None
         self.train_seconds = 0.0
+
+    @property
+    def live(self) -> SAETrainer:
+        """The trainer of a member that is training (an invariant of the group loop)."""
+        assert self.trainer is not None, f"{self.name}: no trainer built yet"
+        return self.trainer
+
+    @property
+    def done(self) -> TrainRun:
+        """The result of a member that finished (an invariant once the group's run returns)."""
+        assert self.result is not None, f"{self.name}: no result yet"
+        return self.result
 
 
 class _GroupTrainer:
@@ -162,7 +175,7 @@ class _GroupTrainer:
             self.store,
             eval_fraction=lead.eval_fraction,
             max_eval_rows=lead.max_eval_rows,
-            batch_size=lead.batch_size,
+            batch_size=lead.rows_per_step,
             seed=lead.split_seed,
         )
         self.device = resolve_device(lead.device)
@@ -192,16 +205,16 @@ class _GroupTrainer:
             for m in active:
                 if m.wandb_run is not None:
                     m.wandb_run.finish()
-        return [m.result for m in self.members]
+        return [m.done for m in self.members]
 
     def _loop(self, active: list[_Member], start: int) -> None:
         lead = self.lead
         n_steps = max(m.cfg.n_steps for m in active)
-        every = lead.checkpoint_every_tokens // lead.batch_size if lead.checkpoint_every_tokens else 0
+        every = lead.checkpoint_every_tokens // lead.rows_per_step if lead.checkpoint_every_tokens else 0
         source = batch_stream(
             self.store,
             lead.site,
-            batch_size=lead.batch_size,
+            batch_size=lead.rows_per_step,
             seed=lead.data_seed,
             split=self.split,
             skip_batches=start,
@@ -247,7 +260,7 @@ class _GroupTrainer:
             pbar.close()
 
     def _step(self, m: _Member, batch: torch.Tensor, step: int) -> None:
-        trainer = m.trainer
+        trainer = m.live
         sparsity_log = trainer.maybe_reset_sparsity()
         if sparsity_log and m.wandb_run is not None:
             m.wandb_run.log(sparsity_log, step=trainer.n_training_steps)
@@ -307,8 +320,8 @@ class _GroupTrainer:
         sae_cls = get_sae_training_class(sae_cfg.architecture())[0]
         sae = sae_cls(sae_cfg)
         trainer_cfg = SAETrainerConfig(
-            total_training_samples=cfg.n_steps * cfg.batch_size,
-            train_batch_size_samples=cfg.batch_size,
+            total_training_samples=cfg.n_steps * cfg.rows_per_step,
+            train_batch_size_samples=cfg.rows_per_step,
             lr=cfg.lr,
             lr_end=cfg.lr_end,
             lr_scheduler_name=cfg.lr_scheduler,
@@ -354,9 +367,9 @@ class _GroupTrainer:
             for m in active:
                 path = m.ckpt_root / str(step)
                 ckpt.load_resumable(m.trainer, path)
-                if m.trainer.n_training_steps != step:
+                if m.live.n_training_steps != step:
                     raise TrainingError(
-                        f"checkpoint {path} holds step {m.trainer.n_training_steps}, expected {step}"
+                        f"checkpoint {path} holds step {m.live.n_training_steps}, expected {step}"
                     )
             logger.info("resuming %s from step %d", [m.name for m in active], step)
             return step
@@ -366,20 +379,22 @@ class _GroupTrainer:
         return 0
 
     def _estimate_normalisation(self, m: _Member) -> None:
-        scaler, sae, cfg = m.trainer.activation_scaler, m.trainer.sae, m.cfg
+        scaler, sae, cfg = m.live.activation_scaler, m.live.sae, m.cfg
         norm = sae.cfg.normalize_activations
         if norm not in ("expected_average_only_in", "covariance_whitening"):
             return
         if scaler.scaling_factor is not None or scaler.whitening is not None:
             return  # restored from a checkpoint: the weights were trained against these statistics
-        kwargs = dict(
-            batch_size=cfg.batch_size,
+        batches = estimation_batches(
+            self.store,
+            cfg.site,
+            n=cfg.n_batches_for_norm_estimate,
+            batch_size=cfg.rows_per_step,
             seed=cfg.data_seed,
             split=self.split,
             token_types=self.token_types,
             normalization=self.normalization,
         )
-        batches = estimation_batches(self.store, cfg.site, n=cfg.n_batches_for_norm_estimate, **kwargs)
         batches = (b.to(self.device) for b in batches)
         estimate = (
             scaler.estimate_scaling_factor
@@ -401,7 +416,7 @@ class _GroupTrainer:
         m.wandb_run = wandb.init(
             project=m.cfg.wandb_project,
             name=m.name,
-            mode=m.cfg.wandb_mode,
+            mode=cast(Literal["online", "offline", "disabled"], m.cfg.wandb_mode),
             config=m.cfg.to_dict(),
             reinit="create_new",
         )
@@ -417,15 +432,15 @@ class _GroupTrainer:
             preprocessing=store_preprocessing(store),
             dataset={**dict(store.dataset or {}), "held_out": _held_out_summary(self.split)},
             store_fingerprint=self.fingerprint or None,
-            training_tokens=int(m.trainer.n_training_samples),
+            training_tokens=int(m.live.n_training_samples),
             backbone_weights_file=store.metadata.get("backbone_weights_file"),
             input_normalization=None if self.normalization is None else self.normalization.to_metadata(),
         )
 
     def _progress(self, m: _Member) -> dict[str, Any]:
         return {
-            "n_training_steps": m.trainer.n_training_steps,
-            "n_training_samples": m.trainer.n_training_samples,
+            "n_training_steps": m.live.n_training_steps,
+            "n_training_samples": m.live.n_training_samples,
             "store_fingerprint": self.fingerprint,
             "data_seed": m.cfg.data_seed,
             "batch_size": m.cfg.batch_size,
@@ -435,7 +450,7 @@ class _GroupTrainer:
         if m.cfg.device.startswith("cuda") or self.device.startswith("cuda"):
             torch.cuda.synchronize()
         m.train_seconds = time.perf_counter() - self._t0
-        trainer = m.trainer
+        trainer = m.live
         trainer.set_final_sae_metadata()
         # Assembled in a temp folder and renamed into place: m.folder is never seen half written.
         tmp = fsutil.temp_folder(m.folder)
@@ -500,11 +515,11 @@ class _GroupTrainer:
 
 def _init_b_dec(m: _Member, batch: torch.Tensor) -> None:
     """``b_dec_init='mean'``: the decoder bias starts at the mean of the first training batch (as sparsify)."""
-    sae = m.trainer.sae
+    sae = m.live.sae
     if m.cfg.b_dec_init != "mean" or not hasattr(sae, "b_dec"):
         return
     with torch.no_grad():
-        sae.b_dec.data = m.trainer.activation_scaler(batch.float()).mean(0).to(sae.b_dec.dtype)
+        sae.b_dec.data = m.live.activation_scaler(batch.float()).mean(0).to(sae.b_dec.dtype)
 
 
 DEAD_WARNING_FRACTION = 0.2
@@ -512,7 +527,7 @@ DEAD_WARNING_FRACTION = 0.2
 
 
 def _warn_short_window(m: _Member) -> None:
-    if m.cfg.n_steps < m.cfg.dead_feature_window:
+    if m.cfg.n_steps < m.cfg.dead_window:
         logger.warning(
             "run %r trains %d steps, fewer than its dead_feature_window of %d: no latent will ever count as "
             "dead in training, so TopK's AuxK loss never revives any. Lower dead_feature_window (default: a "
