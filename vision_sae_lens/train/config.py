@@ -204,7 +204,6 @@ class TrainConfig:
         return self.sae.architecture()
 
     @property
-    @property
     def rows_per_step(self) -> int:
         """``batch_size`` as resolved by ``__post_init__`` (never None once the config exists)."""
         assert self.batch_size is not None  # set in __post_init__
@@ -216,6 +215,7 @@ class TrainConfig:
         assert self.dead_feature_window is not None  # set in __post_init__
         return self.dead_feature_window
 
+    @property
     def default_name(self) -> str:
         """``<architecture>_<d_sae>_<site>`` with the site's dots kept."""
         return self.name or f"{self.architecture}_{self.sae.d_sae}_{self.site}"
