@@ -6,6 +6,7 @@ As huggingface_hub does, so that ``import vision_sae_lens`` and ``vision-sae-len
 
 from __future__ import annotations
 
+import argparse
 import importlib
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -33,3 +34,37 @@ def lazy_exports(
         return sorted({*namespace, *exports})
 
     return __getattr__, __dir__
+
+
+def add_arguments_on_use(
+    parser: argparse.ArgumentParser, populate: Callable[[argparse.ArgumentParser], None]
+) -> argparse.ArgumentParser:
+    """Run ``populate(parser)`` only when ``parser`` parses or prints its help.
+
+    For a sub-command whose flags are generated from heavy imports (SAELens' config classes): the
+    top-level ``--help`` and every other sub-command then start without those imports.
+    """
+    parser.__class__ = _ArgumentsOnUse
+    parser._populate = populate  # type: ignore[attr-defined]  # read by _ArgumentsOnUse
+    return parser
+
+
+class _ArgumentsOnUse(argparse.ArgumentParser):
+    _populate: Callable[[argparse.ArgumentParser], None] | None
+
+    def _ensure(self) -> None:
+        populate, self._populate = self._populate, None
+        if populate is not None:
+            populate(self)
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        self._ensure()
+        return super().parse_known_args(args, namespace)
+
+    def format_help(self) -> str:
+        self._ensure()
+        return super().format_help()
+
+    def format_usage(self) -> str:
+        self._ensure()
+        return super().format_usage()

@@ -8,7 +8,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from vision_sae_lens.train.cli_args import add_sae_config_arguments, add_train_config_arguments
+from vision_sae_lens._lazy import add_arguments_on_use
 
 logger = logging.getLogger(__name__)
 
@@ -39,14 +39,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help="delete earlier output of these runs first")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     _add_downstream_args(p, n_images=False)
-    # Every TrainConfig and SAELens SAE-config field, generated from the dataclasses.
-    p.set_defaults(_train_fields=add_train_config_arguments(p), _sae_fields=add_sae_config_arguments(p))
-    p.add_argument(
-        "--warm-up",
-        type=int,
-        dest="lr_warm_up_steps",
-        help="alias of --lr-warm-up-steps (saev's n_lr_warmup)",
-    )
+    # Every TrainConfig and SAELens SAE-config field, generated from the dataclasses: that imports
+    # SAELens, so it happens only when `train` itself is parsed (or its --help shown).
+    add_arguments_on_use(p, _add_config_fields)
     p.set_defaults(func=_train)
 
     e = subparsers.add_parser(
@@ -66,6 +61,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_downstream_args(e)
     e.add_argument("--no-progress", action="store_true", help="no progress bars")
     e.set_defaults(func=_evaluate)
+
+
+def _add_config_fields(p: argparse.ArgumentParser) -> None:
+    from vision_sae_lens.train.cli_args import add_sae_config_arguments, add_train_config_arguments
+
+    p.set_defaults(_train_fields=add_train_config_arguments(p), _sae_fields=add_sae_config_arguments(p))
+    p.add_argument(
+        "--warm-up",
+        type=int,
+        dest="lr_warm_up_steps",
+        help="alias of --lr-warm-up-steps (saev's n_lr_warmup)",
+    )
 
 
 def _add_downstream_args(p: argparse.ArgumentParser, *, n_images: bool = True) -> None:
