@@ -24,6 +24,18 @@ class ConfigError(VisionSAELensError, ValueError):
     """A setting, flag or config-file value that is invalid (d_sae 0, k > d_sae, an unknown option, ...)."""
 
 
+class InputTypeError(VisionSAELensError, TypeError):
+    """An argument of the wrong kind (a model that is not a HookedSAEViT, an index that is not an int)."""
+
+
+class OutOfRangeError(VisionSAELensError, IndexError):
+    """An index past the end (an image, a latent, a patch); an IndexError, so iteration protocols hold."""
+
+
+class DataFileNotFoundError(VisionSAELensError, FileNotFoundError):
+    """A file the package needs that is missing (a weights file, a shipped asset)."""
+
+
 class UnknownBackboneError(VisionSAELensError, KeyError):
     """A backbone id that no registry entry or library understands."""
 

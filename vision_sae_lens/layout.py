@@ -12,6 +12,8 @@ from typing import Literal, get_args
 
 import torch
 
+from vision_sae_lens.errors import ConfigError, OutOfRangeError
+
 TokenSelection = Literal["patches", "cls", "registers", "all"]
 TOKEN_SELECTIONS: tuple[str, ...] = get_args(TokenSelection)
 
@@ -33,12 +35,12 @@ class TokenLayout:
         object.__setattr__(self, "image_size", tuple(int(v) for v in self.image_size))
         object.__setattr__(self, "patch_size", tuple(int(v) for v in self.patch_size))
         if any(i % p for i, p in zip(self.image_size, self.patch_size, strict=True)):
-            raise ValueError(
+            raise ConfigError(
                 f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}; "
                 "pass the size the model actually runs at."
             )
         if self.n_registers < 0:
-            raise ValueError(f"n_registers must be >= 0, got {self.n_registers}")
+            raise ConfigError(f"n_registers must be >= 0, got {self.n_registers}")
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -69,16 +71,16 @@ class TokenLayout:
             return torch.arange(self.n_prefix, self.n_tokens)
         if tokens == "cls":
             if not self.has_cls:
-                raise ValueError("this backbone has no CLS token; choose tokens='patches' or 'all'.")
+                raise ConfigError("this backbone has no CLS token; choose tokens='patches' or 'all'.")
             return torch.tensor([0])
         if self.n_registers == 0:
-            raise ValueError("this backbone has no register tokens; choose tokens='patches' or 'all'.")
+            raise ConfigError("this backbone has no register tokens; choose tokens='patches' or 'all'.")
         return torch.arange(int(self.has_cls), self.n_prefix)
 
     def select(self, acts_btd: torch.Tensor, tokens: TokenSelection | str) -> torch.Tensor:
         """The (batch, selected tokens, d) slice of a (batch, tokens, d) tensor."""
         if acts_btd.shape[1] != self.n_tokens:
-            raise ValueError(
+            raise ConfigError(
                 f"expected {self.n_tokens} tokens ({self.n_prefix} prefix + {self.n_patches} patches), "
                 f"got a tensor of shape {tuple(acts_btd.shape)}"
             )
@@ -98,7 +100,7 @@ class TokenLayout:
     def patch_box(self, patch_idx: int) -> tuple[int, int, int, int]:
         """Pixel box (left, top, right, bottom) in the model input of patch ``patch_idx``."""
         if not 0 <= patch_idx < self.n_patches:
-            raise IndexError(f"patch index {patch_idx} out of range for a {self.grid} grid")
+            raise OutOfRangeError(f"patch index {patch_idx} out of range for a {self.grid} grid")
         row, col = divmod(patch_idx, self.grid[1])
         ph, pw = self.patch_size
         return (col * pw, row * ph, (col + 1) * pw, (row + 1) * ph)
@@ -124,4 +126,4 @@ class TokenLayout:
 def check_token_selection(tokens: str) -> None:
     """Raise a clear ValueError for a token selection that is not one of TOKEN_SELECTIONS."""
     if tokens not in TOKEN_SELECTIONS:
-        raise ValueError(f"unknown token selection {tokens!r}; choose one of {', '.join(TOKEN_SELECTIONS)}")
+        raise ConfigError(f"unknown token selection {tokens!r}; choose one of {', '.join(TOKEN_SELECTIONS)}")

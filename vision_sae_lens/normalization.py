@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from sae_lens import SAE
 
+from vision_sae_lens.errors import ConfigError
+
 METADATA_KEY = "input_normalization"
 
 
@@ -41,7 +43,7 @@ class InputNormalization:
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.scale) and self.scale > 0):
-            raise ValueError(f"scale must be a finite positive number, got {self.scale}")
+            raise ConfigError(f"scale must be a finite positive number, got {self.scale}")
         if self.mean_d is not None:
             object.__setattr__(self, "mean_d", torch.as_tensor(self.mean_d, dtype=torch.float32).reshape(-1))
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from PIL import Image
 
-from vision_sae_lens.errors import ImageInputError, SAEMismatchError
+from vision_sae_lens.errors import ConfigError, ImageInputError, OutOfRangeError, SAEMismatchError
 from vision_sae_lens.layout import TokenLayout
 from vision_sae_lens.metadata import vision_facts_of
 
@@ -67,7 +67,7 @@ def check_latents(sae: SAE, latents: int | Sequence[int] | torch.Tensor) -> torc
     d_sae = int(sae.cfg.d_sae)
     bad = idx[(idx < 0) | (idx >= d_sae)]
     if bad.numel():
-        raise IndexError(
+        raise OutOfRangeError(
             f"latent index {int(bad[0])} is out of range: this SAE has {d_sae} latents (0..{d_sae - 1})."
         )
     return idx
@@ -79,7 +79,7 @@ def image_batches(images: Any, batch_size: int) -> Iterator[tuple[int, Any, list
     An image source (``data.open_images``) yields ``(PIL, label)`` items; other inputs have no labels.
     """
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     if isinstance(images, (Image.Image, str)):
         images = [images]
     try:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from vision_sae_lens.analysis.scan import ImageReduction
+from vision_sae_lens.errors import ConfigError
 
 if TYPE_CHECKING:
     from vision_sae_lens.compat import SAE
@@ -76,7 +77,7 @@ def interest_scores(stats: Any, patch_tokens: torch.Tensor) -> dict[str, torch.T
 
 def _padded_counts(token_counts: torch.Tensor | None, width: int) -> torch.Tensor:
     if token_counts is None:
-        raise ValueError("the statistics carry no spatial firing counts (token_counts)")
+        raise ConfigError("the statistics carry no spatial firing counts (token_counts)")
     if token_counts.shape[1] < width:
         token_counts = torch.nn.functional.pad(token_counts, (0, width - token_counts.shape[1]))
     return token_counts

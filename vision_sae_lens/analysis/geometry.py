@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from vision_sae_lens.errors import ConfigError
 from vision_sae_lens.layout import TokenLayout
 
 
@@ -98,7 +99,7 @@ def grid_to_image(
     """
     values_hw = np.asarray(values_hw, dtype=np.float32)
     if values_hw.shape != tuple(layout.grid):
-        raise ValueError(f"expected a {layout.grid} grid, got shape {values_hw.shape}")
+        raise ConfigError(f"expected a {layout.grid} grid, got shape {values_hw.shape}")
     width, height = original_size
     u, _ = geometry.to_input(np.arange(width) + 0.5, 0.0)
     _, v = geometry.to_input(0.0, np.arange(height) + 0.5)
@@ -130,7 +131,7 @@ def overlay(
 
     base = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
     if heat_hw.shape != base.shape[:2]:
-        raise ValueError(f"heat array {heat_hw.shape} does not match the image {base.shape[:2]}")
+        raise ConfigError(f"heat array {heat_hw.shape} does not match the image {base.shape[:2]}")
     seen = ~np.isnan(heat_hw)
     heat = np.nan_to_num(heat_hw, nan=0.0)
     top = float(np.max(heat)) if vmax is None else float(vmax)

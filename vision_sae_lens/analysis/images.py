@@ -27,7 +27,7 @@ from vision_sae_lens.analysis._common import (
     site_acts,
 )
 from vision_sae_lens.analysis.geometry import grid_to_image, input_geometry, overlay
-from vision_sae_lens.errors import ImageInputError
+from vision_sae_lens.errors import ConfigError, ImageInputError
 from vision_sae_lens.layout import TokenLayout
 
 if TYPE_CHECKING:
@@ -65,7 +65,7 @@ class ImageFeatures:
     def to_sparse(self) -> torch.Tensor:
         """The patch grid as a sparse COO tensor (most latents are zero)."""
         if self.patches is None:
-            raise ValueError("this SAE covers no patch tokens; use .prefix")
+            raise ConfigError("this SAE covers no patch tokens; use .prefix")
         return self.patches.to_sparse()
 
     def map(self, fn: Any) -> ImageFeatures:
@@ -106,7 +106,7 @@ def decode(sae: SAE, feats: ImageFeatures | torch.Tensor) -> ImageFeatures | tor
 
     def run(t: torch.Tensor) -> torch.Tensor:
         if t.shape[-1] != sae.cfg.d_sae:
-            raise ValueError(f"latents have width {t.shape[-1]}, the SAE has d_sae={sae.cfg.d_sae}")
+            raise ConfigError(f"latents have width {t.shape[-1]}, the SAE has d_sae={sae.cfg.d_sae}")
         with torch.no_grad():
             return sae.decode(t.to(device=param.device, dtype=param.dtype))
 
@@ -138,7 +138,7 @@ def heatmap_array(model: HookedSAEViT, sae: SAE, image: Any, *, latent: int) -> 
     original = to_pil(image, model)
     feats = encode_images(model, sae, [original], progress=False)
     if feats.patches is None:
-        raise ValueError("this SAE covers no patch tokens, so it has no spatial heatmap")
+        raise ConfigError("this SAE covers no patch tokens, so it has no spatial heatmap")
     grid_hw = feats.patches[0, :, :, latent].float().numpy()
     geometry = input_geometry(model.preprocessing, model.layout, original.size)
     return grid_to_image(grid_hw, model.layout, geometry, original.size)

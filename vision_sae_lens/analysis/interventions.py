@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from vision_sae_lens.analysis._common import check_latents, image_batches, sae_view
 from vision_sae_lens.analysis.images import encode_images
+from vision_sae_lens.errors import ConfigError, OutOfRangeError
 
 if TYPE_CHECKING:
     from vision_sae_lens.backbones import HookedSAEViT
@@ -92,12 +93,12 @@ def ablate(
         target = torch.zeros(len(idx))
     elif mode == "clamp":
         if value is None:
-            raise ValueError("mode='clamp' needs value=... (the activation to hold the latents at)")
+            raise ConfigError("mode='clamp' needs value=... (the activation to hold the latents at)")
         target = torch.full((len(idx),), float(value))
     elif mode == "mean":
         target = _latent_means(model, sae, images, means, batch_size)[idx]
     else:
-        raise ValueError(f"unknown mode {mode!r}; choose 'zero', 'mean' or 'clamp'")
+        raise ConfigError(f"unknown mode {mode!r}; choose 'zero', 'mean' or 'clamp'")
 
     def edit(acts_bts: torch.Tensor, mask_t: torch.Tensor) -> torch.Tensor:
         tok, lat = mask_t.nonzero().flatten(), idx.to(acts_bts.device)
@@ -133,7 +134,7 @@ def steer(
         feats = encode_images(model, sae, images, batch_size=batch_size, progress=False)
         max_activation = float(feats.tokens_bts()[..., idx].max())
         if max_activation <= 0:
-            raise ValueError(
+            raise ConfigError(
                 f"latent {idx} never fires on these images, so its max activation is 0; "
                 "pass max_activation=... (e.g. from feature_stats over a dataset)."
             )
@@ -190,15 +191,15 @@ def _token_mask(view: Any, patches: Any) -> torch.Tensor:
     p = torch.as_tensor(patches)
     if p.dtype == torch.bool:
         if tuple(p.shape) not in (tuple(lay.grid), (lay.n_patches,)):
-            raise ValueError(f"a patch mask must be {lay.grid} or ({lay.n_patches},), got {tuple(p.shape)}")
+            raise ConfigError(f"a patch mask must be {lay.grid} or ({lay.n_patches},), got {tuple(p.shape)}")
         p = p.flatten().nonzero().flatten()
     p = p.long().flatten()
     if p.numel() and (int(p.min()) < 0 or int(p.max()) >= lay.n_patches):
-        raise IndexError(f"patch indices must be in 0..{lay.n_patches - 1} for a {lay.grid} grid")
+        raise OutOfRangeError(f"patch indices must be in 0..{lay.n_patches - 1} for a {lay.grid} grid")
     chosen = torch.zeros(lay.n_tokens, dtype=torch.bool)
     chosen[p + lay.n_prefix] = True
     if not bool((chosen & covered).any()):
-        raise ValueError(f"none of the chosen patches is covered by this SAE (it covers {view.tokens})")
+        raise ConfigError(f"none of the chosen patches is covered by this SAE (it covers {view.tokens})")
     return chosen & covered
 
 
@@ -208,7 +209,7 @@ def _latent_means(model: HookedSAEViT, sae: SAE, images: Any, means: Any, batch_
     if means is not None:
         means = torch.as_tensor(means, dtype=torch.float32).flatten()
         if means.numel() != sae.cfg.d_sae:
-            raise ValueError(f"means has {means.numel()} entries, the SAE has d_sae={sae.cfg.d_sae}")
+            raise ConfigError(f"means has {means.numel()} entries, the SAE has d_sae={sae.cfg.d_sae}")
         return means
     feats = encode_images(model, sae, images, batch_size=batch_size, progress=False)
     return feats.tokens_bts().flatten(0, 1).float().mean(0)

@@ -28,7 +28,7 @@ from vision_sae_lens.analysis._common import (
     site_acts,
 )
 from vision_sae_lens.contracts import ActivationStoreReader
-from vision_sae_lens.errors import SAEMismatchError, StoreError
+from vision_sae_lens.errors import ConfigError, SAEMismatchError, StoreError
 
 if TYPE_CHECKING:
     from vision_sae_lens.backbones import HookedSAEViT
@@ -64,7 +64,7 @@ class ImageReduction:
         self.count_m = count_m
         """(m,) number of tokens seen for each image."""
         if (feats_mts is None or token_mt is None) and (argmax_ms is None or sum_ms is None):
-            raise ValueError(
+            raise ConfigError(
                 "an ImageReduction needs the latents (feats_mts, token_mt) or argmax_ms and sum_ms"
             )
         self._feats_mts, self._token_mt = feats_mts, token_mt
@@ -73,7 +73,7 @@ class ImageReduction:
     def _lazy(self) -> tuple[torch.Tensor, torch.Tensor]:
         # Set together at construction whenever argmax/sum are left to be computed on demand.
         if self._feats_mts is None or self._token_mt is None:
-            raise ValueError("this ImageReduction holds no per-token activations to reduce")
+            raise ConfigError("this ImageReduction holds no per-token activations to reduce")
         return self._feats_mts, self._token_mt
 
     @property
@@ -205,7 +205,7 @@ def open_source(
         return _store_source(sae, source, batch_size)
     if isinstance(source, (list, tuple, torch.Tensor)) or hasattr(source, "__getitem__"):
         if model is None:
-            raise ValueError("top-k / statistics over raw images need the hooked model: pass model=...")
+            raise ConfigError("top-k / statistics over raw images need the hooked model: pass model=...")
         return _image_source(sae, source, model, max(1, batch_size // model.layout.n_tokens), labels_out)
     view = sae_view(sae, model)
     return Source(view, iter(source), None, None, None)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from vision_sae_lens.analysis.scan import ImageReduction, scan
+from vision_sae_lens.errors import ConfigError
 
 if TYPE_CHECKING:
     from vision_sae_lens.backbones import HookedSAEViT
@@ -199,12 +200,12 @@ def feature_stats(
     and raises when there are none; ``None`` computes it when labels exist.
     """
     if not 0 < dense_threshold <= 1:
-        raise ValueError(f"dense_threshold must be in (0, 1], got {dense_threshold}")
+        raise ConfigError(f"dense_threshold must be in (0, 1], got {dense_threshold}")
     is_store = hasattr(source, "ordered")
     labels = labels if labels is not None else getattr(source, "labels", None) if is_store else None
     names = getattr(source, "label_names", None)
     if selectivity and labels is None and is_store:
-        raise ValueError(_NO_LABELS)
+        raise ConfigError(_NO_LABELS)
     labels_out: list[int | None] | None = [] if labels is None and not is_store else None
     if selectivity is False:
         labels = labels_out = None
@@ -214,7 +215,7 @@ def feature_stats(
     scan(sae, source, [acc], model=model, batch_size=batch_size, progress=progress, labels_out=labels_out)
     stats = acc.result(dense_threshold=dense_threshold, label_names=names)
     if selectivity and stats.precision is None:
-        raise ValueError(_NO_LABELS)
+        raise ConfigError(_NO_LABELS)
     return stats
 
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from vision_sae_lens.analysis.scan import ImageReduction, scan
+from vision_sae_lens.errors import ConfigError, OutOfRangeError
 from vision_sae_lens.layout import TokenLayout
 
 if TYPE_CHECKING:
@@ -52,7 +53,7 @@ class TopActivations:
     def for_latent(self, latent: int, *, active_only: bool = True) -> list[dict[str, Any]]:
         """The top images of one latent as dicts (image, token, patch, value); by default only value > 0."""
         if not 0 <= latent < self.values.shape[0]:
-            raise IndexError(f"latent {latent} out of range: {self.values.shape[0]} latents")
+            raise OutOfRangeError(f"latent {latent} out of range: {self.values.shape[0]} latents")
         out = []
         for j in range(self.k):
             value = float(self.values[latent, j])
@@ -74,9 +75,9 @@ class TopKAccumulator:
 
     def __init__(self, d_sae: int, k: int, *, by: str = "max") -> None:
         if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
+            raise ConfigError(f"k must be >= 1, got {k}")
         if by not in ("max", "mean"):
-            raise ValueError(f"by must be 'max' or 'mean', got {by!r}")
+            raise ConfigError(f"by must be 'max' or 'mean', got {by!r}")
         self.k, self.by = k, by
         self.values = torch.full((d_sae, k), float("-inf"))
         self.image_idx = torch.full((d_sae, k), -1, dtype=torch.long)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from vision_sae_lens.compat import ActivationCache
-from vision_sae_lens.errors import UnknownSiteError, close_matches
+from vision_sae_lens.errors import ConfigError, UnknownSiteError, close_matches
 
 
 @dataclass(frozen=True)
@@ -46,13 +46,13 @@ class HookedViTConfig:
 
     def __post_init__(self) -> None:
         if self.d_model < 1 or self.n_layers < 1 or self.n_ctx < 1:
-            raise ValueError(
+            raise ConfigError(
                 f"d_model, n_layers and n_ctx must be positive, got {self.d_model}, {self.n_layers}, {self.n_ctx}"
             )
         if self.n_heads is not None and self.n_heads < 1:
-            raise ValueError(f"n_heads must be positive or None, got {self.n_heads}")
+            raise ConfigError(f"n_heads must be positive or None, got {self.n_heads}")
         if self.attention not in ("fused", "eager"):
-            raise ValueError(f"attention must be 'fused' or 'eager', got {self.attention!r}")
+            raise ConfigError(f"attention must be 'fused' or 'eager', got {self.attention!r}")
 
 
 class SiteCache(ActivationCache):

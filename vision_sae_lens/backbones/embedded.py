@@ -15,6 +15,8 @@ from typing import Any
 
 from torch import nn
 
+from vision_sae_lens.errors import ConfigError, DataFileNotFoundError
+
 ASSETS_DIR = Path(__file__).resolve().parent / "assets"
 _JSON_KEYS = {"model_kwargs", "split", "mean", "std", "preprocessing", "label_names"}
 _INT_KEYS = {"seed", "epochs", "batch_size", "threads"}
@@ -27,7 +29,7 @@ def weights_path(weights_file: str, *, script: str) -> Path:
     """The shipped weights file (FileNotFoundError naming the script that regenerates it)."""
     path = ASSETS_DIR / weights_file
     if not path.is_file():
-        raise FileNotFoundError(
+        raise DataFileNotFoundError(
             f"the embedded backbone weights are missing at {path}; reinstall vision_sae_lens or regenerate "
             f"them with `python {script}`"
         )
@@ -44,7 +46,7 @@ def read_weights_info(
         raw = dict(f.metadata() or {})
     missing = required - raw.keys()
     if missing:
-        raise ValueError(f"{weights_file} lacks metadata {sorted(missing)}; regenerate it with {script}")
+        raise ConfigError(f"{weights_file} lacks metadata {sorted(missing)}; regenerate it with {script}")
     info: dict[str, Any] = {"backbone_id": backbone_id, "weights_file": weights_file}
     for key, value in raw.items():
         if key in _JSON_KEYS:

@@ -35,7 +35,7 @@ from vision_sae_lens.backbones.images import prepare_pixels
 from vision_sae_lens.backbones.site_checks import CheckedSitesMixin
 from vision_sae_lens.backbones.spec import BackboneSpec, ModuleSite
 from vision_sae_lens.compat import HookedRootModule, HookPoint
-from vision_sae_lens.errors import UnknownBackboneError
+from vision_sae_lens.errors import ConfigError, InputTypeError, UnknownBackboneError
 from vision_sae_lens.layout import TokenLayout
 from vision_sae_lens.splice import SAESpliceMixin
 
@@ -89,7 +89,7 @@ class HookedSAEViT(SAESpliceMixin, CheckedSitesMixin, HookedRootModule):
     def __init__(self, spec: BackboneSpec, *, attention: str = "fused") -> None:
         super().__init__()
         if attention not in ATTENTION_MODES:
-            raise ValueError(f"attention must be one of {ATTENTION_MODES}, got {attention!r}")
+            raise ConfigError(f"attention must be one of {ATTENTION_MODES}, got {attention!r}")
         if attention == "eager" and spec.block_sites.attn is None:
             raise UnknownBackboneError(
                 f"{spec.backbone_id}: the adapter does not know its attention modules, so attention='eager' "
@@ -215,7 +215,7 @@ class HookedSAEViT(SAESpliceMixin, CheckedSitesMixin, HookedRootModule):
         kwargs.pop("return_cache_object", None)  # SAELens passes it through run_with_cache
         pixels = self.preprocess(images)
         if stop_at_layer is not None and not 0 < stop_at_layer <= self.n_layers:
-            raise ValueError(f"stop_at_layer must be in 1..{self.n_layers}, got {stop_at_layer}")
+            raise ConfigError(f"stop_at_layer must be in 1..{self.n_layers}, got {stop_at_layer}")
         self._stop_after = None if stop_at_layer is None else stop_at_layer - 1
         self._mid_delta.clear()
         try:
@@ -377,7 +377,7 @@ def _first_tensor(args: tuple, kwargs: dict):
     for key, value in kwargs.items():
         if isinstance(value, torch.Tensor):
             return value, lambda new, key=key: (args, {**kwargs, key: new})
-    raise TypeError("hooked module was called without a tensor argument")
+    raise InputTypeError("hooked module was called without a tensor argument")
 
 
 __all__ = ["HookedSAEViT", "BLOCK_SITES", "ModuleSite"]

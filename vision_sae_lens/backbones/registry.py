@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from vision_sae_lens.backbones.spec import BackboneSpec
-from vision_sae_lens.errors import UnknownBackboneError
+from vision_sae_lens.errors import ConfigError, DataFileNotFoundError, UnknownBackboneError
 
 PREFIXES = ("timm", "open_clip", "hf", "demo")
 
@@ -129,9 +129,9 @@ def _load_weights_file(
             "for transformers models save the model with save_pretrained() and pass the directory."
         )
     if not pretrained:
-        raise ValueError("weights= loads a weights file; it cannot be combined with pretrained=False")
+        raise ConfigError("weights= loads a weights file; it cannot be combined with pretrained=False")
     if not path.is_file():
-        raise FileNotFoundError(f"backbone weights file {path} does not exist")
+        raise DataFileNotFoundError(f"backbone weights file {path} does not exist")
     if prefix == "timm":
         import timm.models
 

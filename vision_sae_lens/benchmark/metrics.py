@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
+from vision_sae_lens.errors import ConfigError
+
 DEFAULT_BINS = 256
 
 
@@ -27,7 +29,7 @@ class LatentFactorHistogram:
 
     def __post_init__(self) -> None:
         if self.n_bins < 1:
-            raise ValueError(f"n_bins must be >= 1, got {self.n_bins}")
+            raise ConfigError(f"n_bins must be >= 1, got {self.n_bins}")
         s = self.max_s.shape[0]
         self.max_s = self.max_s.double().clamp_min(1e-12)
         self.total_sb = torch.zeros(s, self.n_bins + 1, dtype=torch.float64)
@@ -62,14 +64,14 @@ class LatentFactorHistogram:
     def n_positive_f(self) -> torch.Tensor:
         """Rows labelled positive for each factor so far."""
         if self.n_pos_f is None:
-            raise ValueError("no rows were added")
+            raise ConfigError("no rows were added")
         return self.n_pos_f
 
     def scores(self) -> dict[str, torch.Tensor]:
         """``auroc_sf``, ``f1_sf`` (best threshold), ``threshold_sf`` (act > this), ``precision_sf`` and
         ``recall_sf`` of "fires at all" (bin >= 1)."""
         if self.pos_fsb is None:
-            raise ValueError("no rows were added")
+            raise ConfigError("no rows were added")
         pos_sfb = self.pos_fsb.permute(1, 0, 2)
         neg_sfb = self.total_sb[:, None, :] - pos_sfb
         return {
@@ -209,7 +211,7 @@ class ReconstructionAccumulator:
     def result(self, *, dense_threshold: float = 0.1) -> dict[str, float]:
         """JSON-ready numbers."""
         if self.n == 0:
-            raise ValueError("no rows were added")
+            raise ConfigError("no rows were added")
         total_var = float((self.sumsq_d - self.sum_d.pow(2) / self.n).sum())
         fvu = self.sq_err / total_var if total_var > 0 else float("nan")
         freq_s = self.fired_s / self.n

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from vision_sae_lens.errors import ConfigError
+
 
 def sparse_probing(
     x_train: torch.Tensor,
@@ -29,7 +31,7 @@ def sparse_probing(
     x_train, x_test = x_train.double(), x_test.double()
     y_train, y_test = y_train.bool(), y_test.bool()
     if x_train.shape[1] != x_test.shape[1] or y_train.shape[1] != y_test.shape[1]:
-        raise ValueError("train and test features / labels must have the same widths")
+        raise ConfigError("train and test features / labels must have the same widths")
     mean, std = x_train.mean(0), x_train.std(0).clamp_min(1e-8)
     z_train, z_test = (x_train - mean) / std, (x_test - mean) / std
     out = np.full((len(ks), y_train.shape[1]), np.nan)

@@ -30,6 +30,7 @@ from vision_sae_lens.benchmark.metrics import (
 )
 from vision_sae_lens.benchmark.probing import sparse_probing
 from vision_sae_lens.benchmark.truth import GroundTruth
+from vision_sae_lens.errors import ConfigError
 from vision_sae_lens.layout import TokenLayout
 
 if TYPE_CHECKING:
@@ -68,13 +69,13 @@ class ScoreConfig:
     def __post_init__(self) -> None:
         for name in ("f1_threshold", "precision_threshold", "recall_threshold", "dense_threshold"):
             if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.n_bins < 1 or self.batch_size < 1:
-            raise ValueError("n_bins and batch_size must be >= 1")
+            raise ConfigError("n_bins and batch_size must be >= 1")
         if not self.probe_ks or min(self.probe_ks) < 1:
-            raise ValueError(f"probe_ks must be positive sizes, got {self.probe_ks}")
+            raise ConfigError(f"probe_ks must be positive sizes, got {self.probe_ks}")
         if self.probe_images < 4:
-            raise ValueError(f"probe_images must be >= 4 (two per half), got {self.probe_images}")
+            raise ConfigError(f"probe_images must be >= 4 (two per half), got {self.probe_images}")
 
 
 @torch.no_grad()
@@ -112,7 +113,7 @@ def score_rows(
                     else (prev[0] + feats_f, prev[1] + acts_d, prev[2] + hi - lo)
                 )
     if recon is None:
-        raise ValueError("the store has no rows of patch tokens to score")
+        raise ConfigError("the store has no rows of patch tokens to score")
     report: dict[str, Any] = {
         "factors": names,
         "reconstruction": recon.result(dense_threshold=cfg.dense_threshold),

@@ -23,7 +23,7 @@ import numpy as np
 from vision_sae_lens.benchmark.scoring import ScoreConfig, score_rows
 from vision_sae_lens.benchmark.truth import SyntheticTruth
 from vision_sae_lens.data.synthetic import ShapesWorld
-from vision_sae_lens.errors import SAEMismatchError, StoreMismatchError, close_matches
+from vision_sae_lens.errors import ConfigError, SAEMismatchError, StoreMismatchError, close_matches
 
 if TYPE_CHECKING:
     from vision_sae_lens.compat import SAE
@@ -65,7 +65,7 @@ def score(
     from vision_sae_lens.store import ActivationStore, cache_activations
 
     if suite not in SUITES:
-        raise ValueError(
+        raise ConfigError(
             f"unknown benchmark suite {suite!r}.{close_matches(suite, SUITES)} Suites: {', '.join(SUITES)}"
         )
     folder = None if isinstance(sae, SAE) else Path(sae)

@@ -14,6 +14,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from vision_sae_lens.data.synthetic import ShapesWorld, patch_coverage
+from vision_sae_lens.errors import ConfigError
 
 
 @runtime_checkable
@@ -41,7 +42,7 @@ class SyntheticTruth:
 
     def __init__(self, world: ShapesWorld, *, patch_size: int, min_coverage: float = 0.25) -> None:
         if not 0.0 < min_coverage <= 1.0:
-            raise ValueError(f"min_coverage must be in (0, 1], got {min_coverage}")
+            raise ConfigError(f"min_coverage must be in (0, 1], got {min_coverage}")
         self.world, self.patch_size, self.min_coverage = world, int(patch_size), float(min_coverage)
         self.factor_names = list(world.factor_names)
         self._masks = lru_cache(maxsize=256)(world.pixel_masks)
@@ -73,19 +74,19 @@ class ArrayTruth:
     ) -> None:
         labels = np.asarray(image_labels).astype(bool)
         if labels.ndim != 2:
-            raise ValueError(f"image_labels must be (n_images, n_factors), got shape {labels.shape}")
+            raise ConfigError(f"image_labels must be (n_images, n_factors), got shape {labels.shape}")
         if masks is not None and (masks.ndim != 4 or masks.shape[:2] != labels.shape):
-            raise ValueError(
+            raise ConfigError(
                 f"masks must be (n_images, n_factors, H, W) matching image_labels {labels.shape}"
             )
         if masks is not None and patch_size is None:
-            raise ValueError("masks need patch_size (the backbone's patch size) to give patch labels")
+            raise ConfigError("masks need patch_size (the backbone's patch size) to give patch labels")
         if masks is None and n_patches is None:
-            raise ValueError("without masks, pass n_patches (patches per image) to give patch labels")
+            raise ConfigError("without masks, pass n_patches (patches per image) to give patch labels")
         self.labels, self.masks = labels, masks
         self.factor_names = list(factor_names or [f"factor_{k}" for k in range(labels.shape[1])])
         if len(self.factor_names) != labels.shape[1]:
-            raise ValueError(f"{len(self.factor_names)} factor names for {labels.shape[1]} factors")
+            raise ConfigError(f"{len(self.factor_names)} factor names for {labels.shape[1]} factors")
         self.patch_size, self.n_patches, self.min_coverage = patch_size, n_patches, min_coverage
 
     def image_factors(self, image: int) -> np.ndarray:

@@ -14,6 +14,8 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image
 
+from vision_sae_lens.errors import ConfigError, DataFileNotFoundError, InputTypeError, OutOfRangeError
+
 DIGITS_FILE = "mnist_digits.npz"
 ASSETS_DIR = Path(__file__).resolve().parent / "assets"
 SPLITS = ("train", "test", "all")
@@ -28,7 +30,7 @@ def load_demo_digits(split: Split = "train") -> DemoDigits:
     holds digits the backbone never saw.
     """
     if split not in SPLITS:
-        raise ValueError(f"unknown demo split {split!r}; use one of {', '.join(SPLITS)}")
+        raise ConfigError(f"unknown demo split {split!r}; use one of {', '.join(SPLITS)}")
     arrays = _load_arrays()
     indices = np.arange(len(arrays["labels"])) if split == "all" else arrays[f"{split}_idx"]
     return DemoDigits(split=split, indices=indices)
@@ -52,10 +54,10 @@ class DemoDigits:
 
     def __getitem__(self, i: int) -> tuple[Image.Image, int]:
         if not isinstance(i, (int, np.integer)):
-            raise TypeError(f"demo digits are indexed by int, got {type(i).__name__}")
+            raise InputTypeError(f"demo digits are indexed by int, got {type(i).__name__}")
         n = len(self.indices)
         if not -n <= i < n:
-            raise IndexError(f"digit index {i} out of range for the {n} digits of split {self.split!r}")
+            raise OutOfRangeError(f"digit index {i} out of range for the {n} digits of split {self.split!r}")
         k = int(self.indices[i])
         return Image.fromarray(self._images_nhw[k]), int(self._labels_n[k])
 
@@ -91,7 +93,7 @@ class DemoDigits:
 def _load_arrays() -> dict[str, np.ndarray]:
     path = ASSETS_DIR / DIGITS_FILE
     if not path.is_file():
-        raise FileNotFoundError(
+        raise DataFileNotFoundError(
             f"the demo digits are missing at {path}; reinstall vision_sae_lens or regenerate them with "
             "`python scripts/train_demo_backbone.py`"
         )

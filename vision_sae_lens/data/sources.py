@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from vision_sae_lens.contracts import ImageSource
-from vision_sae_lens.errors import ImageInputError
+from vision_sae_lens.errors import ConfigError, ImageInputError
 
 if TYPE_CHECKING:
     from vision_sae_lens.data.demo_digits import Split
@@ -96,7 +96,7 @@ def subset_indices(
         return np.sort(rng.choice(total, size=n, replace=False)).astype(np.int64)
     lab = np.asarray([-1 if v is None else int(v) for v in labels], dtype=np.int64)
     if len(lab) != total:
-        raise ValueError(f"{len(lab)} labels for {total} items")
+        raise ConfigError(f"{len(lab)} labels for {total} items")
     classes, counts = np.unique(lab, return_counts=True)
     quota = counts * n / total
     take = np.floor(quota).astype(np.int64)

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from vision_sae_lens.errors import ImageInputError
+from vision_sae_lens.errors import ConfigError, ImageInputError, InputTypeError, OutOfRangeError
 
 SHAPES = ("disc", "square", "triangle", "cross", "ring", "house", "target")
 COLORS = {
@@ -155,9 +155,11 @@ class ShapesWorld:
     def scene(self, i: int) -> Scene:
         """Render image ``i`` (deterministic in ``(seed, split, i)``)."""
         if not isinstance(i, (int, np.integer)):
-            raise TypeError(f"synthetic images are indexed by int, got {type(i).__name__}")
+            raise InputTypeError(f"synthetic images are indexed by int, got {type(i).__name__}")
         if not 0 <= i < self.n_images:
-            raise IndexError(f"image {i} out of range for the {self.n_images} images of split {self.split!r}")
+            raise OutOfRangeError(
+                f"image {i} out of range for the {self.n_images} images of split {self.split!r}"
+            )
         rng = np.random.default_rng([self.seed, self._code, int(i)])
         return render_scene(rng)
 
@@ -208,7 +210,7 @@ def patch_coverage(masks_fhw: np.ndarray, *, patch_size: int) -> np.ndarray:
     """``(n_patches, F)`` float: share of each patch's pixels inside each mask (row-major patches)."""
     f, h, w = masks_fhw.shape
     if h % patch_size or w % patch_size:
-        raise ValueError(f"patch size {patch_size} does not divide the {h}x{w} masks")
+        raise ConfigError(f"patch size {patch_size} does not divide the {h}x{w} masks")
     gh, gw = h // patch_size, w // patch_size
     blocks = masks_fhw.reshape(f, gh, patch_size, gw, patch_size).mean(axis=(2, 4))
     return blocks.reshape(f, gh * gw).T

@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from vision_sae_lens.errors import ConfigError
+
 logger = logging.getLogger(__name__)
 
 
@@ -48,9 +50,9 @@ class DemoConfig:
 
     def __post_init__(self) -> None:
         if not self.sweep:
-            raise ValueError("sweep must list at least one (architecture, fields) pair")
+            raise ConfigError("sweep must list at least one (architecture, fields) pair")
         if self.batch_size is not None and self.training_tokens < self.batch_size:
-            raise ValueError(
+            raise ConfigError(
                 f"training_tokens ({self.training_tokens}) must be at least batch_size ({self.batch_size})"
             )
 

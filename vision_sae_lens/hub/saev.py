@@ -39,7 +39,7 @@ from sae_lens import (
     TopKSAEConfig,
 )
 
-from vision_sae_lens.errors import ConversionError, UnsafeCheckpointError
+from vision_sae_lens.errors import ConfigError, ConversionError, UnsafeCheckpointError
 from vision_sae_lens.metadata import VisionFacts
 
 logger = logging.getLogger(__name__)
@@ -87,7 +87,7 @@ class SaevNormalization:
 
     def __post_init__(self) -> None:
         if not self.scalar > 0:
-            raise ValueError(f"normalisation scalar must be > 0, got {self.scalar}")
+            raise ConfigError(f"normalisation scalar must be > 0, got {self.scalar}")
 
 
 def read_saev_checkpoint(path: str | Path, *, subtract_b_dec: bool | None = None) -> SaevCheckpoint:

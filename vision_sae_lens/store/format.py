@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from vision_sae_lens import fsutil
-from vision_sae_lens.errors import StoreError
+from vision_sae_lens.errors import ConfigError, StoreError
 
 FORMAT_NAME = "vision_sae_lens.activation_store"
 FORMAT_VERSION = 1
@@ -51,7 +51,7 @@ PROVENANCE_DTYPE = np.dtype("<i4")
 def check_dtype(dtype: str) -> str:
     """Raise a clear ValueError for a storage dtype that is not one of DTYPES."""
     if dtype not in DTYPES:
-        raise ValueError(f"unknown storage dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+        raise ConfigError(f"unknown storage dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     return dtype
 
 

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from vision_sae_lens.errors import (
+    ConfigError,
     StoreCorruptError,
     StoreError,
     StoreNotFoundError,
@@ -182,7 +183,7 @@ class ActivationStore:
         """Rows in (image, token) order with provenance, ``batch_size`` at a time (the last may be smaller)."""
         start, stop = self._range(start_row, stop_row)
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         for lo in range(start, stop, batch_size):
             hi = min(lo + batch_size, stop)
             image_n, token_n = self.provenance(lo, hi)
@@ -281,7 +282,7 @@ class ActivationStore:
         stop = self.n_rows if stop_row is None else int(stop_row)
         start = int(start_row)
         if start < 0 or stop > self.n_rows or start > stop:
-            raise ValueError(f"row range [{start}, {stop}) is outside the store's {self.n_rows} rows")
+            raise ConfigError(f"row range [{start}, {stop}) is outside the store's {self.n_rows} rows")
         return start, stop
 
     def _map(self, key: str, shard_pos: int, width: int, dtype: np.dtype) -> np.ndarray:
@@ -314,7 +315,7 @@ class ActivationStore:
         self._check_site(site)
         rows_n = np.asarray(rows_n, dtype=np.int64)
         if rows_n.size and (rows_n.min() < 0 or rows_n.max() >= self.n_rows):
-            raise ValueError(f"row numbers must lie in [0, {self.n_rows}) for store {self.path}")
+            raise ConfigError(f"row numbers must lie in [0, {self.n_rows}) for store {self.path}")
         width, storage = self.site_dim(site), fmt.NUMPY_STORAGE[self.dtype]
         shard_n = np.searchsorted(self._starts, rows_n, side="right") - 1
         first, last = (int(shard_n.min()), int(shard_n.max())) if rows_n.size else (0, 0)

@@ -31,7 +31,7 @@ import torch
 
 from vision_sae_lens import fsutil
 from vision_sae_lens.data.sources import open_images
-from vision_sae_lens.errors import ImageInputError, StoreError
+from vision_sae_lens.errors import ConfigError, ImageInputError, InputTypeError, StoreError
 from vision_sae_lens.store import format as fmt
 from vision_sae_lens.store.distributed import DistContext, default_device, join_distributed
 from vision_sae_lens.store.reader import ActivationStore
@@ -80,13 +80,13 @@ def cache_activations(
     if isinstance(sites, str):
         sites = [sites]
     if not sites or len(set(sites)) != len(sites):
-        raise ValueError(f"sites must be a non-empty list of distinct site names, got {list(sites)}")
+        raise ConfigError(f"sites must be a non-empty list of distinct site names, got {list(sites)}")
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     if loader_threads is not None and loader_threads < 1:
-        raise ValueError(f"loader_threads must be >= 1, got {loader_threads}")
+        raise ConfigError(f"loader_threads must be >= 1, got {loader_threads}")
     if shard_images is not None and shard_images < 1:
-        raise ValueError(f"shard_images must be >= 1 (or None for ~65k rows per shard), got {shard_images}")
+        raise ConfigError(f"shard_images must be >= 1 (or None for ~65k rows per shard), got {shard_images}")
     fmt.check_dtype(dtype)
     root = Path(out_dir)
     check_claimable(root)  # a foreign non-empty directory is refused before the model is even loaded
@@ -159,7 +159,7 @@ def _load_model(model: Any, ctx: DistContext, *, device, pretrained: bool, model
     elif device is not None:
         model.to(device)
     if not isinstance(model, HookedSAEViT):
-        raise TypeError(f"model must be a HookedSAEViT or a backbone id, got {type(model).__name__}")
+        raise InputTypeError(f"model must be a HookedSAEViT or a backbone id, got {type(model).__name__}")
     return model.eval()
 
 
@@ -184,7 +184,7 @@ def _plan(
     for site in sites:
         shape = tuple(cache[site].shape)
         if len(shape) != 3 or shape[1] != model.layout.n_tokens:
-            raise ValueError(
+            raise ConfigError(
                 f"site {site!r} has shape {shape}, not (batch, {model.layout.n_tokens} tokens, d); only "
                 "per-token sites can be recorded (e.g. blocks.N.hook_resid_post)."
             )

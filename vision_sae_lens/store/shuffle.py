@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from sae_lens.training.prefetch import PrefetchingIterator
 
+from vision_sae_lens.errors import ConfigError
 from vision_sae_lens.layout import check_token_selection
 from vision_sae_lens.store import format as fmt
 
@@ -68,11 +69,11 @@ def shuffled_batches(
     start, stop = store._range(start_row, stop_row)
     dim = store.site_dim(site)
     if batch_size < 1 or epochs < 1 or prefetch < 0:
-        raise ValueError(
+        raise ConfigError(
             f"batch_size and epochs must be >= 1 and prefetch >= 0 (got {batch_size}, {epochs}, {prefetch})"
         )
     if skip_batches < 0:
-        raise ValueError(f"skip_batches must be >= 0, got {skip_batches}")
+        raise ConfigError(f"skip_batches must be >= 0, got {skip_batches}")
     n = stop - start
     if buffer_rows is None:
         itemsize = fmt.NUMPY_STORAGE[store.dtype].itemsize
@@ -173,7 +174,7 @@ def site_statistics(
     """
     start, stop = store._range(start_row, stop_row)
     if stop - start == 0:
-        raise ValueError("cannot compute statistics of an empty row range")
+        raise ConfigError("cannot compute statistics of an empty row range")
     keep = _row_filter(store, labels, token_types, exclude_images)
     spans = _sample_spans(start, stop, max_rows)
     dim = store.site_dim(site)
@@ -190,7 +191,7 @@ def site_statistics(
         raw_norm_sum += float(acts.norm(dim=1).sum(dtype=torch.float64))
         count += acts.shape[0]
     if count == 0:
-        raise ValueError(
+        raise ConfigError(
             f"no rows of {site} in [{start}, {stop}) match labels={labels} token_types={token_types}; "
             "widen the selection"
         )
@@ -231,7 +232,7 @@ def _row_filter(store: ActivationStore, labels, token_types, exclude_images=None
     per_image = np.zeros(0, dtype=np.int64)
     if labels is not None:
         if store.labels is None:
-            raise ValueError(f"store {store.path} has no labels; cannot filter by label")
+            raise ConfigError(f"store {store.path} has no labels; cannot filter by label")
         per_image = np.asarray(store.labels)
         label_set = np.asarray(sorted(set(int(v) for v in labels)), dtype=np.int64)
     token_ok = None

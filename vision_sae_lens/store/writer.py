@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from vision_sae_lens import fsutil
-from vision_sae_lens.errors import StoreError, StoreMismatchError
+from vision_sae_lens.errors import ConfigError, StoreError, StoreMismatchError
 from vision_sae_lens.layout import TokenLayout, check_token_selection
 from vision_sae_lens.store import format as fmt
 
@@ -49,7 +49,7 @@ class ShardBuilder:
         n = len(provenance_n2)
         for key, arr in (*site_rows.items(), (fmt.PROVENANCE, provenance_n2)):
             if len(arr) != n:
-                raise ValueError(f"{key}: {len(arr)} rows but {n} provenance rows")
+                raise ConfigError(f"{key}: {len(arr)} rows but {n} provenance rows")
             _, _, f, digest = self._files[key]
             view = np.ascontiguousarray(arr).data.cast("B")
             f.write(view)
@@ -255,15 +255,15 @@ class StoreWriter:
         check_token_selection(tokens)
         fmt.check_dtype(dtype)
         if shard_rows < 1:
-            raise ValueError(f"shard_rows must be >= 1, got {shard_rows}")
+            raise ConfigError(f"shard_rows must be >= 1, got {shard_rows}")
         self.root = Path(out_dir)
         site_dims = dict(sites) if isinstance(sites, Mapping) else {s: int(d_model) for s in sites}
         if not site_dims:
-            raise ValueError("sites must name at least one site")
+            raise ConfigError("sites must name at least one site")
         for site in site_dims:  # each site becomes the folder shards/<site>/
             fsutil.check_name(site, what="site name")
             if site.startswith("_"):
-                raise ValueError(
+                raise ConfigError(
                     f"site name {site!r} must not start with '_' (reserved for {fmt.PROVENANCE})"
                 )
         self.site_dims, self.dtype, self.shard_rows = site_dims, dtype, int(shard_rows)
@@ -295,19 +295,19 @@ class StoreWriter:
     def append(self, site_arrays: Mapping[str, Any], image_idx: Any, token_idx: Any) -> None:
         """Add rows: ``site_arrays[site]`` (n, d) floats for every site, ``image_idx``/``token_idx`` (n,)."""
         if set(site_arrays) != set(self.site_dims):
-            raise ValueError(
+            raise ConfigError(
                 f"append needs rows for exactly the sites {list(self.site_dims)}, got {list(site_arrays)}"
             )
         image_n = np.asarray(image_idx, dtype=np.int64).reshape(-1)
         token_n = np.asarray(token_idx, dtype=np.int64).reshape(-1)
         n = len(image_n)
         if len(token_n) != n:
-            raise ValueError(f"image_idx has {n} entries but token_idx {len(token_n)}")
+            raise ConfigError(f"image_idx has {n} entries but token_idx {len(token_n)}")
         rows = {}
         for site, arr in site_arrays.items():
             t = torch.as_tensor(np.asarray(arr) if not isinstance(arr, torch.Tensor) else arr)
             if t.shape != (n, self.site_dims[site]):
-                raise ValueError(
+                raise ConfigError(
                     f"{site}: expected shape ({n}, {self.site_dims[site]}), got {tuple(t.shape)}"
                 )
             rows[site] = fmt.to_storage(t, self.dtype)
@@ -316,7 +316,7 @@ class StoreWriter:
         key = image_n * (1 << 32) + token_n
         prev = self._last[0] * (1 << 32) + self._last[1]
         if (np.diff(key) <= 0).any() or key[0] <= prev:
-            raise ValueError("rows must come in strictly increasing (image_idx, token_idx) order")
+            raise ConfigError("rows must come in strictly increasing (image_idx, token_idx) order")
         self._last = (int(image_n[-1]), int(token_n[-1]))
         self._max_image = int(image_n[-1])
         prov = np.stack([image_n, token_n], axis=1).astype(fmt.PROVENANCE_DTYPE)
@@ -347,7 +347,7 @@ class StoreWriter:
         n_images = self._max_image + 1 if n_images is None else int(n_images)
         labels_n = None if labels is None else np.asarray(labels, dtype=np.int64)
         if labels_n is not None and len(labels_n) != n_images:
-            raise ValueError(f"labels has {len(labels_n)} entries for {n_images} images")
+            raise ConfigError(f"labels has {len(labels_n)} entries for {n_images} images")
         finalize_store(
             self.root, self.settings, self._records, n_images=n_images, labels_n=labels_n, skipped=skipped
         )

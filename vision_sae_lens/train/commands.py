@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from vision_sae_lens._lazy import add_arguments_on_use
+from vision_sae_lens.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +100,7 @@ def _downstream(args: argparse.Namespace, store_path: str | None):
         model_id = open_store(store_path).backbone_id
     model = HookedSAEViT.from_pretrained(model_id, **({"weights": args.weights} if args.weights else {}))
     if not args.images:
-        raise ValueError("--model needs --images (the images to measure the downstream metric on)")
+        raise ConfigError("--model needs --images (the images to measure the downstream metric on)")
     from vision_sae_lens.data import open_images
 
     return model, open_images(args.images)
@@ -120,7 +121,7 @@ def _train(args: argparse.Namespace) -> int:
         d = {"architecture": args.architecture, "store": args.store, "site": args.site, **given}
         missing = [f for f in ("store", "site", "d_sae", "training_tokens") if d.get(f) is None]
         if missing:
-            raise ValueError(f"without --config, pass --{' --'.join(m.replace('_', '-') for m in missing)}")
+            raise ConfigError(f"without --config, pass --{' --'.join(m.replace('_', '-') for m in missing)}")
         d = _coerce_sae_fields(args.architecture, d)
         configs, out_dir, store_path = [config_from_dict(d)], args.out_dir or "saes", args.store
     model, images = _downstream(args, store_path)

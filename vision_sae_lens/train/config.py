@@ -16,7 +16,7 @@ import torch
 from sae_lens.registry import SAE_TRAINING_CLASS_REGISTRY
 from sae_lens.saes.sae import TrainingSAEConfig
 
-from vision_sae_lens.errors import close_matches
+from vision_sae_lens.errors import ConfigError, close_matches
 from vision_sae_lens.layout import check_token_selection
 
 LR_SCHEDULERS = ("constant", "cosineannealing", "cosineannealingwarmrestarts")
@@ -119,57 +119,57 @@ class TrainConfig:
     def __post_init__(self) -> None:
         check_sizes_and_name(self)
         if not isinstance(self.sae, TrainingSAEConfig):
-            raise ValueError(
+            raise ConfigError(
                 f"sae must be a SAELens training config (e.g. TopKTrainingSAEConfig), got {type(self.sae).__name__}; "
                 "use vision_sae_lens.train.build_sae_config(architecture, **fields) to build one by name."
             )
         if not self.site:
-            raise ValueError("site must name a hook of the store, e.g. 'blocks.10.hook_resid_post'")
+            raise ConfigError("site must name a hook of the store, e.g. 'blocks.10.hook_resid_post'")
         # The None defaults are resolved here; locals carry the resolved (non-None) values below.
         batch_size = default_batch_size(self.training_tokens) if self.batch_size is None else self.batch_size
         object.__setattr__(self, "batch_size", batch_size)
         if batch_size <= 0:
-            raise ValueError(f"batch_size must be > 0, got {batch_size}")
+            raise ConfigError(f"batch_size must be > 0, got {batch_size}")
         if self.training_tokens < batch_size:
-            raise ValueError(
+            raise ConfigError(
                 f"training_tokens ({self.training_tokens}) is smaller than one batch ({batch_size}); "
                 "raise training_tokens or lower batch_size."
             )
         lr = default_lr(self.sae.d_sae) if self.lr is None else self.lr
         object.__setattr__(self, "lr", lr)
         if lr <= 0:
-            raise ValueError(f"lr must be > 0, got {lr}")
+            raise ConfigError(f"lr must be > 0, got {lr}")
         warm_up = min(1000, self.n_steps // 20) if self.lr_warm_up_steps is None else self.lr_warm_up_steps
         object.__setattr__(self, "lr_warm_up_steps", warm_up)
         if self.dead_feature_window is None:
             object.__setattr__(self, "dead_feature_window", max(1, min(1000, self.n_steps // 10)))
         if self.b_dec_init not in ("mean", "zeros"):
-            raise ValueError(f"b_dec_init must be 'mean' or 'zeros', got {self.b_dec_init!r}")
+            raise ConfigError(f"b_dec_init must be 'mean' or 'zeros', got {self.b_dec_init!r}")
         if self.lr_end is None:
             object.__setattr__(self, "lr_end", lr / 10)
         if self.lr_scheduler.lower() not in LR_SCHEDULERS:
-            raise ValueError(
+            raise ConfigError(
                 f"unknown lr_scheduler {self.lr_scheduler!r}; choose one of {', '.join(LR_SCHEDULERS)}"
             )
         for name in ("lr_warm_up_steps", "lr_decay_steps", "keep_checkpoints", "downstream_images"):
             if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if warm_up + self.lr_decay_steps > self.n_steps:
-            raise ValueError(
+            raise ConfigError(
                 f"lr_warm_up_steps + lr_decay_steps ({warm_up + self.lr_decay_steps}) exceed the "
                 f"{self.n_steps} training steps."
             )
         for name in ("n_restart_cycles", "dead_feature_window", "feature_sampling_window", "log_every"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.n_batches_for_norm_estimate < 1:
-            raise ValueError("n_batches_for_norm_estimate must be >= 1")
+            raise ConfigError("n_batches_for_norm_estimate must be >= 1")
         if not 0.0 <= self.eval_fraction < 1.0:
-            raise ValueError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
+            raise ConfigError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
         if self.checkpoint_every_tokens is not None and self.checkpoint_every_tokens < batch_size:
-            raise ValueError("checkpoint_every_tokens must be at least one batch (or None)")
+            raise ConfigError("checkpoint_every_tokens must be at least one batch (or None)")
         if self.wandb_mode not in ("online", "offline", "disabled"):
-            raise ValueError(f"wandb_mode must be online, offline or disabled, got {self.wandb_mode!r}")
+            raise ConfigError(f"wandb_mode must be online, offline or disabled, got {self.wandb_mode!r}")
         resolve_device(self.device)
         self._check_input_options()
 
@@ -180,14 +180,14 @@ class TrainConfig:
             return
         runtime = self.sae.normalize_activations
         if runtime in RUNTIME_NORMALISATIONS:
-            raise ValueError(
+            raise ConfigError(
                 f"subtract_mean/scale_norm cannot be combined with normalize_activations={runtime!r}: that mode "
                 "normalises each row inside the SAE, before the mean could be removed, so the two cannot be "
                 "folded together. Use one of them (saev's settings: subtract_mean=True, scale_norm=True, "
                 "normalize_activations='none')."
             )
         if self.subtract_mean and self.architecture.startswith("matching_pursuit"):
-            raise ValueError(
+            raise ConfigError(
                 "subtract_mean cannot be folded into a matching-pursuit SAE (its encoder is tied to the "
                 "decoder); use scale_norm alone or another architecture."
             )
@@ -268,7 +268,7 @@ def build_sae_config(architecture: str, **fields: Any) -> TrainingSAEConfig:
     arch = ARCHITECTURE_ALIASES.get(architecture, architecture)
     if arch not in SAE_TRAINING_CLASS_REGISTRY:
         known = sorted(SAE_TRAINING_CLASS_REGISTRY)
-        raise ValueError(
+        raise ConfigError(
             f"unknown SAE architecture {architecture!r}.{close_matches(architecture, known)} "
             f"SAELens training architectures: {', '.join(known)}"
         )
@@ -276,7 +276,7 @@ def build_sae_config(architecture: str, **fields: Any) -> TrainingSAEConfig:
     valid = {f.name for f in dataclasses.fields(cfg_cls)} - {"metadata"}
     unknown = sorted(set(fields) - valid)
     if unknown:
-        raise ValueError(
+        raise ConfigError(
             f"{cfg_cls.__name__} has no field(s) {', '.join(unknown)}."
             f"{close_matches(unknown[0], valid)} Fields: {', '.join(sorted(valid))}"
         )
@@ -295,7 +295,7 @@ def resolve_device(device: str) -> str:
     try:
         torch.device(device)
     except (RuntimeError, TypeError) as exc:
-        raise ValueError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps") from exc
+        raise ConfigError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps") from exc
     return device
 
 
@@ -311,16 +311,16 @@ def check_sizes_and_name(cfg: TrainConfig) -> None:
         or not isinstance(cfg.training_tokens, int)
         or cfg.training_tokens < 1
     ):
-        raise ValueError(f"training_tokens must be a positive number of rows, got {cfg.training_tokens!r}")
+        raise ConfigError(f"training_tokens must be a positive number of rows, got {cfg.training_tokens!r}")
     sae = cfg.sae
     d_sae, d_in = getattr(sae, "d_sae", None), getattr(sae, "d_in", None)
     if d_sae is not None and d_sae < 1:
-        raise ValueError(f"d_sae (the number of latents) must be >= 1, got {d_sae}")
+        raise ConfigError(f"d_sae (the number of latents) must be >= 1, got {d_sae}")
     if d_in is not None and d_in < 1:
-        raise ValueError(f"d_in must be >= 1, got {d_in}")
+        raise ConfigError(f"d_in must be >= 1, got {d_in}")
     k = getattr(sae, "k", None)
     if k is not None and d_sae is not None:
         if k <= 0:
-            raise ValueError(f"k (latents active per row) must be > 0, got {k}")
+            raise ConfigError(f"k (latents active per row) must be > 0, got {k}")
         if k > d_sae:
-            raise ValueError(f"k ({k}) cannot exceed d_sae ({d_sae}): at most d_sae latents can be active")
+            raise ConfigError(f"k ({k}) cannot exceed d_sae ({d_sae}): at most d_sae latents can be active")

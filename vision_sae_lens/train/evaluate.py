@@ -26,7 +26,7 @@ from sae_lens.evals import ExplainedVarianceCalculator
 from tqdm.auto import tqdm
 
 from vision_sae_lens.contracts import ActivationStoreReader
-from vision_sae_lens.errors import SAEMismatchError
+from vision_sae_lens.errors import ConfigError, SAEMismatchError
 from vision_sae_lens.train.feed import Split, check_store_for, open_store
 from vision_sae_lens.train.plots import plot_density
 
@@ -201,7 +201,7 @@ def _eval_rows(folder, store, split, start, stop, max_rows: int, seed: int):
         lo, hi = start or 0, n_rows if stop is None else min(stop, n_rows)
         hi = min(hi, lo + max_rows)
         if not 0 <= lo < hi:
-            raise ValueError(f"empty evaluation slice [{lo}, {hi}) of a store with {n_rows} rows")
+            raise ConfigError(f"empty evaluation slice [{lo}, {hi}) of a store with {n_rows} rows")
         return np.arange(lo, hi, dtype=np.int64), {"method": "row range", "start": lo, "stop": hi}
     record = folder / "split.json" if folder is not None else None
     if split is None and record is not None and record.exists():

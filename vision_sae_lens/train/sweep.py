@@ -33,6 +33,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from vision_sae_lens.errors import ConfigError
 from vision_sae_lens.fsutil import check_name
 from vision_sae_lens.train.config import TrainConfig, build_sae_config
 from vision_sae_lens.train.feed import open_store, site_width, store_key
@@ -91,7 +92,7 @@ def unique_names(configs: list[TrainConfig]) -> list[str]:
         seen[base] = seen.get(base, 0) + 1
         names.append(base if seen[base] == 1 else f"{base}-{seen[base]}")
     if len(set(names)) != len(names):
-        raise ValueError(f"run names collide: {names}; give each config a distinct name=")
+        raise ConfigError(f"run names collide: {names}; give each config a distinct name=")
     return names
 
 
@@ -105,15 +106,15 @@ def load_sweep(path: str | Path, **overrides: Any) -> tuple[list[TrainConfig], s
     try:
         doc = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
-        raise ValueError(f"{path} is not valid TOML: {exc}") from exc
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
     unknown_top = sorted(set(doc) - {"out_dir", "defaults", "sae"})
     if unknown_top:
-        raise ValueError(
+        raise ConfigError(
             f"{path}: unknown top-level key(s) {unknown_top}; use out_dir, [defaults] and [[sae]] tables"
         )
     runs = doc.get("sae") or []
     if not runs:
-        raise ValueError(
+        raise ConfigError(
             f"{path} lists no [[sae]] table; add at least one with architecture = ... and d_sae = ..."
         )
     defaults = dict(doc.get("defaults") or {})
@@ -130,10 +131,10 @@ def config_from_dict(
     """One flat dict (TrainConfig fields + ``architecture`` + SAE config fields) -> TrainConfig."""
     d = dict(d)
     if "architecture" not in d:
-        raise ValueError(f"{where}: missing architecture (e.g. architecture = 'topk')")
+        raise ConfigError(f"{where}: missing architecture (e.g. architecture = 'topk')")
     for required in ("store", "site", "training_tokens"):
         if required not in d:
-            raise ValueError(f"{where}: missing {required}")
+            raise ConfigError(f"{where}: missing {required}")
     arch = d.pop("architecture")
     train = {k: d.pop(k) for k in list(d) if k in _TRAIN_FIELDS}
     store = train["store"]
@@ -147,5 +148,5 @@ def config_from_dict(
     try:
         sae = build_sae_config(arch, **d)
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"{where}: {exc}") from exc
+        raise ConfigError(f"{where}: {exc}") from exc
     return TrainConfig(sae=sae, **train)

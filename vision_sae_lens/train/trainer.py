@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from vision_sae_lens import fsutil
 from vision_sae_lens.compat import quiet_norm_estimate, trainer_step, use_fused_adam
-from vision_sae_lens.errors import TrainingError
+from vision_sae_lens.errors import ConfigError, TrainingError
 from vision_sae_lens.metadata import VisionFacts
 from vision_sae_lens.store.reader import ActivationStore
 from vision_sae_lens.train import checkpoint as ckpt
@@ -101,7 +101,7 @@ def train_sae(
     single = isinstance(configs, TrainConfig)
     cfgs: list[TrainConfig] = [configs] if isinstance(configs, TrainConfig) else list(configs)
     if not cfgs:
-        raise ValueError("no configs to train")
+        raise ConfigError("no configs to train")
     out = Path(out_dir)
     names = unique_names(cfgs)
     ckpt.check_writable(out)
