@@ -246,8 +246,9 @@ def use_fused_adam(trainer) -> bool:
 
 def trainer_step(trainer, batch: torch.Tensor, *, max_grad_norm: float | None = 1.0):
     """``trainer.step(batch)`` (SAELens' ``SAETrainer.step``) without its avoidable cost: the firing
-    statistics are counted on a boolean mask (no float copy of the activations) and the gradient is
-    clipped to ``max_grad_norm`` only when one is given (SAELens always clips at 1.0, the default)."""
+    statistics are counted on a boolean mask (no float copy of the activations), the TopK auxiliary
+    loss is computed without dense (batch, d_sae) temporaries (:func:`lean_aux_loss`), and the gradient
+    is clipped to ``max_grad_norm`` only when one is given (SAELens always clips at 1.0, the default)."""
     from sae_lens.saes.sae import TrainStepInput
 
     sae = trainer.sae
@@ -255,7 +256,7 @@ def trainer_step(trainer, batch: torch.Tensor, *, max_grad_norm: float | None = 
     trainer.n_training_samples += batch.shape[0]
     sae_in = trainer.activation_scaler(batch)
     sae.train()
-    with trainer.autocast_if_enabled:
+    with trainer.autocast_if_enabled, lean_aux_loss(sae):
         out = sae.training_forward_pass(
             step_input=TrainStepInput(
                 sae_in=sae_in,
@@ -317,6 +318,170 @@ def _probe_trainer_step() -> None:
         _require(needle in init_src, seam, f"__init__ no longer builds its optimizer with {needle!r}")
 
 
+# ------------------------------------------------------------------------------- SAELens TopK aux loss
+# SAELens' AuxK loss (``TopKTrainingSAE.calculate_topk_aux_loss``: TopK, BatchTopK, and Matryoshka unless
+# ``use_matryoshka_aux_loss``, which has its own per-level variant) scatters the top-k_aux dead
+# pre-activations into a dense (batch, d_sae) tensor, multiplies it by 1/||W_dec|| into a second one and
+# keeps both for the backward of a dense matmul. The functions below compute the same loss from the
+# (batch, k_aux) values and indices alone: ``embedding_bag`` sums the selected decoder rows weighted by
+# the values, as EleutherAI's sparsify decodes. Same selection, same products; only the order of the
+# final sum differs (float tolerance).
+
+
+@contextmanager
+def lean_aux_loss(sae) -> Iterator[None]:
+    """Inside the block, ``sae`` computes its TopK / Matryoshka auxiliary loss with :func:`topk_aux_loss`
+    / :func:`matryoshka_aux_loss` (the instance's SAELens methods are shadowed, then restored). An SAE
+    of another kind, or a subclass that overrides those methods, is left as it is."""
+    from sae_lens.saes.matryoshka_batchtopk_sae import MatryoshkaBatchTopKTrainingSAE
+    from sae_lens.saes.topk_sae import TopKTrainingSAE
+
+    lean: dict[str, tuple[type, Callable[..., torch.Tensor]]] = {
+        "calculate_topk_aux_loss": (TopKTrainingSAE, topk_aux_loss),
+        "calculate_matryoshka_aux_loss": (MatryoshkaBatchTopKTrainingSAE, matryoshka_aux_loss),
+    }
+    patched = [
+        name
+        for name, (cls, _) in lean.items()
+        if isinstance(sae, cls) and getattr(type(sae), name) is getattr(cls, name) and name not in vars(sae)
+    ]
+    for name in patched:
+        setattr(sae, name, functools.partial(lean[name][1], sae))
+    try:
+        yield
+    finally:
+        for name in patched:
+            delattr(sae, name)
+
+
+def topk_aux_loss(sae, sae_in, sae_out, hidden_pre, dead_neuron_mask) -> torch.Tensor:
+    """SAELens' ``TopKTrainingSAE.calculate_topk_aux_loss(sae_in, sae_out, hidden_pre, dead_neuron_mask)``
+    for ``sae``, decoding the top-k_aux dead latents without a dense (batch, d_sae) activation matrix."""
+    if dead_neuron_mask is None or (num_dead := int(dead_neuron_mask.sum())) == 0:
+        return sae_out.new_tensor(0.0)
+    if sae.cfg.normalize_activations in ("constant_norm_rescale", "layer_norm"):
+        from sae_lens.saes.topk_sae import TopKTrainingSAE
+
+        # SAELens refuses these (the residual is in another space): its own method raises its own error
+        return TopKTrainingSAE.calculate_topk_aux_loss(sae, sae_in, sae_out, hidden_pre, dead_neuron_mask)
+    residual = (sae_in - sae_out).detach()
+    k_aux = sae_in.shape[-1] // 2  # the TopK paper's heuristic, as SAELens
+    scale = min(num_dead / k_aux, 1.0)
+    k_aux = min(k_aux, num_dead)
+    inv_norm_s = 1 / sae.W_dec.norm(dim=-1) if sae.cfg.rescale_acts_by_decoder_norm else None
+    recons = _decode_top_dead(hidden_pre, dead_neuron_mask, k_aux, sae.W_dec, inv_norm_s, num_dead)
+    recons = sae.reshape_fn_out(recons, sae.d_head)
+    auxk_loss = (recons - residual).pow(2).sum(dim=-1).mean()
+    return sae.cfg.aux_loss_coefficient * scale * auxk_loss
+
+
+def matryoshka_aux_loss(sae, sae_in, sae_out, feature_acts, hidden_pre, dead_neuron_mask) -> torch.Tensor:
+    """SAELens' ``MatryoshkaBatchTopKTrainingSAE.calculate_matryoshka_aux_loss`` for ``sae`` (one AuxK
+    loss per nested level, against that level's partial reconstruction), decoded as :func:`topk_aux_loss`."""
+    if dead_neuron_mask is None or int(dead_neuron_mask.sum()) == 0:
+        return sae_out.new_tensor(0.0)
+    k_aux = sae_in.shape[-1] // 2
+    W_dec = sae.W_dec
+    scaled_W_dec = W_dec / W_dec.norm(dim=-1, keepdim=True) if sae.cfg.rescale_acts_by_decoder_norm else W_dec
+    losses, prev = [], 0
+    for width, partial_sae_out in sae._iterable_decode(feature_acts, include_outer_loss=True):
+        dead = dead_neuron_mask[prev:width]
+        num_dead = int(dead.sum())
+        if num_dead:
+            scale = min(num_dead / k_aux, 1.0)
+            residual = (sae_in - partial_sae_out).detach()
+            part_k_aux = min(k_aux, num_dead)
+            recons = _decode_top_dead(
+                hidden_pre[:, prev:width], dead, part_k_aux, scaled_W_dec[prev:width], None, num_dead
+            )
+            losses.append(scale * (recons - residual).pow(2).sum(dim=-1).mean())
+        prev = width
+    return sae.cfg.aux_loss_coefficient * torch.stack(losses).sum()
+
+
+def _decode_top_dead(hidden_pre, dead_s, k_aux: int, W_dec_sd, inv_norm_s, num_dead: int) -> torch.Tensor:
+    """sum over the k_aux largest dead pre-activations of each row of value * inv_norm * W_dec row."""
+    lead, d_sae = hidden_pre.shape[:-1], hidden_pre.shape[-1]
+    hidden_pre = hidden_pre.reshape(-1, d_sae)
+    # every latent dead (the common case early in training): the mask would change nothing
+    candidates = hidden_pre if num_dead == d_sae else torch.where(dead_s[None], hidden_pre, -torch.inf)
+    top = candidates.topk(k_aux, sorted=False)
+    del candidates  # the masked copy is not needed for backward (topk keeps only the indices)
+    weights_bk = top.values if inv_norm_s is None else top.values * inv_norm_s[top.indices]
+    recons_bd = torch.nn.functional.embedding_bag(
+        top.indices, W_dec_sd, per_sample_weights=weights_bk.to(W_dec_sd.dtype), mode="sum"
+    )
+    return recons_bd.reshape(*lead, W_dec_sd.shape[-1])
+
+
+def _probe_aux_loss() -> None:
+    seam = "sae_lens TopK aux loss"
+    from sae_lens.saes import topk_sae
+    from sae_lens.saes.matryoshka_batchtopk_sae import MatryoshkaBatchTopKTrainingSAE
+
+    needles = {
+        topk_sae.TopKTrainingSAE.calculate_topk_aux_loss: (
+            "residual = (sae_in - sae_out).detach()",
+            "k_aux = sae_in.shape[-1] // 2",
+            "scale = min(num_dead / k_aux, 1.0)",
+            "k_aux = min(k_aux, num_dead)",
+            "calculate_topk_aux_acts(",
+            "auxk_acts, self.W_dec, self.cfg.rescale_acts_by_decoder_norm",
+            "self.reshape_fn_out(recons, self.d_head)",
+            "(recons - residual).pow(2).sum(dim=-1).mean()",
+            "self.cfg.aux_loss_coefficient * scale * auxk_loss",
+        ),
+        topk_sae.calculate_topk_aux_acts: (
+            "torch.where(dead_neuron_mask[None], hidden_pre, -torch.inf)",
+            ".topk(k_aux, sorted=False)",
+            "scatter_(-1, auxk_topk.indices, auxk_topk.values)",
+        ),
+        topk_sae.act_times_W_dec: ("feature_acts * (1 / W_dec.norm(dim=-1))", "feature_acts @ W_dec"),
+        MatryoshkaBatchTopKTrainingSAE.calculate_matryoshka_aux_loss: (
+            "self.W_dec / self.W_dec.norm(dim=-1, keepdim=True)",
+            "self._iterable_decode(",
+            "feature_acts, include_outer_loss=True",
+            "partial_hidden_pre = hidden_pre[:, prev_width:width]",
+            "residual = (sae_in - partial_sae_out).detach()",
+            "rescale_acts_by_decoder_norm=False",
+            "aux_losses.append(scale * auxk_loss)",
+            "self.cfg.aux_loss_coefficient * stacked_losses.sum()",
+        ),
+    }
+    for fn, parts in needles.items():
+        src = inspect.getsource(fn)
+        for needle in parts:
+            _require(needle in src, seam, f"{fn.__qualname__} no longer does {needle!r} (update compat)")
+    _require(
+        "self.calculate_topk_aux_loss(" in inspect.getsource(topk_sae.TopKTrainingSAE.calculate_aux_loss)
+        and "self.calculate_matryoshka_aux_loss("
+        in inspect.getsource(MatryoshkaBatchTopKTrainingSAE.calculate_aux_loss),
+        seam,
+        "calculate_aux_loss no longer calls the method lean_aux_loss shadows",
+    )
+    # and the numbers: loss and gradients equal SAELens' own on a tiny SAE with dead latents
+    torch.manual_seed(0)
+    sae = topk_sae.TopKTrainingSAE(topk_sae.TopKTrainingSAEConfig(d_in=8, d_sae=32, k=2))
+    x = torch.randn(6, 8)
+    _, hidden_pre = sae.encode_with_hidden_pre(x)
+    sae_out = sae.decode(sae.encode(x))
+    dead = torch.arange(32) % 3 != 0
+    results = []
+    for fn in (type(sae).calculate_topk_aux_loss, topk_aux_loss):
+        loss = fn(sae, x, sae_out, hidden_pre, dead)
+        results.append((loss, torch.autograd.grad(loss, [sae.W_dec, sae.W_enc], retain_graph=True)))
+    (ref, ref_grads), (ours, our_grads) = results
+    _require(
+        bool(ref > 0)
+        and torch.allclose(ref, ours, rtol=1e-5)
+        and all(
+            torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(ref_grads, our_grads, strict=True)
+        ),
+        seam,
+        "topk_aux_loss no longer equals calculate_topk_aux_loss",
+    )
+
+
 @contextmanager
 def quiet_norm_estimate(progress: bool) -> Iterator[None]:
     """Hide the bars of SAELens' ``ActivationScaler.estimate_*`` inside the block unless ``progress``.
@@ -356,6 +521,7 @@ SEAMS: dict[str, Callable[[], None]] = {
     "open_clip _build_vision_tower": _probe_open_clip_visual,
     "sae_lens SAETrainer._train_step": _probe_trainer_step,
     "sae_lens activation_scaler.tqdm": _probe_norm_estimate_bar,
+    "sae_lens TopK aux loss": _probe_aux_loss,
 }
 """Seam name -> probe that raises :class:`CompatError` naming the seam when an upgrade changed it."""
 
@@ -391,7 +557,10 @@ __all__ = [
     "build_open_clip_visual",
     "disable_sae_hooks",
     "get_deep_attr",
+    "lean_aux_loss",
+    "matryoshka_aux_loss",
     "set_deep_attr",
+    "topk_aux_loss",
     "trainer_step",
     "use_fused_adam",
 ]

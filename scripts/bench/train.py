@@ -13,14 +13,25 @@
    store, for standard / topk / batchtopk at d_in 768 x 8 and x 32 latents; ratio loop / bare (target
    >= 0.9), median of interleaved repeats.
 
+4. ``--only aux``: one training step of a TopK SAE (d_in 768, d_sae 6144, k 32, batch 4096) with every
+   latent dead, so the AuxK loss is on: the package's step with SAELens' aux loss (dense (batch, d_sae)
+   auxiliary activations, then a rescaled copy) vs with ``compat.topk_aux_loss`` (top-k_aux values and
+   indices, ``embedding_bag``). Each variant in a fresh process: peak RSS (``ru_maxrss``) over the steps,
+   its growth during them, and the median step time; ratios lean / dense (SAELens' own
+   ``SAETrainer.step`` is printed beside them).
+
 Times are those of the training loops (``TrainRun.train_seconds``), evaluation excluded.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import resource
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -173,6 +184,119 @@ def bench_step(args, tmp: Path) -> None:
     print("target: loop_speed_over_bare >= 0.9")
 
 
+AUX_VARIANTS = {
+    "saelens-step": "SAELens' SAETrainer.step",
+    "dense-aux": "package step, SAELens' aux loss",
+    "lean-aux": "package step, compat.topk_aux_loss",
+}
+
+
+def aux_child(variant: str, d: int, d_sae: int, bs: int, steps: int) -> None:
+    """One variant in this (fresh) process; prints one JSON line: peak RSS and step times."""
+    from sae_lens.config import LoggingConfig
+    from sae_lens.saes.topk_sae import TopKTrainingSAE
+    from sae_lens.training.sae_trainer import SAETrainer, SAETrainerConfig
+
+    from vision_sae_lens import compat
+
+    torch.manual_seed(0)
+    sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=d, d_sae=d_sae, k=32))
+    cfg = SAETrainerConfig(
+        total_training_samples=bs * (steps + 1), train_batch_size_samples=bs, lr=3e-4, lr_end=3e-5,
+        lr_scheduler_name="constant", lr_warm_up_steps=0, lr_decay_steps=0, n_restart_cycles=1,
+        adam_beta1=0.9, adam_beta2=0.999, device="cpu", autocast=False,
+        dead_feature_window=-1,  # every latent counts as dead at every step: the aux loss always runs
+        feature_sampling_window=1000, n_checkpoints=0, checkpoint_path=None, save_final_checkpoint=False,
+        logger=LoggingConfig(log_to_wandb=False), n_batches_for_norm_estimate=1,
+    )  # fmt: skip
+    trainer = SAETrainer(cfg=cfg, sae=sae, data_provider=iter(()))
+    if variant != "saelens-step":
+        compat.use_fused_adam(trainer)
+    g = torch.Generator().manual_seed(1)
+    batches = [torch.randn(bs, d, generator=g) for _ in range(steps + 1)]
+    lean = compat.lean_aux_loss
+    if variant == "dense-aux":  # the package's step with SAELens' own aux loss
+        compat.lean_aux_loss = lambda sae: contextlib.nullcontext()  # type: ignore[assignment]
+    step = trainer.step if variant == "saelens-step" else (lambda b: compat.trainer_step(trainer, b))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    in_use = MallocInUse()
+    seconds = []
+    for batch in batches:
+        t0 = time.perf_counter()
+        out = step(batch)
+        seconds.append(time.perf_counter() - t0)
+        assert float(out.losses["auxiliary_reconstruction_loss"].detach()) > 0
+        del out  # a training loop keeps no step's output alive into the next step
+        trainer.n_training_steps += 1
+    compat.lean_aux_loss = lean
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print("@@" + json.dumps({"peak_mib": peak, "step_growth_mib": peak - before,
+                             "in_use_growth_mib": in_use.stop(), "s_per_step": statistics.median(seconds[1:])}))  # fmt: skip
+
+
+class MallocInUse:
+    """Peak of the bytes glibc's malloc has handed out and not yet got back (``mallinfo2``: heap chunks in
+    use + mmapped blocks) above their level at creation, sampled every millisecond by a thread. Unlike
+    RSS it does not count freed memory glibc keeps; NaN where glibc (2.33+) is not the allocator."""
+
+    def __init__(self) -> None:
+        import ctypes
+        import threading
+
+        class Info(ctypes.Structure):
+            _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd",
+                        "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]  # fmt: skip
+
+        try:
+            self._mallinfo2 = ctypes.CDLL("libc.so.6").mallinfo2
+        except (OSError, AttributeError):
+            self._mallinfo2 = None
+            return
+        self._mallinfo2.restype = Info
+        self._base = self._peak = self._now()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _now(self) -> int:
+        info = self._mallinfo2()
+        return info.uordblks + info.hblkhd
+
+    def _sample(self) -> None:
+        while not self._done.wait(0.001):
+            self._peak = max(self._peak, self._now())
+
+    def stop(self) -> float:
+        """MiB of the peak above the starting level."""
+        if self._mallinfo2 is None:
+            return float("nan")
+        self._done.set()
+        self._thread.join()
+        return (self._peak - self._base) / 2**20
+
+
+def bench_aux(args) -> None:
+    d, d_sae, bs, steps = 768, 6144, args.batch_size, 3
+    print(f"(aux) one step, TopK d_in {d} x d_sae {d_sae}, k 32, batch {bs}, every latent dead; "
+          f"each variant in a fresh process, median of {args.repeats} interleaved, {steps} timed steps:")  # fmt: skip
+    found: dict[str, list[dict]] = {v: [] for v in AUX_VARIANTS}
+    for _ in range(args.repeats):
+        for variant in AUX_VARIANTS:
+            cmd = [sys.executable, __file__, "--aux-child", variant, str(d), str(d_sae), str(bs), str(steps)]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+            found[variant].append(json.loads(next(ln for ln in out.splitlines() if ln.startswith("@@"))[2:]))
+    med = {v: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for v, rs in found.items()}
+    for variant, m in med.items():
+        print(f"  {AUX_VARIANTS[variant]:<36} peak RSS {m['peak_mib']:6.0f} MiB "
+              f"(+{m['step_growth_mib']:.0f} MiB during the steps; malloc in use +{m['in_use_growth_mib']:.0f} "
+              f"MiB), {m['s_per_step']:.2f} s/step")  # fmt: skip
+    dense, lean = med["dense-aux"], med["lean-aux"]
+    print(f"  lean / dense aux: peak RSS {lean['peak_mib'] / dense['peak_mib']:.3f}, "
+          f"RSS growth during the steps {lean['step_growth_mib'] / dense['step_growth_mib']:.3f}, "
+          f"peak malloc in use during the steps {lean['in_use_growth_mib'] / dense['in_use_growth_mib']:.3f}, "
+          f"step time {lean['s_per_step'] / dense['s_per_step']:.3f}")  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--d-in", type=int, default=256)
@@ -181,9 +305,18 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=4096)
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--only", choices=["step", "feed-and-sweep"], help="run one part")
-    ap.add_argument("--repeats", type=int, default=2, help="interleaved repeats (step part)")
+    ap.add_argument("--only", choices=["step", "feed-and-sweep", "aux"], help="run one part")
+    ap.add_argument("--repeats", type=int, default=2, help="interleaved repeats (step and aux parts)")
+    ap.add_argument("--aux-child", nargs=5, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.aux_child:
+        variant, *sizes = args.aux_child
+        aux_child(variant, *(int(v) for v in sizes))
+        return
+    if args.only in (None, "aux"):
+        bench_aux(args)
+        if args.only:
+            return
     d, d_sae, bs = args.d_in, args.d_in * args.expansion, args.batch_size
     tmp = Path(tempfile.mkdtemp(prefix="bench_train_"))
     if args.only in (None, "step"):

@@ -8,6 +8,7 @@ import torch
 from sae_lens import (
     BatchTopKTrainingSAEConfig,
     JumpReLUTrainingSAEConfig,
+    MatryoshkaBatchTopKTrainingSAEConfig,
     StandardTrainingSAEConfig,
     TopKTrainingSAEConfig,
 )
@@ -27,14 +28,14 @@ CONFIGS = {
 }  # fmt: skip
 
 
-def _trainer(make_cfg, *, lr: float) -> SAETrainer:
+def _trainer(make_cfg, *, lr: float, dead_feature_window: int = 3) -> SAETrainer:
     torch.manual_seed(0)
     sae_cfg = make_cfg()
     sae = get_sae_training_class(sae_cfg.architecture())[0](sae_cfg)
     cfg = SAETrainerConfig(
         total_training_samples=STEPS * BATCH, train_batch_size_samples=BATCH, lr=lr, lr_end=lr / 10,
         lr_scheduler_name="cosineannealing", lr_warm_up_steps=3, lr_decay_steps=0, n_restart_cycles=1,
-        adam_beta1=0.9, adam_beta2=0.999, device="cpu", autocast=False, dead_feature_window=3,
+        adam_beta1=0.9, adam_beta2=0.999, device="cpu", autocast=False, dead_feature_window=dead_feature_window,
         feature_sampling_window=5, n_checkpoints=0, checkpoint_path=None, save_final_checkpoint=False,
         logger=LoggingConfig(log_to_wandb=False), n_batches_for_norm_estimate=1,
     )  # fmt: skip
@@ -87,3 +88,102 @@ def test_no_clipping_when_none_is_configured(monkeypatch):
     _run(reference, lambda t, b: t.step(b))
     assert torch.allclose(unclipped.sae.W_enc, reference.sae.W_enc, rtol=1e-5, atol=1e-6)
     assert not torch.allclose(clipped.sae.W_enc, unclipped.sae.W_enc, rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------ the TopK auxiliary loss (AuxK)
+AUX_CONFIGS = {
+    "topk": CONFIGS["topk"],
+    "topk-unscaled": lambda: TopKTrainingSAEConfig(
+        d_in=D_IN, d_sae=D_SAE, k=4, rescale_acts_by_decoder_norm=False
+    ),
+    "batchtopk": CONFIGS["batchtopk"],
+    "matryoshka": lambda: MatryoshkaBatchTopKTrainingSAEConfig(
+        d_in=D_IN, d_sae=D_SAE, k=4, matryoshka_widths=[8, 24, D_SAE]
+    ),
+    "matryoshka-aux": lambda: MatryoshkaBatchTopKTrainingSAEConfig(
+        d_in=D_IN, d_sae=D_SAE, k=4, matryoshka_widths=[8, 24, D_SAE], use_matryoshka_aux_loss=True
+    ),
+}
+
+
+@pytest.mark.parametrize("dead_feature_window", [-1, 0], ids=["all-dead", "some-dead"])
+@pytest.mark.parametrize("arch", list(AUX_CONFIGS))
+def test_lean_aux_loss_step_equals_saelens_trainer(arch, dead_feature_window, monkeypatch):
+    """With latents dead (every one: window -1; those silent on the last batch: window 0) the AuxK
+    loss is active; our step (lean aux loss) gives SAELens' losses and weights after every step."""
+    calls = []
+    for name in ("topk_aux_loss", "matryoshka_aux_loss"):
+        original = getattr(compat, name)
+        monkeypatch.setattr(compat, name, lambda *a, _f=original, **k: calls.append(1) or _f(*a, **k))
+    reference = _trainer(AUX_CONFIGS[arch], lr=3e-2, dead_feature_window=dead_feature_window)
+    ours = _trainer(AUX_CONFIGS[arch], lr=3e-2, dead_feature_window=dead_feature_window)
+    ref_aux, our_aux = [], []
+    for batch in _batches():
+        for trainer, aux, step in (
+            (reference, ref_aux, SAETrainer.step),
+            (ours, our_aux, compat.trainer_step),
+        ):
+            trainer.maybe_reset_sparsity()
+            out = step(trainer, batch)
+            aux.append(float(out.losses["auxiliary_reconstruction_loss"].detach()))
+            aux.append(float(out.loss.detach()))
+            trainer.n_training_steps += 1
+        for (name, a), (_, b) in zip(
+            reference.sae.named_parameters(), ours.sae.named_parameters(), strict=True
+        ):
+            assert torch.allclose(a, b, rtol=1e-4, atol=1e-5), (name, trainer.n_training_steps)
+    assert our_aux == pytest.approx(ref_aux, rel=1e-4, abs=1e-5)
+    assert sum(a > 0 for a in ref_aux[::2]) >= STEPS - 1  # the aux loss was on (window 0: from step 2)
+    assert len(calls) >= STEPS - 1  # and ours computed it
+    assert "calculate_topk_aux_loss" not in vars(ours.sae)  # the shadowing ended with the step
+    assert "calculate_matryoshka_aux_loss" not in vars(ours.sae)
+
+
+def test_lean_aux_loss_keeps_no_dense_latent_matrix_for_backward():
+    """SAELens' AuxK keeps (batch, d_sae) tensors for its backward (the scattered activations and their
+    rescaled copy); ours keeps only (batch, k_aux) ones. Counted with autograd's saved-tensor hooks."""
+    from sae_lens import TopKTrainingSAE
+
+    torch.manual_seed(0)
+    batch, d_sae = 40, 256
+    sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=D_IN, d_sae=d_sae, k=4))
+    x = torch.randn(batch, D_IN)
+    _, hidden_pre = sae.encode_with_hidden_pre(x)
+    sae_out = sae.decode(sae.encode(x)).detach()
+    dead = torch.ones(d_sae, dtype=torch.bool)
+
+    def dense_saved(fn) -> tuple[int, torch.Tensor]:
+        shapes = []
+
+        def pack(t):
+            shapes.append(tuple(t.shape))
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            loss = fn(sae, x, sae_out, hidden_pre, dead)
+        return sum(s == (batch, d_sae) for s in shapes), loss
+
+    n_ref, ref = dense_saved(TopKTrainingSAE.calculate_topk_aux_loss)
+    n_ours, ours = dense_saved(compat.topk_aux_loss)
+    assert n_ref >= 2
+    assert n_ours == 0
+    assert torch.allclose(ours, ref, rtol=1e-5)
+    ref_grads = torch.autograd.grad(ref, [sae.W_dec, sae.W_enc, sae.b_enc], retain_graph=True)
+    our_grads = torch.autograd.grad(ours, [sae.W_dec, sae.W_enc, sae.b_enc])
+    for a, b in zip(ref_grads, our_grads, strict=True):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_lean_aux_loss_leaves_overriding_subclasses_alone():
+    from sae_lens import TopKTrainingSAE
+
+    class Custom(TopKTrainingSAE):
+        def calculate_topk_aux_loss(self, *args, **kwargs):
+            return torch.tensor(7.0)
+
+    sae = Custom(TopKTrainingSAEConfig(d_in=D_IN, d_sae=D_SAE, k=4))
+    plain = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=D_IN, d_sae=D_SAE, k=4))
+    with compat.lean_aux_loss(sae), compat.lean_aux_loss(plain):
+        assert "calculate_topk_aux_loss" not in vars(sae)
+        assert "calculate_topk_aux_loss" in vars(plain)
+    assert "calculate_topk_aux_loss" not in vars(plain)
