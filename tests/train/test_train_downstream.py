@@ -211,3 +211,133 @@ def test_downstream_images_are_a_stratified_draw_not_the_first(images, tmp_path,
     assert down["n_images"] == 8 and down["accuracy_metric"] == "top-1"
     assert down["logit_diff"] > 0  # the identity SAE keeps the clean top class on top
     assert down["recovered_above_one"] is False
+
+
+# --- zero-shot accuracy through a text tower ----------------------------------------------------------
+
+
+class _Named(_Labelled):
+    """A labelled source of PIL images with class names (what zero-shot prompts are made of)."""
+
+    def __init__(self, pil, labels, names):
+        self.images, self.labels, self.label_names = list(pil), list(labels), list(names)
+
+
+def _zero_shot_source(embed_bd, text_cd, pil):
+    """Labels = the brute-force zero-shot prediction, wrong on every third image: accuracy 2/3 exactly."""
+    from tiny_clip import CLASS_NAMES
+
+    from vision_sae_lens.data import open_images
+
+    pred = (torch.nn.functional.normalize(embed_bd, dim=-1) @ text_cd.T).argmax(-1)
+    assert len(set(pred.tolist())) > 1  # a constant prediction would make the check weak
+    labels = pred.clone()
+    labels[::3] = (labels[::3] + 1) % len(CLASS_NAMES)
+    want = (pred == labels).float().mean().item()
+    return open_images(_Named(pil, labels.tolist(), CLASS_NAMES)), want
+
+
+def _text_reference(encode, tokenize):
+    from tiny_clip import CLASS_NAMES
+
+    with torch.no_grad():
+        out = encode(tokenize([f"a photo of a {n.replace('_', ' ')}." for n in CLASS_NAMES]))
+    out = out if isinstance(out, torch.Tensor) else out.pooler_output
+    return torch.nn.functional.normalize(out, dim=-1)
+
+
+def _zero_shot_report(model, source, tmp_path):
+    pil = [source[i][0] for i in range(len(source))]
+    store = _record(model, model.preprocess(pil), tmp_path / "acts")
+    return evaluate_sae(_identity_sae(store), store, model=model, images=source, n_images=len(source))
+
+
+def test_open_clip_zero_shot_accuracy_equals_brute_force_with_the_full_clip(tmp_path, monkeypatch):
+    import open_clip
+    from tiny_clip import ARCH, TAG, register_pretrained_tag, save_tiny_open_clip, solid_images
+
+    full, weights = save_tiny_open_clip(tmp_path, seed=3)  # a seed whose predictions vary over the images
+    register_pretrained_tag(monkeypatch, weights)
+    model = HookedSAEViT.from_pretrained(f"open_clip:{ARCH}/{TAG}")  # image tower only
+    pil = solid_images(24, seed=3)
+    text_cd = _text_reference(full.encode_text, open_clip.get_tokenizer(ARCH))
+    with torch.no_grad():
+        embed_bd = full.encode_image(model.preprocess(pil))  # open_clip's own full model, same pixels
+    source, want = _zero_shot_source(embed_bd, text_cd, pil)
+    down = _zero_shot_report(model, source, tmp_path)["downstream"]
+    assert down["zero_shot_reason"] is None and down["zero_shot_templates"] == ["a photo of a {}."]
+    assert down["clean_zero_shot_accuracy"] == pytest.approx(want)
+    assert down["zero_shot_accuracy"] == pytest.approx(want)  # a perfect SAE keeps the clean embedding
+    for baseline in ("zero_ablation", "mean_ablation"):
+        assert 0.0 <= down[baseline]["zero_shot_accuracy"] <= 1.0
+    assert down["accuracy_metric"] == "nearest prototype" and down["clean_accuracy"] is not None
+    # The same text embeddings handed in give the same numbers; a wrong width is refused.
+    from vision_sae_lens.train.downstream import measure_downstream
+
+    sae = _identity_sae(_record(model, model.preprocess(pil), tmp_path / "acts2"))
+    given = measure_downstream(model, sae, source, n_images=24, text_embeddings=text_cd)
+    assert given["clean_zero_shot_accuracy"] == pytest.approx(want) and given["zero_shot_templates"] is None
+    from vision_sae_lens.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="classes"):
+        measure_downstream(model, sae, source, n_images=24, text_embeddings=text_cd[:, :8])
+
+
+def test_transformers_clip_zero_shot_accuracy_equals_brute_force(tmp_path):
+    import transformers as tf
+    from tiny_clip import save_tiny_hf_clip, solid_images
+
+    folder = save_tiny_hf_clip(tmp_path / "clip")
+    model = HookedSAEViT.from_pretrained(str(folder))
+    reference = tf.CLIPModel.from_pretrained(folder).eval()
+    tokenizer = tf.AutoTokenizer.from_pretrained(folder)
+    pil = solid_images(24, seed=4)
+    text_cd = _text_reference(
+        lambda enc: reference.get_text_features(**enc),
+        lambda texts: tokenizer(texts, padding=True, return_tensors="pt"),
+    )
+    with torch.no_grad():
+        out = reference.get_image_features(pixel_values=model.preprocess(pil))
+    embed_bd = out if isinstance(out, torch.Tensor) else out.pooler_output
+    source, want = _zero_shot_source(embed_bd, text_cd, pil)
+    down = _zero_shot_report(model, source, tmp_path)["downstream"]
+    assert down["zero_shot_reason"] is None
+    assert down["clean_zero_shot_accuracy"] == pytest.approx(want)
+    assert down["zero_shot_accuracy"] == pytest.approx(want)
+
+
+def test_no_text_tower_or_no_class_names_give_null_zero_shot_with_a_reason(images, tmp_path, classifier):
+    from vision_sae_lens.data import open_images
+
+    model = _model(0)  # a timm ViT without head: an embedding model with no text tower
+    store = _record(model, images, tmp_path / "acts")
+    source = open_images(_Labelled(images, [i // 12 for i in range(48)]))
+    down = evaluate_sae(_identity_sae(store), store, model=model, images=source)["downstream"]
+    assert down["zero_shot_accuracy"] is None and down["clean_zero_shot_accuracy"] is None
+    assert down["zero_ablation"]["zero_shot_accuracy"] is None and "no text tower" in down["zero_shot_reason"]
+    assert down["clean_accuracy"] is not None  # nearest-prototype accuracy is still there
+    unnamed = evaluate_sae(_identity_sae(store), store, model=model, images=images)["downstream"]
+    assert (
+        unnamed["zero_shot_accuracy"] is None and unnamed["zero_shot_reason"] == "the images have no labels"
+    )
+    clf, clf_store = classifier
+    top1 = evaluate_sae(_identity_sae(clf_store), clf_store, model=clf, images=source)["downstream"]
+    assert top1["zero_shot_accuracy"] is None and "classifier" in top1["zero_shot_reason"]
+
+
+def test_a_text_tower_that_cannot_be_matched_is_reported_once_not_raised(tmp_path, caplog):
+    from tiny_clip import ARCH, CLASS_NAMES, save_tiny_open_clip, solid_images
+
+    from vision_sae_lens.data import open_images
+
+    save_tiny_open_clip(tmp_path)  # registers the architecture
+    model = HookedSAEViT.from_pretrained(f"open_clip:{ARCH}", pretrained=False)  # random: no matching text
+    pil = solid_images(8, seed=5)
+    source = open_images(_Named(pil, [i % 4 for i in range(8)], CLASS_NAMES))
+    store = _record(model, model.preprocess(pil), tmp_path / "acts")
+    with caplog.at_level("WARNING", logger="vision_sae_lens.train.downstream"):
+        for _ in range(2):
+            down = evaluate_sae(_identity_sae(store), store, model=model, images=source)["downstream"]
+            assert down["zero_shot_accuracy"] is None and down["cosine"] == pytest.approx(1.0, abs=1e-5)
+            assert down["zero_shot_reason"].startswith("text tower not available")
+    assert sum("zero-shot accuracy skipped" in r.getMessage() for r in caplog.records) == 1

@@ -14,12 +14,14 @@ __all__ = [
     "BackboneSpec",
     "BlockSites",
     "ModuleSite",
+    "class_text_embeddings",
 ]
 
 if TYPE_CHECKING:
     from vision_sae_lens.backbones.hooked import HookedSAEViT
     from vision_sae_lens.backbones.registry import list_backbones, load_backbone_spec
     from vision_sae_lens.backbones.spec import BackboneSpec, BlockSites, ModuleSite
+    from vision_sae_lens.backbones.text_tower import class_text_embeddings
     from vision_sae_lens.layout import TOKEN_SELECTIONS, TokenLayout, TokenSelection
 
 __getattr__, __dir__ = lazy_exports(
@@ -34,5 +36,6 @@ __getattr__, __dir__ = lazy_exports(
         "BackboneSpec": "vision_sae_lens.backbones.spec",
         "BlockSites": "vision_sae_lens.backbones.spec",
         "ModuleSite": "vision_sae_lens.backbones.spec",
+        "class_text_embeddings": "vision_sae_lens.backbones.text_tower",
     },
 )

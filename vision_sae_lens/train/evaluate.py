@@ -121,7 +121,14 @@ def evaluate_sae(
         from vision_sae_lens.train.downstream import measure_downstream
 
         report["downstream"] = measure_downstream(
-            model, sae, images, mean_d=mean_d, n_images=n_images, use_error_term=use_error_term, seed=seed
+            model,
+            sae,
+            images,
+            mean_d=mean_d,
+            n_images=n_images,
+            use_error_term=use_error_term,
+            seed=seed,
+            text_embeddings="auto",  # zero-shot through the text tower when there is one and class names
         )
     elif model is not None or images is not None:
         logger.warning("the downstream metric needs both a model and images; skipped")
@@ -186,7 +193,9 @@ def evaluate_run(
     if model is not None and images is not None:
         from vision_sae_lens.train.downstream import measure_downstream
 
-        report["downstream"] = measure_downstream(model, sae, images, n_images=cfg.downstream_images)
+        report["downstream"] = measure_downstream(
+            model, sae, images, n_images=cfg.downstream_images, text_embeddings="auto"
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "eval.json").write_text(json.dumps(report, indent=1))
     return report
