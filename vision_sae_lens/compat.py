@@ -164,16 +164,17 @@ def _probe_root_module() -> None:
     _require(hasattr(root, "mod_dict"), seam, "setup() no longer fills mod_dict")
 
 
-def build_open_clip_visual(arch: str) -> torch.nn.Module:
+def build_open_clip_visual(arch: str, pretrained_cfg: dict | None = None) -> torch.nn.Module:
     """open_clip's image tower of architecture ``arch`` alone, randomly initialised exactly as inside
     ``open_clip.create_model(arch)`` (the tower is built first, from the same RNG state), without the
-    text tower; ``preprocess_cfg`` is set as ``create_model`` sets it (private ``_build_vision_tower``)."""
+    text tower; ``preprocess_cfg`` is set as ``create_model`` sets it (private ``_build_vision_tower``),
+    merged with a pretrained tag's ``pretrained_cfg`` (its mean, std, ...) as ``create_model`` does."""
     import copy
     from dataclasses import asdict
 
     import open_clip
     from open_clip.model import _build_vision_tower, set_model_preprocess_cfg
-    from open_clip.transform import PreprocessCfg
+    from open_clip.transform import PreprocessCfg, merge_preprocess_dict
 
     cfg = copy.deepcopy(open_clip.get_model_config(arch))
     if cfg is None:
@@ -182,8 +183,10 @@ def build_open_clip_visual(arch: str) -> torch.nn.Module:
     if "timm_model_name" in vision_cfg:  # create_model without CLIP weights: no timm download either
         vision_cfg["timm_model_pretrained"] = False
     visual = _build_vision_tower(cfg["embed_dim"], vision_cfg, cfg.get("quick_gelu", False), None)
-    # create_model's preprocessing for a built-in name without a tag: the defaults, at the tower's size
-    set_model_preprocess_cfg(visual, {**asdict(PreprocessCfg()), "size": visual.image_size})
+    # create_model's preprocessing for a built-in name: the defaults, merged with the tag's, at the
+    # tower's size
+    preprocess = merge_preprocess_dict(asdict(PreprocessCfg()), pretrained_cfg or {})
+    set_model_preprocess_cfg(visual, {**preprocess, "size": visual.image_size})
     return visual
 
 

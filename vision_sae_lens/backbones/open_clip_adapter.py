@@ -1,12 +1,16 @@
 """open_clip image towers as a BackboneSpec: native ViTs and towers that wrap a timm trunk (SigLIP, EVA).
 
 Only the image tower is built or kept: random weights build it alone (the same weights as inside the
-full CLIP for the same seed), and a pretrained CLIP keeps its ``visual`` and drops the text tower, so
-neither recording nor the store fingerprint spends memory or time on weights that never touch an image.
+full CLIP for the same seed); a pretrained tag or weights file builds it alone and loads the
+checkpoint's ``visual.*`` entries (memory-mapped, so the text tower's are never read), and only a
+layout that needs open_clip's own converting loader builds the full CLIP, of which the ``visual`` is
+kept. Neither recording nor the store fingerprint spends memory or time on weights that never touch
+an image.
 """
 
 from __future__ import annotations
 
+import pickle
 from typing import Any
 
 from torch import nn
@@ -40,8 +44,11 @@ def load_open_clip(
         )
     backbone_id = f"open_clip:{arch_and_tag}"
     built_in = not kwargs and not arch.startswith(("hf-hub:", "local-dir:"))
-    if built_in and (not pretrained or weights is not None):
-        tower = _tower_alone(arch, weights if pretrained else None)
+    if built_in:
+        if not pretrained or weights is not None:
+            tower = _tower_alone(arch, weights if pretrained else None)
+        else:
+            tower = _tagged_tower_alone(arch, tag)
         if tower is not None:
             return open_clip_spec(tower, backbone_id=backbone_id)
     model, _, preprocess = open_clip.create_model_and_transforms(
@@ -50,12 +57,34 @@ def load_open_clip(
     return open_clip_spec(ImageTower(model.visual), preprocess=preprocess, backbone_id=backbone_id)
 
 
-def _tower_alone(arch: str, weights: str | None) -> ImageTower | None:
+def _tagged_tower_alone(arch: str, tag: str) -> ImageTower | None:
+    """The image tower of ``open_clip.create_model(arch, pretrained=tag)``, built and loaded alone from the
+    tag's checkpoint file (open_clip's own download / cache) with the tag's preprocessing. None when the
+    tag is unknown, its file cannot be fetched or is in a layout only open_clip's loader converts (an
+    old TorchScript archive, a resized position embedding): the full loader then runs, or says why not."""
+    import open_clip
+
+    pretrained_cfg = open_clip.get_pretrained_cfg(arch, tag)
+    if not pretrained_cfg:
+        return None
+    try:
+        path = open_clip.download_pretrained(pretrained_cfg)
+    except Exception:  # offline, missing: open_clip's create_model raises its own, clearer error
+        return None
+    if not path:
+        return None
+    try:
+        return _tower_alone(arch, path, pretrained_cfg)
+    except (RuntimeError, pickle.UnpicklingError):  # not a plain state dict (e.g. TorchScript)
+        return None
+
+
+def _tower_alone(arch: str, weights: str | None, pretrained_cfg: dict | None = None) -> ImageTower | None:
     """The image tower built alone (random, or loaded from the ``visual.*`` entries of a local open_clip
     state dict); None when the file is in another layout, which open_clip's full loader then converts."""
     from vision_sae_lens.compat import build_open_clip_visual
 
-    tower = ImageTower(build_open_clip_visual(arch))
+    tower = ImageTower(build_open_clip_visual(arch, pretrained_cfg))
     if weights is None:
         return tower
     state = _read_state_dict(weights)
@@ -71,14 +100,21 @@ def _tower_alone(arch: str, weights: str | None) -> ImageTower | None:
 
 
 def _read_state_dict(path: str) -> dict[str, Any]:
+    """The checkpoint's tensors, memory-mapped where the format allows: the text tower's entries are
+    then never read into memory, only the image tower's when they are copied into it."""
+    import zipfile
+
     import torch
 
     if str(path).endswith(".safetensors"):
-        from safetensors.torch import load_file
+        from safetensors import safe_open
 
-        state: Any = load_file(path, device="cpu")
+        with safe_open(path, framework="pt", device="cpu") as f:
+            names = [k for k in f.keys() if k.startswith(("visual.", "module.visual."))]  # noqa: SIM118 (no __iter__)
+            state: Any = {k: f.get_tensor(k) for k in names}
     else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        # torch.save's zip format can be memory-mapped; the legacy format cannot
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
