@@ -14,6 +14,7 @@ import functools
 import inspect
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from sae_lens import SAE
@@ -334,14 +335,17 @@ def _probe_trainer_step() -> None:
 @contextmanager
 def lean_aux_loss(sae) -> Iterator[None]:
     """Inside the block, ``sae`` computes its TopK / Matryoshka auxiliary loss with :func:`topk_aux_loss`
-    / :func:`matryoshka_aux_loss` (the instance's SAELens methods are shadowed, then restored). An SAE
-    of another kind, or a subclass that overrides those methods, is left as it is."""
+    / :func:`matryoshka_aux_loss`, and a standard SAE its L1 penalty with :func:`standard_l1_loss` (the
+    instance's SAELens methods are shadowed, then restored). An SAE of another kind, or a subclass that
+    overrides those methods, is left as it is."""
     from sae_lens.saes.matryoshka_batchtopk_sae import MatryoshkaBatchTopKTrainingSAE
+    from sae_lens.saes.standard_sae import StandardTrainingSAE
     from sae_lens.saes.topk_sae import TopKTrainingSAE
 
-    lean: dict[str, tuple[type, Callable[..., torch.Tensor]]] = {
+    lean: dict[str, tuple[type, Callable[..., Any]]] = {
         "calculate_topk_aux_loss": (TopKTrainingSAE, topk_aux_loss),
         "calculate_matryoshka_aux_loss": (MatryoshkaBatchTopKTrainingSAE, matryoshka_aux_loss),
+        "calculate_aux_loss": (StandardTrainingSAE, standard_l1_loss),
     }
     patched = [
         name
@@ -355,6 +359,19 @@ def lean_aux_loss(sae) -> Iterator[None]:
     finally:
         for name in patched:
             delattr(sae, name)
+
+
+def standard_l1_loss(sae, step_input, feature_acts, hidden_pre, sae_out) -> dict[str, torch.Tensor]:
+    """SAELens' ``StandardTrainingSAE.calculate_aux_loss``: ``l1 * ||feature_acts * ||W_dec rows|| ||_p``,
+    batch mean. For p = 1 on ReLU activations (never negative) the norm is the matrix-vector product
+    ``feature_acts @ ||W_dec rows||``, which keeps no (batch, d_sae) product for its backward; same
+    gradients (where an activation is 0 the ReLU passes none either way)."""
+    if sae.cfg.lp_norm != 1 or not isinstance(sae.activation_fn, torch.nn.ReLU):
+        from sae_lens.saes.standard_sae import StandardTrainingSAE
+
+        return StandardTrainingSAE.calculate_aux_loss(sae, step_input, feature_acts, hidden_pre, sae_out)
+    sparsity = feature_acts @ sae.W_dec.norm(dim=1)
+    return {"l1_loss": (step_input.coefficients["l1"] * sparsity).mean()}
 
 
 def topk_aux_loss(sae, sae_in, sae_out, hidden_pre, dead_neuron_mask) -> torch.Tensor:
@@ -417,8 +434,14 @@ def _decode_top_dead(hidden_pre, dead_s, k_aux: int, W_dec_sd, inv_norm_s, num_d
     return recons_bd.reshape(*lead, W_dec_sd.shape[-1])
 
 
+def _standard_cfg():
+    from sae_lens import StandardTrainingSAEConfig
+
+    return StandardTrainingSAEConfig(d_in=8, d_sae=32)
+
+
 def _probe_aux_loss() -> None:
-    seam = "sae_lens TopK aux loss"
+    seam = "sae_lens TopK aux loss and standard L1"
     from sae_lens.saes import topk_sae
     from sae_lens.saes.matryoshka_batchtopk_sae import MatryoshkaBatchTopKTrainingSAE
 
@@ -451,10 +474,23 @@ def _probe_aux_loss() -> None:
             "self.cfg.aux_loss_coefficient * stacked_losses.sum()",
         ),
     }
+    from sae_lens.saes.standard_sae import StandardTrainingSAE
+
+    needles[StandardTrainingSAE.calculate_aux_loss] = (
+        "weighted_feature_acts = feature_acts * self.W_dec.norm(dim=1)",
+        "weighted_feature_acts.norm(p=self.cfg.lp_norm, dim=-1)",
+        '(step_input.coefficients["l1"] * sparsity).mean()',
+        'return {"l1_loss": l1_loss}',
+    )
     for fn, parts in needles.items():
         src = inspect.getsource(fn)
         for needle in parts:
             _require(needle in src, seam, f"{fn.__qualname__} no longer does {needle!r} (update compat)")
+    _require(
+        isinstance(StandardTrainingSAE(_standard_cfg()).activation_fn, torch.nn.ReLU),
+        seam,
+        "StandardTrainingSAE's activation is no longer a ReLU",
+    )
     _require(
         "self.calculate_topk_aux_loss(" in inspect.getsource(topk_sae.TopKTrainingSAE.calculate_aux_loss)
         and "self.calculate_matryoshka_aux_loss("
@@ -482,6 +518,27 @@ def _probe_aux_loss() -> None:
         ),
         seam,
         "topk_aux_loss no longer equals calculate_topk_aux_loss",
+    )
+    from sae_lens.saes.sae import TrainStepInput
+
+    std = StandardTrainingSAE(_standard_cfg())
+    step_input = TrainStepInput(
+        sae_in=x, coefficients={"l1": 2.0}, dead_neuron_mask=None, n_training_steps=0, is_logging_step=False
+    )
+    feature_acts, hidden_pre = std.encode_with_hidden_pre(x)
+    results = []
+    for fn in (StandardTrainingSAE.calculate_aux_loss, standard_l1_loss):
+        loss = fn(std, step_input, feature_acts, hidden_pre, x)["l1_loss"]
+        results.append((loss, torch.autograd.grad(loss, [std.W_dec, std.W_enc], retain_graph=True)))
+    (ref, ref_grads), (ours, our_grads) = results
+    _require(
+        bool(ref > 0)
+        and torch.allclose(ref, ours, rtol=1e-5)
+        and all(
+            torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(ref_grads, our_grads, strict=True)
+        ),
+        seam,
+        "standard_l1_loss no longer equals StandardTrainingSAE.calculate_aux_loss",
     )
 
 
@@ -524,7 +581,7 @@ SEAMS: dict[str, Callable[[], None]] = {
     "open_clip _build_vision_tower": _probe_open_clip_visual,
     "sae_lens SAETrainer._train_step": _probe_trainer_step,
     "sae_lens activation_scaler.tqdm": _probe_norm_estimate_bar,
-    "sae_lens TopK aux loss": _probe_aux_loss,
+    "sae_lens TopK aux loss and standard L1": _probe_aux_loss,
 }
 """Seam name -> probe that raises :class:`CompatError` naming the seam when an upgrade changed it."""
 
@@ -563,6 +620,7 @@ __all__ = [
     "lean_aux_loss",
     "matryoshka_aux_loss",
     "set_deep_attr",
+    "standard_l1_loss",
     "topk_aux_loss",
     "trainer_step",
     "use_fused_adam",

@@ -187,3 +187,38 @@ def test_lean_aux_loss_leaves_overriding_subclasses_alone():
         assert "calculate_topk_aux_loss" not in vars(sae)
         assert "calculate_topk_aux_loss" in vars(plain)
     assert "calculate_topk_aux_loss" not in vars(plain)
+
+
+def test_lean_l1_keeps_no_dense_product_and_equals_saelens():
+    """SAELens' L1 keeps ``feature_acts * ||W_dec||`` (batch, d_sae) for its backward; ours is a matrix-vector
+    product of the activations the forward keeps anyway. Same loss and gradients."""
+    from sae_lens import StandardTrainingSAE
+    from sae_lens.saes.sae import TrainStepInput
+
+    torch.manual_seed(0)
+    batch, d_sae = 40, 256
+    sae = StandardTrainingSAE(StandardTrainingSAEConfig(d_in=D_IN, d_sae=d_sae))
+    x = torch.randn(batch, D_IN) * 3
+    step_input = TrainStepInput(
+        sae_in=x, coefficients={"l1": 2.0}, dead_neuron_mask=None, n_training_steps=0, is_logging_step=False
+    )
+
+    def run(fn):
+        shapes = []
+
+        def pack(t):
+            shapes.append(tuple(t.shape))
+            return t
+
+        feature_acts, hidden_pre = sae.encode_with_hidden_pre(x)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            loss = fn(sae, step_input, feature_acts, hidden_pre, x)["l1_loss"]
+        grads = torch.autograd.grad(loss, [sae.W_dec, sae.W_enc, sae.b_enc])
+        return sum(s == (batch, d_sae) for s in shapes), loss, grads
+
+    n_ref, ref, ref_grads = run(StandardTrainingSAE.calculate_aux_loss)
+    n_ours, ours, our_grads = run(compat.standard_l1_loss)
+    assert n_ref >= 2 and n_ours == 1  # ours: the activations themselves (the forward keeps them anyway)
+    assert ref > 0 and torch.allclose(ours, ref, rtol=1e-5)
+    for a, b in zip(ref_grads, our_grads, strict=True):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)

@@ -125,6 +125,9 @@ def _train(args: argparse.Namespace) -> int:
         d = _coerce_sae_fields(args.architecture, d)
         configs, out_dir, store_path = [config_from_dict(d)], args.out_dir or "saes", args.store
     model, images = _downstream(args, store_path)
+    from vision_sae_lens.cpu_memory import return_freed_memory
+
+    return_freed_memory()  # this process is the command's own: lower peak RSS (see cpu_memory)
     runs = train_sae(
         configs,
         out_dir=out_dir,
