@@ -251,8 +251,9 @@ def use_fused_adam(trainer) -> bool:
 def trainer_step(trainer, batch: torch.Tensor, *, max_grad_norm: float | None = 1.0):
     """``trainer.step(batch)`` (SAELens' ``SAETrainer.step``) without its avoidable cost: the firing
     statistics are counted on a boolean mask (no float copy of the activations), the TopK auxiliary
-    loss is computed without dense (batch, d_sae) temporaries (:func:`lean_aux_loss`), and the gradient
-    is clipped to ``max_grad_norm`` only when one is given (SAELens always clips at 1.0, the default)."""
+    loss is computed without dense (batch, d_sae) temporaries (:func:`lean_aux_loss`), the gradient
+    is clipped to ``max_grad_norm`` only when one is given (SAELens always clips at 1.0, the default),
+    and the returned output's ``hidden_pre`` is an empty tensor (freed before the backward pass)."""
     from sae_lens.saes.sae import TrainStepInput
 
     sae = trainer.sae
@@ -279,6 +280,10 @@ def trainer_step(trainer, batch: torch.Tensor, *, max_grad_norm: float | None = 
             trainer.act_freq_scores += fired_bd.sum(0)
             trainer.n_frac_active_samples += trainer.cfg.train_batch_size_samples
             del fired_bd
+    # Nothing reads the pre-activations after the forward (SAELens' trainer, our logging). Where autograd
+    # does not keep them (ReLU, TopK, BatchTopK), dropping the output's reference frees a (batch, d_sae)
+    # tensor before the backward pass, whose peak is the run's peak memory.
+    out.hidden_pre = out.hidden_pre.new_empty(0)
     out.loss.backward()
     if max_grad_norm is not None:
         torch.nn.utils.clip_grad_norm_(sae.parameters(), max_grad_norm)

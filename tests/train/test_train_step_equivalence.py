@@ -222,3 +222,30 @@ def test_lean_l1_keeps_no_dense_product_and_equals_saelens():
     assert ref > 0 and torch.allclose(ours, ref, rtol=1e-5)
     for a, b in zip(ref_grads, our_grads, strict=True):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("arch", ["standard", "topk", "batchtopk"])
+def test_pre_activations_are_freed_before_the_backward_pass(arch):
+    """The (batch, d_sae) pre-activations the forward returns are dead by the time gradients flow (autograd
+    does not keep them for these activations, and our step drops the output's reference); SAELens' own step
+    keeps them alive through its output."""
+    import weakref
+
+    alive_in_backward = {}
+    for name, step in (("saelens", SAETrainer.step), ("ours", compat.trainer_step)):
+        trainer = _trainer(CONFIGS[arch], lr=1e-3)
+        sae, seen = trainer.sae, {}
+        encode = sae.encode_with_hidden_pre
+
+        def encode_and_watch(x, _encode=encode, _seen=seen):
+            feature_acts, hidden_pre = _encode(x)
+            _seen["ref"] = weakref.ref(hidden_pre)
+            return feature_acts, hidden_pre
+
+        sae.encode_with_hidden_pre = encode_and_watch
+        flags = alive_in_backward.setdefault(name, [])
+        sae.W_enc.register_hook(
+            lambda grad, _seen=seen, _flags=flags: _flags.append(_seen["ref"]() is not None)
+        )
+        assert step(trainer, _batches()[0]).loss > 0
+    assert alive_in_backward == {"saelens": [True], "ours": [False]}

@@ -581,7 +581,8 @@ def _step_metrics(out: TrainStepOutput) -> dict[str, float]:
     sae_in = out.sae_in.float()
     err = (out.sae_out.float() - sae_in).pow(2).sum()
     var = (sae_in - sae_in.mean(0)).pow(2).sum().clamp_min(1e-12)
-    l0 = out.feature_acts.bool().float().sum(-1).to_dense().mean()
+    acts = out.feature_acts.to_dense() if out.feature_acts.is_sparse else out.feature_acts
+    l0 = (acts != 0).sum(-1).float().mean()  # counted on a boolean mask: no float copy of the activations
     return {"loss": float(out.loss), "l0": float(l0), "nmse": float(err / var)}
 
 
