@@ -236,7 +236,14 @@ def _score(sae, store, model, test_digits, template):
     cfg = _package_config(store, "topk", 4096)
     split = split_store(store, eval_fraction=cfg.eval_fraction, max_eval_rows=cfg.max_eval_rows, batch_size=1)
     return evaluate_sae(
-        sae, store, split=split, model=model, images=test_digits, n_images=len(test_digits), batch_size=4096
+        sae,
+        store,
+        split=split,
+        model=model,
+        images=test_digits,
+        n_images=len(test_digits),
+        batch_size=4096,
+        progress=False,
     )
 
 

@@ -72,6 +72,9 @@ class InMemoryStore:
         self.n_rows = rows_nd.shape[0]
         self.path = None
 
+    def __getattr__(self, name):  # everything but the training batches (provenance, evaluation reads)
+        return getattr(self._store, name)
+
     def site_dim(self, site):
         return self.rows_nd.shape[1]
 
@@ -86,12 +89,18 @@ class InMemoryStore:
         epochs=1,
         drop_last=True,
         skip_batches=0,
+        exclude_images=None,
+        prefetch=None,
     ):
         stop = self.n_rows if stop_row is None else stop_row
+        rows = torch.arange(start_row, stop)
+        if exclude_images is not None:  # the held-out images' rows, as the store's own shuffle drops them
+            image_n = torch.from_numpy(self.provenance(start_row, stop)[0])
+            rows = rows[~torch.isin(image_n, torch.as_tensor(list(exclude_images), dtype=image_n.dtype))]
         g = torch.Generator().manual_seed(seed)
         n = 0
         for _ in range(epochs):
-            perm = torch.randperm(stop - start_row, generator=g) + start_row
+            perm = rows[torch.randperm(len(rows), generator=g)]
             for i in range(0, len(perm) - batch_size + 1, batch_size):
                 if n >= skip_batches:
                     yield self.rows_nd[perm[i : i + batch_size]]
@@ -153,7 +162,7 @@ def bench_step(args, tmp: Path) -> None:
     store = build_store(tmp / "step_acts", rows, d)
     batches = [store.read_rows(SITE, i * bs, (i + 1) * bs) for i in range(steps)]
     results = {}
-    for expansion in (8, 32):
+    for expansion in args.expansions:
         for arch, make in STEP_SAES.items():
             make_cfg = lambda make=make, n=d * expansion: make(d, n)  # noqa: E731
             bare, loop = [], []
@@ -307,6 +316,12 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--only", choices=["step", "feed-and-sweep", "aux"], help="run one part")
     ap.add_argument("--repeats", type=int, default=2, help="interleaved repeats (step and aux parts)")
+    ap.add_argument(
+        "--expansions",
+        type=lambda s: [int(v) for v in s.split(",")],
+        default=[8, 32],
+        help="latents per input dimension for the step part (comma-separated)",
+    )
     ap.add_argument("--aux-child", nargs=5, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.aux_child:
