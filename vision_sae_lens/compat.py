@@ -510,16 +510,11 @@ def _probe_aux_loss() -> None:
     _, hidden_pre = sae.encode_with_hidden_pre(x)
     sae_out = sae.decode(sae.encode(x))
     dead = torch.arange(32) % 3 != 0
-    results = []
-    for fn in (type(sae).calculate_topk_aux_loss, topk_aux_loss):
-        loss = fn(sae, x, sae_out, hidden_pre, dead)
-        results.append((loss, torch.autograd.grad(loss, [sae.W_dec, sae.W_enc], retain_graph=True)))
-    (ref, ref_grads), (ours, our_grads) = results
     _require(
-        bool(ref > 0)
-        and torch.allclose(ref, ours, rtol=1e-5)
-        and all(
-            torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(ref_grads, our_grads, strict=True)
+        _same_loss_and_grads(
+            lambda fn: fn(sae, x, sae_out, hidden_pre, dead),
+            (type(sae).calculate_topk_aux_loss, topk_aux_loss),
+            [sae.W_dec, sae.W_enc],
         ),
         seam,
         "topk_aux_loss no longer equals calculate_topk_aux_loss",
@@ -531,19 +526,26 @@ def _probe_aux_loss() -> None:
         sae_in=x, coefficients={"l1": 2.0}, dead_neuron_mask=None, n_training_steps=0, is_logging_step=False
     )
     feature_acts, hidden_pre = std.encode_with_hidden_pre(x)
-    results = []
-    for fn in (StandardTrainingSAE.calculate_aux_loss, standard_l1_loss):
-        loss = fn(std, step_input, feature_acts, hidden_pre, x)["l1_loss"]
-        results.append((loss, torch.autograd.grad(loss, [std.W_dec, std.W_enc], retain_graph=True)))
-    (ref, ref_grads), (ours, our_grads) = results
     _require(
-        bool(ref > 0)
-        and torch.allclose(ref, ours, rtol=1e-5)
-        and all(
-            torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(ref_grads, our_grads, strict=True)
+        _same_loss_and_grads(
+            lambda fn: fn(std, step_input, feature_acts, hidden_pre, x)["l1_loss"],
+            (StandardTrainingSAE.calculate_aux_loss, standard_l1_loss),
+            [std.W_dec, std.W_enc],
         ),
         seam,
         "standard_l1_loss no longer equals StandardTrainingSAE.calculate_aux_loss",
+    )
+
+
+def _same_loss_and_grads(loss_of: Callable, fns: tuple[Callable, Callable], params: list) -> bool:
+    """``loss_of(fn)`` for SAELens' ``fns[0]`` and ours ``fns[1]``: positive, equal, with equal gradients."""
+    (ref, ref_grads), (ours, our_grads) = (
+        (loss, torch.autograd.grad(loss, params, retain_graph=True)) for loss in map(loss_of, fns)
+    )
+    return (
+        bool(ref > 0)
+        and torch.allclose(ref, ours, rtol=1e-5)
+        and all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(ref_grads, our_grads, strict=True))
     )
 
 

@@ -146,7 +146,7 @@ def _side_by_side(args: argparse.Namespace, tmp: Path, refpkgs: Path | None) -> 
             "ours-record",
             {**common, "image_root": str(train_dir / "all"), "out": str(tmp / "ours_acts"), "batch": args.record_batch},
         )  # fmt: skip
-        _print_sides(rec, "images/s", "img/s", "images/s")
+        _print_sides(rec, "img/s", "images/s")
         if "saev" in rec:
             same = _child(
                 "compare", {"threads": args.threads, "saev": rec["saev"]["shard_dir"], "ours": str(tmp / "ours_acts")}
@@ -180,7 +180,7 @@ def _side_by_side(args: argparse.Namespace, tmp: Path, refpkgs: Path | None) -> 
     trn["ours"] = _child(
         "ours-train", {**hyper, "store": str(tmp / "ours_acts"), "eval_store": str(tmp / "eval_acts"), "out": str(tmp / "ours_sae")}
     )  # fmt: skip
-    _print_sides(trn, "patches/s", "patches/s", "patches/s")
+    _print_sides(trn, "patches/s", "patches/s")
     for side, r in trn.items():
         print(
             f"    {side}: FVU {r['fvu']:.4f}, L0 {r['l0']:.1f} on {r['eval_rows']:,} held-out patches; "
@@ -195,7 +195,7 @@ def _side_by_side(args: argparse.Namespace, tmp: Path, refpkgs: Path | None) -> 
         )
 
 
-def _print_sides(res: dict[str, dict], rate_key: str, unit: str, label: str) -> None:
+def _print_sides(res: dict[str, dict], unit: str, label: str) -> None:
     for side, r in res.items():
         tree = f", process tree (sampled) {r['tree_rss_mib']:.0f} MiB" if r.get("tree_rss_mib") else ""
         print(
