@@ -47,17 +47,17 @@ def test_topk_family_starts_from_a_unit_norm_decoder():
     assert build_sae_config("topk", d_in=8, d_sae=16, k=2, decoder_init_norm=0.1).decoder_init_norm == 0.1
 
 
-def test_b_dec_starts_at_the_data_mean(store, tmp_path):
+def test_b_dec_starts_at_zeros_or_on_request_at_the_data_mean(store, tmp_path):
     cfg = TrainConfig(
         store=store.path, site=SITE, sae=TopKTrainingSAEConfig(d_in=D_IN, d_sae=64, k=4), training_tokens=64,
         batch_size=64, lr=1e-12, lr_warm_up_steps=0,
     )  # fmt: skip
-    run = train_sae(cfg, out_dir=tmp_path, progress=False)
+    zeros = train_sae(cfg, out_dir=tmp_path / "z", progress=False)
+    assert zeros.sae.b_dec.abs().max() < 1e-6
+    run = train_sae(dataclasses.replace(cfg, b_dec_init="mean"), out_dir=tmp_path / "m", progress=False)
     mean = torch.as_tensor(store.read_rows(SITE, 0, store.n_rows)).mean(0)
     # One 64-row batch: its mean is close to, but not exactly, the store mean; zeros are far.
     assert (run.sae.b_dec - mean).norm() < 0.5 * mean.norm()
-    zeros = train_sae(dataclasses.replace(cfg, b_dec_init="zeros"), out_dir=tmp_path / "z", progress=False)
-    assert zeros.sae.b_dec.abs().max() < 1e-6
 
 
 def test_warnings_for_a_short_window_and_a_poor_result(store, tmp_path, caplog):

@@ -64,9 +64,9 @@ class TrainConfig:
     revives those); None: a tenth of the steps, at most 1000, so AuxK switches on in short runs too."""
     feature_sampling_window: int = 2000
     """Steps per window of SAELens' training-time feature-density log."""
-    b_dec_init: str = "mean"
-    """Decoder bias at the start: ``mean`` (the mean of the first training batch, as sparsify does) or
-    ``zeros`` (SAELens' default)."""
+    b_dec_init: str = "zeros"
+    """Decoder bias at the start: ``zeros`` (SAELens' default; measured better for TopK and BatchTopK SAEs,
+    see docs/training.md) or ``mean`` (the mean of the first training batch, as sparsify does)."""
     n_batches_for_norm_estimate: int = 100
     """Batches read to estimate the activation normalisation (``normalize_activations`` =
     ``expected_average_only_in`` or ``covariance_whitening``); folded into the saved weights."""
