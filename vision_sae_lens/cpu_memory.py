@@ -9,11 +9,11 @@ page-faults on hundreds of MB of fresh memory each batch. Keeping freed memory i
 cost: on a 2-core machine ``run_with_cache`` over all sites of ViT-S/16 (batch 32) went from 1.3-1.8x
 to 1.06x the plain forward (:func:`keep_freed_memory`).
 
-SAE training is the other case: its big (batch, d_sae) tensors are mmapped either way, but once one of
-them is freed glibc raises its mmap threshold to 32 MiB, so every (batch, d_in) tensor after that comes
-from the heap, which fragments and is never given back: measured on ViT-B activations (batch 4096,
-d_sae 6144) that held 260-340 MiB of freed memory and set the peak RSS. :func:`return_freed_memory`
-pins the threshold low, at no measurable cost in step time.
+SAE training is the other case: its big (batch, d_sae) tensors are mmapped either way, but when a
+mmapped block of up to 32 MiB is freed (a (batch, d_in) tensor) glibc raises its mmap threshold to that
+size, so the (batch, d_in) tensors after it come from the heap, which fragments and is not given back:
+measured on ViT-B activations (batch 4096, d_sae 6144) that held 260-340 MiB of freed memory and set the
+peak RSS. :func:`return_freed_memory` pins the threshold low, at no measurable cost in step time.
 """
 
 from __future__ import annotations
