@@ -26,7 +26,7 @@ Without them the table lists only the package rows and says which references are
 ``--tokens`` sets the budget (default 1,000,000 rows, about 5 epochs of the 196,000-row store).
 ``--seeds`` (default 3) trains every implementation from that many initialisation seeds on the same
 batches and prints mean ± standard deviation: one seed is not enough to rank them (on this store the
-NMSE of one trainer moves by about 20% from seed to seed).
+NMSE of one trainer can move by 10-20% from seed to seed).
 """
 
 from __future__ import annotations
