@@ -159,18 +159,28 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def _load_local_dir(path: Path, *, pretrained: bool, **kwargs: Any) -> BackboneSpec:
-    config_file = path / "config.json"
+def local_dir_family(path: Path) -> str | None:
+    """Which library saved the model folder ``path``: ``open_clip``, ``timm``, ``hf`` (transformers), or None."""
     if (path / "open_clip_config.json").is_file():
+        return "open_clip"
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        return None
+    config = json.loads(config_file.read_text())
+    return "timm" if "architecture" in config and "model_type" not in config else "hf"
+
+
+def _load_local_dir(path: Path, *, pretrained: bool, **kwargs: Any) -> BackboneSpec:
+    family = local_dir_family(path)
+    if family == "open_clip":
         from vision_sae_lens.backbones.open_clip_adapter import load_open_clip
 
         return load_open_clip(f"local-dir:{path}", pretrained=pretrained, **kwargs)
-    if config_file.is_file():
-        config = json.loads(config_file.read_text())
-        if "architecture" in config and "model_type" not in config:
-            from vision_sae_lens.backbones.timm_adapter import load_timm
+    if family == "timm":
+        from vision_sae_lens.backbones.timm_adapter import load_timm
 
-            return load_timm(f"local-dir:{path}", pretrained=pretrained, **kwargs)
+        return load_timm(f"local-dir:{path}", pretrained=pretrained, **kwargs)
+    if family == "hf":
         from vision_sae_lens.backbones.hf_adapter import load_hf
 
         return load_hf(str(path), pretrained=pretrained, **kwargs)

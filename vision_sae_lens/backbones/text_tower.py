@@ -153,9 +153,12 @@ def _from_id(
 ) -> _TextSide | None:
     local = Path(backbone_id)
     if local.is_dir():  # the folders the registry loads: open_clip's, transformers' (timm's have no text)
-        if (local / "open_clip_config.json").is_file():
+        from vision_sae_lens.backbones.registry import local_dir_family
+
+        family = local_dir_family(local)
+        if family == "open_clip":
             backbone_id = f"open_clip:local-dir:{local}"
-        elif "model_type" in _json(local / "config.json"):
+        elif family == "hf":
             backbone_id = f"hf:{local}"
     prefix, _, rest = backbone_id.partition(":")
     if prefix not in ("open_clip", "hf"):
@@ -298,12 +301,6 @@ def _same_weights(a: Any, b: Any) -> bool:
     return all(
         sa[k].shape == sb[k].shape and torch.equal(sa[k].to(sb[k].dtype), sb[k].detach().cpu()) for k in sa
     )
-
-
-def _json(path: Path) -> dict[str, Any]:
-    import json
-
-    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def _device_of(module: nn.Module) -> torch.device:
