@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -339,9 +340,9 @@ def _probe_trainer_step() -> None:
 @contextmanager
 def lean_aux_loss(sae) -> Iterator[None]:
     """Inside the block, ``sae`` computes its TopK / Matryoshka auxiliary loss with :func:`topk_aux_loss`
-    / :func:`matryoshka_aux_loss`, and a standard SAE its L1 penalty with :func:`standard_l1_loss` (the
-    instance's SAELens methods are shadowed, then restored). An SAE of another kind, or a subclass that
-    overrides those methods, is left as it is."""
+    / :func:`matryoshka_aux_loss`, and a standard SAE its L1 penalty with :func:`standard_l1_loss` through a
+    ReLU whose backward works in place (the instance's SAELens methods and ReLU are shadowed, then
+    restored). An SAE of another kind, or a subclass that overrides those methods, is left as it is."""
     from sae_lens.saes.matryoshka_batchtopk_sae import MatryoshkaBatchTopKTrainingSAE
     from sae_lens.saes.standard_sae import StandardTrainingSAE
     from sae_lens.saes.topk_sae import TopKTrainingSAE
@@ -358,24 +359,101 @@ def lean_aux_loss(sae) -> Iterator[None]:
     ]
     for name in patched:
         setattr(sae, name, functools.partial(lean[name][1], sae))
+    # The standard SAE's ReLU: same values and gradients, its backward masks the incoming gradient in place
+    relu = sae.activation_fn if "calculate_aux_loss" in patched else None
+    if type(relu) is torch.nn.ReLU and not relu.inplace:
+        sae.activation_fn = _InPlaceBackwardReLU()
     try:
         yield
     finally:
         for name in patched:
             delattr(sae, name)
+        if relu is not None:
+            sae.activation_fn = relu
 
 
 def standard_l1_loss(sae, step_input, feature_acts, hidden_pre, sae_out) -> dict[str, torch.Tensor]:
     """SAELens' ``StandardTrainingSAE.calculate_aux_loss``: ``l1 * ||feature_acts * ||W_dec rows|| ||_p``,
     batch mean. For p = 1 on ReLU activations (never negative) the norm is the matrix-vector product
-    ``feature_acts @ ||W_dec rows||``, which keeps no (batch, d_sae) product for its backward; same
-    gradients (where an activation is 0 the ReLU passes none either way)."""
-    if sae.cfg.lp_norm != 1 or not isinstance(sae.activation_fn, torch.nn.ReLU):
+    ``feature_acts @ ||W_dec rows||``, whose backward needs no (batch, d_sae) matrix (the activations'
+    gradient is one row for every sample); same gradients (where an activation is 0 the ReLU passes none
+    either way)."""
+    if sae.cfg.lp_norm != 1 or not isinstance(sae.activation_fn, torch.nn.ReLU | _InPlaceBackwardReLU):
         from sae_lens.saes.standard_sae import StandardTrainingSAE
 
         return StandardTrainingSAE.calculate_aux_loss(sae, step_input, feature_acts, hidden_pre, sae_out)
-    sparsity = feature_acts @ sae.W_dec.norm(dim=1)
-    return {"l1_loss": (step_input.coefficients["l1"] * sparsity).mean()}
+    relu = sae.activation_fn
+    # Where the activations are exactly this ReLU's output, their L1 gradient (one row, the same for every
+    # sample) is handed to the ReLU's backward, which adds it into the decoder's gradient in place; otherwise
+    # it is returned as a broadcast view.
+    sink = relu.gradient_rows_for(feature_acts) if isinstance(relu, _InPlaceBackwardReLU) else None
+    sparsity = _RowMeanOfProduct.apply(feature_acts, sae.W_dec.norm(dim=1), sink)
+    return {"l1_loss": step_input.coefficients["l1"] * sparsity}
+
+
+class _RowMeanOfProduct(torch.autograd.Function):
+    """``(acts @ weights).mean()`` for a (batch, d) ``acts``, keeping only the column sums of ``acts`` for the
+    backward. The gradient for ``acts`` is one row repeated for every sample: it goes to ``sink`` (a list the
+    producing :class:`_InPlaceBackwardReLU` adds from) when one is given, else out as a broadcast view of the
+    row; neither materialises a (batch, d) matrix."""
+
+    @staticmethod
+    def forward(ctx, acts: torch.Tensor, weights: torch.Tensor, sink: list | None) -> torch.Tensor:
+        acts_sum = acts.sum(dim=0)
+        ctx.save_for_backward(acts_sum, weights)
+        ctx.acts_shape, ctx.sink = acts.shape, sink
+        return acts_sum @ weights / acts.shape[0]
+
+    @staticmethod
+    def backward(ctx, grad):
+        acts_sum, weights = ctx.saved_tensors
+        scale = grad / ctx.acts_shape[0]
+        grad_acts = None
+        if ctx.needs_input_grad[0]:
+            row = weights * scale
+            if ctx.sink is None:
+                grad_acts = row.expand(ctx.acts_shape)
+            else:  # autograd runs this before the ReLU's backward, which depends on it
+                ctx.sink.append(row)
+        grad_weights = acts_sum * scale if ctx.needs_input_grad[1] else None
+        return grad_acts, grad_weights, None
+
+
+class _ReLUFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, rows: list) -> torch.Tensor:
+        out = x.relu()
+        ctx.save_for_backward(out)
+        ctx.rows = rows
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        (out,) = ctx.saved_tensors
+        # The gradient reaching a training SAE's activations is the fresh matrix the decoder's backward made;
+        # adding the L1 rows and zeroing it in place saves the two (batch, d_sae) matrices that autograd's
+        # sum and ReLU's own backward would allocate. A view (a broadcast) is copied first.
+        if not grad.is_contiguous() or grad._base is not None:
+            grad = grad.clone()
+        for row in ctx.rows:
+            grad.add_(row)
+        ctx.rows.clear()
+        return grad.masked_fill_(out <= 0, 0), None
+
+
+class _InPlaceBackwardReLU(torch.nn.Module):
+    """``torch.nn.ReLU`` whose backward works in the incoming gradient's memory (see ``_ReLUFunction``) and
+    adds there the L1 gradient rows :func:`standard_l1_loss` hands it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._rows: list = []
+        out = _ReLUFunction.apply(x, self._rows)
+        self._out = weakref.ref(out)
+        return out
+
+    def gradient_rows_for(self, acts: torch.Tensor) -> list | None:
+        """The list whose rows this ReLU's backward adds to its gradient, if ``acts`` is its last output."""
+        return self._rows if getattr(self, "_out", lambda: None)() is acts else None
 
 
 def topk_aux_loss(sae, sae_in, sae_out, hidden_pre, dead_neuron_mask) -> torch.Tensor:

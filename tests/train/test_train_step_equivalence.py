@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 from sae_lens import (
@@ -190,8 +192,8 @@ def test_lean_aux_loss_leaves_overriding_subclasses_alone():
 
 
 def test_lean_l1_keeps_no_dense_product_and_equals_saelens():
-    """SAELens' L1 keeps ``feature_acts * ||W_dec||`` (batch, d_sae) for its backward; ours is a matrix-vector
-    product of the activations the forward keeps anyway. Same loss and gradients."""
+    """SAELens' L1 keeps ``feature_acts * ||W_dec||`` (batch, d_sae) for its backward; ours keeps the
+    activations' column sums. Same loss and gradients."""
     from sae_lens import StandardTrainingSAE
     from sae_lens.saes.sae import TrainStepInput
 
@@ -218,7 +220,7 @@ def test_lean_l1_keeps_no_dense_product_and_equals_saelens():
 
     n_ref, ref, ref_grads = run(StandardTrainingSAE.calculate_aux_loss)
     n_ours, ours, our_grads = run(compat.standard_l1_loss)
-    assert n_ref >= 2 and n_ours == 1  # ours: the activations themselves (the forward keeps them anyway)
+    assert n_ref >= 2 and n_ours == 0  # ours: the activations' column sums
     assert ref > 0 and torch.allclose(ours, ref, rtol=1e-5)
     for a, b in zip(ref_grads, our_grads, strict=True):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
@@ -249,3 +251,57 @@ def test_pre_activations_are_freed_before_the_backward_pass(arch):
         )
         assert step(trainer, _batches()[0]).loss > 0
     assert alive_in_backward == {"saelens": [True], "ours": [False]}
+
+
+def test_standard_backward_allocates_one_dense_gradient():
+    """SAELens' standard step allocates three (batch, d_sae) float matrices in its backward (the decoder's
+    gradient for the activations, the L1's, ReLU's masked copy); ours allocates the decoder's alone (plus a
+    boolean mask) and gets the same gradients."""
+    from sae_lens.saes.sae import TrainStepInput
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    batch, d_sae = 40, 256
+
+    class DenseAllocations(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.bytes = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            inputs = [
+                a for a in torch.utils._pytree.tree_leaves((args, kwargs)) if isinstance(a, torch.Tensor)
+            ]
+            seen = {a.untyped_storage().data_ptr() for a in inputs}
+            for t in out if isinstance(out, tuple | list) else [out]:
+                # a new buffer: not an input written in place, a view, a detached alias or a broadcast
+                dense = isinstance(t, torch.Tensor) and t.shape == (batch, d_sae) and t.is_contiguous()
+                if dense and t.untyped_storage().data_ptr() not in seen:
+                    self.bytes += t.element_size() * t.numel()
+            return out
+
+    def run(lean: bool):
+        torch.manual_seed(0)
+        sae = get_sae_training_class("standard")[0](StandardTrainingSAEConfig(d_in=D_IN, d_sae=d_sae))
+        x = torch.randn(batch, D_IN) * 3
+        step_input = TrainStepInput(
+            sae_in=x,
+            coefficients={"l1": 2.0},
+            dead_neuron_mask=None,
+            n_training_steps=0,
+            is_logging_step=False,
+        )
+        with compat.lean_aux_loss(sae) if lean else contextlib.nullcontext():
+            out = sae.training_forward_pass(step_input)
+        out.hidden_pre = None
+        with DenseAllocations() as allocations:
+            out.loss.backward()
+        assert type(sae.activation_fn) is torch.nn.ReLU  # restored after the block
+        return allocations.bytes, [p.grad for p in sae.parameters()]
+
+    (ref_bytes, ref_grads), (our_bytes, our_grads) = run(lean=False), run(lean=True)
+    matrix = batch * d_sae * 4
+    assert ref_bytes >= 3 * matrix
+    assert our_bytes <= matrix + batch * d_sae  # the decoder's gradient and a boolean mask
+    for a, b in zip(ref_grads, our_grads, strict=True):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
