@@ -17,6 +17,7 @@ from sae_lens import (
 from sae_lens.config import LoggingConfig
 from sae_lens.registry import get_sae_training_class
 from sae_lens.training.sae_trainer import SAETrainer, SAETrainerConfig
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from vision_sae_lens import compat
 
@@ -258,7 +259,6 @@ def test_standard_backward_allocates_one_dense_gradient():
     gradient for the activations, the L1's, ReLU's masked copy); ours allocates the decoder's alone (plus a
     boolean mask) and gets the same gradients."""
     from sae_lens.saes.sae import TrainStepInput
-    from torch.utils._python_dispatch import TorchDispatchMode
 
     batch, d_sae = 40, 256
 
@@ -305,3 +305,68 @@ def test_standard_backward_allocates_one_dense_gradient():
     assert our_bytes <= matrix + batch * d_sae  # the decoder's gradient and a boolean mask
     for a, b in zip(ref_grads, our_grads, strict=True):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+# ------------------------------------------------------------------ the sparse TopK step (CPU)
+class _LatentMatrixProducts(TorchDispatchMode):
+    """Counts matrix products with a (batch, d_sae) operand or result."""
+
+    def __init__(self, shape):
+        super().__init__()
+        self.shape, self.count = shape, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func._schema.name in ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul"):
+            tensors = [a for a in (*args, out) if isinstance(a, torch.Tensor)]
+            self.count += any(tuple(t.shape) in (self.shape, self.shape[::-1]) for t in tensors)
+        return out
+
+
+@pytest.mark.parametrize("arch", ["topk", "topk-unscaled", "batchtopk"])
+def test_sparse_topk_step_equals_saelens_and_multiplies_no_latent_matrix(arch):
+    """On a CPU our TopK-family step multiplies the dense (batch, d_sae) pre-activations once (the encoder's
+    forward, which chooses the top k); SAELens' multiplies such matrices in the decoder's forward and in
+    every backward product. Same losses and weights after every step, AuxK loss on (some latents dead)."""
+    products = {}
+    trainers = {
+        name: _trainer(AUX_CONFIGS[arch], lr=3e-2, dead_feature_window=0) for name in ("saelens", "ours")
+    }
+    steps = {"saelens": SAETrainer.step, "ours": compat.trainer_step}
+    for i, batch in enumerate(_batches()):
+        losses = {}
+        for name, trainer in trainers.items():
+            trainer.maybe_reset_sparsity()
+            with _LatentMatrixProducts((BATCH, D_SAE)) as counter:
+                out = steps[name](trainer, batch)
+            products.setdefault(name, []).append(counter.count)
+            losses[name] = (
+                float(out.loss.detach()),
+                float(out.losses["auxiliary_reconstruction_loss"].detach()),
+            )
+            trainer.n_training_steps += 1
+        assert losses["ours"] == pytest.approx(losses["saelens"], rel=1e-4, abs=1e-5), i
+        for (p, a), (_, b) in zip(
+            trainers["saelens"].sae.named_parameters(), trainers["ours"].sae.named_parameters(), strict=True
+        ):
+            assert torch.allclose(a, b, rtol=1e-4, atol=1e-5), (p, i)
+    assert all(n == 1 for n in products["ours"])
+    assert all(n >= 5 for n in products["saelens"])
+    assert "encode_with_hidden_pre" not in vars(trainers["ours"].sae)  # SAELens' methods are back
+
+
+def test_sparse_topk_step_is_kept_off_where_it_does_not_apply():
+    """Hooks on the SAE, a caller's own method on the instance, another dtype: SAELens' dense step."""
+    from sae_lens import TopKTrainingSAE
+
+    def sae():
+        return TopKTrainingSAE(TopKTrainingSAEConfig(d_in=D_IN, d_sae=D_SAE, k=4))
+
+    assert compat._sparse_topk_applies(sae())
+    hooked = sae()
+    hooked.hook_sae_acts_post.add_hook(lambda t, hook: t)
+    overridden = sae()
+    overridden.decode = lambda acts: acts
+    assert not compat._sparse_topk_applies(hooked)
+    assert not compat._sparse_topk_applies(overridden)
+    assert not compat._sparse_topk_applies(sae().to(torch.float64))
