@@ -387,6 +387,8 @@ def main() -> None:
     seq_wall = time.perf_counter() - t
     results["sweep_train_s"] = max(r.train_seconds for r in sweep)
     results["sequential_train_s"] = sum(r.train_seconds for r in seq)
+    results["sweep_wall_s"], results["sequential_wall_s"] = sweep_wall, seq_wall
+    results["train_s_per_sae"] = {r.name: round(r.train_seconds, 2) for r in seq}
     results["sweep_over_sequential_train"] = results["sweep_train_s"] / results["sequential_train_s"]
     results["sweep_over_sequential_wall"] = sweep_wall / seq_wall
     results.update(

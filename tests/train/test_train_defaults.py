@@ -71,6 +71,11 @@ def test_warnings_for_a_short_window_and_a_poor_result(store, tmp_path, caplog):
     assert "fewer than its dead_feature_window of 1000" in text
     assert run.report["nmse"] > 1 and "NMSE" in text  # 5 steps from a random SAE
     caplog.clear()
+    standard = dataclasses.replace(cfg, sae=StandardTrainingSAEConfig(d_in=D_IN, d_sae=64))
+    with caplog.at_level(logging.WARNING, logger="vision_sae_lens.train.trainer"):
+        train_sae(standard, out_dir=tmp_path / "l1", progress=False)
+    assert "dead_feature_window" not in caplog.text  # an L1 loss never reads the window
+    caplog.clear()
     from vision_sae_lens.train.trainer import _warn_poor_result
 
     with caplog.at_level(logging.WARNING, logger="vision_sae_lens.train.trainer"):

@@ -527,11 +527,12 @@ DEAD_WARNING_FRACTION = 0.2
 
 
 def _warn_short_window(m: _Member) -> None:
-    if m.cfg.n_steps < m.cfg.dead_window:
+    # L1 and gated SAEs' losses never read the window; the others' dead-latent losses act only through it
+    if m.cfg.architecture not in ("standard", "gated") and m.cfg.n_steps < m.cfg.dead_window:
         logger.warning(
             "run %r trains %d steps, fewer than its dead_feature_window of %d: no latent will ever count as "
-            "dead in training, so TopK's AuxK loss never revives any. Lower dead_feature_window (default: a "
-            "tenth of the steps) or train longer.",
+            "dead in training, so its dead-latent loss (TopK's AuxK, JumpReLU's pre-activation loss) never "
+            "revives any. Lower dead_feature_window (default: a tenth of the steps) or train longer.",
             m.name,
             m.cfg.n_steps,
             m.cfg.dead_feature_window,
