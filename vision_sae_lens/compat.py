@@ -628,12 +628,12 @@ class _SparseLinear(torch.autograd.Function):
     rows of x for W's. ``rows`` must be ascending."""
 
     @staticmethod
-    def forward(ctx, x, W, b, rows, cols, pre):  # noqa: D102
+    def forward(ctx, x, W, b, rows, cols, pre):
         ctx.save_for_backward(x, W, rows, cols)
         return pre[rows, cols]
 
     @staticmethod
-    def backward(ctx, grad):  # noqa: D102
+    def backward(ctx, grad):
         x, W, rows, cols = ctx.saved_tensors
         embedding_bag = torch.nn.functional.embedding_bag
         grad_x = grad_W = grad_b = None
