@@ -11,6 +11,7 @@ from helpers import D_IN, OTHER_SITE, SITE, CountingStore
 from sae_lens import JumpReLUTrainingSAEConfig, StandardTrainingSAEConfig, TopKTrainingSAEConfig
 from safetensors.torch import load_file
 
+from vision_sae_lens.errors import ConfigError, TrainingError
 from vision_sae_lens.train import TrainConfig, load_sweep, train_sae
 from vision_sae_lens.train.commands import register
 
@@ -121,7 +122,11 @@ lr = 3e-4
     assert out_dir == "out" and [c.architecture for c in cfgs] == ["topk", "batchtopk", "standard"]
     assert cfgs[0].sae.d_in == D_IN and cfgs[2].lr == 3e-4 and cfgs[1].name == "btk"
 
-    assert cli_main(["train", "--config", str(sweep), "--device", "cpu", "--no-progress"]) == 0
+    with pytest.raises(ConfigError, match="concurrent_steps must be at least 1"):
+        cli_main(["train", "--config", str(sweep), "--no-progress", "--concurrent-steps", "0"])
+    assert not (tmp_path / "out" / "btk").exists()  # refused before any work
+    argv = ["train", "--config", str(sweep), "--device", "cpu", "--no-progress", "--concurrent-steps", "3"]
+    assert cli_main(argv) == 0
     out = tmp_path / "out"
     assert (out / "btk" / "cfg.json").is_file() and (out / "sweep.json").is_file()
     assert json.loads((out / "btk" / "cfg.json").read_text())["architecture"] == "jumprelu"
@@ -148,3 +153,44 @@ def test_bad_sweep_files_say_what_is_wrong(tmp_path, store):
     )
     with pytest.raises(ValueError, match="no field"):
         load_sweep(bad)
+
+
+def test_sweep_steps_saes_side_by_side_on_a_cpu(store, tmp_path, monkeypatch):
+    """On a CPU two SAEs of a sweep take their steps at the same time (by default), each SAE's steps still
+    in order; ``concurrent_steps=1`` steps them one after another."""
+    import threading
+    import time
+
+    from vision_sae_lens.train import trainer as trainer_module
+
+    original = trainer_module.trainer_step
+    running, overlaps, lock = set(), [], threading.Lock()
+
+    def watched_step(trainer, batch):
+        with lock:
+            running.add(id(trainer))
+            overlaps.append(len(running))
+        time.sleep(0.002)  # long enough for the other SAE's step to start, if it runs side by side
+        try:
+            return original(trainer, batch)
+        finally:
+            with lock:
+                running.discard(id(trainer))
+
+    monkeypatch.setattr(trainer_module, "trainer_step", watched_step)
+    configs = _configs(store, training_tokens=BATCH * 20)[:2]
+    train_sae(configs, out_dir=tmp_path / "side", progress=False)
+    assert max(overlaps) == 2 and len(overlaps) == 40
+    overlaps.clear()
+    train_sae(configs, out_dir=tmp_path / "one", progress=False, concurrent_steps=1)
+    assert max(overlaps) == 1 and len(overlaps) == 40
+    with pytest.raises(ConfigError, match="concurrent_steps must be at least 1"):
+        train_sae(configs, out_dir=tmp_path / "zero", progress=False, concurrent_steps=0)
+
+
+def test_a_failing_step_in_a_side_by_side_sweep_stops_the_sweep(store, tmp_path):
+    """One SAE's loss becomes NaN while another steps beside it: the run stops with that SAE's error."""
+    configs = _configs(store, training_tokens=BATCH * 20)[:2]
+    configs[1] = TrainConfig(**{**configs[1].__dict__, "lr": 1e30})  # diverges within a few steps
+    with pytest.raises(TrainingError, match="loss became"):
+        train_sae(configs, out_dir=tmp_path, progress=False)

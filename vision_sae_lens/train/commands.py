@@ -39,6 +39,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--overwrite", action="store_true", help="delete earlier output of these runs first")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--concurrent-steps",
+        type=int,
+        help="SAEs of a sweep stepping at the same time, each adding its step's memory (default: 2 on a CPU, "
+        "1 on a GPU)",
+    )
     _add_downstream_args(p, n_images=False)
     # Every TrainConfig and SAELens SAE-config field, generated from the dataclasses: that imports
     # SAELens, so it happens only when `train` itself is parsed (or its --help shown).
@@ -136,6 +142,7 @@ def _train(args: argparse.Namespace) -> int:
         model=model,
         images=images,
         progress=not args.no_progress,
+        concurrent_steps=args.concurrent_steps,
     )
     for run in runs if isinstance(runs, list) else [runs]:
         print(format_run(run.path, run.report))
