@@ -152,6 +152,8 @@ class _Member:
         self.wandb_run: Any = None
         self.result: TrainRun | None = None
         self.train_seconds = 0.0
+        self.step_seconds = 0.0
+        """How long this SAE's last step took (the longest start first when SAEs step side by side)."""
 
     @property
     def live(self) -> SAETrainer:
@@ -260,8 +262,10 @@ class _GroupTrainer:
                         self._step(m, batch, step)
                 else:
                     # On a CPU much of a step runs on one core (sparse ops, allocation, Python); SAEs stepping
-                    # side by side keep both busy. Each SAE's own work stays in order; the first failure is
-                    # raised once every step on this batch has ended.
+                    # side by side keep both busy. The slowest start first, so the others fill in beside them.
+                    # Each SAE's own work stays in order; the first failure is raised once every step on this
+                    # batch has ended.
+                    stepping.sort(key=lambda m: m.step_seconds, reverse=True)
                     futures = [pool.submit(self._step, m, batch, step) for m in stepping]
                     wait(futures)
                     for future in futures:
@@ -293,7 +297,9 @@ class _GroupTrainer:
         sparsity_log = trainer.maybe_reset_sparsity()
         if sparsity_log and m.wandb_run is not None:
             m.wandb_run.log(sparsity_log, step=trainer.n_training_steps)
+        t0 = time.perf_counter()
         out = trainer_step(trainer, batch)  # SAETrainer.step without its avoidable cost (see compat)
+        m.step_seconds = time.perf_counter() - t0
         if not torch.isfinite(out.loss):
             last = ckpt.list_checkpoints(m.ckpt_root)
             keep = (
