@@ -53,6 +53,14 @@ def _require(ok: bool, seam: str, what: str) -> None:
         )
 
 
+def _require_sources(seam: str, needles: dict[Callable, tuple[str, ...]]) -> None:
+    """Each function's source still contains each of its needles (the lines our replacement mirrors)."""
+    for fn, parts in needles.items():
+        src = inspect.getsource(fn)
+        for needle in parts:
+            _require(needle in src, seam, f"{fn.__qualname__} no longer does {needle!r} (update compat)")
+
+
 def _params(fn: Callable) -> list[str]:
     return list(inspect.signature(fn).parameters)
 
@@ -655,7 +663,7 @@ def _probe_sparse_topk_step() -> None:
     from sae_lens.saes.batchtopk_sae import BatchTopKTrainingSAE
     from sae_lens.saes.topk_sae import TopKTrainingSAE
 
-    needles = {
+    needles: dict[Callable, tuple[str, ...]] = {
         TopKTrainingSAE.encode_with_hidden_pre: (
             "sae_in = self.process_sae_in(x)",
             "self.hook_sae_acts_pre(sae_in @ self.W_enc + self.b_enc)",
@@ -671,10 +679,7 @@ def _probe_sparse_topk_step() -> None:
             "self.reshape_fn_out(sae_out_pre, self.d_head)",
         ),
     }
-    for fn, parts in needles.items():
-        src = inspect.getsource(fn)
-        for needle in parts:
-            _require(needle in src, seam, f"{fn.__qualname__} no longer does {needle!r} (update compat)")
+    _require_sources(seam, needles)
     for name in ("encode_with_hidden_pre", "decode"):
         _require(
             getattr(BatchTopKTrainingSAE, name) is getattr(TopKTrainingSAE, name),
@@ -761,10 +766,7 @@ def _probe_aux_loss() -> None:
         '(step_input.coefficients["l1"] * sparsity).mean()',
         'return {"l1_loss": l1_loss}',
     )
-    for fn, parts in needles.items():
-        src = inspect.getsource(fn)
-        for needle in parts:
-            _require(needle in src, seam, f"{fn.__qualname__} no longer does {needle!r} (update compat)")
+    _require_sources(seam, needles)
     _require(
         isinstance(StandardTrainingSAE(_standard_cfg()).activation_fn, torch.nn.ReLU),
         seam,
