@@ -370,3 +370,32 @@ def test_sparse_topk_step_is_kept_off_where_it_does_not_apply():
     assert not compat._sparse_topk_applies(hooked)
     assert not compat._sparse_topk_applies(overridden)
     assert not compat._sparse_topk_applies(sae().to(torch.float64))
+
+
+@pytest.mark.parametrize("arch", ["topk", "batchtopk"])
+@pytest.mark.parametrize("shift", [-0.6, -1e4], ids=["some-rows-silent", "nothing-fires"])
+def test_sparse_topk_step_where_few_or_no_latents_fire(arch, shift):
+    """Rows with no active latent (empty bags), or none in the batch: SAELens' loss and gradients, AuxK on."""
+    from sae_lens.saes.sae import TrainStepInput
+
+    torch.manual_seed(0)
+    sae_cfg = AUX_CONFIGS[arch]()
+    sae = get_sae_training_class(sae_cfg.architecture())[0](sae_cfg)
+    with torch.no_grad():
+        sae.b_enc.fill_(shift)
+    step_input = TrainStepInput(
+        sae_in=_batches()[0], coefficients={}, dead_neuron_mask=torch.arange(D_SAE) % 2 == 0,
+        n_training_steps=0, is_logging_step=False,
+    )  # fmt: skip
+    params = [sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec]
+    ref = sae.training_forward_pass(step_input)
+    with compat.lean_aux_loss(sae):
+        ours = sae.training_forward_pass(step_input)
+    silent_rows = int((ours.feature_acts == 0).all(dim=1).sum())
+    assert silent_rows == BATCH if shift < -100 else 0 < silent_rows < BATCH
+    assert torch.allclose(ref.loss, ours.loss, rtol=1e-5)
+    assert float(ours.losses["auxiliary_reconstruction_loss"].detach()) > 0
+    for a, b in zip(
+        torch.autograd.grad(ref.loss, params), torch.autograd.grad(ours.loss, params), strict=True
+    ):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
