@@ -156,8 +156,8 @@ def test_bad_sweep_files_say_what_is_wrong(tmp_path, store):
 
 
 def test_sweep_steps_saes_side_by_side_on_a_cpu(store, tmp_path, monkeypatch):
-    """On a CPU two SAEs of a sweep take their steps at the same time (by default), each SAE's steps still
-    in order; ``concurrent_steps=1`` steps them one after another."""
+    """On a small CPU two SAEs of a sweep take their steps at the same time (by default), each SAE's steps
+    still in order; ``concurrent_steps=1``, or a CPU of many threads, steps them one after another."""
     import threading
     import time
 
@@ -178,11 +178,16 @@ def test_sweep_steps_saes_side_by_side_on_a_cpu(store, tmp_path, monkeypatch):
                 running.discard(id(trainer))
 
     monkeypatch.setattr(trainer_module, "trainer_step", watched_step)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # a small CPU, whatever runs the tests
     configs = _configs(store, training_tokens=BATCH * 20)[:2]
     train_sae(configs, out_dir=tmp_path / "side", progress=False)
     assert max(overlaps) == 2 and len(overlaps) == 40
     overlaps.clear()
     train_sae(configs, out_dir=tmp_path / "one", progress=False, concurrent_steps=1)
+    assert max(overlaps) == 1 and len(overlaps) == 40
+    overlaps.clear()
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 16)  # a larger CPU: one at a time by default
+    train_sae(configs, out_dir=tmp_path / "big", progress=False)
     assert max(overlaps) == 1 and len(overlaps) == 40
     with pytest.raises(ConfigError, match="concurrent_steps must be at least 1"):
         train_sae(configs, out_dir=tmp_path / "zero", progress=False, concurrent_steps=0)

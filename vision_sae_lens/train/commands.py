@@ -42,8 +42,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--concurrent-steps",
         type=int,
-        help="SAEs of a sweep stepping at the same time, each adding its step's memory (default: 2 on a CPU, "
-        "1 on a GPU)",
+        help="SAEs of a sweep stepping at the same time, each adding its step's memory (default: 2 on a CPU "
+        "of up to 4 threads, else 1)",
     )
     _add_downstream_args(p, n_images=False)
     # Every TrainConfig and SAELens SAE-config field, generated from the dataclasses: that imports

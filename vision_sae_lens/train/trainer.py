@@ -99,8 +99,9 @@ def train_sae(
     checkpoint (finished runs are loaded, not retrained); ``overwrite=True`` deletes earlier
     output of these runs. With ``model`` (a ``HookedSAEViT``) and ``images``, the evaluation at the
     end includes the spliced downstream metric. ``concurrent_steps``: how many SAEs of a sweep take their
-    step on a batch at the same time (default :data:`CPU_CONCURRENT_STEPS` on a CPU, 1 on a GPU); each one
-    stepping adds its own step's memory. Returns a ``TrainRun`` (or a list, for a list).
+    step on a batch at the same time (default :data:`CPU_CONCURRENT_STEPS` on a CPU of up to
+    :data:`SMALL_CPU_THREADS` threads, else 1); each one stepping adds its own step's memory. Returns a
+    ``TrainRun`` (or a list, for a list).
     """
     if concurrent_steps is not None and concurrent_steps < 1:
         raise ConfigError(f"concurrent_steps must be at least 1, got {concurrent_steps}")
@@ -196,7 +197,10 @@ class _GroupTrainer:
             seed=lead.split_seed,
         )
         self.device = resolve_device(lead.device)
-        default = CPU_CONCURRENT_STEPS if self.device == "cpu" else 1
+        # measured on 2 cores; on a many-core CPU each step's own threads already fill the machine, and
+        # side-by-side steps would multiply the OpenMP threads
+        small_cpu = self.device == "cpu" and torch.get_num_threads() <= SMALL_CPU_THREADS
+        default = CPU_CONCURRENT_STEPS if small_cpu else 1
         self.concurrent_steps = min(len(members), concurrent_steps or default)
         self.fingerprint = str(getattr(self.store, "fingerprint", ""))
         self.inputs = prepare_inputs(self.store, lead, split=self.split)
@@ -558,9 +562,14 @@ def _init_b_dec(m: _Member, batch: torch.Tensor) -> None:
 
 
 CPU_CONCURRENT_STEPS = 2
-"""SAEs of a sweep that step at the same time on a CPU by default. On 2 cores a 4-SAE sweep's training took
-0.83-0.85x the time of 4 separate runs this way, 0.91x stepping one SAE at a time (``scripts/bench/train.py``);
-four at once gained little more and hold twice the memory."""
+"""SAEs of a sweep that step at the same time by default on a CPU of at most :data:`SMALL_CPU_THREADS` torch
+threads. On 2 cores a 4-SAE sweep's training took 0.83-0.85x the time of 4 separate runs this way, 0.91x
+stepping one SAE at a time (``scripts/bench/train.py``); four at once gained little more and hold twice the
+memory."""
+
+SMALL_CPU_THREADS = 4
+"""Up to this many torch threads a CPU counts as small: there a step leaves cores idle often enough for a
+second SAE's step to fill them."""
 
 DEAD_WARNING_FRACTION = 0.2
 """Dead fraction above which the end of training warns."""
