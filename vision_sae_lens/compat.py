@@ -544,7 +544,8 @@ def _decode_top_dead(
 # touches only the chosen entries after it, as EleutherAI's sparsify does: the decoder is an
 # ``embedding_bag`` over the active latents, the encoder's backward sums over them. The choice itself is
 # SAELens' own activation module run on the same pre-activations, so the same latents fire; values and
-# gradients equal SAELens' up to float summation order. 3-5x faster per step on 2 cores.
+# gradients equal SAELens' up to float summation order. The training loop ran 2.6-3.8x faster than SAELens'
+# bare step on 2 cores (`scripts/bench/train.py --only step`, d_in 768, 8 and 32 latents per dimension).
 
 
 def _sparse_topk_applies(sae) -> bool:
