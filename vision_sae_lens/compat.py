@@ -259,8 +259,8 @@ def use_fused_adam(trainer) -> bool:
 
 def trainer_step(trainer, batch: torch.Tensor, *, max_grad_norm: float | None = 1.0):
     """``trainer.step(batch)`` (SAELens' ``SAETrainer.step``) without its avoidable cost: the firing
-    statistics are counted on a boolean mask (no float copy of the activations), the TopK auxiliary
-    loss is computed without dense (batch, d_sae) temporaries (:func:`lean_aux_loss`), the gradient
+    statistics are counted on a boolean mask (no float copy of the activations), the forward and its losses
+    use fewer dense (batch, d_sae) matrices (:func:`lean_training_forward`), the gradient
     is clipped to ``max_grad_norm`` only when one is given (SAELens always clips at 1.0, the default),
     and the returned output's ``hidden_pre`` is an empty tensor (freed before the backward pass)."""
     from sae_lens.saes.sae import TrainStepInput
@@ -270,7 +270,7 @@ def trainer_step(trainer, batch: torch.Tensor, *, max_grad_norm: float | None = 
     trainer.n_training_samples += batch.shape[0]
     sae_in = trainer.activation_scaler(batch)
     sae.train()
-    with trainer.autocast_if_enabled, lean_aux_loss(sae):
+    with trainer.autocast_if_enabled, lean_training_forward(sae):
         out = sae.training_forward_pass(
             step_input=TrainStepInput(
                 sae_in=sae_in,
@@ -346,11 +346,13 @@ def _probe_trainer_step() -> None:
 
 
 @contextmanager
-def lean_aux_loss(sae) -> Iterator[None]:
-    """Inside the block, ``sae`` computes its TopK / Matryoshka auxiliary loss with :func:`topk_aux_loss`
-    / :func:`matryoshka_aux_loss`, and a standard SAE its L1 penalty with :func:`standard_l1_loss` through a
-    ReLU whose backward works in place (the instance's SAELens methods and ReLU are shadowed, then
-    restored). An SAE of another kind, or a subclass that overrides those methods, is left as it is."""
+def lean_training_forward(sae) -> Iterator[None]:
+    """Inside the block, ``sae``'s training forward gives SAELens' losses with fewer dense (batch, d_sae)
+    matrices: a TopK / Matryoshka SAE computes its auxiliary loss with :func:`topk_aux_loss` /
+    :func:`matryoshka_aux_loss`, a plain TopK / BatchTopK SAE on a CPU encodes and decodes sparsely
+    (:class:`_SparseTopKStep`), and a standard SAE computes its L1 penalty with :func:`standard_l1_loss`
+    through a ReLU whose backward works in place. The instance's SAELens methods and ReLU are shadowed, then
+    restored; an SAE of another kind, or a subclass that overrides those methods, is left as it is."""
     from sae_lens.saes.matryoshka_batchtopk_sae import MatryoshkaBatchTopKTrainingSAE
     from sae_lens.saes.standard_sae import StandardTrainingSAE
     from sae_lens.saes.topk_sae import TopKTrainingSAE
@@ -365,15 +367,17 @@ def lean_aux_loss(sae) -> Iterator[None]:
         for name, (cls, _) in lean.items()
         if isinstance(sae, cls) and getattr(type(sae), name) is getattr(cls, name) and name not in vars(sae)
     ]
+    sparse = _SparseTopKStep(sae) if _sparse_topk_applies(sae) else None
     for name in patched:
         setattr(sae, name, functools.partial(lean[name][1], sae))
+    if sparse is not None:
+        sae.encode_with_hidden_pre, sae.decode = sparse.encode_with_hidden_pre, sparse.decode
+        if "calculate_topk_aux_loss" in patched:
+            sae.calculate_topk_aux_loss = functools.partial(topk_aux_loss, sae, sparse_step=sparse)
     # The standard SAE's ReLU: same values and gradients, its backward masks the incoming gradient in place
     relu = sae.activation_fn if "calculate_aux_loss" in patched else None
     if type(relu) is torch.nn.ReLU and not relu.inplace:
         sae.activation_fn = _InPlaceBackwardReLU()
-    sparse = _SparseTopKStep(sae) if _sparse_topk_applies(sae) else None
-    if sparse is not None:
-        sae.encode_with_hidden_pre, sae.decode = sparse.encode_with_hidden_pre, sparse.decode
     try:
         yield
     finally:
@@ -469,9 +473,12 @@ class _InPlaceBackwardReLU(torch.nn.Module):
         return self._rows if getattr(self, "_out", lambda: None)() is acts else None
 
 
-def topk_aux_loss(sae, sae_in, sae_out, hidden_pre, dead_neuron_mask) -> torch.Tensor:
+def topk_aux_loss(
+    sae, sae_in, sae_out, hidden_pre, dead_neuron_mask, *, sparse_step: _SparseTopKStep | None = None
+) -> torch.Tensor:
     """SAELens' ``TopKTrainingSAE.calculate_topk_aux_loss(sae_in, sae_out, hidden_pre, dead_neuron_mask)``
-    for ``sae``, decoding the top-k_aux dead latents without a dense (batch, d_sae) activation matrix."""
+    for ``sae``, decoding the top-k_aux dead latents without a dense (batch, d_sae) activation matrix. With
+    the ``sparse_step`` that produced ``hidden_pre`` (without gradients), the chosen values come from it."""
     if dead_neuron_mask is None or (num_dead := int(dead_neuron_mask.sum())) == 0:
         return sae_out.new_tensor(0.0)
     if sae.cfg.normalize_activations in ("constant_norm_rescale", "layer_norm"):
@@ -484,9 +491,8 @@ def topk_aux_loss(sae, sae_in, sae_out, hidden_pre, dead_neuron_mask) -> torch.T
     scale = min(num_dead / k_aux, 1.0)
     k_aux = min(k_aux, num_dead)
     inv_norm_s = 1 / sae.W_dec.norm(dim=-1) if sae.cfg.rescale_acts_by_decoder_norm else None
-    sparse = getattr(sae.decode, "__self__", None)  # the sparse step's bound decode, inside lean_aux_loss
     values_at = (
-        sparse.values_at if isinstance(sparse, _SparseTopKStep) and sparse.produced(hidden_pre) else None
+        sparse_step.values_at if sparse_step is not None and sparse_step.produced(hidden_pre) else None
     )
     recons = _decode_top_dead(hidden_pre, dead_neuron_mask, k_aux, sae.W_dec, inv_norm_s, num_dead, values_at)
     recons = sae.reshape_fn_out(recons, sae.d_head)
@@ -568,7 +574,7 @@ def _sparse_topk_applies(sae) -> bool:
 
 class _SparseTopKStep:
     """``encode_with_hidden_pre`` / ``decode`` for one TopK-family training SAE, shadowing SAELens' inside
-    :func:`lean_aux_loss`. ``encode_with_hidden_pre`` returns SAELens' dense activations and pre-activations
+    :func:`lean_training_forward`. ``encode_with_hidden_pre`` returns SAELens' dense activations and pre-activations
     without gradients (for the firing statistics, BatchTopK's threshold, logging, the AuxK choice) and keeps
     the active entries' values with gradients, which ``decode`` and the AuxK loss use instead."""
 
@@ -593,21 +599,24 @@ class _SparseTopKStep:
             hidden_pre = pre if norms is None else pre * norms
             acts = sae.activation_fn(hidden_pre)  # SAELens' own TopK / BatchTopK: the same choice
         rows, cols = acts.nonzero(as_tuple=True)  # row-major: each row's entries together
-        self.sae_in, self.pre, self.norms, self.rows, self.cols = sae_in, pre, norms, rows, cols
-        self.values = self.values_at_flat(rows, cols)
+        self.sae_in, self.pre, self.norms, self.cols = sae_in, pre, norms, cols
+        self.offsets = _segment_starts(rows, acts.shape[0])
+        self.values = self.values_at_flat(rows, self.offsets, cols)
         self._acts, self._hidden_pre = weakref.ref(acts), weakref.ref(hidden_pre)
         return acts, hidden_pre
 
-    def values_at_flat(self, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    def values_at_flat(self, rows: torch.Tensor, offsets: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
         """Pre-activations (times the decoder norms when SAELens rescales) at the given entries, with their
-        gradients, read from the last forward's product."""
-        values = _SparseLinear.apply(self.sae_in, self.sae.W_enc, self.sae.b_enc, rows, cols, self.pre)
+        gradients, read from the last forward's product (``offsets``: where each row starts in ``rows``)."""
+        sae = self.sae
+        values = _SparseLinear.apply(self.sae_in, sae.W_enc, sae.b_enc, rows, offsets, cols, self.pre)
         return values if self.norms is None else values * self.norms[cols]
 
     def values_at(self, indices: torch.Tensor) -> torch.Tensor:
         """:meth:`values_at_flat` for a (batch, k) matrix of latent indices, one row per sample."""
-        rows = torch.arange(indices.shape[0], device=indices.device).repeat_interleave(indices.shape[1])
-        return self.values_at_flat(rows, indices.reshape(-1)).view(indices.shape)
+        n, k = indices.shape
+        rows = torch.arange(n, device=indices.device)
+        return self.values_at_flat(rows.repeat_interleave(k), rows * k, indices.reshape(-1)).view(n, k)
 
     def decode(self, feature_acts: torch.Tensor) -> torch.Tensor:
         """SAELens' ``TopKTrainingSAE.decode``; for this step's activations, a sum of the active latents'
@@ -616,9 +625,8 @@ class _SparseTopKStep:
         if feature_acts is not self._acts():
             return type(sae).decode(sae, feature_acts)
         weights = self.values if self.norms is None else self.values * (1 / self.norms)[self.cols]
-        offsets = _segment_starts(self.rows, feature_acts.shape[0])
         recons = torch.nn.functional.embedding_bag(
-            self.cols, sae.W_dec, offsets, per_sample_weights=weights, mode="sum"
+            self.cols, sae.W_dec, self.offsets, per_sample_weights=weights, mode="sum"
         )
         sae_out_pre = sae.hook_sae_recons(recons + sae.b_dec)
         sae_out_pre = sae.run_time_activation_norm_fn_out(sae_out_pre)
@@ -634,21 +642,20 @@ def _segment_starts(sorted_ids: torch.Tensor, n: int) -> torch.Tensor:
 class _SparseLinear(torch.autograd.Function):
     """``(x @ W + b)[rows, cols]``, read from ``pre`` (that product, computed without gradients). The backward
     sums over the given entries only: ``embedding_bag`` over the columns of W for x's gradient and over the
-    rows of x for W's. ``rows`` must be ascending."""
+    rows of x for W's. ``rows`` must be ascending, ``row_offsets`` where each row starts in them."""
 
     @staticmethod
-    def forward(ctx, x, W, b, rows, cols, pre):
-        ctx.save_for_backward(x, W, rows, cols)
+    def forward(ctx, x, W, b, rows, row_offsets, cols, pre):
+        ctx.save_for_backward(x, W, rows, row_offsets, cols)
         return pre[rows, cols]
 
     @staticmethod
     def backward(ctx, grad):
-        x, W, rows, cols = ctx.saved_tensors
+        x, W, rows, row_offsets, cols = ctx.saved_tensors
         embedding_bag = torch.nn.functional.embedding_bag
         grad_x = grad_W = grad_b = None
         if ctx.needs_input_grad[0]:
-            offsets = _segment_starts(rows, x.shape[0])
-            grad_x = embedding_bag(cols, W.t().contiguous(), offsets, per_sample_weights=grad, mode="sum")
+            grad_x = embedding_bag(cols, W.t().contiguous(), row_offsets, per_sample_weights=grad, mode="sum")
         if ctx.needs_input_grad[1]:
             order = torch.argsort(cols, stable=True)
             offsets = _segment_starts(cols[order], W.shape[1])
@@ -656,7 +663,7 @@ class _SparseLinear(torch.autograd.Function):
             grad_W = grad_Wt.t().contiguous()
         if ctx.needs_input_grad[2]:
             grad_b = torch.zeros_like(W[0]).index_add_(0, cols, grad)
-        return grad_x, grad_W, grad_b, None, None, None
+        return grad_x, grad_W, grad_b, None, None, None, None
 
 
 def _probe_sparse_topk_step() -> None:
@@ -697,7 +704,7 @@ def _probe_sparse_topk_step() -> None:
     )
 
     def loss_of(sparse: bool) -> torch.Tensor:
-        with lean_aux_loss(sae) if sparse else nullcontext():
+        with lean_training_forward(sae) if sparse else nullcontext():
             return sae.training_forward_pass(step_input).loss
 
     params = [sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec]
@@ -778,7 +785,7 @@ def _probe_aux_loss() -> None:
         and "self.calculate_matryoshka_aux_loss("
         in inspect.getsource(MatryoshkaBatchTopKTrainingSAE.calculate_aux_loss),
         seam,
-        "calculate_aux_loss no longer calls the method lean_aux_loss shadows",
+        "calculate_aux_loss no longer calls the method lean_training_forward shadows",
     )
     # and the numbers: loss and gradients equal SAELens' own on a tiny SAE with dead latents
     torch.manual_seed(0)
@@ -902,7 +909,7 @@ __all__ = [
     "build_open_clip_visual",
     "disable_sae_hooks",
     "get_deep_attr",
-    "lean_aux_loss",
+    "lean_training_forward",
     "matryoshka_aux_loss",
     "set_deep_attr",
     "standard_l1_loss",

@@ -14,9 +14,10 @@
    >= 0.9), median of interleaved repeats.
 
 4. ``--only aux``: one training step of a TopK SAE (d_in 768, d_sae 6144, k 32, batch 4096) with every
-   latent dead, so the AuxK loss is on: the package's step with SAELens' aux loss (dense (batch, d_sae)
-   auxiliary activations, then a rescaled copy) vs with ``compat.topk_aux_loss`` (top-k_aux values and
-   indices, ``embedding_bag``). Each variant in a fresh process: peak RSS (``ru_maxrss``) over the steps,
+   latent dead, so the AuxK loss is on: the package's step with SAELens' own forward and aux loss (dense
+   (batch, d_sae) auxiliary activations, then a rescaled copy) vs with ``compat.lean_training_forward``
+   (on a CPU the sparse TopK step, and ``compat.topk_aux_loss``: top-k_aux values and indices,
+   ``embedding_bag``). Each variant in a fresh process: peak RSS (``ru_maxrss``) over the steps,
    its growth during them, and the median step time; ratios lean / dense (SAELens' own
    ``SAETrainer.step`` is printed beside them).
 
@@ -195,8 +196,8 @@ def bench_step(args, tmp: Path) -> None:
 
 AUX_VARIANTS = {
     "saelens-step": "SAELens' SAETrainer.step",
-    "dense-aux": "package step, SAELens' aux loss",
-    "lean-aux": "package step, compat.topk_aux_loss",
+    "dense-aux": "package step, SAELens' forward and aux loss",
+    "lean-aux": "package step, lean forward and aux loss",
 }
 
 
@@ -223,9 +224,9 @@ def aux_child(variant: str, d: int, d_sae: int, bs: int, steps: int) -> None:
         compat.use_fused_adam(trainer)
     g = torch.Generator().manual_seed(1)
     batches = [torch.randn(bs, d, generator=g) for _ in range(steps + 1)]
-    lean = compat.lean_aux_loss
-    if variant == "dense-aux":  # the package's step with SAELens' own aux loss
-        compat.lean_aux_loss = lambda sae: contextlib.nullcontext()  # type: ignore[assignment]
+    lean = compat.lean_training_forward
+    if variant == "dense-aux":  # the package's step with SAELens' own forward and aux loss
+        compat.lean_training_forward = lambda sae: contextlib.nullcontext()  # type: ignore[assignment]
     step = trainer.step if variant == "saelens-step" else (lambda b: compat.trainer_step(trainer, b))
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     in_use = MallocInUse()
@@ -237,7 +238,7 @@ def aux_child(variant: str, d: int, d_sae: int, bs: int, steps: int) -> None:
         assert float(out.losses["auxiliary_reconstruction_loss"].detach()) > 0
         del out  # a training loop keeps no step's output alive into the next step
         trainer.n_training_steps += 1
-    compat.lean_aux_loss = lean
+    compat.lean_training_forward = lean
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print("@@" + json.dumps({"peak_mib": peak, "step_growth_mib": peak - before,
                              "in_use_growth_mib": in_use.stop(), "s_per_step": statistics.median(seconds[1:])}))  # fmt: skip
@@ -300,7 +301,7 @@ def bench_aux(args) -> None:
               f"(+{m['step_growth_mib']:.0f} MiB during the steps; malloc in use +{m['in_use_growth_mib']:.0f} "
               f"MiB), {m['s_per_step']:.2f} s/step")  # fmt: skip
     dense, lean = med["dense-aux"], med["lean-aux"]
-    print(f"  lean / dense aux: peak RSS {lean['peak_mib'] / dense['peak_mib']:.3f}, "
+    print(f"  lean / dense forward and aux: peak RSS {lean['peak_mib'] / dense['peak_mib']:.3f}, "
           f"RSS growth during the steps {lean['step_growth_mib'] / dense['step_growth_mib']:.3f}, "
           f"peak malloc in use during the steps {lean['in_use_growth_mib'] / dense['in_use_growth_mib']:.3f}, "
           f"step time {lean['s_per_step'] / dense['s_per_step']:.3f}")  # fmt: skip

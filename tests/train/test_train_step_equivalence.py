@@ -111,7 +111,7 @@ AUX_CONFIGS = {
 
 @pytest.mark.parametrize("dead_feature_window", [-1, 0], ids=["all-dead", "some-dead"])
 @pytest.mark.parametrize("arch", list(AUX_CONFIGS))
-def test_lean_aux_loss_step_equals_saelens_trainer(arch, dead_feature_window, monkeypatch):
+def test_lean_training_forward_step_equals_saelens_trainer(arch, dead_feature_window, monkeypatch):
     """With latents dead (every one: window -1; those silent on the last batch: window 0) the AuxK
     loss is active; our step (lean aux loss) gives SAELens' losses and weights after every step."""
     calls = []
@@ -142,7 +142,7 @@ def test_lean_aux_loss_step_equals_saelens_trainer(arch, dead_feature_window, mo
     assert "calculate_matryoshka_aux_loss" not in vars(ours.sae)
 
 
-def test_lean_aux_loss_keeps_no_dense_latent_matrix_for_backward():
+def test_lean_training_forward_keeps_no_dense_latent_matrix_for_backward():
     """SAELens' AuxK keeps (batch, d_sae) tensors for its backward (the scattered activations and their
     rescaled copy); ours keeps only (batch, k_aux) ones. Counted with autograd's saved-tensor hooks."""
     from sae_lens import TopKTrainingSAE
@@ -177,7 +177,7 @@ def test_lean_aux_loss_keeps_no_dense_latent_matrix_for_backward():
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
-def test_lean_aux_loss_leaves_overriding_subclasses_alone():
+def test_lean_training_forward_leaves_overriding_subclasses_alone():
     from sae_lens import TopKTrainingSAE
 
     class Custom(TopKTrainingSAE):
@@ -186,7 +186,7 @@ def test_lean_aux_loss_leaves_overriding_subclasses_alone():
 
     sae = Custom(TopKTrainingSAEConfig(d_in=D_IN, d_sae=D_SAE, k=4))
     plain = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=D_IN, d_sae=D_SAE, k=4))
-    with compat.lean_aux_loss(sae), compat.lean_aux_loss(plain):
+    with compat.lean_training_forward(sae), compat.lean_training_forward(plain):
         assert "calculate_topk_aux_loss" not in vars(sae)
         assert "calculate_topk_aux_loss" in vars(plain)
     assert "calculate_topk_aux_loss" not in vars(plain)
@@ -291,7 +291,7 @@ def test_standard_backward_allocates_one_dense_gradient():
             n_training_steps=0,
             is_logging_step=False,
         )
-        with compat.lean_aux_loss(sae) if lean else contextlib.nullcontext():
+        with compat.lean_training_forward(sae) if lean else contextlib.nullcontext():
             out = sae.training_forward_pass(step_input)
         out.hidden_pre = None
         with DenseAllocations() as allocations:
@@ -389,7 +389,7 @@ def test_sparse_topk_step_where_few_or_no_latents_fire(arch, shift):
     )  # fmt: skip
     params = [sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec]
     ref = sae.training_forward_pass(step_input)
-    with compat.lean_aux_loss(sae):
+    with compat.lean_training_forward(sae):
         ours = sae.training_forward_pass(step_input)
     silent_rows = int((ours.feature_acts == 0).all(dim=1).sum())
     assert silent_rows == BATCH if shift < -100 else 0 < silent_rows < BATCH
