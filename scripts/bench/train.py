@@ -7,6 +7,9 @@
    of training rows/s says whether data loading is the bottleneck (target >= 0.9).
 2. Four SAEs (topk, batchtopk, standard, jumprelu) train in one sweep (one data pass) and then
    one after another; the wall-time ratio sweep / sequential shows what sharing the pass saves.
+   ``--only cli`` (also run by default): the same four SAEs through the ``train`` command, as a user runs
+   them: one ``vision-sae-lens train --config sweep.toml`` process vs four ``train --config one.toml``
+   processes, one after another; wall time of the processes, imports and start-up included.
 
 3. ``--only step``: the bare SAE step (SAELens' ``training_forward_pass``: encode, decode, loss; backward;
    a fused Adam step, on batches already in memory) next to the package's training loop fed from the
@@ -21,7 +24,8 @@
    its growth during them, and the median step time; ratios lean / dense (SAELens' own
    ``SAETrainer.step`` is printed beside them).
 
-Times are those of the training loops (``TrainRun.train_seconds``), evaluation excluded.
+Times are those of the training loops (``TrainRun.train_seconds``), evaluation excluded, except the
+wall-time ratios, which include everything.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -315,7 +320,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=4096)
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--only", choices=["step", "feed-and-sweep", "aux"], help="run one part")
+    ap.add_argument("--only", choices=["step", "feed-and-sweep", "cli", "aux"], help="run one part")
     ap.add_argument("--repeats", type=int, default=2, help="interleaved repeats (step and aux parts)")
     ap.add_argument(
         "--expansions",
@@ -342,6 +347,9 @@ def main() -> None:
     t = time.perf_counter()
     store = build_store(tmp / "acts", args.rows, d)
     print(f"store: {store.n_rows} rows x {d} fp16 written in {time.perf_counter() - t:.1f}s ({tmp})")
+    if args.only == "cli":
+        bench_cli(args, tmp)
+        return
     memory = InMemoryStore(store, store.read_rows(SITE, 0, store.n_rows))
 
     def cfg(src, sae, name):
@@ -401,6 +409,56 @@ def main() -> None:
         threads=torch.get_num_threads(),
     )
     print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in results.items()}, indent=1))
+    if args.only is None:
+        bench_cli(args, tmp)
+
+
+CLI_SAES = {
+    "topk": {"architecture": "topk", "k": 32},
+    "batchtopk": {"architecture": "batchtopk", "k": 32},
+    "standard": {"architecture": "standard", "l1_coefficient": 1.0},
+    "jumprelu": {"architecture": "jumprelu"},
+}
+
+
+def bench_cli(args, tmp: Path) -> None:
+    """The four SAEs of the sweep part through the ``train`` command: one sweep process vs four processes."""
+    defaults = {
+        "store": str(tmp / "acts"),
+        "site": SITE,
+        "training_tokens": args.batch_size * args.steps,
+        "batch_size": args.batch_size,
+        "lr": 3e-4,
+        "device": args.device,
+        "eval_fraction": 0.01,
+        "max_eval_rows": args.batch_size,
+    }
+
+    def toml(saes: dict[str, dict]) -> str:
+        lines = ["[defaults]", *(f"{k} = {json.dumps(v)}" for k, v in defaults.items())]
+        for name, fields in saes.items():
+            lines += ["[[sae]]", f'name = "{name}"', f"d_sae = {args.d_in * args.expansion}"]
+            lines += [f"{k} = {json.dumps(v)}" for k, v in fields.items()]
+        return "\n".join(lines) + "\n"
+
+    def train(name: str, saes: dict[str, dict]) -> float:
+        config = tmp / f"cli_{name}.toml"
+        config.write_text(toml(saes))
+        cmd = [sys.executable, "-m", "vision_sae_lens", "train", "--config", str(config)]
+        cmd += ["--out-dir", str(tmp / f"cli_{name}"), "--no-progress"]
+        t = time.perf_counter()
+        subprocess.run(cmd, check=True, capture_output=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        return time.perf_counter() - t
+
+    sweep = train("sweep", CLI_SAES)
+    separate = {name: train(name, {name: fields}) for name, fields in CLI_SAES.items()}
+    results = {
+        "cli_sweep_wall_s": round(sweep, 2),
+        "cli_separate_wall_s": {name: round(s, 2) for name, s in separate.items()},
+        "cli_sweep_over_separate_wall": round(sweep / sum(separate.values()), 3),
+    }
+    print("(cli) vision-sae-lens train: one sweep process vs four processes, wall time of the processes:")
+    print(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":
