@@ -5,8 +5,9 @@
 1. The same TopK SAE trains once fed from an on-disk activation store (fp16, through
    ``ActivationStore.shuffled``) and once fed from a float32 tensor already in memory; the ratio
    of training rows/s says whether data loading is the bottleneck (target >= 0.9).
-2. Four SAEs (topk, batchtopk, standard, jumprelu) train in one sweep (one data pass) and then
-   one after another; the wall-time ratio sweep / sequential shows what sharing the pass saves.
+2. Four SAEs (topk, batchtopk, standard, jumprelu) train in one sweep (one data pass) and one after
+   another, ``--repeats`` times interleaved; the median ratios sweep / sequential (training time and wall
+   time) show what sharing the pass and stepping side by side save.
    ``--only cli`` (also run by default): the same four SAEs through the ``train`` command, as a user runs
    them: one ``vision-sae-lens train --config sweep.toml`` process vs four ``train --config one.toml``
    processes, one after another; wall time of the processes, imports and start-up included.
@@ -321,7 +322,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--only", choices=["step", "feed-and-sweep", "cli", "aux"], help="run one part")
-    ap.add_argument("--repeats", type=int, default=2, help="interleaved repeats (step and aux parts)")
+    ap.add_argument("--repeats", type=int, default=2, help="interleaved repeats (step, sweep and aux parts)")
     ap.add_argument(
         "--expansions",
         type=lambda s: [int(v) for v in s.split(",")],
@@ -384,22 +385,32 @@ def main() -> None:
         "standard": lambda: StandardTrainingSAEConfig(d_in=d, d_sae=d_sae, l1_coefficient=1.0),
         "jumprelu": lambda: JumpReLUTrainingSAEConfig(d_in=d, d_sae=d_sae),
     }
-    t = time.perf_counter()
-    sweep = train_sae(
-        [cfg(store, make(), n) for n, make in saes.items()], out_dir=tmp / "sweep", progress=False
-    )
-    sweep_wall = time.perf_counter() - t
-    t = time.perf_counter()
-    seq = [
-        train_sae(cfg(store, make(), n), out_dir=tmp / f"seq_{n}", progress=False) for n, make in saes.items()
-    ]
-    seq_wall = time.perf_counter() - t
-    results["sweep_train_s"] = max(r.train_seconds for r in sweep)
-    results["sequential_train_s"] = sum(r.train_seconds for r in seq)
-    results["sweep_wall_s"], results["sequential_wall_s"] = sweep_wall, seq_wall
-    results["train_s_per_sae"] = {r.name: round(r.train_seconds, 2) for r in seq}
-    results["sweep_over_sequential_train"] = results["sweep_train_s"] / results["sequential_train_s"]
-    results["sweep_over_sequential_wall"] = sweep_wall / seq_wall
+
+    def sweep_run(rep: int) -> tuple[float, list]:
+        t = time.perf_counter()
+        configs = [cfg(store, make(), n) for n, make in saes.items()]
+        runs = train_sae(configs, out_dir=tmp / f"sweep_{rep}", progress=False)
+        return time.perf_counter() - t, runs
+
+    def separate_runs(rep: int) -> tuple[float, list]:
+        t = time.perf_counter()
+        runs = [train_sae(cfg(store, make(), n), out_dir=tmp / f"seq_{rep}_{n}", progress=False) for n, make in saes.items()]  # fmt: skip
+        return time.perf_counter() - t, runs
+
+    ratios: dict[str, list[float]] = {"train": [], "wall": []}
+    for rep in range(args.repeats):  # interleaved, the order alternating: a neighbour's burst hits both alike
+        if rep % 2 == 0:
+            (sweep_wall, sweep), (seq_wall, seq) = sweep_run(rep), separate_runs(rep)
+        else:
+            (seq_wall, seq), (sweep_wall, sweep) = separate_runs(rep), sweep_run(rep)
+        sweep_train, seq_train = max(r.train_seconds for r in sweep), sum(r.train_seconds for r in seq)
+        ratios["train"].append(sweep_train / seq_train)
+        ratios["wall"].append(sweep_wall / seq_wall)
+        print(f"  repeat {rep + 1}: sweep / separate runs, training {sweep_train:.1f} / {seq_train:.1f} s = "
+              f"{ratios['train'][-1]:.3f}; wall {sweep_wall:.1f} / {seq_wall:.1f} s = {ratios['wall'][-1]:.3f}; "
+              f"per SAE alone {', '.join(f'{r.name} {r.train_seconds:.1f}' for r in seq)} s", flush=True)  # fmt: skip
+    results["sweep_over_sequential_train"] = statistics.median(ratios["train"])
+    results["sweep_over_sequential_wall"] = statistics.median(ratios["wall"])
     results.update(
         d_in=d,
         d_sae=d_sae,
