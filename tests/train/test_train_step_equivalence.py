@@ -399,3 +399,81 @@ def test_sparse_topk_step_where_few_or_no_latents_fire(arch, shift):
         torch.autograd.grad(ref.loss, params), torch.autograd.grad(ours.loss, params), strict=True
     ):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+# ------------------------------------------------------------- BatchTopK's choice without sorting
+def _batch_topk_inputs():
+    g = torch.Generator().manual_seed(3)
+    n, d = 1024, 1024  # FAST_BATCH_TOPK_MIN_ENTRIES entries
+    normal = torch.randn(n, d, generator=g)
+    return {
+        "normal": (normal, 8, True),
+        "scaled-columns": (normal * torch.rand(1, d, generator=g) * 5, 8, True),
+        "fractional-k": (normal, 9.5, True),
+        "k-too-small-to-sample": (normal, 2, False),
+        "large-k": (normal, 200, True),
+        # every row twice, so each value appears twice; an odd number wanted: the cut falls between two equal entries
+        "tied-at-the-cut": (normal[: n // 2].repeat(2, 1), 8 + 1 / n, False),
+        "pairs-kept-whole": (normal[: n // 2].repeat(2, 1), 8, True),
+        "few-positive": (normal - 3.5, 8, False),  # fewer positives than wanted: zeros are kept too
+        "small-batch": (normal[:64], 8, False),
+    }
+
+
+@pytest.mark.parametrize("case", list(_batch_topk_inputs()))
+def test_batch_topk_keeps_the_entries_saelens_batchtopk_keeps(case):
+    """``compat.batch_topk`` against SAELens' ``BatchTopK`` (a sort of the whole batch): the same tensor,
+    on the fast path where it applies and by deferring to SAELens where it cannot be exact."""
+    from sae_lens.saes.batchtopk_sae import BatchTopK
+
+    x, k, fast = _batch_topk_inputs()[case]
+    used_fast = x.numel() >= compat.FAST_BATCH_TOPK_MIN_ENTRIES and (
+        compat._largest_entries(x.relu().flatten(), int(k * x.shape[0])) is not None
+    )
+    assert used_fast == fast
+    assert torch.equal(compat.batch_topk(x, k), BatchTopK(k)(x))
+
+
+def test_batch_topk_with_a_nan_defers_to_saelens():
+    from sae_lens.saes.batchtopk_sae import BatchTopK
+
+    x = torch.randn(1024, 1024, generator=torch.Generator().manual_seed(4))
+    x[5, 7] = float("nan")
+    assert compat._largest_entries(x.relu().flatten(), 8 * 1024) is None
+    torch.testing.assert_close(compat.batch_topk(x, 8), BatchTopK(8)(x), equal_nan=True, rtol=0, atol=0)
+
+
+def test_batchtopk_training_with_the_fast_choice_equals_saelens(monkeypatch):
+    """Batches of 1024 x 1024 latents, where the step takes the fast choice: SAELens' trainer's losses, weights
+    and BatchTopK threshold after every step (AuxK on)."""
+    d_sae, batch, steps = 1024, 1024, 4
+    chosen = []
+    largest = compat._largest_entries
+    monkeypatch.setattr(compat, "_largest_entries", lambda *a: chosen.append(largest(*a)) or chosen[-1])
+
+    def trainer():
+        torch.manual_seed(0)
+        sae = get_sae_training_class("batchtopk")[0](BatchTopKTrainingSAEConfig(d_in=D_IN, d_sae=d_sae, k=16))
+        cfg = SAETrainerConfig(
+            total_training_samples=steps * batch, train_batch_size_samples=batch, lr=3e-2, lr_end=3e-3,
+            lr_scheduler_name="constant", lr_warm_up_steps=0, lr_decay_steps=0, n_restart_cycles=1,
+            adam_beta1=0.9, adam_beta2=0.999, device="cpu", autocast=False, dead_feature_window=0,
+            feature_sampling_window=5, n_checkpoints=0, checkpoint_path=None, save_final_checkpoint=False,
+            logger=LoggingConfig(log_to_wandb=False), n_batches_for_norm_estimate=1,
+        )  # fmt: skip
+        return SAETrainer(cfg=cfg, sae=sae, data_provider=iter(()))
+
+    ref, ours = trainer(), trainer()
+    g = torch.Generator().manual_seed(5)
+    for i in range(steps):
+        x = torch.randn(batch, D_IN, generator=g) * 3
+        losses = []
+        for t, step in ((ref, SAETrainer.step), (ours, compat.trainer_step)):
+            t.maybe_reset_sparsity()
+            losses.append(float(step(t, x).loss.detach()))
+            t.n_training_steps += 1
+        assert losses[1] == pytest.approx(losses[0], rel=1e-4, abs=1e-5), i
+        for (name, a), (_, b) in zip(ref.sae.named_parameters(), ours.sae.named_parameters(), strict=True):
+            assert torch.allclose(a, b, rtol=1e-4, atol=1e-5), (name, i)
+        assert torch.allclose(ref.sae.topk_threshold, ours.sae.topk_threshold, rtol=1e-6), i
+    assert len(chosen) == steps and all(c is not None for c in chosen)  # each step took the fast choice
