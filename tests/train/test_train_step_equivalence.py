@@ -464,16 +464,21 @@ def test_batchtopk_training_with_the_fast_choice_equals_saelens(monkeypatch):
         return SAETrainer(cfg=cfg, sae=sae, data_provider=iter(()))
 
     ref, ours = trainer(), trainer()
-    g = torch.Generator().manual_seed(5)
+    g, aux = torch.Generator().manual_seed(5), []
     for i in range(steps):
         x = torch.randn(batch, D_IN, generator=g) * 3
         losses = []
         for t, step in ((ref, SAETrainer.step), (ours, compat.trainer_step)):
             t.maybe_reset_sparsity()
-            losses.append(float(step(t, x).loss.detach()))
+            out = step(t, x)
+            losses.append(
+                (float(out.loss.detach()), float(out.losses["auxiliary_reconstruction_loss"].detach()))
+            )
             t.n_training_steps += 1
         assert losses[1] == pytest.approx(losses[0], rel=1e-4, abs=1e-5), i
+        aux.append(losses[1][1])
         for (name, a), (_, b) in zip(ref.sae.named_parameters(), ours.sae.named_parameters(), strict=True):
             assert torch.allclose(a, b, rtol=1e-4, atol=1e-5), (name, i)
         assert torch.allclose(ref.sae.topk_threshold, ours.sae.topk_threshold, rtol=1e-6), i
     assert len(chosen) == steps and all(c is not None for c in chosen)  # each step took the fast choice
+    assert any(a > 0 for a in aux)
