@@ -172,7 +172,7 @@ def make_checkpoint(
         apply_vision_facts(sae, vision_facts(hook_name))
     folder.mkdir(parents=True, exist_ok=True)
     sae.save_model(str(folder))
-    seal_sae_folder(folder)  # what train_sae and the importers write last
     if eval_json is not None:
         (folder / "eval.json").write_text(json.dumps(eval_json))
+    seal_sae_folder(folder)  # what train_sae and the importers write last (eval.json is sealed too)
     return folder

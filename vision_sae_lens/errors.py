@@ -104,6 +104,10 @@ class UnsafePathError(VisionSAELensError, ValueError):
     """A user-supplied name or path that would escape its folder, or a folder we did not create."""
 
 
+class OutputExistsError(VisionSAELensError, FileExistsError):
+    """An output folder that already holds an earlier result of this package (pass ``--overwrite``)."""
+
+
 class SAEFolderError(VisionSAELensError, ValueError):
     """An SAE folder that is incomplete or cannot be read (a missing or corrupt cfg.json, ...)."""
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,6 +30,7 @@ from vision_sae_lens.analysis.explain import SampleAccumulator, interest_scores
 from vision_sae_lens.analysis.scan import ImageReduction, scan
 from vision_sae_lens.analysis.stats import FeatureStats, StatsAccumulator
 from vision_sae_lens.analysis.topk import TopActivations, TopKAccumulator
+from vision_sae_lens.fsutil import building_folder
 from vision_sae_lens.train.evaluate import DENSE_THRESHOLD
 
 if TYPE_CHECKING:
@@ -54,11 +56,18 @@ def build_browser(
     model: HookedSAEViT | None = None,
     ablation_images: int = 8,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> BrowserSite:
-    """Write the feature browser for ``sae`` over an activation ``store`` into ``out_dir``.
+    """Write the feature browser for ``sae`` over an activation ``store`` into the folder ``out_dir``.
 
     Returns a :class:`BrowserSite`: the path of ``index.html``, the summary the index shows (latents,
     dead, dense, positional, pages, ...) and the latents that got a page.
+
+    The browser is built in a temp folder beside ``out_dir`` and renamed into place when complete
+    (:func:`~vision_sae_lens.fsutil.building_folder`): ``out_dir`` must be new or empty, or, with
+    ``overwrite``, a browser this package wrote (its marker file), which is then replaced whole; any
+    other folder is refused before the scan, and a second build into the same ``out_dir`` while one
+    runs gets :class:`~vision_sae_lens.errors.OutputLockedError`.
 
     ``images``: the store's images (anything ``data.open_images`` takes); default: re-opened from the
     store's dataset description when possible (demo, Hugging Face datasets, image folders found beside
@@ -67,33 +76,38 @@ def build_browser(
     (default: the ``max_pages`` with the highest interest score). ``model``: the backbone, to show the
     effect of ablating each paged latent on its ``ablation_images`` top images.
     """
-    out = Path(out_dir)
-    # index.html is written last: while it is absent the browser is unfinished (also on a rebuild).
-    (out / "index.html").unlink(missing_ok=True)
-    for sub in ("assets", "data", "latents", "img"):
-        (out / sub).mkdir(parents=True, exist_ok=True)
-    labels = getattr(store, "labels", None)
-    d_sae = int(sae.cfg.d_sae)
-    stats_acc = StatsAccumulator(
-        d_sae, labels=labels, n_labels=len(getattr(store, "label_names", None) or [])
-    )
-    topk_acc = TopKAccumulator(d_sae, k, by=by)
-    samples = SampleAccumulator(d_sae)
-    starts = _ImageStarts()
-    view = scan(sae, store, [stats_acc, topk_acc, samples, starts], batch_size=batch_size, progress=progress)
-    stats = stats_acc.result(dense_threshold=DENSE_THRESHOLD, label_names=getattr(store, "label_names", None))
-    top = topk_acc.result(view.layout)
-    patch_tokens = torch.arange(view.layout.n_prefix, view.layout.n_tokens)
-    interest = interest_scores(stats, patch_tokens)
-    pages = _pick_pages(sae, stats, interest, latents, max_pages)
-    source, missing = _image_source(store, images)
-    ctx = _Context(sae, store, view, stats, top, source, out, title or _default_title(sae, store))
-    ctx.add_scan(interest=interest, samples=samples, missing=missing, patch_tokens=patch_tokens)
-    copy_assets(out)
-    write_latent_pages(ctx, pages, starts, model=model, ablation_images=ablation_images, progress=progress)
-    summary = write_index(ctx, pages)
-    logger.info("feature browser written to %s (%d latent pages)", out / "index.html", len(pages))
-    return BrowserSite(index=out / "index.html", summary=summary, pages=list(pages))
+    with building_folder(out_dir, kind="browser", overwrite=overwrite, what="feature browser") as out:
+        for sub in ("assets", "data", "latents", "img"):
+            (out / sub).mkdir()
+        labels = getattr(store, "labels", None)
+        d_sae = int(sae.cfg.d_sae)
+        stats_acc = StatsAccumulator(
+            d_sae, labels=labels, n_labels=len(getattr(store, "label_names", None) or [])
+        )
+        topk_acc = TopKAccumulator(d_sae, k, by=by)
+        samples = SampleAccumulator(d_sae)
+        starts = _ImageStarts()
+        view = scan(
+            sae, store, [stats_acc, topk_acc, samples, starts], batch_size=batch_size, progress=progress
+        )
+        stats = stats_acc.result(
+            dense_threshold=DENSE_THRESHOLD, label_names=getattr(store, "label_names", None)
+        )
+        top = topk_acc.result(view.layout)
+        patch_tokens = torch.arange(view.layout.n_prefix, view.layout.n_tokens)
+        interest = interest_scores(stats, patch_tokens)
+        pages = _pick_pages(sae, stats, interest, latents, max_pages)
+        source, missing = _image_source(store, images)
+        ctx = _Context(sae, store, view, stats, top, source, out, title or _default_title(sae, store))
+        ctx.add_scan(interest=interest, samples=samples, missing=missing, patch_tokens=patch_tokens)
+        copy_assets(out)
+        write_latent_pages(
+            ctx, pages, starts, model=model, ablation_images=ablation_images, progress=progress
+        )
+        summary = write_index(ctx, pages)
+    index = Path(os.path.abspath(out_dir)) / "index.html"
+    logger.info("feature browser written to %s (%d latent pages)", index, len(pages))
+    return BrowserSite(index=index, summary=summary, pages=list(pages))
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,10 @@ logger = logging.getLogger(__name__)
 _TEMPLATES = "templates"
 _MIN_DISPLAY_PX = 160
 _THUMB_PX = 48
+PAGE_LABELS = 20
+"""Labels a latent page charts; with more, the highest firing rates and a line for the rest."""
+INDEX_LABELS = 5
+"""Firing labels per latent in the index's search data (``data/index.js``)."""
 
 
 def copy_assets(out: Path) -> None:
@@ -190,24 +194,38 @@ def _spatial(ctx: Any, j: int) -> Any:
 
 
 def _label_bars(ctx: Any, j: int) -> Any:
-    s = ctx.stats
-    if s.label_counts is None or s.label_images is None:
+    """Every label's firing rate in label order, or with more than :data:`PAGE_LABELS` labels the
+    highest rates and one line for the rest (10,000 iNat classes must not make a 2 MB page)."""
+    rate = _label_rates(ctx.stats, j)
+    if rate is None:
         return None
-    n = s.label_counts.shape[1]
-    rate = s.label_counts[j].double() / s.label_images[:n].double().clamp(min=1)
-    names = [_label_name(ctx, i) or str(i) for i in range(n)]
-    return label_bars_svg(names, rate)
+    n = rate.numel()
+    if n <= PAGE_LABELS:
+        return label_bars_svg([_label_name(ctx, i) or str(i) for i in range(n)], rate)
+    shown = torch.sort(rate, descending=True, stable=True).indices[:PAGE_LABELS]
+    counts = ctx.stats.label_counts[j].double()
+    total = float(counts.sum())
+    hidden_share = (total - float(counts[shown].sum())) / total if total else 0.0
+    names = [_label_name(ctx, i) or str(i) for i in shown.tolist()]
+    return label_bars_svg(names, rate[shown], rest=(n - PAGE_LABELS, hidden_share))
 
 
 def _firing_labels(ctx: Any, j: int) -> list[str]:
-    """Labels on whose images the latent fires at least half as often as on its best label."""
-    s = ctx.stats
+    """Up to :data:`INDEX_LABELS` labels on whose images the latent fires at least half as often as on
+    its best label, highest rate first (the index's search text)."""
+    rate = _label_rates(ctx.stats, j)
+    if rate is None or float(rate.max()) <= 0:
+        return []
+    order = torch.sort(rate, descending=True, stable=True).indices[:INDEX_LABELS]
+    return [_label_name(ctx, i) or str(i) for i in order.tolist() if rate[i] >= 0.5 * rate.max()]
+
+
+def _label_rates(s: Any, j: int) -> torch.Tensor | None:
+    """Per label, the share of its images on which latent ``j`` fires (None without labels)."""
     if s.label_counts is None or s.label_images is None:
-        return []
-    rate = s.label_counts[j].double() / s.label_images[: s.label_counts.shape[1]].double().clamp(min=1)
-    if float(rate.max()) <= 0:
-        return []
-    return [_label_name(ctx, i) or str(i) for i in (rate >= 0.5 * rate.max()).nonzero().flatten().tolist()]
+        return None
+    n = s.label_counts.shape[1]
+    return s.label_counts[j].double() / s.label_images[:n].double().clamp(min=1)
 
 
 def _image_grids(ctx: Any, image: int, starts: Any, latents: list[int]) -> dict[int, np.ndarray]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -23,7 +24,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--store", required=True, metavar="DIR", help="activation store holding the SAE's site"
     )
-    parser.add_argument("--out", required=True, metavar="DIR", help="output folder for the browser")
+    parser.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="output folder for the browser: new or empty (built beside it, then renamed into place)",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing browser of this package in --out (never another folder)",
+    )
     parser.add_argument(
         "--images",
         metavar="SPEC",
@@ -52,10 +63,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Load the SAE and store, build the browser, print where it is and the SAE summary."""
     from vision_sae_lens.analysis.browser import build_browser
+    from vision_sae_lens.fsutil import check_output_folder
     from vision_sae_lens.store import ActivationStore
     from vision_sae_lens.train.checkpoint import open_sae_folder
 
-    # checksums.json (when the folder has one) and cfg.json are checked before any work.
+    # The output folder, checksums.json (when the SAE folder has one) and cfg.json are checked before any work.
+    check_output_folder(
+        Path(args.out).absolute(), overwrite=args.overwrite, kinds=("browser",), what="feature browser"
+    )
     sae = open_sae_folder(args.sae, device=args.device or "cpu")
     store = ActivationStore(args.store)
     latents = [int(x) for x in args.latents.split(",") if x.strip()] if args.latents else None
@@ -76,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         title=args.title,
         model=model,
+        overwrite=args.overwrite,
     )
     print(json.dumps(site.summary, indent=2))
     print(f"feature browser: {site.index.resolve().as_uri()}")

@@ -76,8 +76,19 @@ def spatial_svg(grid_hw: torch.Tensor, *, cell: int = 22) -> Markup:
     return _svg(w * cell, h * cell, "".join(parts), "spatial firing map")
 
 
-def label_bars_svg(names: list[str], rate_l: torch.Tensor, *, width: int = 360, row: int = 18) -> Markup:
-    """One horizontal bar per label: the share of that label's images on which the latent fires."""
+def label_bars_svg(
+    names: list[str],
+    rate_l: torch.Tensor,
+    *,
+    rest: tuple[int, float] | None = None,
+    width: int = 360,
+    row: int = 18,
+) -> Markup:
+    """One horizontal bar per label: the share of that label's images on which the latent fires.
+
+    ``rest`` = (labels not drawn, their share of the images the latent fires on) adds a closing line
+    such as "+9,980 more labels: 37% of its firing images".
+    """
     label_w, plot_w = 90, width - 90 - 44
     parts = []
     for i, (name, rate) in enumerate(zip(names, rate_l.tolist(), strict=True)):
@@ -87,7 +98,13 @@ def label_bars_svg(names: list[str], rate_l: torch.Tensor, *, width: int = 360, 
             f'<rect x="{label_w}" y="{y + 3}" width="{max(rate * plot_w, 0.5):.1f}" height="{row - 6}" fill="{_BAR}"/>'
         )
         parts.append(_text(label_w + rate * plot_w + 4, y + row - 5, f"{100 * rate:.0f}%", anchor="start"))
-    return _svg(width, row * len(names) + 4, "".join(parts), "firing rate per label")
+    rows = len(names)
+    if rest is not None:
+        hidden, share = rest
+        line = f"+{hidden:,} more labels: {100 * share:.0f}% of its firing images"
+        parts.append(_text(4, rows * row + row - 5, line, anchor="start"))
+        rows += 1
+    return _svg(width, row * rows + 4, "".join(parts), "firing rate per label")
 
 
 def _svg(width: float, height: float, body: str, label: str) -> Markup:

@@ -17,10 +17,10 @@ the architecture; ``spec.weights`` records the file's name and sha256 (never its
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
+from vision_sae_lens import fsutil
 from vision_sae_lens.backbones.spec import BackboneSpec
 from vision_sae_lens.errors import ConfigError, DataFileNotFoundError, UnknownBackboneError
 
@@ -166,7 +166,7 @@ def local_dir_family(path: Path) -> str | None:
     config_file = path / "config.json"
     if not config_file.is_file():
         return None
-    config = json.loads(config_file.read_text())
+    config = fsutil.read_json(config_file)
     return "timm" if "architecture" in config and "model_type" not in config else "hf"
 
 

@@ -151,7 +151,8 @@ def _build_browser(
     )
     world = ShapesWorld("test", n_images=store.n_images, seed=int(store.dataset.get("seed", 0)))
     build_browser(sae, store, out_dir=out, images=world, latents=latents, max_pages=len(latents),
-                  title=f"{report['name']}: best latents per factor", progress=progress)  # fmt: skip
+                  title=f"{report['name']}: best latents per factor", progress=progress,
+                  overwrite=True)  # fmt: skip
     # Link back from the browser's front page to the report (after its title; the page is ours to edit).
     index = out / "index.html"
     page = index.read_text("utf-8")

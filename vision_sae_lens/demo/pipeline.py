@@ -133,6 +133,7 @@ def run_demo(out_dir: str | Path, *, config: DemoConfig | None = None, progress:
     index = build_browser(
         best.sae, store, out_dir=out / "browser", images=train_digits,
         max_pages=cfg.browser_latents, title=f"demo: {best.name} on {cfg.site}", model=model, progress=progress,
+        overwrite=True,  # the demo's own browser of an earlier run (a foreign folder is still refused)
     ).index  # fmt: skip
 
     logger.info("5/5 summary")

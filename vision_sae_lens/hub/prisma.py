@@ -18,7 +18,6 @@ same name; Prisma's encoder subtracts ``b_dec`` (``apply_b_dec_to_input=True``).
 
 from __future__ import annotations
 
-import json
 import logging
 import pickle
 import re
@@ -32,7 +31,7 @@ import torch
 from sae_lens import SAE, GatedSAE, GatedSAEConfig, StandardSAE, StandardSAEConfig, TopKSAE, TopKSAEConfig
 
 from vision_sae_lens.errors import ConversionError, UnsafeCheckpointError
-from vision_sae_lens.fsutil import seal_sae_folder
+from vision_sae_lens.fsutil import building_folder, check_output_folder, read_json, seal_sae_folder
 from vision_sae_lens.layout import TokenLayout
 from vision_sae_lens.metadata import VisionFacts
 
@@ -58,12 +57,17 @@ def import_prisma(
     out_dir: str | Path | None = None,
     filename: str | None = None,
     trust_remote_pickle: bool = False,
+    overwrite: bool = False,
 ) -> SAE:
     """Load a ViT-Prisma SAE (local ``.pt`` / folder, or a Hub repo id) as a SAELens SAE.
 
-    With ``out_dir`` the SAE is also saved there as a SAELens folder. Hub repos are fetched with
-    ``snapshot_download`` (``*.pt`` and ``*.json`` only), so a warm cache works offline.
+    With ``out_dir`` the SAE is also saved there as a SAELens folder, written beside it and renamed
+    into place; an existing ``out_dir`` is refused (before the file is read) unless ``overwrite`` and
+    it is an SAE folder of this package. Hub repos are fetched with ``snapshot_download`` (``*.pt``
+    and ``*.json`` only), so a warm cache works offline.
     """
+    if out_dir is not None:
+        check_output_folder(Path(out_dir).absolute(), overwrite=overwrite, kinds=("sae",), what="SAE folder")
     weights, config_json = _locate(Path(path_or_repo), str(path_or_repo), filename)
     payload = load_prisma_pickle(weights, trust_remote_pickle=trust_remote_pickle)
     if not isinstance(payload, dict) or "state_dict" not in payload:
@@ -73,9 +77,9 @@ def import_prisma(
     cfg = _config_dict(payload.get("cfg"), config_json)
     sae = convert_prisma(cfg, payload["state_dict"])
     if out_dir is not None:
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
-        sae.save_model(str(out_dir))
-        seal_sae_folder(out_dir)  # checksums.json: the folder is complete (publish requires it)
+        with building_folder(out_dir, kind="sae", overwrite=overwrite, what="SAE folder") as tmp:
+            sae.save_model(str(tmp))
+            seal_sae_folder(tmp)  # checksums.json: the folder is complete (publish requires it)
     return sae
 
 
@@ -104,47 +108,78 @@ def load_prisma_pickle(path: str | Path, *, trust_remote_pickle: bool = False) -
 
 
 def convert_prisma(cfg: dict[str, Any], state_dict: dict[str, torch.Tensor]) -> SAE:
-    """A SAELens SAE from a Prisma config dict and state dict (same latents as Prisma's encoder)."""
+    """A SAELens SAE from a Prisma config dict and state dict (same latents as Prisma's encoder).
+
+    The config's shapes are checked against the tensors before anything sized by the config is
+    allocated (an SAE built on the ``meta`` device gives the shapes SAELens expects), so a config
+    that claims millions of latents over small tensors fails at once.
+    """
     d_in = cfg.get("d_in")
-    if not isinstance(d_in, int):
-        raise ConversionError(f"Prisma config field d_in is missing or not an integer: {d_in!r}")
-    d_sae = cfg.get("d_sae") or (
-        d_in * cfg["expansion_factor"] if isinstance(cfg.get("expansion_factor"), int) else None
-    )
-    if not isinstance(d_sae, int):
-        raise ConversionError("Prisma config needs d_sae or an integer expansion_factor")
+    if not _is_count(d_in):
+        raise ConversionError(f"Prisma config field d_in must be a positive integer, got {d_in!r}")
+    factor = cfg.get("expansion_factor")
+    d_sae = cfg.get("d_sae") or (d_in * factor if _is_count(factor) else None)
+    if not _is_count(d_sae):
+        raise ConversionError(
+            f"Prisma config needs d_sae or expansion_factor as a positive integer (d_sae={cfg.get('d_sae')!r}, "
+            f"expansion_factor={factor!r})"
+        )
     norm = cfg.get("normalize_activations") or "none"
     if norm not in ("none", "layer_norm", "constant_norm_rescale"):
         raise ConversionError(f"Prisma config field normalize_activations={norm!r} is not supported")
     common = {"d_in": d_in, "d_sae": d_sae, "apply_b_dec_to_input": True, "normalize_activations": norm}
-    arch = cfg.get("architecture") or "standard"
-    act = cfg.get("activation_fn_str") or "relu"
-    kwargs = cfg.get("activation_fn_kwargs") or {}
-    if arch == "gated":
-        sae: SAE = GatedSAE(GatedSAEConfig(**common))
-    elif arch == "standard" and act == "relu":
-        sae = StandardSAE(StandardSAEConfig(**common))
-    elif arch == "standard" and act == "topk":
-        if not isinstance(kwargs.get("k"), int):
-            raise ConversionError(
-                f"Prisma config field activation_fn_kwargs.k must be an integer, got {kwargs!r}"
-            )
-        sae = TopKSAE(TopKSAEConfig(k=kwargs["k"], **common))
-    else:
-        raise ConversionError(
-            f"Prisma config fields architecture={arch!r}, activation_fn_str={act!r} have no SAELens equivalent "
-            "(supported: standard+relu, standard+topk, gated)."
-        )
-    wanted = set(sae.state_dict())
-    missing = wanted - set(state_dict)
-    if missing:
-        raise ConversionError(f"Prisma state dict lacks {sorted(missing)} (has {sorted(state_dict)})")
-    sae.load_state_dict({k: state_dict[k].detach().float().contiguous() for k in wanted})
+    sae_class, cfg_class, extra = _architecture(cfg)
+    expected = sae_class(cfg_class(**common, **extra, device="meta")).state_dict()
+    _check_state(expected, state_dict)
+    sae = sae_class(cfg_class(**common, **extra))
+    sae.load_state_dict({k: state_dict[k].detach().float().contiguous() for k in expected})
     _write_metadata(sae, cfg)
     return sae
 
 
 # --- helpers -------------------------------------------------------------------------------------
+
+
+def _architecture(cfg: dict[str, Any]) -> tuple[type[SAE], type, dict[str, Any]]:
+    """(SAELens SAE class, its config class, extra config fields) for a Prisma config."""
+    arch = cfg.get("architecture") or "standard"
+    act = cfg.get("activation_fn_str") or "relu"
+    kwargs = cfg.get("activation_fn_kwargs") or {}
+    if arch == "gated":
+        return GatedSAE, GatedSAEConfig, {}
+    if arch == "standard" and act == "relu":
+        return StandardSAE, StandardSAEConfig, {}
+    if arch == "standard" and act == "topk":
+        if not _is_count(kwargs.get("k")):
+            raise ConversionError(
+                f"Prisma config field activation_fn_kwargs.k must be a positive integer, got {kwargs!r}"
+            )
+        return TopKSAE, TopKSAEConfig, {"k": kwargs["k"]}
+    raise ConversionError(
+        f"Prisma config fields architecture={arch!r}, activation_fn_str={act!r} have no SAELens equivalent "
+        "(supported: standard+relu, standard+topk, gated)."
+    )
+
+
+def _check_state(expected: dict[str, torch.Tensor], state_dict: Any) -> None:
+    if not isinstance(state_dict, dict):
+        raise ConversionError(
+            f"the Prisma state_dict is a {type(state_dict).__name__}, expected a dict of tensors"
+        )
+    missing = set(expected) - set(state_dict)
+    if missing:
+        raise ConversionError(f"Prisma state dict lacks {sorted(missing)} (has {sorted(state_dict)})")
+    wrong = [
+        f"{k} is {tuple(getattr(state_dict[k], 'shape', ()))}, the config implies {tuple(v.shape)}"
+        for k, v in expected.items()
+        if not isinstance(state_dict[k], torch.Tensor) or tuple(state_dict[k].shape) != tuple(v.shape)
+    ]
+    if wrong:
+        raise ConversionError(f"the Prisma config does not match its tensors: {'; '.join(wrong)}")
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 def _locate(local: Path, spec: str, filename: str | None) -> tuple[Path, Path | None]:
@@ -168,7 +203,9 @@ def _locate(local: Path, spec: str, filename: str | None) -> tuple[Path, Path | 
 
 def _config_dict(cfg_obj: Any, config_json: Path | None) -> dict[str, Any]:
     if config_json is not None:
-        data = json.loads(config_json.read_text())
+        data = read_json(config_json)
+        if not isinstance(data, dict):
+            raise ConversionError(f"{config_json} holds a {type(data).__name__}, expected a JSON object")
     elif isinstance(cfg_obj, dict):
         data = dict(cfg_obj)
     elif cfg_obj is not None and hasattr(cfg_obj, "__dict__"):

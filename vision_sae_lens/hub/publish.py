@@ -11,21 +11,22 @@ and is scrubbed from error messages.
 
 from __future__ import annotations
 
-import json
 import logging
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vision_sae_lens.errors import HubError, SAEFolderError
+from vision_sae_lens.errors import HubError, SAEFolderError, UnsafePathError
+from vision_sae_lens.fsutil import check_name, read_json
 from vision_sae_lens.hub.model_card import build_model_card
 
 logger = logging.getLogger(__name__)
 
 SAE_FILES = ("cfg.json", "sae_weights.safetensors", "sparsity.safetensors", "eval.json")
 REQUIRED_METADATA = ("backbone", "hook_name", "tokens", "image_size", "patch_size", "has_cls")
-_SAE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-/]*$")
+_SAE_ID_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]*")
 
 
 @dataclass
@@ -104,6 +105,7 @@ def _validate_folder(folder: Path) -> dict[str, Any]:
 
     if not folder.is_dir():
         raise HubError(f"{folder} is not a directory; pass SAELens checkpoint folders (cfg.json + weights).")
+    _refuse_links(folder)
     missing = [n for n in ("cfg.json", "sae_weights.safetensors") if not (folder / n).exists()]
     if missing:
         raise HubError(f"{folder} is not a SAELens checkpoint folder: missing {missing}.")
@@ -120,10 +122,10 @@ def _validate_folder(folder: Path) -> dict[str, Any]:
             "vision_sae_lens.apply_vision_facts(sae, VisionFacts(...)) and save again."
         )
     evals = {}
-    if (folder / "eval.json").exists():
+    if (folder / "eval.json").exists():  # sealed: open_sae_folder checked it against checksums.json
         try:
-            evals = json.loads((folder / "eval.json").read_text())
-        except json.JSONDecodeError as exc:
+            evals = read_json(folder / "eval.json")
+        except ValueError as exc:
             raise HubError(f"{folder}/eval.json is not valid JSON: {exc}") from exc
     return {
         "folder": folder,
@@ -138,6 +140,26 @@ def _validate_folder(folder: Path) -> dict[str, Any]:
     }
 
 
+def _refuse_links(folder: Path) -> None:
+    """Refuse a folder holding any symlink (file or folder) or a file to upload that resolves outside:
+    the upload must be the folder's own bytes, never what a link points to (credentials, ...)."""
+    base = folder.resolve()
+    links = [
+        Path(sub, name)
+        for sub, dirs, files in os.walk(folder)
+        for name in [*dirs, *files]
+        if Path(sub, name).is_symlink()
+    ]
+    outside = [folder / n for n in SAE_FILES if not (folder / n).resolve().is_relative_to(base)]
+    if links or outside:
+        shown = ", ".join(str(p) for p in [*links, *outside][:5])
+        raise HubError(
+            f"refusing to publish {folder}: it holds symbolic links or files that resolve outside it ({shown}). "
+            "Publish only the folder's own files: replace the links with copies, or publish the folder they "
+            "point to."
+        )
+
+
 def _default_ids(saes: list[dict[str, Any]]) -> list[str]:
     sites = [s["site"] for s in saes]
     return [s["site"] if sites.count(s["site"]) == 1 else f"{s['site']}/{s['folder'].name}" for s in saes]
@@ -147,9 +169,24 @@ def _check_ids(ids: list[str]) -> None:
     dupes = sorted({i for i in ids if ids.count(i) > 1})
     if dupes:
         raise HubError(f"SAE ids must be unique in a repo; repeated: {dupes}. Pass sae_ids=[...].")
-    bad = [i for i in ids if not _SAE_ID.match(i) or ".." in i or i.endswith("/") or i == "README.md"]
+    bad = {}
+    for sae_id in ids:
+        try:
+            check_name(
+                sae_id, what="SAE id", allow_slash=True
+            )  # the rules of every user name: no '.', '..', '.git', ...
+        except UnsafePathError as exc:
+            bad[sae_id] = str(exc).split("; ")[0]
+            continue
+        if sae_id == "README.md":
+            bad[sae_id] = "'README.md' is the model card's name"
+        elif not all(_SAE_ID_PART.fullmatch(part) for part in sae_id.split("/")):
+            bad[sae_id] = f"SAE id {sae_id!r} has a part that does not start with a letter or digit"
     if bad:
-        raise HubError(f"invalid SAE ids {bad}: use letters, digits, '.', '_', '-' and '/' (no '..').")
+        raise HubError(
+            f"invalid SAE ids: {'; '.join(bad.values())}. Each '/'-separated part must start with a letter or digit "
+            "and hold only letters, digits, '.', '_' and '-'."
+        )
 
 
 def _upload(

@@ -40,6 +40,7 @@ from sae_lens import (
 )
 
 from vision_sae_lens.errors import ConfigError, ConversionError, UnsafeCheckpointError
+from vision_sae_lens.fsutil import open_regular
 from vision_sae_lens.metadata import VisionFacts
 
 logger = logging.getLogger(__name__)
@@ -47,6 +48,8 @@ logger = logging.getLogger(__name__)
 KNOWN_SCHEMAS = (None, 1, 2, 3, 4, 5)
 ACTIVATIONS = ("Relu", "TopK", "BatchTopK")
 STATE_KEYS = {"W_enc", "W_dec", "b_enc", "b_dec"}
+MAX_HEADER_BYTES = 2**20
+"""Longest JSON header line read from a ``sae.pt`` (saev's are about a kilobyte)."""
 
 
 @dataclass(frozen=True)
@@ -96,8 +99,12 @@ def read_saev_checkpoint(path: str | Path, *, subtract_b_dec: bool | None = None
     ``subtract_b_dec`` overrides the era default (True up to schema 1, False after).
     """
     path = Path(path)
-    with open(path, "rb") as fd:
-        first = fd.readline()
+    with open_regular(path) as fd:  # a FIFO or /dev/zero is refused, not read without end
+        first = fd.readline(MAX_HEADER_BYTES + 1)
+        if len(first) > MAX_HEADER_BYTES:
+            raise ConversionError(
+                f"{path}: the first line is longer than {MAX_HEADER_BYTES:,} bytes, so it is not a saev JSON header."
+            )
         rest = fd.read()
     try:
         header = json.loads(first)

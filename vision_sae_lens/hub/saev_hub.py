@@ -18,8 +18,15 @@ import torch
 from huggingface_hub import hf_hub_download
 from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
 
-from vision_sae_lens.errors import HubError, HubFileNotFoundError
-from vision_sae_lens.fsutil import check_inside, check_name, seal_sae_folder
+from vision_sae_lens.errors import ConversionError, HubError, HubFileNotFoundError
+from vision_sae_lens.fsutil import (
+    building_folder,
+    check_inside,
+    check_name,
+    check_output_folder,
+    read_capped,
+    seal_sae_folder,
+)
 from vision_sae_lens.hub.registry import VisionRelease, find_release, release_for
 from vision_sae_lens.hub.saev import convert_saev_checkpoint, read_saev_checkpoint
 from vision_sae_lens.layout import TokenLayout
@@ -65,6 +72,7 @@ def import_saev(
     input_mean: torch.Tensor | str | Path | None = None,
     input_scalar: float | None = None,
     subtract_b_dec: bool | None = None,
+    overwrite: bool = False,
 ) -> list[Path]:
     """Convert saev checkpoints to SAELens folders under ``out_dir``; returns the folders written.
 
@@ -72,12 +80,22 @@ def import_saev(
     release name, or a Hub repo id (``osunlp/...``). Vision facts come from the release registry
     when the checkpoint is a registered one, else from ``facts`` (saev headers record no backbone,
     layer or token set). Each folder loads with ``SAE.load_from_disk``.
+
+    Before anything is written, every target is checked: two sources that map to one folder name
+    (``a/b/sae.pt`` and ``a__b/sae.pt``) raise :class:`~vision_sae_lens.errors.ConversionError` naming
+    both, and an existing target is refused unless ``overwrite`` and it is an SAE folder of this
+    package (:func:`~vision_sae_lens.fsutil.check_output_folder`). Each folder is written beside its
+    target and renamed into place whole.
     """
     from vision_sae_lens.hub.saev import load_saev_checkpoint
 
     out_dir = Path(out_dir)
+    sources = list(_resolve_sources(str(path_or_repo), sae_ids))
+    targets = _check_targets(
+        out_dir, [(str(name), path) for name, path, _, _ in sources], overwrite=overwrite
+    )
     written = []
-    for name, path, release, entry in _resolve_sources(str(path_or_repo), sae_ids):
+    for (_, path, release, entry), target in zip(sources, targets, strict=True):
         use_facts = facts or (_facts_of(release, entry) if release else None)
         mean, scalar = input_mean, input_scalar
         norm_info = (release.vision.get("saev_normalization") if release else None) or {}
@@ -88,15 +106,31 @@ def import_saev(
         )
         if norm_info and mean is None:
             _record_missing_normalization(sae, norm_info)
-        target = check_inside(out_dir, check_name(str(name), what="SAE id", allow_slash=True), what="SAE id")
-        target.mkdir(parents=True, exist_ok=True)
-        sae.save_model(str(target))
-        seal_sae_folder(target)  # checksums.json: the folder is complete (publish requires it)
+        with building_folder(target, kind="sae", overwrite=overwrite, what="SAE folder") as tmp:
+            sae.save_model(str(tmp))
+            seal_sae_folder(tmp)  # checksums.json: the folder is complete (publish requires it)
         logger.info("converted %s -> %s (%s, d_sae=%d)", path, target, sae.cfg.architecture(), sae.cfg.d_sae)
         written.append(target)
     if not written:
         raise HubError(f"no saev sae.pt found in {path_or_repo!s}")
     return written
+
+
+def _check_targets(out_dir: Path, sources: list[tuple[str, Path]], *, overwrite: bool) -> list[Path]:
+    """The target folder of each (name, source), after refusing unsafe names, two sources with one
+    target (compared case-insensitively, as some file systems do) and targets that may not be replaced."""
+    targets, seen = [], {}
+    for name, source in sources:
+        target = check_inside(out_dir, check_name(name, what="SAE id", allow_slash=True), what="SAE id")
+        earlier = seen.setdefault(str(target).casefold(), source)
+        if earlier != source:
+            raise ConversionError(
+                f"{earlier} and {source} would both be written to {target}; nothing was written. Rename one "
+                "of the source folders, or convert them one at a time (import-saev PATH/sae.pt) into different --out."
+            )
+        check_output_folder(target, overwrite=overwrite, kinds=("sae",), what="SAE folder")
+        targets.append(target)
+    return targets
 
 
 def read_saev_manifest(release_or_repo: str) -> list[dict[str, Any]]:
@@ -105,7 +139,7 @@ def read_saev_manifest(release_or_repo: str) -> list[dict[str, Any]]:
     release = release_for(release_or_repo)
     repo_id = release.repo_id if release else release_or_repo
     path = _download(repo_id, "manifest.jsonl")
-    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    rows = [json.loads(line) for line in read_capped(path).decode().splitlines() if line.strip()]
     for row in rows:
         row["sae_id"] = f"blocks.{row['layer']}.hook_resid_post/{row['run_id']}"
     return rows

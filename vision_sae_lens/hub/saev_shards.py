@@ -14,10 +14,10 @@ one site ``blocks.{layer}.hook_resid_post`` per saev layer.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import re
+import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from vision_sae_lens.errors import ConversionError
+from vision_sae_lens.fsutil import read_json
 
 logger = logging.getLogger(__name__)
 
@@ -70,43 +71,80 @@ class SaevRows:
 
 
 def read_saev_shard_info(path: str | Path) -> SaevShardInfo:
-    """Parse ``metadata.json`` and ``shards.json`` of a saev shard directory (either protocol)."""
+    """Parse ``metadata.json`` and ``shards.json`` of a saev shard directory (either protocol).
+
+    Every field is checked before it is used (a foreign header decides sizes and site names): counts
+    are positive integers within :data:`LIMITS` (``"2e9"`` or ``-2`` are refused), layers distinct
+    integers (``1.5`` or ``"../x"`` would become a site name), names plain strings; a
+    :class:`~vision_sae_lens.errors.ConversionError` names the file and the field.
+    """
     path = Path(path)
     try:
-        md = json.loads((path / "metadata.json").read_text())
-        shards = json.loads((path / "shards.json").read_text())
+        md = read_json(path / "metadata.json")
+        shards = read_json(path / "shards.json")
     except FileNotFoundError as exc:
         raise ConversionError(f"{path} is not a saev shard directory: {exc.filename} is missing") from exc
+    except ValueError as exc:
+        raise ConversionError(f"{path}: cannot read saev's metadata.json / shards.json: {exc}") from exc
+    if not isinstance(md, dict) or not isinstance(shards, list):
+        raise ConversionError(f"{path}: metadata.json must hold a JSON object and shards.json a list")
+    where = f"{path}/metadata.json"
     get = lambda *keys: next((md[k] for k in keys if k in md), None)  # noqa: E731
-    fields: dict[str, Any] = {  # JSON values; None ones are refused just below
-        "layers": get("layers"),
-        "n_patches": get("content_tokens_per_example", "n_patches_per_img"),
-        "cls_token": get("cls_token"),
-        "d_model": get("d_model", "d_vit"),
-        "n_images": get("n_examples", "n_imgs"),
-    }
-    missing = [k for k, v in fields.items() if v is None]
-    if missing:
-        raise ConversionError(f"{path}/metadata.json lacks {missing} (saev protocol {md.get('protocol')!r})")
     if md.get("dtype", "float32") != "float32":
-        raise ConversionError(
-            f"{path}/metadata.json field dtype={md['dtype']!r}; only float32 shards are known"
+        raise ConversionError(f"{where} field dtype={md['dtype']!r}; only float32 shards are known")
+    n_images = _count(get("n_examples", "n_imgs"), f"{where} field n_examples (n_imgs)", LIMITS["n_images"])
+    counts = tuple(
+        _count(
+            s.get("n_examples", s.get("n_imgs")) if isinstance(s, dict) else s,
+            f"{path}/shards.json entry {i} field n_examples (n_imgs)",
+            LIMITS["n_images"],
         )
-    counts = tuple(int(s.get("n_examples", s.get("n_imgs"))) for s in shards)
-    if sum(counts) != fields["n_images"]:
-        raise ConversionError(
-            f"{path}: shards.json counts {sum(counts)} images, metadata.json {fields['n_images']}"
-        )
+        for i, s in enumerate(shards)
+    )
+    if sum(counts) != n_images:
+        raise ConversionError(f"{path}: shards.json counts {sum(counts)} images, metadata.json {n_images}")
+    cls_token = get("cls_token")
+    if not isinstance(cls_token, bool):
+        raise ConversionError(f"{where} field cls_token must be true or false, got {cls_token!r}")
     return SaevShardInfo(
-        family=str(get("family", "vit_family")),
-        ckpt=str(get("ckpt", "vit_ckpt")),
-        layers=tuple(fields["layers"]),
-        n_patches=int(fields["n_patches"]),
-        cls_token=bool(fields["cls_token"]),
-        d_model=int(fields["d_model"]),
-        n_images=int(fields["n_images"]),
+        family=_text(get("family", "vit_family"), f"{where} field family (vit_family)"),
+        ckpt=_text(get("ckpt", "vit_ckpt"), f"{where} field ckpt (vit_ckpt)"),
+        layers=_layers(get("layers"), f"{where} field layers"),
+        n_patches=_count(
+            get("content_tokens_per_example", "n_patches_per_img"),
+            f"{where} field content_tokens_per_example (n_patches_per_img)",
+            LIMITS["n_patches"],
+        ),
+        cls_token=cls_token,
+        d_model=_count(get("d_model", "d_vit"), f"{where} field d_model (d_vit)", LIMITS["d_model"]),
+        n_images=n_images,
         shard_images=counts,
     )
+
+
+LIMITS = {"n_images": 10**10, "n_patches": 2**16, "d_model": 2**16, "layers": 1024}
+"""Largest values read from a saev header (far above any real one: a bigger one is a damaged header)."""
+
+
+def _count(value: Any, field: str, limit: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= limit:
+        raise ConversionError(f"{field} must be a positive integer of at most {limit:,}, got {value!r}")
+    return value
+
+
+def _layers(value: Any, field: str) -> tuple[int, ...]:
+    ok = isinstance(value, list) and value and len(set(value)) == len(value)
+    if not ok or any(isinstance(x, bool) or not isinstance(x, int) for x in value):
+        raise ConversionError(f"{field} must be a non-empty list of distinct integers, got {value!r}")
+    if any(abs(x) >= LIMITS["layers"] for x in value):
+        raise ConversionError(f"{field} holds a layer beyond {LIMITS['layers']} blocks: {value!r}")
+    return tuple(value)
+
+
+def _text(value: Any, field: str) -> str:
+    if not isinstance(value, str) or not value or any(unicodedata.category(c) == "Cc" for c in value):
+        raise ConversionError(f"{field} must be a non-empty string without control characters, got {value!r}")
+    return value
 
 
 def read_saev_shards(
@@ -164,6 +202,8 @@ def convert_saev_shards(
 
     info = read_saev_shard_info(path)
     layers = list(info.layers) if layer is None else [layer]
+    if layer is not None and (isinstance(layer, bool) or layer not in info.layers):
+        raise ConversionError(f"layer {layer!r} is not in this saev directory (it has {list(info.layers)})")
     grid = math.isqrt(info.n_patches)
     if grid * grid != info.n_patches:
         raise ConversionError(
@@ -179,6 +219,8 @@ def convert_saev_shards(
             raise ConversionError(
                 f"saev layer {saev_layer} is negative; pass n_layers= (blocks in the backbone)"
             )
+        if n_layers is not None and not 0 <= block < n_layers:
+            raise ConversionError(f"saev layer {saev_layer} is outside a backbone of {n_layers} blocks")
         sites[saev_layer] = f"blocks.{block}.hook_resid_post"
     layout = TokenLayout(image_size=(grid * patch,) * 2, patch_size=(patch, patch), has_cls=info.cls_token)
     writer = StoreWriter(

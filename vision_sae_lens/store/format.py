@@ -95,7 +95,7 @@ def write_json_atomic(path: Path, obj: Any) -> None:
 def read_json(path: Path) -> Any:
     """Read a JSON file, turning a truncated or invalid one into a StoreError naming it."""
     try:
-        return json.loads(path.read_text())
+        return fsutil.read_json(path)
     except (OSError, json.JSONDecodeError) as exc:
         raise StoreError(f"cannot read {path.name} in {path.parent}: {exc}") from exc
 

@@ -220,7 +220,7 @@ def check_claimable(root: Path) -> None:
 
 
 def _ours_transient(name: str) -> bool:
-    return name == fsutil.LOCK_FILE or (name.startswith(".") and name.endswith(".tmp"))
+    return name == fsutil.LOCK_FILE or fsutil.is_own_temp(name)
 
 
 def _short(value: Any) -> str:

@@ -14,7 +14,6 @@ Resume reads trainer state with ``torch.load(weights_only=True)`` only.
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import os
 import pickle
@@ -137,7 +136,7 @@ def read_progress(checkpoint: Path) -> dict[str, Any]:
     """The ``progress.json`` of a checkpoint (store fingerprint, data seed, steps)."""
     path = checkpoint / TRAINER_SUBDIR / PROGRESS_FILENAME
     try:
-        return json.loads(path.read_text())
+        return fsutil.read_json(path)
     except (OSError, ValueError) as exc:
         raise CheckpointCorruptError(f"cannot read {path}: {exc}") from exc
 
@@ -146,7 +145,7 @@ def verify_checkpoint(checkpoint: Path) -> None:
     """Check every file of a checkpoint against its ``checkpoint.json``; CheckpointCorruptError names the bad ones."""
     path = checkpoint / CHECKPOINT_MANIFEST
     try:
-        entries = json.loads(path.read_text())["files"]
+        entries = fsutil.read_json(path)["files"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise CheckpointCorruptError(f"cannot read {path}: {exc}") from exc
     problems = []
@@ -223,7 +222,7 @@ def is_finished(folder: Path) -> bool:
     if not path.is_file() or not (folder / fsutil.SAE_CHECKSUMS_FILE).is_file():
         return False
     try:
-        return bool(json.loads(path.read_text()).get("finished", False))
+        return bool(fsutil.read_json(path).get("finished", False))
     except ValueError as exc:
         raise CheckpointCorruptError(
             f"{path} is not valid JSON ({exc}); pass --overwrite to train again"
@@ -239,7 +238,7 @@ def open_sae_folder(folder: str | Path, *, device: str = "cpu", require_checksum
     fsutil.verify_sae_folder(folder, require=require_checksums)
     cfg_path = folder / "cfg.json"
     try:
-        cfg = json.loads(cfg_path.read_text())
+        cfg = fsutil.read_json(cfg_path)
     except FileNotFoundError:
         raise SAEFolderNotFoundError(f"{folder} is not a SAELens folder: it has no cfg.json") from None
     except (OSError, ValueError) as exc:
@@ -274,8 +273,7 @@ def remove_stale_temps(out: Path) -> None:
     # Only under the lock: then every temp folder is a killed run's leftover, never a live writer's.
     parents = [out, *((out / "checkpoints").iterdir() if (out / "checkpoints").is_dir() else [])]
     for parent in parents:
-        for tmp in parent.glob(".*.tmp") if parent.is_dir() else []:
-            shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+        fsutil.remove_stale_temps(parent, recursive=False)  # only our own temp names: never a user's .tmp
 
 
 def checkpoint_problem(path: Path, fingerprint: str) -> str | None:

@@ -14,8 +14,8 @@ JSON-ready dict; with ``out_dir`` it is written as ``eval.json`` with a ``densit
 
 from __future__ import annotations
 
-import json
 import logging
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,8 +25,9 @@ from sae_lens import SAE
 from sae_lens.evals import ExplainedVarianceCalculator
 from tqdm.auto import tqdm
 
+from vision_sae_lens import fsutil
 from vision_sae_lens.contracts import ActivationStoreReader
-from vision_sae_lens.errors import ConfigError, SAEMismatchError
+from vision_sae_lens.errors import ConfigError, SAEFolderError, SAEMismatchError
 from vision_sae_lens.train.feed import Split, check_store_for, open_store
 from vision_sae_lens.train.plots import plot_density
 
@@ -134,8 +135,7 @@ def evaluate_sae(
         logger.warning("the downstream metric needs both a model and images; skipped")
     if out_dir is not None:
         out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "eval.json").write_text(json.dumps(report, indent=1))
+        write_eval_json(out, report, sae_folder=folder)
         plot_density(
             report["density_histogram"], out / "density.png", title=f"{report['architecture']} {site}"
         )
@@ -196,9 +196,23 @@ def evaluate_run(
         report["downstream"] = measure_downstream(
             model, sae, images, n_images=cfg.downstream_images, text_embeddings="auto"
         )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "eval.json").write_text(json.dumps(report, indent=1))
+    write_eval_json(out_dir, report, sae_folder=None)
     return report
+
+
+def write_eval_json(out: Path, report: dict[str, Any], *, sae_folder: Path | None) -> None:
+    """Write ``out/eval.json`` atomically. In a sealed SAE folder only that SAE's own evaluation goes
+    (``sae_folder`` is the folder it was opened from), and the seal is updated to the new file, so a
+    re-evaluated folder still verifies while a hand-edited ``eval.json`` does not."""
+    sealed = fsutil.folder_kind(out) == "sae"
+    if sealed and (sae_folder is None or not os.path.samefile(out, sae_folder)):
+        raise SAEFolderError(
+            f"{out} is a sealed SAE folder of another SAE; this evaluation would replace its eval.json. "
+            "Write it elsewhere (--out), or evaluate that folder's own SAE."
+        )
+    fsutil.write_json_atomic(out / "eval.json", report)
+    if sealed:
+        fsutil.update_seal(out, "eval.json")
 
 
 def _eval_rows(folder, store, split, start, stop, max_rows: int, seed: int):
@@ -214,7 +228,7 @@ def _eval_rows(folder, store, split, start, stop, max_rows: int, seed: int):
         return np.arange(lo, hi, dtype=np.int64), {"method": "row range", "start": lo, "stop": hi}
     record = folder / "split.json" if folder is not None else None
     if split is None and record is not None and record.exists():
-        split = split_from_record(store, json.loads(record.read_text()))
+        split = split_from_record(store, fsutil.read_json(record))
     if split is not None and split.n_eval:
         desc = {k: v for k, v in split.describe().items() if k != "eval_images"}
         return split.eval_rows[:max_rows], {**desc, "held_out": True}

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
+
+from vision_sae_lens.fsutil import write_atomic
 
 
 def _pyplot():
@@ -13,6 +16,13 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _save(fig: Any, path: str | Path) -> None:
+    # Through a buffer and write_atomic: a symlink planted at the plot's name is replaced, not written through.
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    write_atomic(path, buffer.getvalue())
 
 
 def plot_density(histogram: dict[str, Any], path: str | Path, *, title: str = "") -> Path:
@@ -27,7 +37,7 @@ def plot_density(histogram: dict[str, Any], path: str | Path, *, title: str = ""
     ax.set_ylabel("latents")
     ax.set_title(f"{title}  (never fired: {histogram['never_fired']})".strip())
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    _save(fig, path)
     plt.close(fig)
     return Path(path)
 
@@ -47,6 +57,6 @@ def plot_sweep(summary: list[dict[str, Any]], path: str | Path) -> Path:
     ax.set_ylabel("NMSE (fraction of variance unexplained)")
     ax.set_title("sparsity vs reconstruction")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    _save(fig, path)
     plt.close(fig)
     return Path(path)

@@ -536,7 +536,7 @@ class _GroupTrainer:
         sae = ckpt.open_sae_folder(folder, device=self.device, require_checksums=path is None)
         report_path = folder / "eval.json"
         if report_path.exists() and training_sae is None:
-            report = json.loads(report_path.read_text())
+            report = fsutil.read_json(report_path)
         else:
             report = self._evaluate(m, sae, folder)
         return TrainRun(
