@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 import types
 from contextlib import contextmanager
@@ -11,7 +13,8 @@ import pytest
 import torch
 from sae_lens import SAE
 
-from vision_sae_lens.errors import ConversionError, UnsafeCheckpointError
+from vision_sae_lens.errors import ConversionError, OutputExistsError, UnsafeCheckpointError, UnsafePathError
+from vision_sae_lens.fsutil import seal_sae_folder, verify_sae_folder
 from vision_sae_lens.hub import import_prisma
 
 D_IN, D_SAE = 16, 64
@@ -155,3 +158,56 @@ def test_unsupported_activation_names_the_field(tmp_path):
     write_prisma(path, prisma_cfg(activation_fn_str="tanh-relu"))
     with pytest.raises(ConversionError, match="activation_fn_str='tanh-relu'"):
         import_prisma(path)
+
+
+SHAPE_SCRIPT = """
+import json, resource, torch
+from vision_sae_lens.hub.prisma import convert_prisma
+state = {"W_enc": torch.zeros(16, 64), "b_enc": torch.zeros(64), "W_dec": torch.zeros(64, 16), "b_dec": torch.zeros(16)}
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:
+    convert_prisma({"d_in": 16, "d_sae": 3_000_000, "architecture": "standard", "activation_fn_str": "relu"}, state)
+    outcome = "converted"
+except Exception as exc:
+    outcome = f"{type(exc).__name__}: {exc}"
+print(json.dumps({"grew_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before, "outcome": outcome}))
+"""
+
+
+@pytest.mark.slow
+def test_a_config_claiming_millions_of_latents_fails_before_allocating_them():
+    """d_sae 3,000,000 over (16, 64) tensors: two 192 MB matrices if built before the shape check."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run(
+        [sys.executable, "-c", SHAPE_SCRIPT], capture_output=True, text=True, env=env, check=True
+    )
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["outcome"].startswith("ConversionError") and "W_enc is (16, 64)" in result["outcome"], (
+        result
+    )
+    assert result["grew_kib"] < 64 * 1024, result
+
+
+def test_import_prisma_refuses_an_existing_folder_and_replaces_only_its_own(tmp_path):
+    path = tmp_path / "sae.pt"
+    write_prisma(path, prisma_cfg())
+    user = tmp_path / "mine"
+    user.mkdir()
+    (user / "notes.txt").write_text("keep")
+    for overwrite in (False, True):
+        with pytest.raises(UnsafePathError, match="not created by vision_sae_lens"):
+            import_prisma(path, out_dir=user, overwrite=overwrite)
+    assert [p.name for p in user.iterdir()] == ["notes.txt"]
+    out = tmp_path / "out"
+    import_prisma(path, out_dir=out)
+    (out / "eval.json").write_text("{}")  # as if evaluated, then sealed again
+    seal_sae_folder(out)
+    before = (out / "sae_weights.safetensors").read_bytes()
+    write_prisma(path, prisma_cfg(), seed=1)
+    with pytest.raises(OutputExistsError, match="--overwrite"):
+        import_prisma(path, out_dir=out)
+    assert (out / "sae_weights.safetensors").read_bytes() == before and (out / "eval.json").exists()
+    import_prisma(path, out_dir=out, overwrite=True)
+    assert (out / "sae_weights.safetensors").read_bytes() != before
+    assert not (out / "eval.json").exists(), "the old folder's eval.json must not describe the new SAE"
+    verify_sae_folder(out)

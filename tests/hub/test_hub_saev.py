@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import shutil
 import zlib
 
 import pytest
 import torch
+from helpers import make_checkpoint
+from kill_at import tree_bytes
 from sae_lens import SAE
 from saev_fixtures import (
     D_MODEL,
@@ -18,7 +21,9 @@ from saev_fixtures import (
     write_saev,
 )
 
-from vision_sae_lens.errors import ConversionError, UnsafeCheckpointError
+from vision_sae_lens.cli import main
+from vision_sae_lens.errors import ConversionError, OutputExistsError, UnsafeCheckpointError, UnsafePathError
+from vision_sae_lens.fsutil import verify_sae_folder
 from vision_sae_lens.hub import import_saev, load_saev_checkpoint, read_saev_checkpoint
 
 CASES = [
@@ -168,3 +173,51 @@ def test_import_saev_writes_saelens_folders(tmp_path):
         ref = saev_forward_latents(x, states[p.name], activation=act, subtract_b_dec=sub)
         torch.testing.assert_close(sae.encode(x), ref, atol=1e-5, rtol=1e-5)
         assert sae.cfg.metadata.converted_from == "saev"
+
+
+def test_import_saev_over_a_trained_folder_is_refused_without_overwrite(tmp_path, capsys):
+    saes = tmp_path / "saes"
+    trained = make_checkpoint(saes / "run1", eval_json={"nmse": 0.01})  # a sealed folder, as train writes it
+    before = tree_bytes(trained)
+    source = write_saev(tmp_path / "run1" / "sae.pt", header_for("5", "Relu"), make_weights(seed=8))
+    with pytest.raises(OutputExistsError, match=r"run1 already exists.*--overwrite"):
+        import_saev(source, out_dir=saes)
+    assert (
+        main(["import-saev", str(source), "--out", str(saes)]) == 1
+        and "--overwrite" in capsys.readouterr().err
+    )
+    assert tree_bytes(trained) == before
+    assert main(["import-saev", str(source), "--out", str(saes), "--overwrite"]) == 0
+    assert not (trained / "eval.json").exists(), "saev weights beside the trained SAE's eval.json"
+    assert SAE.load_from_disk(str(trained)).cfg.metadata.converted_from == "saev"
+    verify_sae_folder(trained)
+    user = saes / "run1"
+    shutil.rmtree(user)
+    user.mkdir()
+    (user / "notes.txt").write_text("mine")
+    with pytest.raises(UnsafePathError, match="not created by vision_sae_lens"):
+        import_saev(source, out_dir=saes, overwrite=True)
+    assert [p.name for p in user.iterdir()] == ["notes.txt"]
+
+
+def test_two_sources_with_one_output_name_are_refused_before_writing(tmp_path):
+    runs = tmp_path / "runs"
+    write_saev(runs / "a" / "b" / "sae.pt", header_for("5", "Relu"), make_weights(seed=1))
+    write_saev(runs / "a__b" / "sae.pt", header_for("5", "Relu"), make_weights(seed=2))
+    with pytest.raises(ConversionError) as err:
+        import_saev(runs, out_dir=tmp_path / "out")
+    assert str(runs / "a" / "b" / "sae.pt") in str(err.value) and str(runs / "a__b" / "sae.pt") in str(
+        err.value
+    )
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_a_header_line_without_end_is_refused(tmp_path):
+    path = tmp_path / "sae.pt"
+    with open(path, "wb") as f:
+        f.truncate(2**21)  # 2 MiB of NUL bytes and no newline
+    with pytest.raises(ConversionError, match="first line is longer"):
+        read_saev_checkpoint(path)
+    (tmp_path / "zero.pt").symlink_to("/dev/zero")
+    with pytest.raises(UnsafePathError, match="character device"):
+        read_saev_checkpoint(tmp_path / "zero.pt")

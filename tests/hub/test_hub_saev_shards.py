@@ -93,3 +93,45 @@ def test_negative_layer_needs_n_layers_and_bad_dirs_refused(tmp_path):
         list(read_saev_shards(tmp_path / "s"))
     with pytest.raises(ConversionError, match="not a saev shard directory"):
         read_saev_shards(tmp_path).__next__()
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "named"),
+    [
+        ("layers", ["../../x"], "field layers"),
+        ("layers", [1.5], "field layers"),
+        ("layers", [5, 5], "field layers"),
+        ("layers", [True], "field layers"),
+        ("layers", [10**6], "field layers"),
+        ("n_examples", -2, "field n_examples"),
+        ("n_examples", "2e9", "field n_examples"),
+        ("n_examples", 7.0, "field n_examples"),
+        ("d_model", 10**9, "field d_model"),
+        ("content_tokens_per_example", 0, "field content_tokens_per_example"),
+        ("cls_token", "yes", "field cls_token"),
+        ("ckpt", "vit\x1b[2J", "field ckpt"),
+        ("family", None, "field family"),
+    ],
+)
+def test_every_header_field_is_checked_and_named(tmp_path, field, value, named):
+    write_saev_shards(tmp_path / "s", protocol="2.1")
+    md = json.loads((tmp_path / "s" / "metadata.json").read_text())
+    md[field] = value
+    (tmp_path / "s" / "metadata.json").write_text(json.dumps(md))
+    with pytest.raises(ConversionError, match=named):
+        convert_saev_shards(tmp_path / "s", out_dir=tmp_path / "store", n_layers=12)
+    assert not (tmp_path / "store").exists()
+
+
+def test_shard_counts_and_the_chosen_layer_are_checked(tmp_path):
+    write_saev_shards(tmp_path / "s", protocol="2.1", layers=(1, 5))
+    shards = json.loads((tmp_path / "s" / "shards.json").read_text())
+    with pytest.raises(ConversionError, match="layer 1.5 is not in this saev directory"):
+        convert_saev_shards(tmp_path / "s", out_dir=tmp_path / "store", layer=1.5)
+    with pytest.raises(ConversionError, match="outside a backbone of 4 blocks"):
+        convert_saev_shards(tmp_path / "s", out_dir=tmp_path / "store", n_layers=4, layer=5)
+    shards[0]["n_examples"] = "3"
+    (tmp_path / "s" / "shards.json").write_text(json.dumps(shards))
+    with pytest.raises(ConversionError, match="shards.json entry 0 field n_examples"):
+        convert_saev_shards(tmp_path / "s", out_dir=tmp_path / "store")
+    assert not (tmp_path / "store").exists()

@@ -1,13 +1,16 @@
-"""publish only sends complete, intact SAE folders: checksums.json is the completion marker."""
+"""publish only sends complete, intact SAE folders of their own files: checksums.json (which covers
+eval.json) is the completion marker and seal; symlinks and unsafe SAE ids are refused."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 from helpers import make_checkpoint
 
 from vision_sae_lens.cli import main
 from vision_sae_lens.errors import HubError, UnsafePathError
-from vision_sae_lens.fsutil import SAE_CHECKSUMS_FILE, check_inside, check_name
+from vision_sae_lens.fsutil import SAE_CHECKSUMS_FILE, check_inside, check_name, seal_sae_folder
 from vision_sae_lens.hub import push_to_hub
 
 
@@ -54,3 +57,57 @@ def test_symlink_out_of_the_parent_is_refused(tmp_path):
     (tmp_path / "parent" / "link").symlink_to(tmp_path)
     with pytest.raises(UnsafePathError, match="resolves outside"):
         check_inside(tmp_path / "parent", "link/x", what="SAE id")
+
+
+@pytest.mark.parametrize(
+    "sae_id", ["a/./b", "a//b", "a/.", "x/.git/hooks", "/a", "a/b/", "a\x1b[31mb", "a/-b"]
+)
+def test_sae_ids_follow_the_rules_of_every_user_name(hub, tmp_path, sae_id):
+    n = len(hub.requests)
+    with pytest.raises(HubError, match="invalid SAE ids"):
+        push_to_hub(
+            [make_checkpoint(tmp_path / "run")], repo_id="my-org/never", sae_ids=[sae_id], dry_run=True
+        )
+    assert (
+        main(
+            ["publish", str(tmp_path / "run"), "--repo-id", "my-org/never", "--sae-ids", sae_id, "--dry-run"]
+        )
+        == 1
+    )
+    assert len(hub.requests) == n
+
+
+def test_a_forged_eval_json_fails_verify_and_publish(hub, tmp_path, capsys):
+    folder = make_checkpoint(tmp_path / "run", eval_json={"nmse": 0.31, "l0": 40.0})
+    assert "eval.json" in json.loads((folder / SAE_CHECKSUMS_FILE).read_text())["files"]
+    (folder / "eval.json").write_text(json.dumps({"nmse": 0.001, "l0": 40.0}))  # better figures, by hand
+    assert main(["verify", str(folder)]) == 1
+    assert "eval.json: " in capsys.readouterr().err
+    n = len(hub.requests)
+    with pytest.raises(HubError, match="eval.json"):
+        push_to_hub([folder], repo_id="my-org/never")
+    assert len(hub.requests) == n
+
+
+@pytest.mark.parametrize("what", ["eval.json", "sparsity.safetensors", "a folder"])
+def test_publish_refuses_symlinks_in_the_folder(hub, tmp_path, what):
+    secret = tmp_path / "credentials"
+    secret.write_text('{"token": "hf_secretsecretsecret"}')
+    folder = make_checkpoint(tmp_path / "run")
+    if what == "a folder":
+        (folder / "extras").symlink_to(tmp_path)
+    else:
+        (folder / what).unlink(missing_ok=True)
+        (folder / what).symlink_to(secret)
+    n = len(hub.requests)
+    with pytest.raises(HubError, match="symbolic links"):
+        push_to_hub([folder], repo_id="my-org/never", dry_run=True)
+    assert len(hub.requests) == n
+
+
+def test_sealing_refuses_a_symlinked_file(tmp_path):
+    folder = make_checkpoint(tmp_path / "run")
+    (tmp_path / "outside.json").write_text("{}")
+    (folder / "eval.json").symlink_to(tmp_path / "outside.json")
+    with pytest.raises(UnsafePathError, match="eval.json is a symbolic link"):
+        seal_sae_folder(folder)

@@ -59,21 +59,24 @@ def open_state_file(path: Path, flags: int) -> int:
         # O_NONBLOCK: opening a FIFO planted at the name must not hang; it is refused just below.
         fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, 0o644)
     except OSError as exc:
-        if exc.errno != errno.ELOOP:
+        if exc.errno == errno.ELOOP:
+            raise UnsafePathError(
+                f"{path} is a symbolic link; this package's state file there is never followed (writing it "
+                f"would change the file it points to). Remove the link (rm {path}) and run again."
+            ) from None
+        if exc.errno not in (errno.EISDIR, errno.ENXIO):  # ENXIO: a socket
             raise
-        raise UnsafePathError(
-            f"{path} is a symbolic link; this package's state file there is never followed (writing it "
-            f"would change the file it points to). Remove the link (rm {path}) and run again."
-        ) from None
-    mode = os.fstat(fd).st_mode
-    if not stat.S_ISREG(mode):
+        mode = os.lstat(path).st_mode
+    else:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISREG(mode):
+            os.set_blocking(fd, True)
+            return fd
         os.close(fd)
-        raise UnsafePathError(
-            f"{path} is {_kind(mode)}, not a regular file; this package keeps a state file there. Remove it "
-            "and run again."
-        )
-    os.set_blocking(fd, True)
-    return fd
+    raise UnsafePathError(
+        f"{path} is {_kind(mode)}, not a regular file; this package keeps a state file there. Remove it and "
+        "run again."
+    )
 
 
 def _kind(mode: int) -> str:

@@ -35,7 +35,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "convert a saev activation shard directory instead.",
     )
     s.add_argument("source", metavar="PATH_OR_REPO")
-    s.add_argument("--out", required=True, help="output directory")
+    s.add_argument("--out", required=True, help="output directory (one SAELens folder per checkpoint inside)")
+    s.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace existing SAE folders of this package with the same names (never other folders; not with --shards)",
+    )
     s.add_argument("--sae-ids", nargs="+", help="only these ids of a registered release")
     s.add_argument(
         "--input-mean", help="file (.pt/.npy) with the activation mean saev subtracted before the SAE"
@@ -51,7 +56,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "import-prisma", help="convert a ViT-Prisma SAE (.pt pickle) to a SAELens folder"
     )
     m.add_argument("source", metavar="PATH_OR_REPO")
-    m.add_argument("--out", required=True, help="output SAELens folder")
+    m.add_argument("--out", required=True, help="output SAELens folder (new or empty)")
+    m.add_argument(
+        "--overwrite", action="store_true", help="replace --out if it is an SAE folder of this package"
+    )
     m.add_argument("--filename", help="the .pt file inside a folder or repo holding several")
     m.add_argument(
         "--trust-remote-pickle",
@@ -104,6 +112,7 @@ def _import_saev(args: argparse.Namespace) -> int:
         sae_ids=args.sae_ids,
         input_mean=args.input_mean,
         input_scalar=args.input_scalar,
+        overwrite=args.overwrite,
     ):
         print(path)
     return 0
@@ -113,7 +122,11 @@ def _import_prisma(args: argparse.Namespace) -> int:
     from vision_sae_lens.hub.prisma import import_prisma
 
     sae = import_prisma(
-        args.source, out_dir=args.out, filename=args.filename, trust_remote_pickle=args.trust_remote_pickle
+        args.source,
+        out_dir=args.out,
+        filename=args.filename,
+        trust_remote_pickle=args.trust_remote_pickle,
+        overwrite=args.overwrite,
     )
     print(
         f"{args.out}: {sae.cfg.architecture()} d_in={sae.cfg.d_in} d_sae={sae.cfg.d_sae} hook={sae.cfg.metadata.hook_name}"

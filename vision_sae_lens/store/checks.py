@@ -22,7 +22,7 @@ def read_manifest(root: Path, metadata: dict[str, Any]) -> dict[str, Any]:
     """The manifest, checked against the metadata's ``manifest_sha256`` and for paths inside the store."""
     path = root / fmt.MANIFEST_FILE
     try:
-        raw = path.read_bytes()
+        raw = fsutil.read_capped(path)  # a regular file of bounded size, as every JSON read
     except OSError as exc:
         raise StoreCorruptError(f"cannot read {path}: {exc}") from exc
     expected = metadata.get("manifest_sha256")
