@@ -194,9 +194,10 @@ def test_import_prisma_refuses_an_existing_folder_and_replaces_only_its_own(tmp_
     user = tmp_path / "mine"
     user.mkdir()
     (user / "notes.txt").write_text("keep")
-    for overwrite in (False, True):
-        with pytest.raises(UnsafePathError, match="not created by vision_sae_lens"):
-            import_prisma(path, out_dir=user, overwrite=overwrite)
+    with pytest.raises(UnsafePathError, match="not created by vision_sae_lens"):
+        import_prisma(path, out_dir=user)
+    with pytest.raises(UnsafePathError, match="not created by vision_sae_lens"):
+        import_prisma(path, out_dir=user, overwrite=True)
     assert [p.name for p in user.iterdir()] == ["notes.txt"]
     out = tmp_path / "out"
     import_prisma(path, out_dir=out)

@@ -11,6 +11,8 @@ activation histogram with axes, its spatial firing map over the patch grid, firi
 nearest latents by decoder cosine, the effect of ablating it on the model's outputs (with
 ``model=``), its top images with heatmaps and images from lower activation quantiles. Pages are
 jinja2 templates with autoescaping. When the store's images cannot be re-opened, every page says so.
+The whole site is built in a temp folder beside ``out_dir``, marked as ours and renamed into place under
+a lock (:func:`~vision_sae_lens.fsutil.building_folder`): it never writes into a folder it does not own.
 """
 
 from __future__ import annotations

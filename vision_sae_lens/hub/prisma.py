@@ -24,7 +24,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, TypeGuard
 
 import sae_lens
 import torch
@@ -178,7 +178,7 @@ def _check_state(expected: dict[str, torch.Tensor], state_dict: Any) -> None:
         raise ConversionError(f"the Prisma config does not match its tensors: {'; '.join(wrong)}")
 
 
-def _is_count(value: Any) -> bool:
+def _is_count(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 

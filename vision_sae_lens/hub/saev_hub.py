@@ -119,7 +119,8 @@ def import_saev(
 def _check_targets(out_dir: Path, sources: list[tuple[str, Path]], *, overwrite: bool) -> list[Path]:
     """The target folder of each (name, source), after refusing unsafe names, two sources with one
     target (compared case-insensitively, as some file systems do) and targets that may not be replaced."""
-    targets, seen = [], {}
+    targets: list[Path] = []
+    seen: dict[str, Path] = {}
     for name, source in sources:
         target = check_inside(out_dir, check_name(name, what="SAE id", allow_slash=True), what="SAE id")
         earlier = seen.setdefault(str(target).casefold(), source)
