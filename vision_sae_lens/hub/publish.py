@@ -171,10 +171,8 @@ def _check_ids(ids: list[str]) -> None:
         raise HubError(f"SAE ids must be unique in a repo; repeated: {dupes}. Pass sae_ids=[...].")
     bad = {}
     for sae_id in ids:
-        try:
-            check_name(
-                sae_id, what="SAE id", allow_slash=True
-            )  # the rules of every user name: no '.', '..', '.git', ...
+        try:  # first the rules of every user name (no '.', '..' or '.git' part, no control characters, ...)
+            check_name(sae_id, what="SAE id", allow_slash=True)
         except UnsafePathError as exc:
             bad[sae_id] = str(exc).split("; ")[0]
             continue
