@@ -31,7 +31,7 @@ import torch
 
 from vision_sae_lens import fsutil
 from vision_sae_lens.data.sources import open_images
-from vision_sae_lens.errors import ConfigError, ImageInputError, InputTypeError, StoreError
+from vision_sae_lens.errors import ConfigError, ImageInputError, InputTypeError, StoreError, escape_control
 from vision_sae_lens.store import format as fmt
 from vision_sae_lens.store.distributed import DistContext, default_device, join_distributed
 from vision_sae_lens.store.reader import ActivationStore
@@ -112,7 +112,7 @@ def cache_activations(
                 _merge(root, plan)
             ctx.barrier()
         else:
-            logger.info("store %s is already complete; nothing to record", root)
+            logger.info("store %s is already complete; nothing to record", escape_control(root))
         return ActivationStore(root)
     finally:
         if lock is not None:
@@ -233,7 +233,7 @@ def _lock(root: Path) -> fsutil.DirLock:
     lock = fsutil.DirLock(root, what="cache run").acquire()
     # Under the lock no other writer exists, so any temp file is a killed run's leftover.
     if fsutil.remove_stale_temps(root):
-        logger.info("removed temp files left by an interrupted run in %s", root)
+        logger.info("removed temp files left by an interrupted run in %s", escape_control(root))
     return lock
 
 
@@ -362,7 +362,7 @@ def _prepare(source, loaded: list[tuple[int, Any, int | None]], last: bool) -> d
     for i, got, label in loaded:
         if isinstance(got, Exception):
             name = source.name_of(i) if hasattr(source, "name_of") else f"image[{i}]"
-            logger.warning("skipping image %d (%s): %s", i, name, got)
+            logger.warning("skipping image %d (%s): %s", i, escape_control(name), escape_control(got))
             skipped.append({"image_idx": i, "name": name, "error": _portable_error(got)})
             labels.append(-1)
             continue

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from vision_sae_lens._lazy import add_arguments_on_use
-from vision_sae_lens.errors import ConfigError
+from vision_sae_lens.errors import ConfigError, escape_control
 
 logger = logging.getLogger(__name__)
 
@@ -151,6 +151,7 @@ def _train(args: argparse.Namespace) -> int:
 
 def format_run(path: Any, r: dict[str, Any]) -> str:
     """One line per trained SAE: held-out NMSE / L0, dead by the one definition, downstream recovery."""
+    path = escape_control(path)
     if r.get("evaluated") is False:
         return f"{path}: not evaluated on rows ({r['note']})"
     down = r.get("downstream") or {}

@@ -26,7 +26,7 @@ from sae_lens.evals import ExplainedVarianceCalculator
 from tqdm.auto import tqdm
 
 from vision_sae_lens.contracts import ActivationStoreReader
-from vision_sae_lens.errors import ConfigError, SAEMismatchError
+from vision_sae_lens.errors import ConfigError, SAEMismatchError, escape_control
 from vision_sae_lens.train.feed import Split, check_store_for, open_store
 from vision_sae_lens.train.plots import plot_density
 
@@ -222,7 +222,7 @@ def _eval_rows(folder, store, split, start, stop, max_rows: int, seed: int):
         logger.warning(
             "%s was trained with eval_fraction=0: no image was held out, so these metrics are on training "
             "rows (pass another store, or start_row/stop_row).",
-            folder or "the SAE",
+            escape_control(folder or "the SAE"),
         )
     return _sampled_rows(store, max_rows, seed), {"method": "seeded random images", "seed": seed}
 
