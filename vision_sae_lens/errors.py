@@ -64,6 +64,14 @@ class ImageInputError(VisionSAELensError, ValueError):
     """Images that cannot be turned into the backbone's input."""
 
 
+class BackboneWeightsError(VisionSAELensError, ValueError):
+    """A backbone rebuilt for a store whose weights are not the recorded ones (or that cannot be rebuilt)."""
+
+
+class NonFiniteError(VisionSAELensError, ValueError):
+    """NaN or Inf where numbers must be finite: recorded activations, store rows, SAE latents, metrics."""
+
+
 class SAEMismatchError(VisionSAELensError, ValueError):
     """An SAE that does not fit the model or store it is used with (d_in, site, tokens)."""
 

@@ -500,8 +500,10 @@ class _GroupTrainer:
             ckpt.write_inference_folder(
                 trainer, tmp, self._facts(m), fold_in_place=True, normalization=self.normalization
             )
-            (tmp / "train_config.json").write_text(json.dumps(m.cfg.to_dict(), indent=1, default=str))
-            (tmp / "split.json").write_text(json.dumps(self.split.describe(), indent=1))
+            (tmp / "train_config.json").write_text(
+                json.dumps(m.cfg.to_dict(), indent=1, default=str, allow_nan=False)
+            )
+            (tmp / "split.json").write_text(json.dumps(self.split.describe(), indent=1, allow_nan=False))
             m.result = self._load_result(
                 m, training_sae=trainer.sae, n_steps=trainer.n_training_steps, path=tmp
             )
