@@ -6,11 +6,11 @@ from __future__ import annotations
 import datasets
 import pytest
 from analysis_helpers import SITE, make_sae, noise_images
+from helpers import reseal_store
 
 from vision_sae_lens.analysis import build_browser
 from vision_sae_lens.errors import UnsafePathError
 from vision_sae_lens.store import ActivationStore, cache_activations
-from vision_sae_lens.store import format as fmt
 
 
 @pytest.fixture(scope="module")
@@ -32,16 +32,13 @@ def recorded(vit, private_ds):
 
 
 def _retargeted(store, tmp_path, dataset: dict) -> ActivationStore:
-    """A copy of ``store`` whose description names ``dataset``, with the fingerprint recomputed (as anyone
-    editing metadata.json would): every checksum still holds."""
+    """A copy of ``store`` whose description names ``dataset``, every checksum recomputed (as anyone editing
+    metadata.json would)."""
     import shutil
 
     copy = tmp_path / "tampered"
     shutil.copytree(store.path, copy)
-    meta = fmt.read_json(copy / fmt.METADATA_FILE)
-    meta["dataset"] = dataset
-    meta["fingerprint"] = fmt.fingerprint_of(meta)
-    fmt.write_json_atomic(copy / fmt.METADATA_FILE, meta)
+    reseal_store(copy, metadata={"dataset": dataset})
     return ActivationStore(copy)
 
 
