@@ -101,3 +101,21 @@ def test_verify_finds_nan_rows_in_a_store_whose_checksums_hold(tmp_path, capsys)
         opened.verify()
     assert main(["verify", str(store.path)]) == 1
     assert "NaN or Inf" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_the_bit_test_agrees_with_torch_isfinite_on_every_kind_of_value(dtype):
+    from vision_sae_lens.store import format as fmt
+    from vision_sae_lens.store.checks import nonfinite_rows
+
+    unsigned = np.uint32 if dtype == "float32" else np.uint16
+    bits = np.random.default_rng(0).integers(
+        0, np.iinfo(unsigned).max, (20000, 3), dtype=unsigned, endpoint=True
+    )
+    special = torch.tensor(
+        [[0.0, -0.0, 1e-45], [float("inf"), 1.0, 2.0], [-float("inf"), 0, 0], [float("nan"), 0, 0]]
+    )
+    rows = np.concatenate([bits.view(fmt.NUMPY_STORAGE[dtype]), fmt.to_storage(special, dtype)])
+    expected = ~torch.isfinite(fmt.as_torch(rows.copy(), dtype)).all(dim=1).numpy()
+    assert expected.any() and not expected.all()
+    assert np.array_equal(nonfinite_rows(rows, dtype), expected)

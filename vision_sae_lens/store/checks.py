@@ -342,21 +342,32 @@ def scan_files(
 
 def nonfinite_rows(rows: np.ndarray, dtype: str) -> np.ndarray:
     """(n,) bool: which rows of ``rows`` (storage dtype, (n, d)) hold a NaN or an infinity."""
-    if dtype == "bfloat16":  # bit patterns: all exponent bits set is Inf or NaN
-        return ((rows & 0x7F80) == 0x7F80).any(axis=1)
-    return ~np.isfinite(rows).all(axis=1)
+    unsigned, magnitude, infinity = _BITS[dtype]
+    return (rows.view(unsigned) & magnitude).max(axis=1) >= infinity
+
+
+_BITS = {
+    "float32": (np.uint32, 0x7FFFFFFF, 0x7F800000),
+    "float16": (np.uint16, 0x7FFF, 0x7C00),
+    "bfloat16": (np.uint16, 0x7FFF, 0x7F80),
+}
+"""Per storage dtype: its bits as an unsigned integer, the mask that drops the sign, and +Inf's pattern. A
+value is Inf or NaN exactly when its unsigned magnitude is at least +Inf's: one mask and one max over the
+integers, several times faster than ``np.isfinite`` (numpy has no native float16 arithmetic)."""
 
 
 def _row_blocks(
-    path: Path, width: int, storage: np.dtype, block_bytes: int = 2**24
+    path: Path, width: int, storage: np.dtype, block_bytes: int = 2**20
 ) -> Iterator[tuple[int, np.ndarray]]:
-    """``(first row, rows (n, width))`` of a raw file, read in blocks of about ``block_bytes``."""
+    """``(first row, rows (n, width))`` of a raw file, read in blocks of about ``block_bytes`` into one
+    reused buffer (each block is valid until the next is read)."""
     row_bytes = width * storage.itemsize
-    per_block = max(1, block_bytes // row_bytes) * row_bytes
+    block = bytearray(max(1, block_bytes // row_bytes) * row_bytes)
     first = 0
     with open(path, "rb") as f:
-        while chunk := f.read(per_block):
-            rows = np.frombuffer(chunk, dtype=storage).reshape(-1, width)
+        while n := f.readinto(block):
+            # whole rows only: the file's size was checked, a short read can only come from a change under us
+            rows = np.frombuffer(block, dtype=storage, count=n // row_bytes * width).reshape(-1, width)
             yield first, rows
             first += len(rows)
 
