@@ -42,11 +42,25 @@ def _assert_no_raw_control(output: bytes) -> str:
     return text
 
 
-def test_an_error_naming_a_path_is_one_escaped_line(tmp_path):
-    proc = _run("store", str(tmp_path / EVIL))
-    assert proc.returncode == 1
-    err = _assert_no_raw_control(proc.stderr)
+def test_an_error_naming_a_path_is_one_escaped_line(tmp_path, capsys):
+    from vision_sae_lens.cli import main
+
+    assert main(["store", str(tmp_path / EVIL)]) == 1
+    err = _assert_no_raw_control(capsys.readouterr().err.encode())
     assert len(err.strip().splitlines()) == 1 and "bad\\x1b[31mred\\nINFO forged line" in err
+
+
+def test_the_command_line_log_format_escapes_names():
+    import logging
+
+    from vision_sae_lens.cli import LOG_FORMAT, EscapingFormatter
+
+    record = logging.LogRecord(
+        "vision_sae_lens.x", logging.WARNING, __file__, 1, "skipping %s", (EVIL,), None
+    )
+    line = EscapingFormatter(LOG_FORMAT).format(record)
+    _assert_no_raw_control(line.encode())
+    assert line.endswith("skipping bad\\x1b[31mred\\nINFO forged line \\u202e")
 
 
 @pytest.mark.slow
