@@ -131,6 +131,38 @@ class CountingStore:
         return self.inner.ordered(*args, **kwargs)
 
 
+def reseal_store(path: Path, *, metadata: dict | None = None, rows: dict | None = None) -> None:
+    """Edit a store as anyone holding it could, every checksum recomputed so that only meaning checks can
+    catch it: ``metadata`` keys replaced, ``rows`` ``{(site, shard): fn(rows_nd) -> rows_nd}`` applied to
+    shard files (float32 / float16 stores; site ``_provenance`` edits the (n, 2) provenance)."""
+    import hashlib
+
+    from vision_sae_lens.store import format as fmt
+
+    meta = fmt.read_json(path / fmt.METADATA_FILE)
+    manifest = fmt.read_json(path / fmt.MANIFEST_FILE)
+    for (site, k), edit in (rows or {}).items():
+        shard = manifest["shards"][k]
+        if site == fmt.PROVENANCE:
+            entry, storage, width = shard["provenance"], fmt.PROVENANCE_DTYPE, 2
+        else:
+            entry, storage, width = (
+                shard["files"][site],
+                fmt.NUMPY_STORAGE[meta["dtype"]],
+                meta["site_dims"][site],
+            )
+        file = path / entry["path"]
+        data = edit(np.fromfile(file, dtype=storage).reshape(-1, width).copy())
+        file.write_bytes(np.ascontiguousarray(data, dtype=storage).tobytes())
+        entry["sha256"] = fmt.sha256_file(file)
+    text = fmt.canonical_json(manifest)
+    (path / fmt.MANIFEST_FILE).write_text(text)
+    meta["manifest_sha256"] = hashlib.sha256(text.encode()).hexdigest()
+    meta.update(metadata or {})
+    meta["fingerprint"] = fmt.fingerprint_of(meta)
+    (path / fmt.METADATA_FILE).write_text(fmt.canonical_json(meta))
+
+
 def take(iterator, n):
     return list(itertools.islice(iterator, n))
 

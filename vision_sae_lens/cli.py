@@ -12,6 +12,8 @@ import importlib
 import logging
 import sys
 
+from vision_sae_lens.errors import escape_control
+
 COMMAND_MODULES = (
     "backbones.commands",
     "store.commands",
@@ -63,13 +65,21 @@ def _show_defaults(parser: argparse.ArgumentParser) -> None:
                 _show_defaults(sub)
 
 
+class EscapingFormatter(logging.Formatter):
+    """Log lines with control characters escaped: a file name holding an ANSI escape or a newline
+    cannot recolour the terminal or forge a log line (tracebacks, under --verbose, stay as they are)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return escape_control(super().formatMessage(record))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``vision-sae-lens`` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format=LOG_FORMAT, datefmt=LOG_DATE_FORMAT
-    )
+    handler = logging.StreamHandler()
+    handler.setFormatter(EscapingFormatter(LOG_FORMAT, datefmt=LOG_DATE_FORMAT))
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, handlers=[handler])
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
@@ -81,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # one-line reason for people; --verbose shows the traceback
         if args.verbose:
             raise
-        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"error: {type(exc).__name__}: {escape_control(exc)}", file=sys.stderr)
         return 1
 
 

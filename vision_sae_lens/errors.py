@@ -9,15 +9,31 @@ exists, and how to fix it.
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable
+
+# C0 and C1 controls (ESC, CR, LF, BEL, ...), DEL, Unicode line/paragraph separators and the bidi
+# overrides/isolates that reorder what a terminal shows.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def escape_control(text: object) -> str:
+    """``str(text)`` with every control character written as a ``repr``-style escape (``\\x1b``, ``\\n``).
+
+    File names, site names, SAE ids and folder names come from users and from files; written raw to a
+    terminal or log, an ANSI escape recolours or hides text and a newline forges a log line. Apply it
+    to any such name before it reaches a log line; every package error message goes through it.
+    """
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), str(text))
 
 
 class VisionSAELensError(Exception):
     """Base class of every error raised by vision_sae_lens."""
 
     def __str__(self) -> str:
-        # KeyError.__str__ would wrap the message in quotes; keep messages readable.
-        return str(self.args[0]) if self.args else ""
+        # KeyError.__str__ would wrap the message in quotes; keep messages readable. Names inside a message
+        # may come from files (image names, folder names): never let them drive the terminal.
+        return escape_control(self.args[0]) if self.args else ""
 
 
 class ConfigError(VisionSAELensError, ValueError):
@@ -46,6 +62,14 @@ class UnknownSiteError(VisionSAELensError, KeyError):
 
 class ImageInputError(VisionSAELensError, ValueError):
     """Images that cannot be turned into the backbone's input."""
+
+
+class BackboneWeightsError(VisionSAELensError, ValueError):
+    """A backbone rebuilt for a store whose weights are not the recorded ones (or that cannot be rebuilt)."""
+
+
+class NonFiniteError(VisionSAELensError, ValueError):
+    """NaN or Inf where numbers must be finite: recorded activations, store rows, SAE latents, metrics."""
 
 
 class SAEMismatchError(VisionSAELensError, ValueError):

@@ -89,6 +89,15 @@ def test_a_forged_eval_json_fails_verify_and_publish(hub, tmp_path, capsys):
     assert len(hub.requests) == n
 
 
+def test_publish_refuses_a_sealed_eval_json_with_nan(hub, tmp_path):
+    # Python's json writes and reads NaN; sealed with it, the folder verifies, but the card would show NaN
+    folder = make_checkpoint(tmp_path / "run", eval_json={"nmse": float("nan"), "l0": 40.0})
+    n = len(hub.requests)
+    with pytest.raises(HubError, match="non-finite"):
+        push_to_hub([folder], repo_id="my-org/never", dry_run=True)
+    assert len(hub.requests) == n
+
+
 @pytest.mark.parametrize("what", ["eval.json", "sparsity.safetensors", "a folder"])
 def test_publish_refuses_symlinks_in_the_folder(hub, tmp_path, what):
     secret = tmp_path / "credentials"

@@ -32,6 +32,7 @@ from vision_sae_lens.analysis.explain import SampleAccumulator, interest_scores
 from vision_sae_lens.analysis.scan import ImageReduction, scan
 from vision_sae_lens.analysis.stats import FeatureStats, StatsAccumulator
 from vision_sae_lens.analysis.topk import TopActivations, TopKAccumulator
+from vision_sae_lens.errors import escape_control
 from vision_sae_lens.fsutil import building_folder
 from vision_sae_lens.train.evaluate import DENSE_THRESHOLD
 
@@ -81,6 +82,7 @@ def build_browser(
     with building_folder(out_dir, kind="browser", overwrite=overwrite, what="feature browser") as out:
         for sub in ("assets", "data", "latents", "img"):
             (out / sub).mkdir()
+        source, missing = _image_source(store, images)  # a refused dataset description fails before the scan
         labels = getattr(store, "labels", None)
         d_sae = int(sae.cfg.d_sae)
         stats_acc = StatsAccumulator(
@@ -99,7 +101,6 @@ def build_browser(
         patch_tokens = torch.arange(view.layout.n_prefix, view.layout.n_tokens)
         interest = interest_scores(stats, patch_tokens)
         pages = _pick_pages(sae, stats, interest, latents, max_pages)
-        source, missing = _image_source(store, images)
         ctx = _Context(sae, store, view, stats, top, source, out, title or _default_title(sae, store))
         ctx.add_scan(interest=interest, samples=samples, missing=missing, patch_tokens=patch_tokens)
         copy_assets(out)
@@ -214,34 +215,19 @@ def _image_source(store: Any, images: Any) -> tuple[Any, str | None]:
             why = f"{spec} holds {len(source)} images, fewer than the store's {store.n_images}"
         except Exception as exc:  # the dataset may be gone or need a download: heatmaps still work
             why = f"re-opening {spec} failed: {exc}"
-    logger.warning("%s; pass images=... (--images) to show them (heatmaps are drawn on a blank canvas).", why)
+    logger.warning(
+        "%s; pass images=... (--images) to show them (heatmaps are drawn on a blank canvas).",
+        escape_control(why),
+    )
     return None, why
 
 
 def _spec_from_description(desc: dict[str, Any], store: Any = None) -> str | None:
-    name, split, kind = desc.get("name"), desc.get("split"), desc.get("kind")
-    if isinstance(name, str) and name.startswith("demo:"):
-        return f"{name}:{split}" if split else name
-    if kind in ("hf", "hf-disk") and name:
-        return f"{kind}:{name}" + (f":{split}" if split else "")
-    if kind == "imagefolder" and isinstance(name, str) and name and "/" not in name and name != "..":
-        # Only the folder's name is recorded (no absolute paths): look beside the store and here,
-        # and accept a folder only when its file list matches the recorded one.
-        root = Path(getattr(store, "path", ".") or ".")
-        for base in (root.parent, root.parent.parent, Path.cwd()):
-            folder = base / name
-            if folder.is_dir() and _folder_matches(folder, desc):
-                return f"imagefolder:{folder}"
-    return None
+    from vision_sae_lens.data.described import spec_from_description
 
-
-def _folder_matches(folder: Path, desc: dict[str, Any]) -> bool:
-    from vision_sae_lens.data import ImageFolder
-
-    try:
-        return ImageFolder(folder).description.get("files_sha256") == desc.get("files_sha256")
-    except Exception:  # noqa: BLE001 - an unreadable candidate is simply not the folder
-        return False
+    # Only a folder's name is recorded (no absolute paths): look beside the store and here.
+    root = Path(getattr(store, "path", ".") or ".")
+    return spec_from_description(desc, search=(root.parent, root.parent.parent, Path.cwd()))
 
 
 def _default_title(sae: SAE, store: Any) -> str:

@@ -57,6 +57,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--model",
         help="backbone id ('store' = the store's backbone) to show each page's ablation effect",
     )
+    parser.add_argument(
+        "--weights",
+        help="local weights file of --model (needed to rebuild a store's non-pretrained backbone)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -76,9 +80,10 @@ def run(args: argparse.Namespace) -> int:
     latents = [int(x) for x in args.latents.split(",") if x.strip()] if args.latents else None
     model = None
     if args.model:
-        from vision_sae_lens.backbones import HookedSAEViT
+        from vision_sae_lens.backbones.recorded import backbone_for
 
-        model = HookedSAEViT.from_pretrained(store.backbone_id if args.model == "store" else args.model)
+        # checked against the store's recorded weights before the scan
+        model = backbone_for(args.model, store.metadata, weights=args.weights, what=f"store {args.store}")
     site = build_browser(
         sae,
         store,

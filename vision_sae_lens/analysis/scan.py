@@ -28,7 +28,7 @@ from vision_sae_lens.analysis._common import (
     site_acts,
 )
 from vision_sae_lens.contracts import ActivationStoreReader
-from vision_sae_lens.errors import ConfigError, SAEMismatchError, StoreError
+from vision_sae_lens.errors import ConfigError, NonFiniteError, SAEMismatchError, StoreError
 
 if TYPE_CHECKING:
     from vision_sae_lens.backbones import HookedSAEViT
@@ -176,8 +176,10 @@ def scan(
     reducer = _PerImageReducer()
     bar = tqdm(total=src.total_rows, desc="scan", unit="row", unit_scale=True, disable=not progress)
     for acts_nd, image_n, token_n in src.batches:
+        _check_finite(acts_nd, image_n, f"activations at {src.view.site}")
         feats_ns = encode_acts(sae, acts_nd).float().cpu()
         image_n, token_n = image_n.long().cpu(), token_n.long().cpu()
+        _check_finite(feats_ns, image_n, "SAE latents (the SAE's weights hold NaN/Inf?)")
         for c in consumers:
             c.rows(feats_ns, image_n, token_n)
         for done in reducer.update(feats_ns, image_n, token_n):
@@ -190,6 +192,17 @@ def scan(
         for c in consumers:
             c.images(last)
     return src.view
+
+
+def _check_finite(values_nx: torch.Tensor, image_n: torch.Tensor, what: str) -> None:
+    """Refuse NaN / Inf rows: every statistic, top-k list and page built on them would be meaningless."""
+    bad_n = ~torch.isfinite(values_nx).all(dim=-1)
+    if bool(bad_n.any()):
+        images = torch.unique(image_n[bad_n.to(image_n.device)]).tolist()
+        raise NonFiniteError(
+            f"non-finite {what} in {int(bad_n.sum())} rows (images {images[:5]}{' ...' if len(images) > 5 else ''}); "
+            "nothing was analysed. For a store, run `vision-sae-lens verify` on it and re-record it."
+        )
 
 
 def open_source(

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from vision_sae_lens.backbones.spec import BackboneSpec, BlockSites, ModuleSite
-from vision_sae_lens.errors import UnknownBackboneError
+from vision_sae_lens.errors import UnknownBackboneError, escape_control
 from vision_sae_lens.layout import TokenLayout
 
 logger = logging.getLogger(__name__)
@@ -58,7 +58,10 @@ def load_hf(source: str, *, pretrained: bool, **kwargs: Any) -> BackboneSpec:
     try:
         processor = tf.AutoImageProcessor.from_pretrained(source)
     except (OSError, ValueError):
-        logger.warning("no image processor found for %s; using the family's default preprocessing", source)
+        logger.warning(
+            "no image processor found for %s; using the family's default preprocessing",
+            escape_control(source),
+        )
     return hf_spec(model, processor=processor, backbone_id=f"hf:{source}")
 
 

@@ -6,7 +6,8 @@ tensor (b, c, h, w) taken as already preprocessed (like transformers' ``pixel_va
 :func:`to_model_mode` is the one conversion from any PIL mode (RGBA, LA, P, CMYK, 16-bit, float) to the
 mode the backbone reads ("RGB" or "L"). Every path into a backbone (``model.preprocess``, ``run_with_cache``,
 recording, interventions, downstream metrics) goes through :func:`prepare_pixels`, so one image gives the
-same pixels everywhere.
+same pixels everywhere. Before the transform, :func:`check_image_size` refuses an image whose resize would
+be huge (a thin strip of a few hundred bytes can become gigabytes once its short side is scaled up).
 """
 
 from __future__ import annotations
@@ -26,13 +27,20 @@ if TYPE_CHECKING:
     from vision_sae_lens.backbones.spec import BackboneSpec
 
 
+MAX_RESIZED_PIXELS = 2**25
+"""Most pixels an image may have once the backbone's transform has resized it (about 33.5M: 100 MB as
+8-bit RGB). Larger resizes come only from extreme aspect ratios: a shortest-edge resize to 224 px turns
+a 150000x1 strip (a 520-byte PNG) into 224 x 33.6M pixels."""
+
+
 def prepare_pixels(images: Any, spec: BackboneSpec) -> torch.Tensor:
     """Turn any accepted image input into a (b, c, h, w) float tensor for ``spec``'s model."""
     channels = int(spec.preprocessing.get("channels", 3))
     height, width = spec.layout.image_size
     if isinstance(images, torch.Tensor):
         if images.dtype == torch.uint8:
-            return _stack([spec.transform(img) for img in _uint8_to_pil(images, channels)])
+            pils = _uint8_to_pil(images, channels)
+            return _stack([_transform(img, spec, f"tensor image {i}") for i, img in enumerate(pils)])
         if not images.is_floating_point():
             raise ImageInputError(f"image tensors must be uint8 or float, got {images.dtype}")
         if images.ndim != 4 or tuple(images.shape[1:]) != (channels, height, width):
@@ -51,7 +59,47 @@ def prepare_pixels(images: Any, spec: BackboneSpec) -> torch.Tensor:
         )
     if len(items) == 0:
         raise ImageInputError("empty batch: pass at least one image")
-    return _stack([spec.transform(to_model_mode(_to_pil(item), channels)) for item in items])
+    pixels = []
+    for i, item in enumerate(items):
+        name = str(item) if isinstance(item, (str, os.PathLike)) else f"{i} of the batch"
+        pixels.append(_transform(to_model_mode(_to_pil(item, spec), channels), spec, name))
+    return _stack(pixels)
+
+
+def check_image_size(size: tuple[int, int], spec: BackboneSpec, name: str) -> None:
+    """Refuse an image of ``size`` (width, height) that the backbone's transform would blow up.
+
+    The bound assumes the costliest resize a backbone's preprocessing does, the short side scaled to the
+    largest edge the preprocessing names: the resized image must hold at most :data:`MAX_RESIZED_PIXELS`.
+    PIL reads the size from a file's header, so a file is refused before it is decoded.
+    """
+    width, height = int(size[0]), int(size[1])
+    if width < 1 or height < 1:
+        raise ImageInputError(f"image {name} is empty ({width}x{height} pixels)")
+    edge = _resize_edge(spec)
+    scale = edge / min(width, height)
+    resized = (round(width * scale), round(height * scale))
+    if resized[0] * resized[1] > MAX_RESIZED_PIXELS:
+        raise ImageInputError(
+            f"image {name} is {width}x{height} pixels (aspect ratio {max(width, height) / min(width, height):.0f}:1); "
+            f"the backbone's preprocessing would resize it to about {resized[0]}x{resized[1]} pixels, more than "
+            f"the {MAX_RESIZED_PIXELS:,} allowed. Crop or pad it to a less extreme shape, or leave it out."
+        )
+
+
+def _resize_edge(spec: BackboneSpec) -> int:
+    """The largest edge (pixels) the preprocessing resizes or crops to."""
+    edges = [*spec.layout.image_size]
+    for key in ("resize", "size"):
+        value = spec.preprocessing.get(key)
+        values = value if isinstance(value, (list, tuple)) else [value]
+        edges += [int(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0]
+    return max(edges)
+
+
+def _transform(img: Image.Image, spec: BackboneSpec, name: str) -> torch.Tensor:
+    check_image_size(img.size, spec, name)
+    return spec.transform(img)
 
 
 def to_model_mode(img: Image.Image, channels: int = 3) -> Image.Image:
@@ -76,7 +124,7 @@ def to_model_mode(img: Image.Image, channels: int = 3) -> Image.Image:
     return img if img.mode == target else img.convert(target)
 
 
-def _to_pil(item: Any) -> Image.Image:
+def _to_pil(item: Any, spec: BackboneSpec) -> Image.Image:
     if isinstance(item, Image.Image):
         return item
     if isinstance(item, (str, os.PathLike)):
@@ -84,10 +132,11 @@ def _to_pil(item: Any) -> Image.Image:
         if not path.is_file():
             raise ImageInputError(f"image file not found: {path}")
         try:
-            with Image.open(path) as img:
+            with Image.open(path) as img:  # reads the header only; PIL's decompression-bomb limit applies
+                check_image_size(img.size, spec, str(path))
                 img.load()
                 return img
-        except (UnidentifiedImageError, OSError) as exc:
+        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
             raise ImageInputError(f"cannot read image {path}: {exc}") from exc
     raise ImageInputError(f"cannot use a {type(item).__name__} as an image; pass PIL images or paths")
 

@@ -17,6 +17,7 @@ the architecture; ``spec.weights`` records the file's name and sha256 (never its
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,21 @@ def load_backbone_spec(
     """Resolve an id to a BackboneSpec with the owning library's own loading code.
 
     ``weights``: a local weights file for a ``timm:`` or ``open_clip:`` architecture (see the module doc).
+    The spec's ``build`` records how it was built (pretrained, random or file weights; the keyword
+    arguments), so that a store recorded from it can rebuild it (:mod:`vision_sae_lens.backbones.recorded`).
     """
+    spec = _load_spec(backbone_id, pretrained=pretrained, weights=weights, **kwargs)
+    source = "file" if spec.weights is not None else "pretrained" if pretrained else "random-init"
+    try:
+        spec.build = {"weights": source, "kwargs": json.loads(json.dumps(kwargs, allow_nan=False))}
+    except (TypeError, ValueError):  # a module or callable among the kwargs: it cannot be rebuilt from text
+        spec.build = None
+    return spec
+
+
+def _load_spec(
+    backbone_id: str, *, pretrained: bool, weights: str | Path | None, **kwargs: Any
+) -> BackboneSpec:
     if not isinstance(backbone_id, str) or not backbone_id:
         raise UnknownBackboneError(f"a backbone id must be a non-empty string, got {backbone_id!r}")
     prefix, _, rest = backbone_id.partition(":")

@@ -90,3 +90,7 @@ class BackboneSpec:
     """Family-specific facts worth showing a user (missing sites and why)."""
     weights: dict[str, str] | None = None
     """The local weights file the model was loaded from: ``{"file": name, "sha256": hex}`` (no path)."""
+    build: dict[str, Any] | None = None
+    """How ``load_backbone_spec`` built it, so it can be built again: ``{"weights": "pretrained" |
+    "random-init" | "file", "kwargs": {...}}`` (the constructor keyword arguments, JSON values only);
+    None for a model object handed in, or keyword arguments that are not JSON."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from vision_sae_lens.errors import escape_control
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``bench synthetic`` and ``bench score``."""
@@ -66,7 +68,10 @@ def run_synthetic(args: argparse.Namespace) -> int:
     if reports:
         print(f"\ncomparison: {(args.out / 'comparison.html').resolve().as_uri()}")
     else:
-        print(f"recorded the shapes world into {args.out}; train SAEs on {args.out / 'acts-train'}")
+        out = escape_control(args.out)
+        print(
+            f"recorded the shapes world into {out}; train SAEs on {escape_control(args.out / 'acts-train')}"
+        )
     return 0
 
 

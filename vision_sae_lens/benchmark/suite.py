@@ -62,6 +62,7 @@ def score(
     from sae_lens import SAE
 
     from vision_sae_lens.backbones import HookedSAEViT
+    from vision_sae_lens.backbones.recorded import check_recorded_weights
     from vision_sae_lens.store import ActivationStore, cache_activations
 
     if suite not in SUITES:
@@ -96,6 +97,7 @@ def score(
         store = ActivationStore(store)
     try:
         world = _check_store(store, site)
+        check_recorded_weights(model, getattr(store, "metadata", {}), what=f"store {store.path}")
         truth = SyntheticTruth(world, patch_size=store.layout.patch_size[0])
         report = score_rows(
             sae, lambda: store.ordered(site, cfg.batch_size), truth,

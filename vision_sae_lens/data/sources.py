@@ -283,7 +283,8 @@ def read_image(path: Path) -> Image.Image:
         with Image.open(path) as img:
             img.load()
             return img
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        # DecompressionBombError: PIL's own limit on decoded pixels, kept as PIL sets it
         raise ImageInputError(f"cannot read image {path.name}: {exc}") from exc
 
 
@@ -513,7 +514,7 @@ def _hf_image(value: Any) -> Image.Image:
             with Image.open(io.BytesIO(data) if data else value["path"]) as img:
                 img.load()
                 return img
-        except (UnidentifiedImageError, OSError) as exc:
+        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
             raise ImageInputError(f"cannot decode a dataset image: {exc}") from exc
     if isinstance(value, np.ndarray):
         return Image.fromarray(value)

@@ -46,8 +46,11 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> None:
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any, *, indent: int | None = 1) -> None:
-    """Atomically write ``obj`` as JSON (readable, with a trailing newline)."""
-    write_atomic(path, (json.dumps(obj, indent=indent, default=str) + "\n").encode())
+    """Atomically write ``obj`` as JSON (readable, with a trailing newline).
+
+    NaN / Inf are refused (``ValueError`` from ``json``): they are not JSON, and a NaN metric would pass
+    every comparison a reader makes with it."""
+    write_atomic(path, (json.dumps(obj, indent=indent, default=str, allow_nan=False) + "\n").encode())
 
 
 def fsync_dir(folder: str | os.PathLike) -> None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vision_sae_lens.errors import HubError, SAEFolderError, UnsafePathError
+from vision_sae_lens.errors import HubError, NonFiniteError, SAEFolderError, UnsafePathError
 from vision_sae_lens.fsutil import check_name, read_json
 from vision_sae_lens.hub.model_card import build_model_card
 
@@ -102,6 +102,7 @@ def push_to_hub(
 
 def _validate_folder(folder: Path) -> dict[str, Any]:
     from vision_sae_lens.train.checkpoint import open_sae_folder
+    from vision_sae_lens.train.evaluate import check_report_finite
 
     if not folder.is_dir():
         raise HubError(f"{folder} is not a directory; pass SAELens checkpoint folders (cfg.json + weights).")
@@ -127,6 +128,10 @@ def _validate_folder(folder: Path) -> dict[str, Any]:
             evals = read_json(folder / "eval.json")
         except ValueError as exc:
             raise HubError(f"{folder}/eval.json is not valid JSON: {exc}") from exc
+        try:  # Python's json reads NaN / Infinity; a model card must not show them as figures
+            check_report_finite(evals, source=f"{folder}/eval.json")
+        except NonFiniteError as exc:
+            raise HubError(f"refusing to publish: {exc}") from exc
     return {
         "folder": folder,
         "site": md.get("hook_name"),

@@ -7,6 +7,8 @@ import argparse
 import json
 import os
 
+from vision_sae_lens.errors import escape_control
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``cache`` and ``store`` sub-commands."""
@@ -99,7 +101,8 @@ def run_cache(args: argparse.Namespace) -> int:
     )
     if int(os.environ.get("RANK", "0")) == 0:
         print(
-            f"store {store.path}: {store.n_rows} rows x {len(store.sites)} sites, fingerprint {store.fingerprint}"
+            f"store {escape_control(store.path)}: {store.n_rows} rows x {len(store.sites)} sites, "
+            f"fingerprint {store.fingerprint}"
         )
     return 0
 

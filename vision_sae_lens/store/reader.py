@@ -68,6 +68,7 @@ class ActivationStore:
                 f"{meta_path} has format {self.metadata.get('format')!r} version {version!r}; this "
                 f"vision_sae_lens reads {fmt.FORMAT_NAME!r} version {fmt.FORMAT_VERSION}. Upgrade the package."
             )
+        checks.check_metadata(self.path, self.metadata)  # on meaning: hashes can be recomputed by anyone
         self.manifest: dict[str, Any] = checks.read_manifest(self.path, self.metadata)
         self.shards: list[dict[str, Any]] = [s for s in self.manifest["shards"] if s["n_rows"] > 0]
         self._starts = [s["row_start"] for s in self.shards]
@@ -213,32 +214,14 @@ class ActivationStore:
 
     # ------------------------------------------------------------------------------------ checks
     def verify(self, *, progress: bool = False) -> None:
-        """Check every file's size and sha256 and every shard's row count against the manifest.
+        """Check the metadata's meaning and every file: size, sha256, rows free of NaN/Inf, provenance
+        inside the store's images and tokens, row counts against the manifest.
 
-        Raises :class:`~vision_sae_lens.errors.StoreCorruptError` naming every bad file.
+        Raises :class:`~vision_sae_lens.errors.StoreCorruptError` naming every problem.
         """
-        from tqdm.auto import tqdm
-
         problems = []
-        files = [(s, e) for s in self.manifest["shards"] for e in (*s["files"].values(), s["provenance"])]
-        if "labels" in self.manifest:
-            files.append((None, self.manifest["labels"]))
-        for shard, entry in tqdm(files, desc="verify", unit="file", disable=not progress):
-            path = self.path / entry["path"]
-            if not path.is_file():
-                problems.append(f"{entry['path']}: missing")
-                continue
-            size = path.stat().st_size
-            if size != entry["bytes"]:
-                problems.append(f"{entry['path']}: {size} bytes, manifest says {entry['bytes']}")
-            elif fmt.sha256_file(path) != entry["sha256"]:
-                problems.append(f"{entry['path']}: checksum mismatch")
-            if shard is not None and entry is not shard["provenance"]:
-                site = entry["path"].split("/")[1]
-                expected = shard["n_rows"] * self.site_dim(site) * fmt.NUMPY_STORAGE[self.dtype].itemsize
-                if entry["bytes"] != expected:
-                    problems.append(f"{entry['path']}: manifest size does not match {shard['n_rows']} rows")
         for check in (  # re-read: the files may have changed since open
+            lambda: checks.check_metadata(self.path, fmt.read_json(self.path / fmt.METADATA_FILE)),
             lambda: checks.read_manifest(self.path, self.metadata),
             lambda: checks.check_shapes(self.path, self.metadata, self.manifest),
         ):
@@ -246,11 +229,8 @@ class ActivationStore:
                 check()
             except StoreCorruptError as exc:
                 problems.append(str(exc))
-        counted = sum(s["n_rows"] for s in self.manifest["shards"])
-        if counted != self.n_rows or counted != self.manifest["n_rows"]:
-            problems.append(f"row counts disagree: shards {counted}, metadata {self.n_rows}")
-        if fmt.fingerprint_of(self.metadata) != self.fingerprint:
-            problems.append(f"{fmt.METADATA_FILE}: fingerprint does not match its content")
+        if not problems:
+            problems += checks.scan_files(self.path, self.metadata, self.manifest, progress=progress)
         if problems:
             raise StoreCorruptError(
                 f"store {self.path} failed verification ({len(problems)} problem(s)): "

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import json
 import logging
 import os
@@ -30,8 +29,17 @@ import numpy as np
 import torch
 
 from vision_sae_lens import fsutil
+from vision_sae_lens.backbones.recorded import weights_sha256
 from vision_sae_lens.data.sources import open_images
-from vision_sae_lens.errors import ConfigError, ImageInputError, InputTypeError, StoreError
+from vision_sae_lens.errors import (
+    ConfigError,
+    ImageInputError,
+    InputTypeError,
+    NonFiniteError,
+    StoreError,
+    escape_control,
+)
+from vision_sae_lens.store import checks
 from vision_sae_lens.store import format as fmt
 from vision_sae_lens.store.distributed import DistContext, default_device, join_distributed
 from vision_sae_lens.store.reader import ActivationStore
@@ -112,7 +120,7 @@ def cache_activations(
                 _merge(root, plan)
             ctx.barrier()
         else:
-            logger.info("store %s is already complete; nothing to record", root)
+            logger.info("store %s is already complete; nothing to record", escape_control(root))
         return ActivationStore(root)
     finally:
         if lock is not None:
@@ -197,8 +205,9 @@ def _plan(
     )
     settings = {
         "backbone_id": _portable_id(model.backbone_id),
-        "backbone_weights_sha256": _weights_sha256(model.backbone),
+        "backbone_weights_sha256": weights_sha256(model.backbone),
         "backbone_weights_file": getattr(getattr(model, "spec", None), "weights", None),
+        "backbone_build": getattr(getattr(model, "spec", None), "build", None),
         "preprocessing": model.preprocessing,
         "layout": model.layout.to_dict(),
         "tokens": tokens,
@@ -233,7 +242,7 @@ def _lock(root: Path) -> fsutil.DirLock:
     lock = fsutil.DirLock(root, what="cache run").acquire()
     # Under the lock no other writer exists, so any temp file is a killed run's leftover.
     if fsutil.remove_stale_temps(root):
-        logger.info("removed temp files left by an interrupted run in %s", root)
+        logger.info("removed temp files left by an interrupted run in %s", escape_control(root))
     return lock
 
 
@@ -280,7 +289,7 @@ def _record(
                 shard_meta["labels"] += batch["labels"]
                 shard_meta["skipped"] += batch["skipped"]
                 if batch["pixels"] is not None:
-                    rows, prov = _forward_rows(model, batch, plan)
+                    rows, prov = _forward_rows(model, batch, plan, source)
                     writer.submit(builder.add, rows, prov)
                 if batch["last_of_shard"]:
                     start = k * plan.shard_images
@@ -307,7 +316,9 @@ def _record(
         bar.close()
 
 
-def _forward_rows(model, batch: dict, plan: RecordingPlan) -> tuple[dict[str, np.ndarray], np.ndarray]:
+def _forward_rows(
+    model, batch: dict, plan: RecordingPlan, source: Any
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
     pixels = batch["pixels"].to(model.device)
     with torch.inference_mode():
         _, cache = model.run_with_cache(
@@ -315,12 +326,37 @@ def _forward_rows(model, batch: dict, plan: RecordingPlan) -> tuple[dict[str, np
         )
     token_idx = torch.as_tensor(plan.token_idx, device=pixels.device)
     rows = {}
-    for site in plan.sites:
-        acts_btd = cache[site].index_select(1, token_idx)
-        rows[site] = fmt.to_storage(acts_btd.reshape(-1, acts_btd.shape[-1]), plan.dtype)
     image_n = np.repeat(np.asarray(batch["image_idx"], dtype=np.int64), len(plan.token_idx))
+    for site in plan.sites:
+        acts_nd = cache[site].index_select(1, token_idx).flatten(0, 1)
+        rows[site] = fmt.to_storage(acts_nd, plan.dtype)
+        bad_n = checks.nonfinite_rows(rows[site], plan.dtype)
+        if bad_n.any():  # checked in the storage dtype: float16 overflow to Inf counts
+            raise _nonfinite_error(site, acts_nd, image_n[bad_n], plan.dtype, source)
     token_n = np.tile(plan.token_idx, len(batch["image_idx"]))
     return rows, np.stack([image_n, token_n], axis=1).astype(fmt.PROVENANCE_DTYPE)
+
+
+def _nonfinite_error(
+    site: str, acts_nd: torch.Tensor, bad_images: np.ndarray, dtype: str, source: Any
+) -> NonFiniteError:
+    images = np.unique(bad_images).tolist()
+    name_of = getattr(source, "name_of", lambda i: f"image[{i}]")
+    shown = ", ".join(f"{i} ({escape_control(name_of(i))})" for i in images[:5]) + (
+        " ..." if len(images) > 5 else ""
+    )
+    if bool(torch.isfinite(acts_nd).all()):
+        largest = float(acts_nd.abs().max())
+        why = (
+            f"the backbone's values (up to {largest:.3g}) overflow {dtype} to Inf; record with --dtype float32 "
+            "(or bfloat16)"
+        )
+    else:
+        why = "the backbone produced NaN or Inf for them; check the model's weights and these images"
+    return NonFiniteError(
+        f"non-finite activations at {site} for {len(images)} image(s): {shown}. {why}. Nothing was sealed: the "
+        "store stays incomplete (complete shards of earlier images are kept for a re-run)."
+    )
 
 
 def _load_batches(
@@ -362,7 +398,7 @@ def _prepare(source, loaded: list[tuple[int, Any, int | None]], last: bool) -> d
     for i, got, label in loaded:
         if isinstance(got, Exception):
             name = source.name_of(i) if hasattr(source, "name_of") else f"image[{i}]"
-            logger.warning("skipping image %d (%s): %s", i, name, got)
+            logger.warning("skipping image %d (%s): %s", i, escape_control(name), escape_control(got))
             skipped.append({"image_idx": i, "name": name, "error": _portable_error(got)})
             labels.append(-1)
             continue
@@ -433,16 +469,6 @@ class _BackgroundWriter:
         self._thread.join()
         if raise_error and self._error is not None:
             raise self._error
-
-
-def _weights_sha256(module: torch.nn.Module) -> str:
-    # The held backbone only (for open_clip the image tower: the text tower is never built or kept);
-    # each tensor's bytes are hashed in place, without a copy.
-    digest = hashlib.sha256()
-    for name, tensor in module.state_dict().items():
-        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
-        digest.update(memoryview(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy()))
-    return digest.hexdigest()
 
 
 def _portable_id(backbone_id: str) -> str:

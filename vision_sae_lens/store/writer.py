@@ -20,8 +20,9 @@ import numpy as np
 import torch
 
 from vision_sae_lens import fsutil
-from vision_sae_lens.errors import ConfigError, StoreError, StoreMismatchError
+from vision_sae_lens.errors import ConfigError, NonFiniteError, StoreError, StoreMismatchError
 from vision_sae_lens.layout import TokenLayout, check_token_selection
+from vision_sae_lens.store import checks
 from vision_sae_lens.store import format as fmt
 
 
@@ -287,6 +288,7 @@ class StoreWriter:
         check_claimable(self.root)
         self._lock = fsutil.DirLock(self.root, what="store writer").acquire()  # released by finish/abort
         check_or_claim_directory(self.root, self.settings)
+        self._tokens = np.asarray(self.settings["token_indices"], dtype=np.int64)
         self._records: list[dict[str, Any]] = []
         self._builder: ShardBuilder | None = None
         self._last: tuple[int, int] = (-1, -1)
@@ -311,8 +313,21 @@ class StoreWriter:
                     f"{site}: expected shape ({n}, {self.site_dims[site]}), got {tuple(t.shape)}"
                 )
             rows[site] = fmt.to_storage(t, self.dtype)
+            bad_n = checks.nonfinite_rows(rows[site], self.dtype)
+            if bad_n.any():  # in the storage dtype: float16 overflow to Inf counts
+                images = np.unique(image_n[bad_n]).tolist()
+                raise NonFiniteError(
+                    f"{site}: {int(bad_n.sum())} rows (images {images[:5]}{' ...' if len(images) > 5 else ''}) "
+                    f"hold NaN or Inf in {self.dtype}; a store holds finite rows only (for values beyond "
+                    "float16's range use dtype='float32' or 'bfloat16')."
+                )
         if n == 0:
             return
+        if image_n.min() < 0 or image_n.max() > checks.MAX_IMAGES or not np.isin(token_n, self._tokens).all():
+            raise ConfigError(
+                f"image_idx must lie in [0, {checks.MAX_IMAGES}] and token_idx among the {self.settings['tokens']!r} "
+                f"tokens of the layout ({self._tokens.tolist()[:8]}...)"
+            )
         key = image_n * (1 << 32) + token_n
         prev = self._last[0] * (1 << 32) + self._last[1]
         if (np.diff(key) <= 0).any() or key[0] <= prev:

@@ -38,6 +38,7 @@ from vision_sae_lens.errors import (
 )
 from vision_sae_lens.metadata import VisionFacts, apply_vision_facts
 from vision_sae_lens.normalization import InputNormalization, fold_input_normalization
+from vision_sae_lens.train.resume import check_resume_settings
 
 logger = logging.getLogger(__name__)
 
@@ -276,22 +277,30 @@ def remove_stale_temps(out: Path) -> None:
         fsutil.remove_stale_temps(parent, recursive=False)  # only our own temp names: never a user's .tmp
 
 
-def checkpoint_problem(path: Path, fingerprint: str) -> str | None:
-    """None when checkpoint ``path`` is intact and from store ``fingerprint``; what is damaged otherwise.
+def checkpoint_problem(path: Path, fingerprint: str, cfg: Any) -> str | None:
+    """None when checkpoint ``path`` is intact and continues a run of ``cfg`` on store ``fingerprint``;
+    what is damaged otherwise.
 
-    A checkpoint of another store is no damage but a mistake: TrainingError.
+    A checkpoint of a run with other settings (another store, k, lr, batch size, ...) is no damage but
+    a mistake: ConfigError naming every differing setting (see :mod:`vision_sae_lens.train.resume`).
     """
     try:
         verify_checkpoint(path)
         progress = read_progress(path)
     except CheckpointCorruptError as exc:
         return str(exc)
-    if progress.get("store_fingerprint") != fingerprint:
-        raise TrainingError(
-            f"checkpoint {path} was trained on store {progress.get('store_fingerprint')!r}, not on "
-            f"{fingerprint!r}; resume with the same store or pass overwrite=True."
-        )
+    check_resume_settings(progress, cfg, fingerprint, path)
     return None
+
+
+def check_finished_settings(folder: Path, cfg: Any, fingerprint: str) -> None:
+    """Refuse to hand back a finished run in ``folder`` as the result of ``cfg`` when its settings differ."""
+    path = folder / FINISHED_FILENAME
+    try:
+        state = fsutil.read_json(path)
+    except (OSError, ValueError) as exc:
+        raise CheckpointCorruptError(f"cannot read {path}: {exc}; pass --overwrite to train again") from exc
+    check_resume_settings(state if isinstance(state, dict) else {}, cfg, fingerprint, folder)
 
 
 def disk_full_error(where: Path, exc: BaseException) -> TrainingError:

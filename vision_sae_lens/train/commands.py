@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from vision_sae_lens._lazy import add_arguments_on_use
-from vision_sae_lens.errors import ConfigError
+from vision_sae_lens.errors import ConfigError, escape_control
 
 logger = logging.getLogger(__name__)
 
@@ -97,16 +97,15 @@ def _add_downstream_args(p: argparse.ArgumentParser, *, n_images: bool = True) -
 def _downstream(args: argparse.Namespace, store_path: str | None):
     if not args.model:
         return None, None
-    from vision_sae_lens.backbones import HookedSAEViT
-
-    model_id = args.model
-    if model_id == "store":
-        from vision_sae_lens.train.feed import open_store
-
-        model_id = open_store(store_path).backbone_id
-    model = HookedSAEViT.from_pretrained(model_id, **({"weights": args.weights} if args.weights else {}))
     if not args.images:
         raise ConfigError("--model needs --images (the images to measure the downstream metric on)")
+    from vision_sae_lens.backbones.recorded import backbone_for
+    from vision_sae_lens.train.feed import open_store
+
+    # 'store' rebuilds the store's backbone; the store's own id is checked against its recorded weights
+    store = open_store(store_path)
+    recorded = getattr(store, "metadata", {})
+    model = backbone_for(args.model, recorded, weights=args.weights, what=f"store {store_path}")
     from vision_sae_lens.data import open_images
 
     return model, open_images(args.images)
@@ -151,6 +150,7 @@ def _train(args: argparse.Namespace) -> int:
 
 def format_run(path: Any, r: dict[str, Any]) -> str:
     """One line per trained SAE: held-out NMSE / L0, dead by the one definition, downstream recovery."""
+    path = escape_control(path)
     if r.get("evaluated") is False:
         return f"{path}: not evaluated on rows ({r['note']})"
     down = r.get("downstream") or {}

@@ -9,6 +9,7 @@ batch stream train together in one data pass (see :mod:`vision_sae_lens.train.sw
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -306,6 +307,13 @@ def check_sizes_and_name(cfg: TrainConfig) -> None:
 
     if cfg.name is not None:
         check_name(cfg.name, what="run name")
+    sae_fields = cfg.sae.to_dict() if isinstance(cfg.sae, TrainingSAEConfig) else {}
+    numbers = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)} | {
+        f"sae.{k}": v for k, v in sae_fields.items()
+    }
+    for name, value in numbers.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{name} must be a finite number, got {value}")
     if (
         isinstance(cfg.training_tokens, bool)
         or not isinstance(cfg.training_tokens, int)

@@ -15,6 +15,7 @@ JSON-ready dict; with ``out_dir`` it is written as ``eval.json`` with a ``densit
 from __future__ import annotations
 
 import logging
+import math
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,7 +28,13 @@ from tqdm.auto import tqdm
 
 from vision_sae_lens import fsutil
 from vision_sae_lens.contracts import ActivationStoreReader
-from vision_sae_lens.errors import ConfigError, SAEFolderError, SAEMismatchError
+from vision_sae_lens.errors import (
+    ConfigError,
+    NonFiniteError,
+    SAEFolderError,
+    SAEMismatchError,
+    escape_control,
+)
 from vision_sae_lens.train.feed import Split, check_store_for, open_store
 from vision_sae_lens.train.plots import plot_density
 
@@ -133,6 +140,7 @@ def evaluate_sae(
         )
     elif model is not None or images is not None:
         logger.warning("the downstream metric needs both a model and images; skipped")
+    check_report_finite(report, source=f"the evaluation of {folder or 'the SAE'}")
     if out_dir is not None:
         out = Path(out_dir)
         write_eval_json(out, report, sae_folder=folder)
@@ -196,6 +204,7 @@ def evaluate_run(
         report["downstream"] = measure_downstream(
             model, sae, images, n_images=cfg.downstream_images, text_embeddings="auto"
         )
+    check_report_finite(report, source=f"the evaluation of run {name!r}")
     write_eval_json(out_dir, report, sae_folder=None)
     return report
 
@@ -213,6 +222,31 @@ def write_eval_json(out: Path, report: dict[str, Any], *, sae_folder: Path | Non
     fsutil.write_json_atomic(out / "eval.json", report)
     if sealed:
         fsutil.update_seal(out, "eval.json")
+
+
+def check_report_finite(report: Any, *, source: str) -> None:
+    """Refuse (NonFiniteError) an evaluation report holding NaN or Inf anywhere (``eval.json``, a model card).
+
+    A non-finite metric is no result: JSON cannot hold it, and a NaN NMSE compares false with everything,
+    so it would pass every quality gate. ``source`` says where the report comes from (for the message).
+    """
+    bad = _nonfinite_entries(report, "")
+    if bad:
+        raise NonFiniteError(
+            f"{source} holds non-finite numbers ({', '.join(bad[:6])}): the SAE's weights or the evaluated rows "
+            "hold NaN/Inf, or the rows have no variance. Such a report is not written or published; check the "
+            "store with `vision-sae-lens verify` and retrain."
+        )
+
+
+def _nonfinite_entries(value: Any, where: str) -> list[str]:
+    if isinstance(value, float) and not math.isfinite(value):
+        return [f"{where or 'value'}={value}"]
+    if isinstance(value, dict):
+        return [b for k, v in value.items() for b in _nonfinite_entries(v, f"{where}.{k}".lstrip("."))]
+    if isinstance(value, (list, tuple)):
+        return [b for i, v in enumerate(value) for b in _nonfinite_entries(v, f"{where}[{i}]")]
+    return []
 
 
 def _eval_rows(folder, store, split, start, stop, max_rows: int, seed: int):
@@ -236,7 +270,7 @@ def _eval_rows(folder, store, split, start, stop, max_rows: int, seed: int):
         logger.warning(
             "%s was trained with eval_fraction=0: no image was held out, so these metrics are on training "
             "rows (pass another store, or start_row/stop_row).",
-            folder or "the SAE",
+            escape_control(folder or "the SAE"),
         )
     return _sampled_rows(store, max_rows, seed), {"method": "seeded random images", "seed": seed}
 
@@ -282,9 +316,18 @@ def _row_batches(
     for i in tqdm(chunks, desc=desc, total=len(chunks), leave=False, disable=not progress):
         chunk = rows_n[i : i + batch_size]
         if len(chunk) and chunk[-1] - chunk[0] == len(chunk) - 1:  # contiguous: one plain read
-            yield store.read_rows(site, int(chunk[0]), int(chunk[-1]) + 1)
+            acts_bd = store.read_rows(site, int(chunk[0]), int(chunk[-1]) + 1)
         else:
-            yield store.gather(site, chunk)
+            acts_bd = store.gather(site, chunk)
+        bad_b = ~torch.isfinite(acts_bd).all(dim=-1)
+        if bad_b.any():
+            rows = chunk[bad_b.numpy()]
+            raise NonFiniteError(
+                f"{int(bad_b.sum())} of the evaluated {site} rows hold NaN or Inf (store rows "
+                f"{rows[:5].tolist()}{' ...' if len(rows) > 5 else ''}): no metric can be computed on them. "
+                "Run `vision-sae-lens verify` on the store and re-record it."
+            )
+        yield acts_bd
 
 
 def _reconstruction(

@@ -54,6 +54,7 @@ from vision_sae_lens.train.feed import (
     store_preprocessing,
 )
 from vision_sae_lens.train.plots import plot_sweep
+from vision_sae_lens.train.resume import run_settings
 from vision_sae_lens.train.sweep import group_configs, unique_names
 
 logger = logging.getLogger(__name__)
@@ -347,6 +348,7 @@ class _GroupTrainer:
                 "pass --overwrite to train it again."
             )
         if self.resume and ckpt.is_finished(m.folder):
+            ckpt.check_finished_settings(m.folder, m.cfg, self.fingerprint)
             logger.info("run %r is already finished in %s; loading it", m.name, m.folder)
             m.result = self._load_result(m, training_sae=None, n_steps=m.cfg.n_steps)
             return True
@@ -398,7 +400,7 @@ class _GroupTrainer:
             damaged = [
                 err
                 for m in active
-                if (err := ckpt.checkpoint_problem(m.ckpt_root / str(step), self.fingerprint))
+                if (err := ckpt.checkpoint_problem(m.ckpt_root / str(step), self.fingerprint, m.cfg))
             ]
             if damaged:
                 logger.warning("skipping damaged checkpoint step %d: %s", step, "; ".join(damaged))
@@ -483,6 +485,7 @@ class _GroupTrainer:
             "store_fingerprint": self.fingerprint,
             "data_seed": m.cfg.data_seed,
             "batch_size": m.cfg.batch_size,
+            "settings": run_settings(m.cfg, self.fingerprint),
         }
 
     def _finish(self, m: _Member) -> None:
@@ -497,8 +500,10 @@ class _GroupTrainer:
             ckpt.write_inference_folder(
                 trainer, tmp, self._facts(m), fold_in_place=True, normalization=self.normalization
             )
-            (tmp / "train_config.json").write_text(json.dumps(m.cfg.to_dict(), indent=1, default=str))
-            (tmp / "split.json").write_text(json.dumps(self.split.describe(), indent=1))
+            (tmp / "train_config.json").write_text(
+                json.dumps(m.cfg.to_dict(), indent=1, default=str, allow_nan=False)
+            )
+            (tmp / "split.json").write_text(json.dumps(self.split.describe(), indent=1, allow_nan=False))
             m.result = self._load_result(
                 m, training_sae=trainer.sae, n_steps=trainer.n_training_steps, path=tmp
             )

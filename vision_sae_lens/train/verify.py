@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import os
 
+from vision_sae_lens.errors import escape_control
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``verify`` sub-command."""
@@ -29,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_verify(args: argparse.Namespace) -> int:
     """Handler of ``verify``: check (or, with --seal, seal) each folder; raises on the first bad one."""
     for path in args.paths:
-        print(f"{path}: {verify_path(path, seal=args.seal)}")
+        print(f"{escape_control(path)}: {verify_path(path, seal=args.seal)}")
     return 0
 
 
