@@ -95,17 +95,17 @@ def test_nan_activations_stop_with_a_clear_message(store, tmp_path):
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(store, tmp_path, monkeypatch):
-    import vision_sae_lens.train.trainer as trainer_module
+    from vision_sae_lens.train.fast_trainer import FastSAETrainer
 
-    real_step = trainer_module.trainer_step
+    real_step = FastSAETrainer.step
 
-    def poisoned(trainer, batch, **kwargs):
-        out = real_step(trainer, batch, **kwargs)
+    def poisoned(trainer, batch):
+        out = real_step(trainer, batch)
         if trainer.n_training_steps == 60:
             out.loss = out.loss * float("nan")
         return out
 
-    monkeypatch.setattr(trainer_module, "trainer_step", poisoned)
+    monkeypatch.setattr(FastSAETrainer, "step", poisoned)
     with pytest.raises(TrainingError, match=r"loss became nan at step 60.*checkpoints/run/50"):
         train_sae(_cfg(store), out_dir=tmp_path, progress=False)
     assert not (tmp_path / "run" / "cfg.json").exists()
