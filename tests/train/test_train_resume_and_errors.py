@@ -9,7 +9,8 @@ from helpers import D_IN, SITE, CountingStore, synthetic_rows, write_store
 from sae_lens import SAE, BatchTopKTrainingSAEConfig, TopKTrainingSAEConfig
 from safetensors.torch import load_file
 
-from vision_sae_lens.errors import SAEMismatchError, TrainingError, UnknownSiteError
+from vision_sae_lens.errors import SAEMismatchError, StoreNotFoundError, TrainingError, UnknownSiteError
+from vision_sae_lens.store import ActivationStore
 from vision_sae_lens.train import TrainConfig, train_sae
 from vision_sae_lens.train.checkpoint import list_checkpoints
 
@@ -80,6 +81,18 @@ def test_empty_store_is_refused(tmp_path):
     empty = write_store(tmp_path / "empty", {SITE: np.zeros((0, D_IN), dtype=np.float32)})
     with pytest.raises(TrainingError, match="empty"):
         train_sae(_cfg(empty), out_dir=tmp_path / "o", progress=False)
+
+
+def test_a_missing_store_is_the_readers_error(tmp_path):
+    """No store at the path, or a folder without one: the StoreNotFoundError (a FileNotFoundError) the
+    store's reader raises, not a training error."""
+    (tmp_path / "not_a_store").mkdir()
+    with pytest.raises(StoreNotFoundError):
+        ActivationStore(tmp_path / "not_a_store")
+    for path in (tmp_path / "missing", tmp_path / "not_a_store"):
+        with pytest.raises(StoreNotFoundError, match="record one with") as raised:
+            train_sae(_cfg(path), out_dir=tmp_path / "o", progress=False)
+        assert isinstance(raised.value, FileNotFoundError) and not isinstance(raised.value, TrainingError)
 
 
 def test_store_smaller_than_a_batch_is_refused(tmp_path):
