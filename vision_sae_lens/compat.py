@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from sae_lens import SAE, SAETrainer
+from sae_lens import SAE, MatryoshkaBatchTopKTrainingSAE, SAETrainer
 from sae_lens.analysis.hooked_sae_transformer import (
     HookedSAETransformer,
     _SAEWrapper,
@@ -434,7 +434,7 @@ def _probe_trainer_step() -> None:
 
 # ---- the SAELens code the lean losses (train/lean_losses.py) mirror, below its public methods
 def matryoshka_partial_decodes(
-    sae: Any, feature_acts: torch.Tensor, *, include_outer_loss: bool
+    sae: MatryoshkaBatchTopKTrainingSAE, feature_acts: torch.Tensor, *, include_outer_loss: bool
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """(width, reconstruction from the first ``width`` latents) for each nested level of a Matryoshka SAE
     (SAELens' private ``MatryoshkaBatchTopKTrainingSAE._iterable_decode``)."""
@@ -443,7 +443,7 @@ def matryoshka_partial_decodes(
 
 def _probe_matryoshka_decodes() -> None:
     seam = "sae_lens MatryoshkaBatchTopKTrainingSAE._iterable_decode"
-    from sae_lens import MatryoshkaBatchTopKTrainingSAE, MatryoshkaBatchTopKTrainingSAEConfig
+    from sae_lens import MatryoshkaBatchTopKTrainingSAEConfig
 
     cfg = MatryoshkaBatchTopKTrainingSAEConfig(d_in=4, d_sae=8, k=2, matryoshka_widths=[2, 8])
     sae = MatryoshkaBatchTopKTrainingSAE(cfg)

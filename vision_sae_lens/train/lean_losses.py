@@ -19,7 +19,7 @@ import weakref
 from collections.abc import Callable
 
 import torch
-from sae_lens import StandardTrainingSAE, TopKTrainingSAE
+from sae_lens import MatryoshkaBatchTopKTrainingSAE, StandardTrainingSAE, TopKTrainingSAE
 
 from vision_sae_lens.compat import TrainStepInput, matryoshka_partial_decodes
 
@@ -56,7 +56,7 @@ def topk_aux_loss(
 
 
 def matryoshka_aux_loss(
-    sae: TopKTrainingSAE,
+    sae: MatryoshkaBatchTopKTrainingSAE,
     sae_in: torch.Tensor,
     sae_out: torch.Tensor,
     feature_acts: torch.Tensor,

@@ -124,8 +124,7 @@ class _GroupTrainer:
         progress,
         concurrent_steps: int | None = None,
     ) -> None:
-        self.members, self.resume, self.overwrite = members, resume, overwrite
-        self.model, self.images, self.progress = model, images, progress
+        self.members, self.resume, self.overwrite, self.progress = members, resume, overwrite, progress
         lead = members[0].cfg
         self.lead = lead
         self.store = open_store(lead.store)
@@ -146,13 +145,12 @@ class _GroupTrainer:
         self.concurrent_steps = min(len(members), concurrent_steps or default)
         self.fingerprint = str(getattr(self.store, "fingerprint", ""))
         self.inputs = prepare_inputs(self.store, lead, split=self.split)
-        self.token_types, self.tokens = self.inputs.token_types, self.inputs.tokens
-        self.normalization = self.inputs.normalization
+        self.token_types, self.normalization = self.inputs.token_types, self.inputs.normalization
         self.context = RunContext(
             store=self.store,
             split=self.split,
             fingerprint=self.fingerprint,
-            tokens=self.tokens,
+            tokens=self.inputs.tokens,
             normalization=self.normalization,
             device=self.device,
             model=model,
