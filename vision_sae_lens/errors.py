@@ -144,6 +144,10 @@ class SAEFolderCorruptError(SAEFolderError):
     """An SAE folder whose files do not match its checksums.json."""
 
 
+class CompatError(VisionSAELensError, RuntimeError):
+    """A SAELens / TransformerLens seam this package relies on has changed (``vision_sae_lens.compat`` names it)."""
+
+
 class BackboneMismatchWarning(UserWarning):
     """An SAE whose metadata names another backbone than the one it is spliced into."""
 

@@ -18,12 +18,12 @@
    >= 0.9), median of interleaved repeats.
 
 4. ``--only aux``: one training step of a TopK SAE (d_in 768, d_sae 6144, k 32, batch 4096) with every
-   latent dead, so the AuxK loss is on: the package's step with SAELens' own forward and aux loss (dense
-   (batch, d_sae) auxiliary activations, then a rescaled copy) vs with ``compat.lean_training_forward``
-   (on a CPU the sparse TopK step, and ``compat.topk_aux_loss``: top-k_aux values and indices,
-   ``embedding_bag``). Each variant in a fresh process: peak RSS (``ru_maxrss``) over the steps,
-   its growth during them, and the median step time; ratios lean / dense (SAELens' own
-   ``SAETrainer.step`` is printed beside them).
+   latent dead, so the AuxK loss is on: the package's trainer (``FastSAETrainer``) with SAELens'
+   ``TopKTrainingSAE`` (its forward and aux loss: dense (batch, d_sae) auxiliary activations, then a
+   rescaled copy) vs with ``LeanTopKTrainingSAE`` (on a CPU the sparse TopK forward, and the lean AuxK
+   loss: top-k_aux values and indices, ``embedding_bag``). Each variant in a fresh process: peak RSS
+   (``ru_maxrss``) over the steps, its growth during them, and the median step time; ratios lean / dense
+   (SAELens' own ``SAETrainer.step`` is printed beside them).
 
 Times are those of the training loops (``TrainRun.train_seconds``), evaluation excluded, except the
 wall-time ratios, which include everything.
@@ -32,7 +32,6 @@ wall-time ratios, which include everything.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import resource
@@ -142,8 +141,7 @@ STEP_SAES = {
 
 def bare_step_seconds(make_cfg, batches: list[torch.Tensor], lr: float) -> float:
     """Seconds per step of the SAE's own work: forward + loss, backward, fused Adam; nothing else."""
-    from sae_lens.registry import get_sae_training_class
-    from sae_lens.saes.sae import TrainStepInput
+    from vision_sae_lens.compat import TrainStepInput, get_sae_training_class
 
     torch.manual_seed(0)
     sae_cfg = make_cfg()
@@ -202,21 +200,22 @@ def bench_step(args, tmp: Path) -> None:
 
 AUX_VARIANTS = {
     "saelens-step": "SAELens' SAETrainer.step",
-    "dense-aux": "package step, SAELens' forward and aux loss",
-    "lean-aux": "package step, lean forward and aux loss",
+    "dense-aux": "FastSAETrainer, SAELens' TopKTrainingSAE",
+    "lean-aux": "FastSAETrainer, LeanTopKTrainingSAE",
 }
 
 
 def aux_child(variant: str, d: int, d_sae: int, bs: int, steps: int) -> None:
     """One variant in this (fresh) process; prints one JSON line: peak RSS and step times."""
-    from sae_lens.config import LoggingConfig
-    from sae_lens.saes.topk_sae import TopKTrainingSAE
-    from sae_lens.training.sae_trainer import SAETrainer, SAETrainerConfig
+    from sae_lens import LoggingConfig, SAETrainer, TopKTrainingSAE
 
-    from vision_sae_lens import compat
+    from vision_sae_lens.compat import SAETrainerConfig
+    from vision_sae_lens.train.fast_trainer import FastSAETrainer
+    from vision_sae_lens.train.lean_saes import LeanTopKTrainingSAE
 
     torch.manual_seed(0)
-    sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=d, d_sae=d_sae, k=32))
+    sae_cls = LeanTopKTrainingSAE if variant == "lean-aux" else TopKTrainingSAE
+    sae = sae_cls(TopKTrainingSAEConfig(d_in=d, d_sae=d_sae, k=32))
     cfg = SAETrainerConfig(
         total_training_samples=bs * (steps + 1), train_batch_size_samples=bs, lr=3e-4, lr_end=3e-5,
         lr_scheduler_name="constant", lr_warm_up_steps=0, lr_decay_steps=0, n_restart_cycles=1,
@@ -225,15 +224,11 @@ def aux_child(variant: str, d: int, d_sae: int, bs: int, steps: int) -> None:
         feature_sampling_window=1000, n_checkpoints=0, checkpoint_path=None, save_final_checkpoint=False,
         logger=LoggingConfig(log_to_wandb=False), n_batches_for_norm_estimate=1,
     )  # fmt: skip
-    trainer = SAETrainer(cfg=cfg, sae=sae, data_provider=iter(()))
-    if variant != "saelens-step":
-        compat.use_fused_adam(trainer)
+    trainer_cls = SAETrainer if variant == "saelens-step" else FastSAETrainer
+    trainer = trainer_cls(cfg=cfg, sae=sae, data_provider=iter(()))
     g = torch.Generator().manual_seed(1)
     batches = [torch.randn(bs, d, generator=g) for _ in range(steps + 1)]
-    lean = compat.lean_training_forward
-    if variant == "dense-aux":  # the package's step with SAELens' own forward and aux loss
-        compat.lean_training_forward = lambda sae: contextlib.nullcontext()  # type: ignore[assignment]
-    step = trainer.step if variant == "saelens-step" else (lambda b: compat.trainer_step(trainer, b))
+    step = trainer.step
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     in_use = MallocInUse()
     seconds = []
@@ -244,7 +239,6 @@ def aux_child(variant: str, d: int, d_sae: int, bs: int, steps: int) -> None:
         assert float(out.losses["auxiliary_reconstruction_loss"].detach()) > 0
         del out  # a training loop keeps no step's output alive into the next step
         trainer.n_training_steps += 1
-    compat.lean_training_forward = lean
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print("@@" + json.dumps({"peak_mib": peak, "step_growth_mib": peak - before,
                              "in_use_growth_mib": in_use.stop(), "s_per_step": statistics.median(seconds[1:])}))  # fmt: skip

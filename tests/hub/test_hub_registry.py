@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -161,15 +160,14 @@ def test_multi_checkpoint_release_and_manifest(hub):
 def test_offline_without_cache_fails_fast_and_clearly(hub, offline):
     hub_api.register_vision_releases()
     offline()
-    t0 = time.perf_counter()
+    before = len(hub.requests)
     with pytest.raises(HubError, match="not in the local Hugging Face cache"):
         SAE.from_pretrained(release=CLIP, sae_id="blocks.10.hook_resid_post")
-    assert time.perf_counter() - t0 < 1.0
-    t0 = time.perf_counter()
     with pytest.raises(Exception, match="(?i)offline|cache"):
         SAE.from_pretrained("my-org/never-downloaded", "blocks.1.hook_resid_post")
-    assert time.perf_counter() - t0 < 1.0
-    assert hub.requests == [] or all("never-downloaded" not in p for _, p in hub.requests)
+    # Fast because nothing is attempted: no request reached the Hub, so there are no retries to wait out
+    # (the speed itself is measured in scripts/bench/from_pretrained.py, not asserted here).
+    assert hub.requests[before:] == []
 
 
 def test_import_saev_from_release_with_missing_mean_records_it(hub, tmp_path, caplog):

@@ -65,21 +65,21 @@ def test_warnings_for_a_short_window_and_a_poor_result(store, tmp_path, caplog):
         store=store.path, site=SITE, sae=TopKTrainingSAEConfig(d_in=D_IN, d_sae=512, k=1, decoder_init_norm=0.1),
         training_tokens=64 * 5, batch_size=64, dead_feature_window=1000,
     )  # fmt: skip
-    with caplog.at_level(logging.WARNING, logger="vision_sae_lens.train.trainer"):
+    with caplog.at_level(logging.WARNING, logger="vision_sae_lens.train.outputs"):
         run = train_sae(cfg, out_dir=tmp_path, progress=False)
     text = caplog.text
     assert "fewer than its dead_feature_window of 1000" in text
     assert run.report["nmse"] > 1 and "NMSE" in text  # 5 steps from a random SAE
     caplog.clear()
     standard = dataclasses.replace(cfg, sae=StandardTrainingSAEConfig(d_in=D_IN, d_sae=64))
-    with caplog.at_level(logging.WARNING, logger="vision_sae_lens.train.trainer"):
+    with caplog.at_level(logging.WARNING, logger="vision_sae_lens.train.outputs"):
         train_sae(standard, out_dir=tmp_path / "l1", progress=False)
     assert "dead_feature_window" not in caplog.text  # an L1 loss never reads the window
     caplog.clear()
-    from vision_sae_lens.train.trainer import _warn_poor_result
+    from vision_sae_lens.train.outputs import warn_poor_result
 
-    with caplog.at_level(logging.WARNING, logger="vision_sae_lens.train.trainer"):
-        _warn_poor_result("r", {**run.report, "nmse": 0.05, "dead_fraction": 0.21})
+    with caplog.at_level(logging.WARNING, logger="vision_sae_lens.train.outputs"):
+        warn_poor_result("r", {**run.report, "nmse": 0.05, "dead_fraction": 0.21})
     assert "21% of latents are dead" in caplog.text and "NMSE" not in caplog.text
 
 

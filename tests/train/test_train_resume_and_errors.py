@@ -9,7 +9,8 @@ from helpers import D_IN, SITE, CountingStore, synthetic_rows, write_store
 from sae_lens import SAE, BatchTopKTrainingSAEConfig, TopKTrainingSAEConfig
 from safetensors.torch import load_file
 
-from vision_sae_lens.errors import SAEMismatchError, TrainingError, UnknownSiteError
+from vision_sae_lens.errors import SAEMismatchError, StoreNotFoundError, TrainingError, UnknownSiteError
+from vision_sae_lens.store import ActivationStore
 from vision_sae_lens.train import TrainConfig, train_sae
 from vision_sae_lens.train.checkpoint import list_checkpoints
 
@@ -82,6 +83,18 @@ def test_empty_store_is_refused(tmp_path):
         train_sae(_cfg(empty), out_dir=tmp_path / "o", progress=False)
 
 
+def test_a_missing_store_is_the_readers_error(tmp_path):
+    """No store at the path, or a folder without one: the StoreNotFoundError (a FileNotFoundError) the
+    store's reader raises, not a training error."""
+    (tmp_path / "not_a_store").mkdir()
+    with pytest.raises(StoreNotFoundError):
+        ActivationStore(tmp_path / "not_a_store")
+    for path in (tmp_path / "missing", tmp_path / "not_a_store"):
+        with pytest.raises(StoreNotFoundError, match="record one with") as raised:
+            train_sae(_cfg(path), out_dir=tmp_path / "o", progress=False)
+        assert isinstance(raised.value, FileNotFoundError) and not isinstance(raised.value, TrainingError)
+
+
 def test_store_smaller_than_a_batch_is_refused(tmp_path):
     small = write_store(tmp_path / "small", {SITE: synthetic_rows(64, D_IN)})
     with pytest.raises(TrainingError, match="fewer than one batch"):
@@ -95,17 +108,17 @@ def test_nan_activations_stop_with_a_clear_message(store, tmp_path):
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(store, tmp_path, monkeypatch):
-    import vision_sae_lens.train.trainer as trainer_module
+    from vision_sae_lens.train.fast_trainer import FastSAETrainer
 
-    real_step = trainer_module.trainer_step
+    real_step = FastSAETrainer.step
 
-    def poisoned(trainer, batch, **kwargs):
-        out = real_step(trainer, batch, **kwargs)
+    def poisoned(trainer, batch):
+        out = real_step(trainer, batch)
         if trainer.n_training_steps == 60:
             out.loss = out.loss * float("nan")
         return out
 
-    monkeypatch.setattr(trainer_module, "trainer_step", poisoned)
+    monkeypatch.setattr(FastSAETrainer, "step", poisoned)
     with pytest.raises(TrainingError, match=r"loss became nan at step 60.*checkpoints/run/50"):
         train_sae(_cfg(store), out_dir=tmp_path, progress=False)
     assert not (tmp_path / "run" / "cfg.json").exists()

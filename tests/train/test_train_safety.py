@@ -131,17 +131,14 @@ def test_safe_trainer_state_loader_restores_what_sae_lens_restores(store, tmp_pa
     """The weights_only loader against SAELens' own SAETrainer.load_trainer_state."""
     out = tmp_path / "r"
     assert run_killed(lambda: _train(store, out), at=_point(store, tmp_path, "train_state.json")) == "killed"
-    from vision_sae_lens.train.trainer import _GroupTrainer, _Member
+    from vision_sae_lens import compat
+    from vision_sae_lens.train.build import build_trainer
 
     state_dir = out / "checkpoints" / "run" / "20" / "trainer"
-    trainers = []
-    for _ in range(2):
-        group = _GroupTrainer([_Member(_cfg(store), "run", out)], True, False, None, None, False)
-        trainers.append(group._build_trainer(group.members[0]))
-    ours, theirs = trainers
-    ckpt.load_trainer_state_safely(ours, state_dir)
+    ours, theirs = (build_trainer(_cfg(store), "cpu") for _ in range(2))
+    compat.load_trainer_state(ours, state_dir)
     theirs.load_trainer_state(state_dir)
-    for name in (*ckpt._TRAINER_COUNTERS,):
+    for name in (*compat.TRAINER_COUNTERS,):
         a, b = getattr(ours, name), getattr(theirs, name)
         assert torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b, name
     assert ours.n_training_steps == 20

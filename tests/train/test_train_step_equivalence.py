@@ -1,25 +1,28 @@
-"""The package's training step (fused Adam, boolean firing statistics) against SAELens' own
-``SAETrainer.step``: same seed, same batches -> same weights, statistics and schedules."""
+"""The package's CPU training step (``FastSAETrainer`` with the lean training SAEs: fused Adam, boolean
+firing statistics, lean losses, sparse TopK forward) against SAELens' own ``SAETrainer.step``: same seed,
+same batches -> same weights, statistics and schedules."""
 
 from __future__ import annotations
-
-import contextlib
 
 import pytest
 import torch
 from sae_lens import (
     BatchTopKTrainingSAEConfig,
     JumpReLUTrainingSAEConfig,
+    LoggingConfig,
     MatryoshkaBatchTopKTrainingSAEConfig,
+    SAETrainer,
     StandardTrainingSAEConfig,
     TopKTrainingSAEConfig,
 )
-from sae_lens.config import LoggingConfig
-from sae_lens.registry import get_sae_training_class
-from sae_lens.training.sae_trainer import SAETrainer, SAETrainerConfig
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from vision_sae_lens import compat
+from vision_sae_lens.compat import BatchTopK, SAETrainerConfig, TrainStepInput, get_sae_training_class
+from vision_sae_lens.train import lean_losses, lean_saes, sparse_topk
+from vision_sae_lens.train.build import training_classes
+from vision_sae_lens.train.fast_trainer import FastSAETrainer
+from vision_sae_lens.train.lean_saes import LeanStandardTrainingSAE, LeanTopKTrainingSAE, lean_training_class
+from vision_sae_lens.train.sparse_topk import sparse_forward_applies
 
 D_IN, D_SAE, BATCH, STEPS = 16, 64, 32, 12
 
@@ -31,10 +34,16 @@ CONFIGS = {
 }  # fmt: skip
 
 
-def _trainer(make_cfg, *, lr: float, dead_feature_window: int = 3) -> SAETrainer:
+def _trainer(
+    make_cfg, *, lr: float, dead_feature_window: int = 3, fast: bool = False, **kwargs
+) -> SAETrainer:
+    """SAELens' trainer and training SAE, or (``fast``) the package's CPU ones, chosen as training chooses."""
     torch.manual_seed(0)
     sae_cfg = make_cfg()
-    sae = get_sae_training_class(sae_cfg.architecture())[0](sae_cfg)
+    sae_cls, trainer_cls = get_sae_training_class(sae_cfg.architecture())[0], SAETrainer
+    if fast:
+        sae_cls, trainer_cls = training_classes(sae_cls, "cpu")
+    sae = sae_cls(sae_cfg)
     cfg = SAETrainerConfig(
         total_training_samples=STEPS * BATCH, train_batch_size_samples=BATCH, lr=lr, lr_end=lr / 10,
         lr_scheduler_name="cosineannealing", lr_warm_up_steps=3, lr_decay_steps=0, n_restart_cycles=1,
@@ -42,7 +51,7 @@ def _trainer(make_cfg, *, lr: float, dead_feature_window: int = 3) -> SAETrainer
         feature_sampling_window=5, n_checkpoints=0, checkpoint_path=None, save_final_checkpoint=False,
         logger=LoggingConfig(log_to_wandb=False), n_batches_for_norm_estimate=1,
     )  # fmt: skip
-    return SAETrainer(cfg=cfg, sae=sae, data_provider=iter(()))
+    return trainer_cls(cfg=cfg, sae=sae, data_provider=iter(()), **kwargs)
 
 
 def _batches() -> list[torch.Tensor]:
@@ -62,11 +71,11 @@ def _run(trainer: SAETrainer, step) -> list[float]:
 @pytest.mark.parametrize("arch", list(CONFIGS))
 def test_fast_step_equals_saelens_trainer(arch):
     reference = _trainer(CONFIGS[arch], lr=3e-2)
-    ours = _trainer(CONFIGS[arch], lr=3e-2)
-    assert compat.use_fused_adam(ours)
+    ours = _trainer(CONFIGS[arch], lr=3e-2, fast=True)
+    assert ours.fused_adam
     assert ours.optimizer.param_groups[0]["fused"] and not reference.optimizer.param_groups[0].get("fused")
     ref_losses = _run(reference, lambda t, b: t.step(b))
-    our_losses = _run(ours, lambda t, b: compat.trainer_step(t, b))
+    our_losses = _run(ours, lambda t, b: t.step(b))
     assert our_losses == pytest.approx(ref_losses, rel=1e-4, abs=1e-5)
     for (name, a), (_, b) in zip(reference.sae.named_parameters(), ours.sae.named_parameters(), strict=True):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-5), name
@@ -82,10 +91,10 @@ def test_fast_step_equals_saelens_trainer(arch):
 def test_no_clipping_when_none_is_configured(monkeypatch):
     """max_grad_norm=None equals SAELens' step with its fixed clip removed (and a large gradient
     makes the clip matter, so the default really clips)."""
-    clipped = _trainer(CONFIGS["standard"], lr=1e-2)
-    _run(clipped, lambda t, b: compat.trainer_step(t, b))
-    unclipped = _trainer(CONFIGS["standard"], lr=1e-2)
-    _run(unclipped, lambda t, b: compat.trainer_step(t, b, max_grad_norm=None))
+    clipped = _trainer(CONFIGS["standard"], lr=1e-2, fast=True)
+    _run(clipped, lambda t, b: t.step(b))
+    unclipped = _trainer(CONFIGS["standard"], lr=1e-2, fast=True, max_grad_norm=None)
+    _run(unclipped, lambda t, b: t.step(b))
     reference = _trainer(CONFIGS["standard"], lr=1e-2)
     monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda *a, **k: torch.tensor(0.0))
     _run(reference, lambda t, b: t.step(b))
@@ -116,15 +125,15 @@ def test_lean_training_forward_step_equals_saelens_trainer(arch, dead_feature_wi
     loss is active; our step (lean aux loss) gives SAELens' losses and weights after every step."""
     calls = []
     for name in ("topk_aux_loss", "matryoshka_aux_loss"):
-        original = getattr(compat, name)
-        monkeypatch.setattr(compat, name, lambda *a, _f=original, **k: calls.append(1) or _f(*a, **k))
+        original = getattr(lean_losses, name)
+        monkeypatch.setattr(lean_saes, name, lambda *a, _f=original, **k: calls.append(1) or _f(*a, **k))
     reference = _trainer(AUX_CONFIGS[arch], lr=3e-2, dead_feature_window=dead_feature_window)
-    ours = _trainer(AUX_CONFIGS[arch], lr=3e-2, dead_feature_window=dead_feature_window)
+    ours = _trainer(AUX_CONFIGS[arch], lr=3e-2, dead_feature_window=dead_feature_window, fast=True)
     ref_aux, our_aux = [], []
     for batch in _batches():
         for trainer, aux, step in (
             (reference, ref_aux, SAETrainer.step),
-            (ours, our_aux, compat.trainer_step),
+            (ours, our_aux, FastSAETrainer.step),
         ):
             trainer.maybe_reset_sparsity()
             out = step(trainer, batch)
@@ -167,7 +176,7 @@ def test_lean_training_forward_keeps_no_dense_latent_matrix_for_backward():
         return sum(s == (batch, d_sae) for s in shapes), loss
 
     n_ref, ref = dense_saved(TopKTrainingSAE.calculate_topk_aux_loss)
-    n_ours, ours = dense_saved(compat.topk_aux_loss)
+    n_ours, ours = dense_saved(lean_losses.topk_aux_loss)
     assert n_ref >= 2
     assert n_ours == 0
     assert torch.allclose(ours, ref, rtol=1e-5)
@@ -178,17 +187,18 @@ def test_lean_training_forward_keeps_no_dense_latent_matrix_for_backward():
 
 
 def test_lean_training_forward_leaves_overriding_subclasses_alone():
+    """A user's subclass keeps its own method (no lean class replaces it); SAELens' own class gets the lean
+    subclass, whose method is the lean one."""
     from sae_lens import TopKTrainingSAE
 
     class Custom(TopKTrainingSAE):
         def calculate_topk_aux_loss(self, *args, **kwargs):
             return torch.tensor(7.0)
 
-    sae = Custom(TopKTrainingSAEConfig(d_in=D_IN, d_sae=D_SAE, k=4))
-    plain = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=D_IN, d_sae=D_SAE, k=4))
-    with compat.lean_training_forward(sae), compat.lean_training_forward(plain):
-        assert "calculate_topk_aux_loss" not in vars(sae)
-        assert "calculate_topk_aux_loss" in vars(plain)
+    sae = lean_training_class(Custom)(TopKTrainingSAEConfig(d_in=D_IN, d_sae=D_SAE, k=4))
+    plain = lean_training_class(TopKTrainingSAE)(TopKTrainingSAEConfig(d_in=D_IN, d_sae=D_SAE, k=4))
+    assert type(sae).calculate_topk_aux_loss is Custom.calculate_topk_aux_loss
+    assert type(plain).calculate_topk_aux_loss is LeanTopKTrainingSAE.calculate_topk_aux_loss
     assert "calculate_topk_aux_loss" not in vars(plain)
 
 
@@ -196,7 +206,6 @@ def test_lean_l1_keeps_no_dense_product_and_equals_saelens():
     """SAELens' L1 keeps ``feature_acts * ||W_dec||`` (batch, d_sae) for its backward; ours keeps the
     activations' column sums. Same loss and gradients."""
     from sae_lens import StandardTrainingSAE
-    from sae_lens.saes.sae import TrainStepInput
 
     torch.manual_seed(0)
     batch, d_sae = 40, 256
@@ -220,7 +229,7 @@ def test_lean_l1_keeps_no_dense_product_and_equals_saelens():
         return sum(s == (batch, d_sae) for s in shapes), loss, grads
 
     n_ref, ref, ref_grads = run(StandardTrainingSAE.calculate_aux_loss)
-    n_ours, ours, our_grads = run(compat.standard_l1_loss)
+    n_ours, ours, our_grads = run(lean_losses.standard_l1_loss)
     assert n_ref >= 2 and n_ours == 0  # ours: the activations' column sums
     assert ref > 0 and torch.allclose(ours, ref, rtol=1e-5)
     for a, b in zip(ref_grads, our_grads, strict=True):
@@ -235,8 +244,8 @@ def test_pre_activations_are_freed_before_the_backward_pass(arch):
     import weakref
 
     alive_in_backward = {}
-    for name, step in (("saelens", SAETrainer.step), ("ours", compat.trainer_step)):
-        trainer = _trainer(CONFIGS[arch], lr=1e-3)
+    for name, step in (("saelens", SAETrainer.step), ("ours", FastSAETrainer.step)):
+        trainer = _trainer(CONFIGS[arch], lr=1e-3, fast=name == "ours")
         sae, seen = trainer.sae, {}
         encode = sae.encode_with_hidden_pre
 
@@ -258,8 +267,6 @@ def test_standard_backward_allocates_one_dense_gradient():
     """SAELens' standard step allocates three (batch, d_sae) float matrices in its backward (the decoder's
     gradient for the activations, the L1's, ReLU's masked copy); ours allocates the decoder's alone (plus a
     boolean mask) and gets the same gradients."""
-    from sae_lens.saes.sae import TrainStepInput
-
     batch, d_sae = 40, 256
 
     class DenseAllocations(TorchDispatchMode):
@@ -282,7 +289,8 @@ def test_standard_backward_allocates_one_dense_gradient():
 
     def run(lean: bool):
         torch.manual_seed(0)
-        sae = get_sae_training_class("standard")[0](StandardTrainingSAEConfig(d_in=D_IN, d_sae=d_sae))
+        sae_cls = LeanStandardTrainingSAE if lean else get_sae_training_class("standard")[0]
+        sae = sae_cls(StandardTrainingSAEConfig(d_in=D_IN, d_sae=d_sae))
         x = torch.randn(batch, D_IN) * 3
         step_input = TrainStepInput(
             sae_in=x,
@@ -291,12 +299,11 @@ def test_standard_backward_allocates_one_dense_gradient():
             n_training_steps=0,
             is_logging_step=False,
         )
-        with compat.lean_training_forward(sae) if lean else contextlib.nullcontext():
-            out = sae.training_forward_pass(step_input)
+        out = sae.training_forward_pass(step_input)
         out.hidden_pre = None
         with DenseAllocations() as allocations:
             out.loss.backward()
-        assert type(sae.activation_fn) is torch.nn.ReLU  # restored after the block
+        assert isinstance(sae.activation_fn, torch.nn.ReLU) != lean  # the lean SAE's ReLU is its own
         return allocations.bytes, [p.grad for p in sae.parameters()]
 
     (ref_bytes, ref_grads), (our_bytes, our_grads) = run(lean=False), run(lean=True)
@@ -330,9 +337,10 @@ def test_sparse_topk_step_equals_saelens_and_multiplies_no_latent_matrix(arch):
     every backward product. Same losses and weights after every step, AuxK loss on (some latents dead)."""
     products = {}
     trainers = {
-        name: _trainer(AUX_CONFIGS[arch], lr=3e-2, dead_feature_window=0) for name in ("saelens", "ours")
+        name: _trainer(AUX_CONFIGS[arch], lr=3e-2, dead_feature_window=0, fast=name == "ours")
+        for name in ("saelens", "ours")
     }
-    steps = {"saelens": SAETrainer.step, "ours": compat.trainer_step}
+    steps = {"saelens": SAETrainer.step, "ours": FastSAETrainer.step}
     for i, batch in enumerate(_batches()):
         losses = {}
         for name, trainer in trainers.items():
@@ -352,51 +360,49 @@ def test_sparse_topk_step_equals_saelens_and_multiplies_no_latent_matrix(arch):
             assert torch.allclose(a, b, rtol=1e-4, atol=1e-5), (p, i)
     assert all(n == 1 for n in products["ours"])
     assert all(n >= 5 for n in products["saelens"])
-    assert "encode_with_hidden_pre" not in vars(trainers["ours"].sae)  # SAELens' methods are back
+    assert "encode_with_hidden_pre" not in vars(trainers["ours"].sae)  # no method was shadowed
 
 
 def test_sparse_topk_step_is_kept_off_where_it_does_not_apply():
     """Hooks on the SAE, a caller's own method on the instance, another dtype: SAELens' dense step."""
-    from sae_lens import TopKTrainingSAE
 
     def sae():
-        return TopKTrainingSAE(TopKTrainingSAEConfig(d_in=D_IN, d_sae=D_SAE, k=4))
+        return LeanTopKTrainingSAE(TopKTrainingSAEConfig(d_in=D_IN, d_sae=D_SAE, k=4))
 
-    assert compat._sparse_topk_applies(sae())
+    assert sparse_forward_applies(sae())
     hooked = sae()
     hooked.hook_sae_acts_post.add_hook(lambda t, hook: t)
     overridden = sae()
     overridden.decode = lambda acts: acts
-    assert not compat._sparse_topk_applies(hooked)
-    assert not compat._sparse_topk_applies(overridden)
-    assert not compat._sparse_topk_applies(sae().to(torch.float64))
+    assert not sparse_forward_applies(hooked)
+    assert not sparse_forward_applies(overridden)
+    assert not sparse_forward_applies(sae().to(torch.float64))
 
 
 @pytest.mark.parametrize("arch", ["topk", "batchtopk"])
 @pytest.mark.parametrize("shift", [-0.6, -1e4], ids=["some-rows-silent", "nothing-fires"])
 def test_sparse_topk_step_where_few_or_no_latents_fire(arch, shift):
     """Rows with no active latent (empty bags), or none in the batch: SAELens' loss and gradients, AuxK on."""
-    from sae_lens.saes.sae import TrainStepInput
-
     torch.manual_seed(0)
     sae_cfg = AUX_CONFIGS[arch]()
     sae = get_sae_training_class(sae_cfg.architecture())[0](sae_cfg)
     with torch.no_grad():
         sae.b_enc.fill_(shift)
+    lean = lean_training_class(type(sae))(sae_cfg)  # the same SAE, trained by the package's step
+    lean.load_state_dict(sae.state_dict())
     step_input = TrainStepInput(
         sae_in=_batches()[0], coefficients={}, dead_neuron_mask=torch.arange(D_SAE) % 2 == 0,
         n_training_steps=0, is_logging_step=False,
     )  # fmt: skip
-    params = [sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec]
+    params = [[s.W_enc, s.b_enc, s.W_dec, s.b_dec] for s in (sae, lean)]
     ref = sae.training_forward_pass(step_input)
-    with compat.lean_training_forward(sae):
-        ours = sae.training_forward_pass(step_input)
+    ours = lean.training_forward_pass(step_input)
     silent_rows = int((ours.feature_acts == 0).all(dim=1).sum())
     assert silent_rows == BATCH if shift < -100 else 0 < silent_rows < BATCH
     assert torch.allclose(ref.loss, ours.loss, rtol=1e-5)
     assert float(ours.losses["auxiliary_reconstruction_loss"].detach()) > 0
     for a, b in zip(
-        torch.autograd.grad(ref.loss, params), torch.autograd.grad(ours.loss, params), strict=True
+        torch.autograd.grad(ref.loss, params[0]), torch.autograd.grad(ours.loss, params[1]), strict=True
     ):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
 
@@ -422,25 +428,21 @@ def _batch_topk_inputs():
 
 @pytest.mark.parametrize("case", list(_batch_topk_inputs()))
 def test_batch_topk_keeps_the_entries_saelens_batchtopk_keeps(case):
-    """``compat.batch_topk`` against SAELens' ``BatchTopK`` (a sort of the whole batch): the same tensor,
+    """``batch_topk`` against SAELens' ``BatchTopK`` (a sort of the whole batch): the same tensor,
     on the fast path where it applies and by deferring to SAELens where it cannot be exact."""
-    from sae_lens.saes.batchtopk_sae import BatchTopK
-
     x, k, fast = _batch_topk_inputs()[case]
-    used_fast = x.numel() >= compat.FAST_BATCH_TOPK_MIN_ENTRIES and (
-        compat._largest_entries(x.relu().flatten(), int(k * x.shape[0])) is not None
+    used_fast = x.numel() >= sparse_topk.FAST_BATCH_TOPK_MIN_ENTRIES and (
+        sparse_topk._largest_entries(x.relu().flatten(), int(k * x.shape[0])) is not None
     )
     assert used_fast == fast
-    assert torch.equal(compat.batch_topk(x, k), BatchTopK(k)(x))
+    assert torch.equal(sparse_topk.batch_topk(x, k), BatchTopK(k)(x))
 
 
 def test_batch_topk_with_a_nan_defers_to_saelens():
-    from sae_lens.saes.batchtopk_sae import BatchTopK
-
     x = torch.randn(1024, 1024, generator=torch.Generator().manual_seed(4))
     x[5, 7] = float("nan")
-    assert compat._largest_entries(x.relu().flatten(), 8 * 1024) is None
-    torch.testing.assert_close(compat.batch_topk(x, 8), BatchTopK(8)(x), equal_nan=True, rtol=0, atol=0)
+    assert sparse_topk._largest_entries(x.relu().flatten(), 8 * 1024) is None
+    torch.testing.assert_close(sparse_topk.batch_topk(x, 8), BatchTopK(8)(x), equal_nan=True, rtol=0, atol=0)
 
 
 def test_batchtopk_training_with_the_fast_choice_equals_saelens(monkeypatch):
@@ -448,12 +450,15 @@ def test_batchtopk_training_with_the_fast_choice_equals_saelens(monkeypatch):
     and BatchTopK threshold after every step (AuxK on)."""
     d_sae, batch, steps = 1024, 1024, 4
     chosen = []
-    largest = compat._largest_entries
-    monkeypatch.setattr(compat, "_largest_entries", lambda *a: chosen.append(largest(*a)) or chosen[-1])
+    largest = sparse_topk._largest_entries
+    monkeypatch.setattr(sparse_topk, "_largest_entries", lambda *a: chosen.append(largest(*a)) or chosen[-1])
 
-    def trainer():
+    def trainer(fast: bool):
         torch.manual_seed(0)
-        sae = get_sae_training_class("batchtopk")[0](BatchTopKTrainingSAEConfig(d_in=D_IN, d_sae=d_sae, k=16))
+        sae_cls, trainer_cls = get_sae_training_class("batchtopk")[0], SAETrainer
+        if fast:
+            sae_cls, trainer_cls = training_classes(sae_cls, "cpu")
+        sae = sae_cls(BatchTopKTrainingSAEConfig(d_in=D_IN, d_sae=d_sae, k=16))
         cfg = SAETrainerConfig(
             total_training_samples=steps * batch, train_batch_size_samples=batch, lr=3e-2, lr_end=3e-3,
             lr_scheduler_name="constant", lr_warm_up_steps=0, lr_decay_steps=0, n_restart_cycles=1,
@@ -461,14 +466,14 @@ def test_batchtopk_training_with_the_fast_choice_equals_saelens(monkeypatch):
             feature_sampling_window=5, n_checkpoints=0, checkpoint_path=None, save_final_checkpoint=False,
             logger=LoggingConfig(log_to_wandb=False), n_batches_for_norm_estimate=1,
         )  # fmt: skip
-        return SAETrainer(cfg=cfg, sae=sae, data_provider=iter(()))
+        return trainer_cls(cfg=cfg, sae=sae, data_provider=iter(()))
 
-    ref, ours = trainer(), trainer()
+    ref, ours = trainer(fast=False), trainer(fast=True)
     g, aux = torch.Generator().manual_seed(5), []
     for i in range(steps):
         x = torch.randn(batch, D_IN, generator=g) * 3
         losses = []
-        for t, step in ((ref, SAETrainer.step), (ours, compat.trainer_step)):
+        for t, step in ((ref, SAETrainer.step), (ours, FastSAETrainer.step)):
             t.maybe_reset_sparsity()
             out = step(t, x)
             losses.append(

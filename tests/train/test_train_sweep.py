@@ -161,9 +161,9 @@ def test_sweep_steps_saes_side_by_side_on_a_cpu(store, tmp_path, monkeypatch):
     import threading
     import time
 
-    from vision_sae_lens.train import trainer as trainer_module
+    from vision_sae_lens.train.fast_trainer import FastSAETrainer
 
-    original = trainer_module.trainer_step
+    original = FastSAETrainer.step
     running, overlaps, lock = set(), [], threading.Lock()
 
     def watched_step(trainer, batch):
@@ -177,7 +177,7 @@ def test_sweep_steps_saes_side_by_side_on_a_cpu(store, tmp_path, monkeypatch):
             with lock:
                 running.discard(id(trainer))
 
-    monkeypatch.setattr(trainer_module, "trainer_step", watched_step)
+    monkeypatch.setattr(FastSAETrainer, "step", watched_step)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # a small CPU, whatever runs the tests
     configs = _configs(store, training_tokens=BATCH * 20)[:2]
     train_sae(configs, out_dir=tmp_path / "side", progress=False)

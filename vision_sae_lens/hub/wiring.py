@@ -1,20 +1,20 @@
 """The vision releases inside SAELens' own pretrained-SAE directory, whenever SAELens reads it.
 
-SAELens resolves ``SAE.from_pretrained(release, sae_id)`` through two seams: the cached directory
-``get_pretrained_saes_directory()`` (release -> repo, ids -> folders, conversion function name) and
-the name -> loader tables ``NAMED_PRETRAINED_SAE_LOADERS`` / ``NAMED_PRETRAINED_SAE_CONFIG_GETTERS``.
-We wrap the directory getter (in every SAELens module that holds it) so that our releases are added
-to whatever directory it returns, also after ``cache_clear()``; we add our converter to the loader
-tables under a name SAELens does not use. SAELens' own releases are never replaced.
+SAELens resolves ``SAE.from_pretrained(release, sae_id)`` through two seams, both fenced in
+:mod:`vision_sae_lens.compat`: the cached directory of named releases (release -> repo, ids -> folders,
+conversion function name) and the name -> loader tables. Our releases are added to whatever directory
+SAELens' getter returns, also after its ``cache_clear()`` (:func:`~vision_sae_lens.compat.add_to_pretrained_directory`);
+our converter goes into the loader tables under a name SAELens does not use. SAELens' own releases are
+never replaced.
 
 Importing ``vision_sae_lens`` must not import SAELens (it is what makes start-up slow), so
-:func:`register_when_sae_lens_loads` only installs an import hook: the wiring happens right after
-``sae_lens`` itself is imported, or at once if it already is.
+:func:`register_when_sae_lens_loads` only installs import hooks: the wiring happens right after
+``sae_lens`` (and ``vision_sae_lens.compat``, through which it goes) is imported, or at once if it already is.
 """
 
 from __future__ import annotations
 
-import functools
+import importlib
 import importlib.abc
 import importlib.util
 import logging
@@ -29,7 +29,6 @@ logger = logging.getLogger(__name__)
 SAEV_CONVERSION = "vision_sae_lens.saev"
 """Name of the saev converter in SAELens' named-loader tables."""
 
-_MARK = "_vision_sae_lens_wrapped"
 _WARNED: set[str] = set()
 
 
@@ -43,9 +42,9 @@ def register_vision_releases(path: str | None = None) -> list[str]:
     if path is not None:
         add_releases(path)
     _wire_sae_lens()
-    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+    from vision_sae_lens import compat
 
-    directory = get_pretrained_saes_directory()
+    directory = compat.named_releases()
     return [name for name in vision_releases() if _is_ours(directory.get(name), vision_releases()[name])]
 
 
@@ -54,52 +53,45 @@ def register_when_sae_lens_loads() -> None:
     if "sae_lens" in sys.modules:
         _wire_sae_lens()
     elif not any(isinstance(f, _AfterImport) for f in sys.meta_path):
-        sys.meta_path.insert(0, _AfterImport("sae_lens", _wire_sae_lens))
+        # The wiring goes through vision_sae_lens.compat, which imports SAELens itself: it runs once compat
+        # is complete, whether compat was what imported SAELens or a user's `import sae_lens` (which then
+        # imports compat).
+        sys.meta_path.insert(0, _AfterImport(_COMPAT, _wire_sae_lens))
+        sys.meta_path.insert(0, _AfterImport("sae_lens", _import_compat))
 
 
-# --- the SAELens seams -----------------------------------------------------------------------------
+_COMPAT = "vision_sae_lens.compat"
+
+
+def _import_compat() -> None:
+    if _COMPAT not in sys.modules:  # else compat is the module importing SAELens; its own hook wires
+        importlib.import_module(_COMPAT)
+
+
+# --- wiring (the SAELens names it touches are compat's seams) ---------------------------------------
 
 
 def _wire_sae_lens() -> None:
-    import sae_lens.loading.pretrained_sae_loaders as loaders
-    import sae_lens.loading.pretrained_saes_directory as directory_module
+    from vision_sae_lens import compat
 
-    loaders.NAMED_PRETRAINED_SAE_LOADERS.setdefault(SAEV_CONVERSION, _saev_loader)
-    loaders.NAMED_PRETRAINED_SAE_CONFIG_GETTERS.setdefault(SAEV_CONVERSION, _saev_config_getter)
-    original = directory_module.get_pretrained_saes_directory
-    if getattr(original, _MARK, False):
-        return
-
-    @functools.wraps(original)
-    def get_directory_with_vision_releases() -> dict[str, Any]:
-        directory = original()
-        _add_releases(directory)
-        return directory
-
-    get_directory_with_vision_releases.cache_clear = original.cache_clear  # type: ignore[attr-defined]
-    setattr(get_directory_with_vision_releases, _MARK, True)
-    # Modules that did `from ... import get_pretrained_saes_directory` hold their own reference.
-    for name, module in list(sys.modules.items()):
-        if name == "sae_lens" or name.startswith("sae_lens."):
-            for attr, value in list(vars(module).items()):
-                if value is original:
-                    setattr(module, attr, get_directory_with_vision_releases)
+    compat.register_pretrained_loader(SAEV_CONVERSION, _saev_loader, _saev_config_getter)
+    compat.add_to_pretrained_directory(_add_releases)
 
 
 def _add_releases(directory: dict[str, Any]) -> None:
-    from sae_lens.loading.pretrained_saes_directory import PretrainedSAELookup
-
     for release in vision_releases().values():
         existing = directory.get(release.name)
         if existing is None:
-            directory[release.name] = _to_lookup(release, PretrainedSAELookup)
+            directory[release.name] = _to_lookup(release)
         elif not _is_ours(existing, release) and release.name not in _WARNED:
             logger.warning("SAELens already has a release named %r; keeping SAELens' entry.", release.name)
             _WARNED.add(release.name)
 
 
-def _to_lookup(release: VisionRelease, lookup_class: type) -> Any:
-    return lookup_class(
+def _to_lookup(release: VisionRelease) -> Any:
+    from vision_sae_lens import compat
+
+    return compat.pretrained_sae_lookup(
         release=release.name,
         repo_id=release.repo_id,
         model=release.model,

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from sae_lens.training.prefetch import PrefetchingIterator
 
+from vision_sae_lens.compat import PrefetchingIterator
 from vision_sae_lens.errors import ConfigError
 from vision_sae_lens.layout import check_token_selection
 from vision_sae_lens.store import format as fmt

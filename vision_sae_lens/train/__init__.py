@@ -24,14 +24,15 @@ if TYPE_CHECKING:
     from vision_sae_lens.train.config import TrainConfig, build_sae_config, training_architectures
     from vision_sae_lens.train.downstream import measure_downstream
     from vision_sae_lens.train.evaluate import evaluate_sae
+    from vision_sae_lens.train.outputs import TrainRun
     from vision_sae_lens.train.sweep import load_sweep
-    from vision_sae_lens.train.trainer import TrainRun, train_sae
+    from vision_sae_lens.train.trainer import train_sae
 
 __getattr__, __dir__ = lazy_exports(
     globals(),
     {
         "TrainConfig": "vision_sae_lens.train.config",
-        "TrainRun": "vision_sae_lens.train.trainer",
+        "TrainRun": "vision_sae_lens.train.outputs",
         "train_sae": "vision_sae_lens.train.trainer",
         "evaluate_sae": "vision_sae_lens.train.evaluate",
         "measure_downstream": "vision_sae_lens.train.downstream",

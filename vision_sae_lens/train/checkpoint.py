@@ -16,25 +16,20 @@ from __future__ import annotations
 import copy
 import logging
 import os
-import pickle
 import shutil
 from pathlib import Path
 from typing import Any
 
-import torch
-from sae_lens import SAE
-from sae_lens.constants import ACTIVATION_SCALER_CFG_FILENAME, SPARSITY_FILENAME, TRAINER_STATE_FILENAME
-from sae_lens.saes.sae import TrainingSAE
-from sae_lens.training.sae_trainer import SAETrainer
+from sae_lens import SAE, SAETrainer, TrainingSAE
 from safetensors.torch import save_file
 
 from vision_sae_lens import fsutil
+from vision_sae_lens.compat import SPARSITY_FILENAME, load_trainer_state
 from vision_sae_lens.errors import (
     CheckpointCorruptError,
     SAEFolderError,
     SAEFolderNotFoundError,
     TrainingError,
-    UnsafeCheckpointError,
 )
 from vision_sae_lens.metadata import VisionFacts, apply_vision_facts
 from vision_sae_lens.normalization import InputNormalization, fold_input_normalization
@@ -168,48 +163,8 @@ def load_resumable(trainer: SAETrainer, checkpoint: Path) -> None:
     """
     verify_checkpoint(checkpoint)
     state_dir = checkpoint / TRAINER_SUBDIR
-    load_trainer_state_safely(trainer, state_dir)
+    load_trainer_state(trainer, state_dir)  # SAELens' loader with weights_only=True (a compat seam)
     trainer.sae.load_weights_from_checkpoint(state_dir)
-
-
-# ---- SAELens seam: SAETrainer.load_trainer_state without its unrestricted torch.load --------------
-# Mirrors sae_lens.training.sae_trainer.SAETrainer.load_trainer_state (6.54): same files, same fields.
-# tests/train/test_train_safety.py checks it restores exactly what SAELens' own method restores.
-def load_trainer_state_safely(trainer: SAETrainer, state_dir: Path) -> None:
-    """``trainer.load_trainer_state(state_dir)`` with ``torch.load(..., weights_only=True)``."""
-    path = state_dir / TRAINER_STATE_FILENAME
-    try:
-        state = torch.load(path, map_location=trainer.cfg.device, weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise UnsafeCheckpointError(
-            f"{path} holds objects other than tensors and plain containers; refusing to unpickle it (it could "
-            "run code). Only resume from checkpoints this package wrote."
-        ) from exc
-    except (OSError, RuntimeError, EOFError) as exc:
-        raise CheckpointCorruptError(f"cannot read trainer state {path}: {exc}") from exc
-    try:
-        trainer.activation_scaler.load(state_dir / ACTIVATION_SCALER_CFG_FILENAME)
-        trainer.optimizer.load_state_dict(state["optimizer"])
-        trainer.lr_scheduler.load_state_dict(state["lr_scheduler"])
-        for name in _TRAINER_COUNTERS:
-            setattr(trainer, name, state[name])
-        for name, sched_state in state["coefficient_schedulers"].items():
-            trainer.coefficient_schedulers[name].load_state_dict(sched_state)
-    except (KeyError, TypeError, ValueError, OSError) as exc:
-        raise CheckpointCorruptError(
-            f"trainer state in {state_dir} is incomplete or invalid: {exc!r}"
-        ) from exc
-
-
-_TRAINER_COUNTERS = (
-    "n_training_samples",
-    "n_training_steps",
-    "act_freq_scores",
-    "n_forward_passes_since_fired",
-    "n_frac_active_samples",
-    "started_fine_tuning",
-)
-# ----------------------------------------------------------------------------------- end of seam
 
 
 def mark_finished(folder: Path, info: dict[str, Any]) -> None:

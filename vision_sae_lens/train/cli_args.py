@@ -47,7 +47,7 @@ def add_train_config_arguments(parser: argparse.ArgumentParser) -> list[str]:
 
 def add_sae_config_arguments(parser: argparse.ArgumentParser) -> list[str]:
     """Add ``--<field>`` for every field of every SAELens training SAE config; returns the names."""
-    from sae_lens.registry import SAE_TRAINING_CLASS_REGISTRY
+    from vision_sae_lens.compat import SAE_TRAINING_CLASS_REGISTRY
 
     group = parser.add_argument_group(
         "SAE (SAELens *TrainingSAEConfig fields; each applies to the architectures that have it)"

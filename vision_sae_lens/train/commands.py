@@ -169,8 +169,7 @@ def _coerce_sae_fields(architecture: str, d: dict[str, Any]) -> dict[str, Any]:
     import dataclasses
     import typing
 
-    from sae_lens.registry import SAE_TRAINING_CLASS_REGISTRY
-
+    from vision_sae_lens.compat import SAE_TRAINING_CLASS_REGISTRY
     from vision_sae_lens.train.config import ARCHITECTURE_ALIASES
 
     arch = ARCHITECTURE_ALIASES.get(architecture, architecture)

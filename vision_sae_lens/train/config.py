@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from sae_lens.registry import SAE_TRAINING_CLASS_REGISTRY
-from sae_lens.saes.sae import TrainingSAEConfig
+from sae_lens import TrainingSAEConfig
 
+from vision_sae_lens.compat import SAE_TRAINING_CLASS_REGISTRY
 from vision_sae_lens.errors import ConfigError, close_matches
 from vision_sae_lens.layout import check_token_selection
 

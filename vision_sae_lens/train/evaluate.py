@@ -23,10 +23,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 from sae_lens import SAE
-from sae_lens.evals import ExplainedVarianceCalculator
 from tqdm.auto import tqdm
 
 from vision_sae_lens import fsutil
+from vision_sae_lens.compat import ExplainedVarianceCalculator
 from vision_sae_lens.contracts import ActivationStoreReader
 from vision_sae_lens.errors import (
     ConfigError,

@@ -21,7 +21,13 @@ import numpy as np
 import torch
 
 from vision_sae_lens.data.sources import subset_indices
-from vision_sae_lens.errors import SAEMismatchError, TrainingError, UnknownSiteError, close_matches
+from vision_sae_lens.errors import (
+    SAEMismatchError,
+    StoreNotFoundError,
+    TrainingError,
+    UnknownSiteError,
+    close_matches,
+)
 from vision_sae_lens.normalization import InputNormalization, estimate_input_normalization
 
 logger = logging.getLogger(__name__)
@@ -36,8 +42,8 @@ def open_store(store: Any) -> Any:
     from vision_sae_lens.store import ActivationStore
 
     path = Path(store)
-    if not path.exists():
-        raise TrainingError(
+    if not path.exists():  # the reader's own error for a path without a store, before it is opened
+        raise StoreNotFoundError(
             f"activation store {path} does not exist; record one with `vision-sae-lens cache`."
         )
     return ActivationStore(path)

@@ -1,6 +1,6 @@
 """Benchmark: ``SAE.from_pretrained`` of a 24K-latent SAE (d_in 768) served by the local Hub.
 
-Run: ``HF_HUB_OFFLINE=1 .venv/bin/python tests/hub/bench_from_pretrained.py``. Reports the cold
+Run: ``HF_HUB_OFFLINE=1 .venv/bin/python scripts/bench/from_pretrained.py``. Reports the cold
 download, the warm-cache load online, and the warm-cache load with HF_HUB_OFFLINE, for a SAELens
 folder (repo id) and for a saev ``sae.pt`` behind a registered release (conversion included).
 """
@@ -14,7 +14,8 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
+# The local Hub-compatible server of the test suite (tests/hub/local_hub.py) serves the files.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests" / "hub"))
 
 import huggingface_hub.constants as C  # noqa: E402
 import torch  # noqa: E402
