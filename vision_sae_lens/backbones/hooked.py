@@ -287,6 +287,11 @@ class HookedSAEViT(SAESpliceMixin, CheckedSitesMixin, TransformerLensAPIMixin, H
             undo()
         self._undo_bridges.clear()
 
+    def _install_bridges(self) -> None:
+        """Attach the wrapper to the backbone again after :meth:`remove_bridges`."""
+        if not self._undo_bridges:
+            self._undo_bridges = install_bridges(self)
+
     def __repr__(self) -> str:
         lay = self.layout
         return (

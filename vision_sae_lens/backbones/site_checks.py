@@ -26,6 +26,9 @@ from vision_sae_lens.backbones.config import SiteCache
 from vision_sae_lens.backbones.hook_tree import ATTENTION_SITES, TOGGLED_SITES
 from vision_sae_lens.errors import ImageInputError, SiteDisabledError, UnknownSiteError, close_matches
 
+EAGER_ONLY_SITES = (*ATTENTION_SITES, "hook_result", "hook_attn_in", "hook_q_input", "hook_k_input", "hook_v_input")
+"""Sites that need the inside of attention, so exist only with ``attention="eager"``."""
+
 if TYPE_CHECKING:
     from vision_sae_lens.compat import HookedRootModule, HookPoint
 
@@ -55,7 +58,7 @@ class CheckedSitesMixin(_Host):
         if site in self.hook_dict or site in self._acts_to_saes:
             return
         hint = ""
-        if self.attention != "eager" and site.rsplit(".", 1)[-1] in ATTENTION_SITES and ".attn." in site:
+        if self.attention != "eager" and site.rsplit(".", 1)[-1] in EAGER_ONLY_SITES:
             hint = " Attention internals are sites only with HookedSAEViT.from_pretrained(..., attention='eager')."
         raise UnknownSiteError(
             f"{self.backbone_id} has no site {site!r}.{close_matches(site, self.hook_dict)}{hint} "
