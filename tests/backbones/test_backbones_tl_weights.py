@@ -105,7 +105,14 @@ def test_gradients_reach_the_model_parameters(model):
     model.backbone.zero_grad(set_to_none=True)
     loss = sum(
         w.pow(2).sum()
-        for w in (hooks.attn.W_Q, hooks.attn.W_O, hooks.attn.b_O, hooks.mlp.W_in, hooks.mlp.W_out, hooks.mlp.b_out)
+        for w in (
+            hooks.attn.W_Q,
+            hooks.attn.W_O,
+            hooks.attn.b_O,
+            hooks.mlp.W_in,
+            hooks.mlp.W_out,
+            hooks.mlp.b_out,
+        )
     )
     loss.backward()
     attn = block.get_submodule(model.spec.block_sites.attn)
@@ -120,7 +127,10 @@ def test_gradients_reach_the_model_parameters(model):
 def test_weights_reproduce_what_the_library_computed(model, run):
     _, cache = run
     for i, hooks in enumerate(model.blocks):
-        q = torch.einsum("btd,hde->bthe", cache[f"blocks.{i}.ln1.hook_normalized"], hooks.attn.W_Q) + hooks.attn.b_Q
+        q = (
+            torch.einsum("btd,hde->bthe", cache[f"blocks.{i}.ln1.hook_normalized"], hooks.attn.W_Q)
+            + hooks.attn.b_Q
+        )
         torch.testing.assert_close(q, cache[f"blocks.{i}.attn.hook_q"], atol=1e-5, rtol=1e-4)
         pre = cache[f"blocks.{i}.mlp.hook_in"] @ hooks.mlp.W_in + hooks.mlp.b_in
         torch.testing.assert_close(pre, cache[f"blocks.{i}.mlp.hook_pre"], atol=1e-5, rtol=1e-4)
