@@ -162,10 +162,12 @@ class TransformerLensAPIMixin(_Host):
         *,
         text_embeddings: torch.Tensor | None = None,
         templates: Sequence[str] | None = None,
+        weights: str | None = None,
     ) -> ClassReadout:
         """Name a classifier's classes, or give an image-text tower its classes: unit ``text_embeddings``
         (n_classes, d_embed), or ``class_names`` embedded by the backbone's text tower (prompt
-        ``templates``, see :func:`~vision_sae_lens.backbones.text_tower.class_text_embeddings`)."""
+        ``templates``; ``weights``: the local file the model was loaded from, whose text tower is used;
+        see :func:`~vision_sae_lens.backbones.text_tower.class_text_embeddings`)."""
         if self.output_kind == "logits" and text_embeddings is None:
             self._class_readout = build_readout(self, class_names=class_names)  # type: ignore[arg-type]
             return self._class_readout
@@ -174,7 +176,7 @@ class TransformerLensAPIMixin(_Host):
                 raise ConfigError("give class_names or text_embeddings")
             from vision_sae_lens.backbones.text_tower import class_text_embeddings
 
-            text_embeddings = class_text_embeddings(self, class_names, templates=templates)  # type: ignore[arg-type]
+            text_embeddings = class_text_embeddings(self, class_names, templates=templates, weights=weights)  # type: ignore[arg-type]
             if text_embeddings is None:
                 raise ConfigError(f"{self.backbone_id} has no text tower; pass text_embeddings=")
         self._class_readout = build_readout(self, class_names=class_names, text_embeddings=text_embeddings)  # type: ignore[arg-type]
