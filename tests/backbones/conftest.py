@@ -24,17 +24,33 @@ def build():
 _EAGER: dict[str, HookedSAEViT] = {}
 
 
-@pytest.fixture(params=TL_FAMILIES)
-def tl_model(request, tmp_path_factory) -> HookedSAEViT:
-    """One family's tiny eager model (built once per session); hooks, toggles and SAEs reset after each test."""
-    family = request.param
-    if family not in _EAGER:
-        _EAGER[family] = build_eager(family, tmp_path_factory)
-    model = _EAGER[family]
-    yield model
+def _clean(model: HookedSAEViT) -> HookedSAEViT:
+    """No hooks, SAEs or toggled sites left from an earlier test."""
     model.reset_saes()
     model.reset_hooks(including_permanent=True)
     for toggle in vars(model.toggles):
         setattr(model.toggles, toggle, False)
     for block in model.blocks:
         block.attn.keep_z = False
+    return model
+
+
+@pytest.fixture(scope="session")
+def eager_model(tmp_path_factory):
+    """``eager_model(family)``: the family's tiny eager model (see :func:`build_eager`), built once per
+    session and handed out clean (no hooks, SAEs or toggled sites)."""
+
+    def get(family: str) -> HookedSAEViT:
+        if family not in _EAGER:
+            _EAGER[family] = build_eager(family, tmp_path_factory)
+        return _clean(_EAGER[family])
+
+    return get
+
+
+@pytest.fixture(params=TL_FAMILIES)
+def tl_model(request, eager_model) -> HookedSAEViT:
+    """One family of TL_FAMILIES as :func:`eager_model` builds it; cleaned again after the test."""
+    model = eager_model(request.param)
+    yield model
+    _clean(model)

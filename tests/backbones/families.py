@@ -141,3 +141,32 @@ def give_classes(model: HookedSAEViT, n_classes: int = 6) -> bool:
         n_out = model.spec.readout.linear()[0].shape[0]
         model.use_classes([f"class{i}" for i in range(n_out)])
     return True
+
+
+class AttnOnlyBlock(torch.nn.Module):
+    """A pre-norm block with attention and no MLP."""
+
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.norm = torch.nn.LayerNorm(d)
+        self.attn = torch.nn.MultiheadAttention(d, 2, batch_first=True)
+
+    def forward(self, x):
+        h = self.norm(x)
+        return x + self.attn(h, h, h, need_weights=False)[0]
+
+
+class AttnOnlyViT(torch.nn.Module):
+    """Two attention-only blocks on 8x8 patches of a 32 px image (no CLS): the image counterpart of
+    TransformerLens' ``attn-only-2l``; hook it with :func:`HookedSAEViT.from_module` and ``blocks="blocks"``."""
+
+    def __init__(self, d: int = 16) -> None:
+        super().__init__()
+        self.embed = torch.nn.Conv2d(3, d, 8, 8)
+        self.blocks = torch.nn.ModuleList([AttnOnlyBlock(d), AttnOnlyBlock(d)])
+
+    def forward(self, pixels):
+        x = self.embed(pixels).flatten(2).transpose(1, 2)
+        for block in self.blocks:
+            x = block(x)
+        return x.mean(1)

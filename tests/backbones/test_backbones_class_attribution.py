@@ -12,21 +12,24 @@ from __future__ import annotations
 
 import pytest
 import torch
-from families import build_eager, give_classes, images_for
+from families import give_classes, images_for
 from sae_lens import StandardSAE, StandardSAEConfig
 from tiny_clip import ARCH, CLASS_NAMES, save_tiny_open_clip
 
 from vision_sae_lens.backbones import HookedSAEViT
 from vision_sae_lens.errors import ConfigError
 
-_MODELS: dict = {}
 
+@pytest.fixture
+def classifier(eager_model):
+    """``classifier(family)``: the family's eager model with its head's classes named."""
 
-def classifier(family, tmp_path_factory) -> HookedSAEViT:
-    if family not in _MODELS:
-        _MODELS[family] = build_eager(family, tmp_path_factory)
-        assert give_classes(_MODELS[family])
-    return _MODELS[family]
+    def get(family: str) -> HookedSAEViT:
+        model = eager_model(family)
+        assert give_classes(model)
+        return model
+
+    return get
 
 
 def _attribution(model, pixels):
@@ -39,8 +42,8 @@ def _attribution(model, pixels):
 
 
 @pytest.mark.parametrize("family", ["timm-vit", "hf-vit-classifier"])
-def test_contributions_sum_to_the_class_logit(family, tmp_path_factory):
-    model = classifier(family, tmp_path_factory)
+def test_contributions_sum_to_the_class_logit(family, classifier):
+    model = classifier(family)
     logits, _, cache, stack, _ = _attribution(model, images_for(model, 4))
     pos = model.class_readout.pos_slice
     batch = torch.arange(4)
@@ -51,8 +54,8 @@ def test_contributions_sum_to_the_class_logit(family, tmp_path_factory):
         torch.testing.assert_close(total, logits[batch, classes], atol=1e-5, rtol=1e-4)
 
 
-def test_removing_a_component_with_the_scale_frozen_moves_the_logit_by_its_contribution(tmp_path_factory):
-    model = classifier("timm-vit", tmp_path_factory)
+def test_removing_a_component_with_the_scale_frozen_moves_the_logit_by_its_contribution(classifier):
+    model = classifier("timm-vit")
     pixels = images_for(model, 4)
     logits, classes, cache, stack, labels = _attribution(model, pixels)
     pos = model.class_readout.pos_slice
@@ -69,8 +72,8 @@ def test_removing_a_component_with_the_scale_frozen_moves_the_logit_by_its_contr
         torch.testing.assert_close(drop, attrs[k], atol=1e-5, rtol=1e-4, msg=labels[k])
 
 
-def test_the_top_head_is_the_one_whose_ablation_matters_most(tmp_path_factory):
-    model = classifier("timm-vit", tmp_path_factory)
+def test_the_top_head_is_the_one_whose_ablation_matters_most(classifier):
+    model = classifier("timm-vit")
     pixels = images_for(model, 4)
     logits, classes, cache, _, _ = _attribution(model, pixels)
     pos = model.class_readout.pos_slice
@@ -95,10 +98,10 @@ def test_the_top_head_is_the_one_whose_ablation_matters_most(tmp_path_factory):
     )
 
 
-def test_sae_latent_contributions_sum_to_the_logit(tmp_path_factory):
+def test_sae_latent_contributions_sum_to_the_logit(classifier):
     """An SAE on the final residual stream (with its error term): latents, b_dec and the error
     decompose the stream, so their contributions plus the offset are the logit."""
-    model = classifier("timm-vit", tmp_path_factory)
+    model = classifier("timm-vit")
     site = f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
     torch.manual_seed(0)
     sae = StandardSAE(StandardSAEConfig(d_in=model.cfg.d_model, d_sae=64))
@@ -127,7 +130,7 @@ def test_sae_latent_contributions_sum_to_the_logit(tmp_path_factory):
     torch.testing.assert_close(drop, attrs[top], atol=1e-5, rtol=1e-4)
 
 
-def test_mean_pooled_classifier(tmp_path_factory):
+def test_mean_pooled_classifier():
     """Mean pooling: the class reads every patch; per-position attributions averaged over them."""
     torch.manual_seed(0)
     model = HookedSAEViT.from_pretrained(
@@ -175,13 +178,13 @@ def test_clip_tower_classes_from_its_text_tower(tmp_path_factory):
     assert model.to_single_token(name) == 1
 
 
-def test_readouts_that_are_not_linear_are_refused(tmp_path_factory):
-    siglip = build_eager("timm-siglip", tmp_path_factory)  # attention pooling (MAP)
+def test_readouts_that_are_not_linear_are_refused(classifier, eager_model):
+    siglip = eager_model("timm-siglip")  # attention pooling (MAP)
     with pytest.raises(ConfigError, match="attention pooling"):
         siglip.tokens_to_residual_directions(0)
-    tower = build_eager("open_clip-vit", tmp_path_factory)
+    tower = eager_model("open_clip-vit")
     with pytest.raises(ConfigError, match="text embeddings"):
         tower.tokens_to_residual_directions(0)
-    hf_vit = classifier("hf-vit-classifier", tmp_path_factory)
+    hf_vit = classifier("hf-vit-classifier")
     with pytest.raises(IndexError, match=r"class ids must be in \[0, 5\)"):
         hf_vit.tokens_to_residual_directions(7)

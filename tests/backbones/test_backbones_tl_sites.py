@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from families import build_eager, build_family, images_for
+from families import build_family, images_for
 
 from vision_sae_lens.errors import ConfigError, SiteDisabledError, UnknownSiteError
 
@@ -20,17 +20,6 @@ EDIT_FAMILIES = [
     "hf-dinov2",
     "hf-vit",
 ]
-_MODELS: dict = {}
-
-
-def eager(family, tmp_path_factory):
-    if family not in _MODELS:
-        _MODELS[family] = build_eager(family, tmp_path_factory)
-    model = _MODELS[family]
-    model.reset_hooks(including_permanent=True)
-    for toggle in vars(model.toggles):
-        getattr(model, f"set_{toggle}")(False)
-    return model
 
 
 def _zero_head(t, hook, head=1):
@@ -43,9 +32,9 @@ def _zero_head(t, hook, head=1):
 
 @pytest.mark.parametrize("family", EDIT_FAMILIES)
 @pytest.mark.parametrize("site", ["hook_q", "hook_k", "hook_v", "hook_z", "hook_pattern", "hook_attn_scores"])
-def test_in_place_edits_with_autograd_equal_out_of_place_ones(family, site, tmp_path_factory):
+def test_in_place_edits_with_autograd_equal_out_of_place_ones(family, site, eager_model):
     """TransformerLens' head-ablation idiom ``v[:, :, h] = 0`` inside a hook, gradients on."""
-    model = eager(family, tmp_path_factory)
+    model = eager_model(family)
     name = f"blocks.0.attn.{site}"
     results = []
     for edit in (_zero_head, lambda t, hook: _zero_head(t.clone(), hook)):
@@ -59,8 +48,8 @@ def test_in_place_edits_with_autograd_equal_out_of_place_ones(family, site, tmp_
 
 
 @pytest.mark.parametrize("family", ["timm-vit", "open_clip-vit", "hf-dinov2"])
-def test_pos_slice_slices_tokens_never_the_batch(family, tmp_path_factory):
-    model = eager(family, tmp_path_factory)
+def test_pos_slice_slices_tokens_never_the_batch(family, eager_model):
+    model = eager_model(family)
     pixels = images_for(model, 2)
     with torch.no_grad():
         _, full = model.run_with_cache(pixels)
@@ -82,9 +71,9 @@ def test_pos_slice_slices_tokens_never_the_batch(family, tmp_path_factory):
         torch.testing.assert_close(one["hook_pooled"], full["hook_pooled"][0])
 
 
-def test_return_type(tmp_path_factory):
-    classifier = eager("timm-vit", tmp_path_factory)
-    tower = eager("open_clip-vit", tmp_path_factory)
+def test_return_type(eager_model):
+    classifier = eager_model("timm-vit")
+    tower = eager_model("open_clip-vit")
     pixels = images_for(classifier, 2)
     with torch.no_grad():
         assert classifier(pixels, return_type=None) is None
@@ -106,9 +95,9 @@ def test_return_type(tmp_path_factory):
         ("use_hook_mlp_in", "blocks.1.hook_mlp_in"),
     ],
 )
-def test_toggled_sites_keep_the_fused_output(family, toggle, site, tmp_path_factory):
+def test_toggled_sites_keep_the_fused_output(family, toggle, site, tmp_path_factory, eager_model):
     fused, _ = build_family(family, tmp_path_factory)
-    model = eager(family, tmp_path_factory)
+    model = eager_model(family)
     fused.backbone.load_state_dict(model.backbone.state_dict())
     pixels = images_for(model, 2)
     with pytest.raises(SiteDisabledError, match=f"set_{toggle}"):
@@ -136,10 +125,10 @@ def test_eager_only_toggles_need_eager(tmp_path_factory):
 
 
 @pytest.mark.parametrize("family", ["timm-dinov2-reg", "open_clip-vit", "hf-dinov2"])
-def test_editing_a_head_result_is_ablating_its_z(family, tmp_path_factory):
+def test_editing_a_head_result_is_ablating_its_z(family, eager_model):
     """hook_result carries the LayerScale-folded per-head output: zeroing head h there changes
     hook_attn_out exactly as zeroing its z does."""
-    model = eager(family, tmp_path_factory)
+    model = eager_model(family)
     model.set_use_attn_result(True)
     pixels = images_for(model, 2)
     out = "blocks.0.hook_attn_out"
@@ -152,10 +141,10 @@ def test_editing_a_head_result_is_ablating_its_z(family, tmp_path_factory):
 
 
 @pytest.mark.parametrize("family", ["timm-vit", "open_clip-vit", "hf-vit"])
-def test_a_zeroed_per_head_query_input_is_the_norms_bias_through_w_q(family, tmp_path_factory):
+def test_a_zeroed_per_head_query_input_is_the_norms_bias_through_w_q(family, eager_model):
     """hook_q_input is the stream copied per head before ln1: zeroed for head 1, that head's query is
     LN(0) @ W_Q + b_Q = ln1.b @ W_Q + b_Q, and the other heads are untouched."""
-    model = eager(family, tmp_path_factory)
+    model = eager_model(family)
     model.set_use_split_qkv_input(True)
     pixels = images_for(model, 2)
     with torch.no_grad():
@@ -172,10 +161,10 @@ def test_a_zeroed_per_head_query_input_is_the_norms_bias_through_w_q(family, tmp
 
 @pytest.mark.parametrize("family", ["timm-vit", "open_clip-vit", "hf-siglip"])
 @pytest.mark.parametrize("norm", ["blocks.0.ln1", "ln_final"])
-def test_an_edited_scale_renormalises_as_transformer_lens_layer_norm(family, norm, tmp_path_factory):
+def test_an_edited_scale_renormalises_as_transformer_lens_layer_norm(family, norm, eager_model):
     """TransformerLens' LayerNorm divides the centred input by hook_scale: doubling it halves the
     normalised part (the norm's output minus its bias)."""
-    model = eager(family, tmp_path_factory)
+    model = eager_model(family)
     pixels = images_for(model, 2)
     site = f"{norm}.hook_normalized"
     with torch.no_grad():
@@ -189,10 +178,10 @@ def test_an_edited_scale_renormalises_as_transformer_lens_layer_norm(family, nor
 
 
 @pytest.mark.parametrize("family", ["timm-vit", "timm-dinov2-reg", "hf-vit", "hf-dinov2", "hf-siglip"])
-def test_embedding_split_matches_the_models_own_position_embedding(family, tmp_path_factory):
+def test_embedding_split_matches_the_models_own_position_embedding(family, eager_model):
     """hook_embed + hook_pos_embed is block 0's input; zeroing hook_pos_embed gives what the model
     computes with its own position-embedding parameter set to zero."""
-    model = eager(family, tmp_path_factory)
+    model = eager_model(family)
     pixels = images_for(model, 2)
     with torch.no_grad():
         out_edit, cache = model.run_with_cache(pixels)
@@ -213,8 +202,8 @@ def test_embedding_split_matches_the_models_own_position_embedding(family, tmp_p
     torch.testing.assert_close(edited, expected, atol=1e-5, rtol=1e-4)
 
 
-def test_embedding_at_cls_is_the_class_token(tmp_path_factory):
-    model = eager("timm-vit", tmp_path_factory)  # timm adds a position to CLS too
+def test_embedding_at_cls_is_the_class_token(eager_model):
+    model = eager_model("timm-vit")  # timm adds a position to CLS too
     with torch.no_grad():
         _, cache = model.run_with_cache(images_for(model, 2), names_filter="hook_embed")
     cls = model.backbone.cls_token[0, 0]
@@ -222,8 +211,8 @@ def test_embedding_at_cls_is_the_class_token(tmp_path_factory):
 
 
 @pytest.mark.parametrize("site", ["hook_embed", "blocks.0.ln2.hook_scale", "ln_final.hook_scale"])
-def test_backward_hooks_fire_on_computed_sites(site, tmp_path_factory):
-    model = eager("timm-vit", tmp_path_factory)
+def test_backward_hooks_fire_on_computed_sites(site, eager_model):
+    model = eager_model("timm-vit")
     grads = []
     pixels = images_for(model, 2)
     with model.hooks(bwd_hooks=[(site, lambda g, hook: grads.append(g))]):

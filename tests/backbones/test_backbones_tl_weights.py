@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from families import build_eager, images_for
+from families import images_for
 
-from vision_sae_lens.backbones import weights
+from vision_sae_lens.backbones import HookedSAEViT, weights
 
 WEIGHT_FAMILIES = [
     "timm-vit",
@@ -29,14 +29,11 @@ WEIGHT_FAMILIES = [
     "hf-dinov2",
     "hf-vit",
 ]
-_MODELS: dict = {}
 
 
 @pytest.fixture(params=WEIGHT_FAMILIES)
-def model(request, tmp_path_factory):
-    if request.param not in _MODELS:
-        _MODELS[request.param] = build_eager(request.param, tmp_path_factory)
-    return _MODELS[request.param]
+def model(request, eager_model):
+    return eager_model(request.param)
 
 
 @pytest.fixture
@@ -175,3 +172,31 @@ def test_accumulated_bias_is_the_sum_of_the_folded_biases(model):
     torch.testing.assert_close(mlp_input, model.blocks[0].attn.b_O)
     with pytest.raises(IndexError):
         model.accumulated_bias(model.cfg.n_layers + 1)
+
+
+def test_eva_layer_scale_parameters_are_folded_as_the_library_applies_them():
+    """EVA keeps LayerScale as bare parameters (gamma_1 / gamma_2) and fused qkv with separate q and v
+    biases; its rotary attention has no eager path, so the per-head results come from the library's
+    own projection input, captured with a plain forward hook."""
+    torch.manual_seed(0)
+    model = HookedSAEViT.from_pretrained(
+        "timm:eva02_tiny_patch14_224", pretrained=False, img_size=28, depth=1, num_classes=0, init_values=0.3
+    )
+    block = model.spec.blocks[0]
+    with torch.no_grad():
+        block.gamma_1.normal_()  # a vector, not init_values everywhere
+    hooks = model.blocks[0]
+    assert hooks.attn.gamma is block.gamma_1 and hooks.mlp.gamma is block.gamma_2
+    assert _shares_storage(hooks.attn.W_Q, block.attn.qkv.weight)
+    assert _shares_storage(hooks.attn.b_Q, block.attn.q_bias) and not hooks.attn.b_K.any()
+    seen = {}
+    handle = block.attn.proj.register_forward_hook(lambda m, args, out: seen.update(z=args[0]))
+    try:
+        with torch.no_grad():
+            _, cache = model.run_with_cache(images_for(model, 2), names_filter="blocks.0.hook_attn_out")
+    finally:
+        handle.remove()
+    z = seen["z"].unflatten(-1, (model.cfg.n_heads, -1))
+    with torch.no_grad():
+        heads = torch.einsum("bthd,hdm->bthm", z, hooks.attn.W_O).sum(2) + hooks.attn.b_O
+    torch.testing.assert_close(heads, cache["blocks.0.hook_attn_out"], atol=1e-5, rtol=1e-4)

@@ -22,9 +22,8 @@ which these tests exercise unchanged. What images changed:
 
 import pytest
 import torch
-from families import class_ids, give_classes, images_for
+from families import AttnOnlyViT, class_ids, give_classes, images_for
 from fancy_einsum import einsum
-from torch import nn
 from transformer_lens import utils
 from transformer_lens.utils import Slice
 
@@ -537,36 +536,12 @@ def test_get_full_resid_decomposition_without_applying_ln(cache):
     ).all()
 
 
-class _AttnOnlyBlock(nn.Module):
-    def __init__(self, d: int) -> None:
-        super().__init__()
-        self.norm = nn.LayerNorm(d)
-        self.attn = nn.MultiheadAttention(d, 2, batch_first=True)
-
-    def forward(self, x):
-        h = self.norm(x)
-        return x + self.attn(h, h, h, need_weights=False)[0]
-
-
-class _AttnOnlyViT(nn.Module):
-    def __init__(self, d: int = 16) -> None:
-        super().__init__()
-        self.embed = nn.Conv2d(3, d, 8, 8)
-        self.blocks = nn.ModuleList([_AttnOnlyBlock(d), _AttnOnlyBlock(d)])
-
-    def forward(self, pixels):
-        x = self.embed(pixels).flatten(2).transpose(1, 2)
-        for block in self.blocks:
-            x = block(x)
-        return x.mean(1)
-
-
 @pytest.fixture(scope="module")
 def attn_only_model():
     """The image counterpart of ``attn-only-2l``: two blocks of norm + attention, no MLP."""
     torch.manual_seed(0)
     return HookedSAEViT.from_module(
-        _AttnOnlyViT().eval(),
+        AttnOnlyViT().eval(),
         blocks="blocks",
         layout=TokenLayout(image_size=(32, 32), patch_size=(8, 8), has_cls=False),
         block_sites=BlockSites(attn_out="attn", attn="attn", ln1="norm"),
