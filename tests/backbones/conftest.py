@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from families import TL_FAMILIES, build_eager, build_family
+from families import TL_FAMILIES, TL_ONE_PER_LIBRARY, build_eager, build_family
 from helpers import build_tiny
 
 from vision_sae_lens.backbones import HookedSAEViT
@@ -32,6 +32,7 @@ def _clean(model: HookedSAEViT) -> HookedSAEViT:
         setattr(model.toggles, toggle, False)
     for block in model.blocks:
         block.attn.keep_z = False
+    model._class_readout = None  # classes named or given by an earlier test
     return model
 
 
@@ -51,6 +52,15 @@ def eager_model(tmp_path_factory):
 @pytest.fixture(params=TL_FAMILIES)
 def tl_model(request, eager_model) -> HookedSAEViT:
     """One family of TL_FAMILIES as :func:`eager_model` builds it; cleaned again after the test."""
+    model = eager_model(request.param)
+    yield model
+    _clean(model)
+
+
+@pytest.fixture(params=TL_ONE_PER_LIBRARY)
+def tl_hook_model(request, eager_model) -> HookedSAEViT:
+    """Like ``tl_model``, one family per library: for tests of the hook machinery, which is the same
+    for every architecture."""
     model = eager_model(request.param)
     yield model
     _clean(model)

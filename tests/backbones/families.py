@@ -99,6 +99,10 @@ registers), open_clip (nn.MultiheadAttention, ln_pre, a projection into the text
 (q/k/v projections; no CLS token; LayerScale; a classifier)."""
 
 
+TL_ONE_PER_LIBRARY = ["timm-vit", "open_clip-vit", "hf-vit-classifier"]
+"""For the ported tests of the hook machinery itself, where the architecture does not matter."""
+
+
 def build_eager(family: str, tmp_path_factory) -> HookedSAEViT:
     """The family's tiny model with ``attention="eager"`` (every TransformerLens site exists), its
     vectors (norm weights and biases, LayerScale, linear biases) drawn at random: libraries initialise

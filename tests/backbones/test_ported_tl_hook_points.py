@@ -14,6 +14,13 @@ import pytest
 import torch
 from families import images_for
 
+
+@pytest.fixture
+def tl_model(tl_hook_model):
+    """The hook machinery is the same for every architecture: one family per library."""
+    return tl_hook_model
+
+
 SITE = "blocks.0.hook_resid_post"
 
 

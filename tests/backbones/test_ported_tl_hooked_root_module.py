@@ -14,6 +14,13 @@ from unittest import mock
 import pytest
 from transformer_lens.HookedRootModule import HookedRootModule
 
+
+@pytest.fixture
+def tl_model(tl_hook_model):
+    """The hook machinery is the same for every architecture: one family per library."""
+    return tl_hook_model
+
+
 LINEAR, ATTN = "blocks.0.hook_resid_post", "blocks.0.hook_attn_out"
 
 

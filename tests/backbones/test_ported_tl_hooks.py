@@ -20,6 +20,13 @@ import pytest
 import torch
 from families import images_for
 
+
+@pytest.fixture
+def tl_model(tl_hook_model):
+    """The hook machinery is the same for every architecture: one family per library."""
+    return tl_hook_model
+
+
 embed = lambda name: name == "hook_embed"  # noqa: E731
 
 

@@ -41,8 +41,11 @@ def install_bridges(model: HookedSAEViT) -> list[Callable[[], None]]:
     def bridge(module: nn.Module, where: str, name: str, **kw: Any) -> None:
         undo.append(_bridge(model, module, where, site(name), **kw).remove)
 
+    def norm(module: nn.Module, name: str) -> None:
+        undo.append(_norm_bridge(module, site(f"{name}.hook_scale"), site(f"{name}.hook_normalized")))
+
     if spec.pre_norm is not None:
-        undo.append(_norm_bridge(spec.pre_norm, site("ln_pre.hook_scale"), site("ln_pre.hook_normalized")))
+        norm(spec.pre_norm, "ln_pre")
     handle = spec.blocks[0].register_forward_pre_hook(_embed_bridge(model), with_kwargs=True)
     undo.append(handle.remove)
     for i, block in enumerate(spec.blocks):
@@ -53,9 +56,7 @@ def install_bridges(model: HookedSAEViT) -> list[Callable[[], None]]:
             if model.attention == "eager":
                 handle = ln1.register_forward_pre_hook(_per_head_input_bridge(model, i), with_kwargs=True)
                 undo.append(handle.remove)
-            undo.append(
-                _norm_bridge(ln1, site(f"blocks.{i}.ln1.hook_scale"), site(f"blocks.{i}.ln1.hook_normalized"))
-            )
+            norm(ln1, f"blocks.{i}.ln1")
         if sites.attn_out is not None:
             result = _head_result(model, i) if model.attention == "eager" else None
             bridge(block.get_submodule(sites.attn_out), "output", f"blocks.{i}.hook_attn_out", before=result)
@@ -69,10 +70,7 @@ def install_bridges(model: HookedSAEViT) -> list[Callable[[], None]]:
                     toggle="use_hook_mlp_in",
                 )
         if sites.ln2 is not None:
-            ln2 = block.get_submodule(sites.ln2)
-            undo.append(
-                _norm_bridge(ln2, site(f"blocks.{i}.ln2.hook_scale"), site(f"blocks.{i}.ln2.hook_normalized"))
-            )
+            norm(block.get_submodule(sites.ln2), f"blocks.{i}.ln2")
         for name, path, where in (
             ("mlp.hook_in", sites.mlp_in, "input"),
             ("mlp.hook_pre", sites.fc1, "output"),
@@ -83,8 +81,7 @@ def install_bridges(model: HookedSAEViT) -> list[Callable[[], None]]:
                 bridge(block.get_submodule(path), where, f"blocks.{i}.{name}")
         bridge(block, "output", f"blocks.{i}.hook_resid_post", block_index=i)
     if spec.final_norm is not None:
-        norm = spec.final_norm.module
-        undo.append(_norm_bridge(norm, site("ln_final.hook_scale"), site("ln_final.hook_normalized")))
+        norm(spec.final_norm.module, "ln_final")
     if spec.pooled is not None:
         bridge(spec.pooled.module, spec.pooled.where, "hook_pooled")
     if model.attention == "eager":

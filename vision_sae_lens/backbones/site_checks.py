@@ -26,7 +26,14 @@ from vision_sae_lens.backbones.config import SiteCache
 from vision_sae_lens.backbones.hook_tree import ATTENTION_SITES, TOGGLED_SITES
 from vision_sae_lens.errors import ImageInputError, SiteDisabledError, UnknownSiteError, close_matches
 
-EAGER_ONLY_SITES = (*ATTENTION_SITES, "hook_result", "hook_attn_in", "hook_q_input", "hook_k_input", "hook_v_input")
+EAGER_ONLY_SITES = (
+    *ATTENTION_SITES,
+    "hook_result",
+    "hook_attn_in",
+    "hook_q_input",
+    "hook_k_input",
+    "hook_v_input",
+)
 """Sites that need the inside of attention, so exist only with ``attention="eager"``."""
 
 if TYPE_CHECKING:
