@@ -99,6 +99,18 @@ registers), open_clip (nn.MultiheadAttention, ln_pre, a projection into the text
 (q/k/v projections; no CLS token; LayerScale; a classifier)."""
 
 
+TL_EVERY_ATTENTION = [
+    "timm-vit",
+    "timm-dinov2-reg",
+    "timm-siglip",
+    "open_clip-vit",
+    "hf-clip-vision",
+    "hf-siglip",
+    "hf-dinov2",
+    "hf-vit",
+]
+"""Every eager-capable family but open_clip's timm trunk (twelve blocks of the same timm modules as ``timm-*``)."""
+
 TL_ONE_PER_LIBRARY = ["timm-vit", "open_clip-vit", "hf-vit-classifier"]
 """For the ported tests of the hook machinery itself, where the architecture does not matter."""
 

@@ -6,21 +6,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from families import build_family, images_for
+from families import TL_EVERY_ATTENTION, build_family, images_for
 
 from vision_sae_lens.backbones.hook_tree import ATTENTION_SITES
 from vision_sae_lens.errors import ConfigError, SiteDisabledError, UnknownSiteError
 
-EDIT_FAMILIES = [
-    "timm-vit",
-    "timm-dinov2-reg",
-    "timm-siglip",
-    "open_clip-vit",
-    "hf-clip-vision",
-    "hf-siglip",
-    "hf-dinov2",
-    "hf-vit",
-]
+EDIT_FAMILIES = TL_EVERY_ATTENTION
 
 
 def _zero_head(t, hook, head=1):

@@ -15,20 +15,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from families import images_for
+from families import TL_EVERY_ATTENTION, images_for
 
 from vision_sae_lens.backbones import HookedSAEViT, weights
 
-WEIGHT_FAMILIES = [
-    "timm-vit",
-    "timm-dinov2-reg",
-    "timm-siglip",
-    "open_clip-vit",
-    "hf-clip-vision",
-    "hf-siglip",
-    "hf-dinov2",
-    "hf-vit",
-]
+WEIGHT_FAMILIES = TL_EVERY_ATTENTION
 
 
 @pytest.fixture(params=WEIGHT_FAMILIES)
