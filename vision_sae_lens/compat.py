@@ -63,6 +63,7 @@ from sae_lens.training.prefetch import PrefetchingIterator
 from transformer_lens.ActivationCache import ActivationCache
 from transformer_lens.hook_points import HookPoint
 from transformer_lens.HookedRootModule import HookedRootModule
+from transformer_lens.utils import Slice  # what run_with_cache's pos_slice accepts
 
 from vision_sae_lens.errors import CheckpointCorruptError, CompatError, UnsafeCheckpointError
 
@@ -692,6 +693,7 @@ __all__ = [
     "SAEWrapper",
     "SAE_TRAINING_CLASS_REGISTRY",
     "SEAMS",
+    "Slice",
     "SPARSITY_FILENAME",
     "TRAINER_COUNTERS",
     "TrainStepInput",
