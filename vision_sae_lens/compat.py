@@ -257,12 +257,12 @@ def use_fused_adam(trainer) -> bool:
     return True
 
 
-def trainer_step(trainer, batch: torch.Tensor, *, max_grad_norm: float | None = 1.0):
+def trainer_step(trainer, batch: torch.Tensor, *, max_grad_norm: float | None = 1.0, auxk_relu: bool = False):
     """``trainer.step(batch)`` (SAELens' ``SAETrainer.step``) without its avoidable cost: the firing
     statistics are counted on a boolean mask (no float copy of the activations), the forward and its losses
-    use fewer dense (batch, d_sae) matrices (:func:`lean_training_forward`), the gradient
-    is clipped to ``max_grad_norm`` only when one is given (SAELens always clips at 1.0, the default),
-    and the returned output's ``hidden_pre`` is an empty tensor (freed before the backward pass)."""
+    use fewer dense (batch, d_sae) matrices (:func:`lean_training_forward`, which takes ``auxk_relu``), the
+    gradient is clipped to ``max_grad_norm`` only when one is given (SAELens always clips at 1.0, the
+    default), and the returned output's ``hidden_pre`` is an empty tensor (freed before the backward pass)."""
     from sae_lens.saes.sae import TrainStepInput
 
     sae = trainer.sae
@@ -270,7 +270,7 @@ def trainer_step(trainer, batch: torch.Tensor, *, max_grad_norm: float | None = 
     trainer.n_training_samples += batch.shape[0]
     sae_in = trainer.activation_scaler(batch)
     sae.train()
-    with trainer.autocast_if_enabled, lean_training_forward(sae):
+    with trainer.autocast_if_enabled, lean_training_forward(sae, auxk_relu=auxk_relu):
         out = sae.training_forward_pass(
             step_input=TrainStepInput(
                 sae_in=sae_in,
@@ -342,17 +342,19 @@ def _probe_trainer_step() -> None:
 # keeps both for the backward of a dense matmul. The functions below compute the same loss from the
 # (batch, k_aux) values and indices alone: ``embedding_bag`` sums the selected decoder rows weighted by
 # the values, as EleutherAI's sparsify decodes. Same selection, same products; only the order of the
-# final sum differs (float tolerance).
+# final sum differs (float tolerance). With ``auxk_relu`` the selected values go through a ReLU first, as in
+# OpenAI's reference, dictionary_learning and sparsify: SAELens feeds the raw (often negative) values.
 
 
 @contextmanager
-def lean_training_forward(sae) -> Iterator[None]:
+def lean_training_forward(sae, *, auxk_relu: bool = False) -> Iterator[None]:
     """Inside the block, ``sae``'s training forward gives SAELens' losses with fewer dense (batch, d_sae)
     matrices: a TopK / Matryoshka SAE computes its auxiliary loss with :func:`topk_aux_loss` /
     :func:`matryoshka_aux_loss`, a plain TopK / BatchTopK SAE on a CPU encodes and decodes sparsely
     (:class:`_SparseTopKStep`), and a standard SAE computes its L1 penalty with :func:`standard_l1_loss`
     through a ReLU whose backward works in place. The instance's SAELens methods and ReLU are shadowed, then
-    restored; an SAE of another kind, or a subclass that overrides those methods, is left as it is."""
+    restored; an SAE of another kind, or a subclass that overrides those methods, is left as it is.
+    ``auxk_relu``: the AuxK loss decodes the dead latents' ReLU'd pre-activations (see :func:`topk_aux_loss`)."""
     from sae_lens.saes.matryoshka_batchtopk_sae import MatryoshkaBatchTopKTrainingSAE
     from sae_lens.saes.standard_sae import StandardTrainingSAE
     from sae_lens.saes.topk_sae import TopKTrainingSAE
@@ -368,12 +370,15 @@ def lean_training_forward(sae) -> Iterator[None]:
         if isinstance(sae, cls) and getattr(type(sae), name) is getattr(cls, name) and name not in vars(sae)
     ]
     sparse = _SparseTopKStep(sae) if _sparse_topk_applies(sae) else None
+    aux = {"relu": auxk_relu}
     for name in patched:
-        setattr(sae, name, functools.partial(lean[name][1], sae))
+        setattr(
+            sae, name, functools.partial(lean[name][1], sae, **(aux if name != "calculate_aux_loss" else {}))
+        )
     if sparse is not None:
         sae.encode_with_hidden_pre, sae.decode = sparse.encode_with_hidden_pre, sparse.decode
         if "calculate_topk_aux_loss" in patched:
-            sae.calculate_topk_aux_loss = functools.partial(topk_aux_loss, sae, sparse_step=sparse)
+            sae.calculate_topk_aux_loss = functools.partial(topk_aux_loss, sae, sparse_step=sparse, **aux)
     # The standard SAE's ReLU: same values and gradients, its backward masks the incoming gradient in place
     relu = sae.activation_fn if "calculate_aux_loss" in patched else None
     if type(relu) is torch.nn.ReLU and not relu.inplace:
@@ -474,11 +479,20 @@ class _InPlaceBackwardReLU(torch.nn.Module):
 
 
 def topk_aux_loss(
-    sae, sae_in, sae_out, hidden_pre, dead_neuron_mask, *, sparse_step: _SparseTopKStep | None = None
+    sae,
+    sae_in,
+    sae_out,
+    hidden_pre,
+    dead_neuron_mask,
+    *,
+    sparse_step: _SparseTopKStep | None = None,
+    relu: bool = False,
 ) -> torch.Tensor:
     """SAELens' ``TopKTrainingSAE.calculate_topk_aux_loss(sae_in, sae_out, hidden_pre, dead_neuron_mask)``
     for ``sae``, decoding the top-k_aux dead latents without a dense (batch, d_sae) activation matrix. With
-    the ``sparse_step`` that produced ``hidden_pre`` (without gradients), the chosen values come from it."""
+    the ``sparse_step`` that produced ``hidden_pre`` (without gradients), the chosen values come from it.
+    ``relu=True`` is that loss on ``hidden_pre.relu()`` (OpenAI's AuxK): a dead latent whose pre-activation
+    is negative adds nothing, so the loss cannot teach it to explain the residual with negative values."""
     if dead_neuron_mask is None or (num_dead := int(dead_neuron_mask.sum())) == 0:
         return sae_out.new_tensor(0.0)
     if sae.cfg.normalize_activations in ("constant_norm_rescale", "layer_norm"):
@@ -494,15 +508,20 @@ def topk_aux_loss(
     values_at = (
         sparse_step.values_at if sparse_step is not None and sparse_step.produced(hidden_pre) else None
     )
-    recons = _decode_top_dead(hidden_pre, dead_neuron_mask, k_aux, sae.W_dec, inv_norm_s, num_dead, values_at)
+    recons = _decode_top_dead(
+        hidden_pre, dead_neuron_mask, k_aux, sae.W_dec, inv_norm_s, num_dead, values_at, relu=relu
+    )
     recons = sae.reshape_fn_out(recons, sae.d_head)
     auxk_loss = (recons - residual).pow(2).sum(dim=-1).mean()
     return sae.cfg.aux_loss_coefficient * scale * auxk_loss
 
 
-def matryoshka_aux_loss(sae, sae_in, sae_out, feature_acts, hidden_pre, dead_neuron_mask) -> torch.Tensor:
+def matryoshka_aux_loss(
+    sae, sae_in, sae_out, feature_acts, hidden_pre, dead_neuron_mask, *, relu: bool = False
+) -> torch.Tensor:
     """SAELens' ``MatryoshkaBatchTopKTrainingSAE.calculate_matryoshka_aux_loss`` for ``sae`` (one AuxK
-    loss per nested level, against that level's partial reconstruction), decoded as :func:`topk_aux_loss`."""
+    loss per nested level, against that level's partial reconstruction), decoded as :func:`topk_aux_loss`
+    (``relu`` as there)."""
     if dead_neuron_mask is None or int(dead_neuron_mask.sum()) == 0:
         return sae_out.new_tensor(0.0)
     k_aux = sae_in.shape[-1] // 2
@@ -517,7 +536,13 @@ def matryoshka_aux_loss(sae, sae_in, sae_out, feature_acts, hidden_pre, dead_neu
             residual = (sae_in - partial_sae_out).detach()
             part_k_aux = min(k_aux, num_dead)
             recons = _decode_top_dead(
-                hidden_pre[:, prev:width], dead, part_k_aux, scaled_W_dec[prev:width], None, num_dead
+                hidden_pre[:, prev:width],
+                dead,
+                part_k_aux,
+                scaled_W_dec[prev:width],
+                None,
+                num_dead,
+                relu=relu,
             )
             losses.append(scale * (recons - residual).pow(2).sum(dim=-1).mean())
         prev = width
@@ -525,10 +550,19 @@ def matryoshka_aux_loss(sae, sae_in, sae_out, feature_acts, hidden_pre, dead_neu
 
 
 def _decode_top_dead(
-    hidden_pre, dead_s, k_aux: int, W_dec_sd, inv_norm_s, num_dead: int, values_at: Callable | None = None
+    hidden_pre,
+    dead_s,
+    k_aux: int,
+    W_dec_sd,
+    inv_norm_s,
+    num_dead: int,
+    values_at: Callable | None = None,
+    *,
+    relu: bool = False,
 ) -> torch.Tensor:
-    """sum over the k_aux largest dead pre-activations of each row of value * inv_norm * W_dec row; where
-    ``hidden_pre`` carries no gradient, ``values_at(indices)`` gives the selected values with theirs."""
+    """sum over the k_aux largest dead pre-activations of each row of value * inv_norm * W_dec row (the
+    value ReLU'd with ``relu``); where ``hidden_pre`` carries no gradient, ``values_at(indices)`` gives the
+    selected values with theirs."""
     lead, d_sae = hidden_pre.shape[:-1], hidden_pre.shape[-1]
     hidden_pre = hidden_pre.reshape(-1, d_sae)
     # every latent dead (the common case early in training): the mask would change nothing
@@ -536,6 +570,8 @@ def _decode_top_dead(
     top = candidates.topk(k_aux, sorted=False)
     del candidates  # the masked copy is not needed for backward (topk keeps only the indices)
     values_bk = top.values if values_at is None else values_at(top.indices)
+    if relu:
+        values_bk = values_bk.relu()
     weights_bk = values_bk if inv_norm_s is None else values_bk * inv_norm_s[top.indices]
     recons_bd = torch.nn.functional.embedding_bag(
         top.indices, W_dec_sd, per_sample_weights=weights_bk.to(W_dec_sd.dtype), mode="sum"

@@ -22,7 +22,8 @@ def test_defaults_scale_with_the_run():
         store="x", site=SITE, sae=TopKTrainingSAEConfig(d_in=8, d_sae=512, k=4), training_tokens=10**6
     )
     assert cfg.batch_size == 512 and cfg.n_steps == 1953  # 1M / 1000 rounded down to a power of two
-    assert cfg.dead_feature_window == 195 < cfg.n_steps  # AuxK can switch on within the run
+    assert cfg.dead_feature_window == 19 < cfg.n_steps  # AuxK switches on early in the run
+    assert cfg.auxk_relu  # on ReLU'd pre-activations, as OpenAI's reference
     assert cfg.lr_warm_up_steps == 97 and cfg.lr_scheduler == "constant"
     assert cfg.lr == pytest.approx(2e-4 * (2**14 / 512) ** 0.5) and cfg.lr_end == pytest.approx(cfg.lr / 10)
     big = TrainConfig(

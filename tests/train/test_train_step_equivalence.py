@@ -482,3 +482,39 @@ def test_batchtopk_training_with_the_fast_choice_equals_saelens(monkeypatch):
         assert torch.allclose(ref.sae.topk_threshold, ours.sae.topk_threshold, rtol=1e-6), i
     assert len(chosen) == steps and all(c is not None for c in chosen)  # each step took the fast choice
     assert any(a > 0 for a in aux)
+
+
+@pytest.mark.parametrize("arch", list(AUX_CONFIGS))
+def test_relu_auxk_step_equals_saelens_aux_loss_on_relu_pre_activations(arch):
+    """``auxk_relu=True`` (the default of TrainConfig) is SAELens' own AuxK loss fed ``hidden_pre.relu()``
+    (OpenAI's reference, dictionary_learning and sparsify): same losses and weights through every step, on
+    the lean / sparse path; and it differs from SAELens' raw pre-activations (negative ones get chosen)."""
+    from sae_lens import MatryoshkaBatchTopKTrainingSAE, TopKTrainingSAE
+
+    # window 0: the latents silent on the last batch are dead, and their pre-activations are mostly negative
+    reference = _trainer(AUX_CONFIGS[arch], lr=3e-2, dead_feature_window=0)
+    ours = _trainer(AUX_CONFIGS[arch], lr=3e-2, dead_feature_window=0)
+    raw = _trainer(AUX_CONFIGS[arch], lr=3e-2, dead_feature_window=0)
+    sae = reference.sae
+    sae.calculate_topk_aux_loss = lambda *, hidden_pre, **kw: TopKTrainingSAE.calculate_topk_aux_loss(
+        sae, hidden_pre=hidden_pre.relu(), **kw
+    )
+    sae.calculate_matryoshka_aux_loss = lambda *, hidden_pre, **kw: (
+        MatryoshkaBatchTopKTrainingSAE.calculate_matryoshka_aux_loss(sae, hidden_pre=hidden_pre.relu(), **kw)
+    )
+    losses = {"reference": [], "ours": [], "raw": []}
+    for batch in _batches():
+        for name, trainer, step in (
+            ("reference", reference, SAETrainer.step),
+            ("ours", ours, lambda t, b: compat.trainer_step(t, b, auxk_relu=True)),
+            ("raw", raw, compat.trainer_step),
+        ):
+            trainer.maybe_reset_sparsity()
+            out = step(trainer, batch)
+            losses[name].append(float(out.losses["auxiliary_reconstruction_loss"].detach()))
+            trainer.n_training_steps += 1
+    assert losses["ours"] == pytest.approx(losses["reference"], rel=1e-4, abs=1e-5)
+    for (name, a), (_, b) in zip(reference.sae.named_parameters(), ours.sae.named_parameters(), strict=True):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5), name
+    assert sum(a > 0 for a in losses["ours"]) >= STEPS - 1  # the aux loss was on from step 2
+    assert losses["raw"] != pytest.approx(losses["ours"], rel=1e-3)

@@ -302,7 +302,8 @@ class _GroupTrainer:
         if sparsity_log and m.wandb_run is not None:
             m.wandb_run.log(sparsity_log, step=trainer.n_training_steps)
         t0 = time.perf_counter()
-        out = trainer_step(trainer, batch)  # SAETrainer.step without its avoidable cost (see compat)
+        # SAETrainer.step without its avoidable cost (see compat)
+        out = trainer_step(trainer, batch, auxk_relu=m.cfg.auxk_relu)
         m.step_seconds = time.perf_counter() - t0
         if not torch.isfinite(out.loss):
             last = ckpt.list_checkpoints(m.ckpt_root)
@@ -581,7 +582,7 @@ def _warn_short_window(m: _Member) -> None:
         logger.warning(
             "run %r trains %d steps, fewer than its dead_feature_window of %d: no latent will ever count as "
             "dead in training, so its dead-latent loss (TopK's AuxK, JumpReLU's pre-activation loss) never "
-            "revives any. Lower dead_feature_window (default: a tenth of the steps) or train longer.",
+            "revives any. Lower dead_feature_window (default: 1%% of the steps) or train longer.",
             m.name,
             m.cfg.n_steps,
             m.cfg.dead_feature_window,
