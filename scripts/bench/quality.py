@@ -72,6 +72,9 @@ def main() -> None:
     parser.add_argument("--architectures", default="topk,batchtopk")
     parser.add_argument("--only", help="comma-separated implementations to run")
     parser.add_argument("--seeds", type=int, default=3, help="initialisation seeds per implementation")
+    parser.add_argument(
+        "--no-spliced", action="store_true", help="skip the spliced accuracy (the slowest part of scoring)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
     refs = _import_references(args.refpkgs)
@@ -111,7 +114,7 @@ def main() -> None:
     for arch in args.architectures.split(","):
         template = None
         for name, fn in impls.items():
-            if only and name not in only and name != "vision_sae_lens":
+            if only and name not in only:
                 continue
             if fn is None:
                 rows.append((arch, name, None, "not installed (see --refpkgs)"))
@@ -125,7 +128,9 @@ def main() -> None:
                 sys.stdout.flush()
                 if template is None:
                     template = sae  # the package's run: its metadata and batch size are shared
-                reports.append(_score(sae, store, test_store, model, test_digits))
+                reports.append(
+                    _score(sae, store, test_store, None if args.no_spliced else model, test_digits)
+                )
             note = f"{(time.perf_counter() - started) / args.seeds:.0f}s/seed {info}"
             rows.append((arch, name, reports, note))
             _print_table(rows[-1:], header=len(rows) == 1)  # as each finishes; the whole table at the end
@@ -256,6 +261,8 @@ def _as_saelens(w_enc, b_enc, w_dec, b_dec, template, *, threshold=None):
     from sae_lens import JumpReLUSAE, JumpReLUSAEConfig, TopKSAE, TopKSAEConfig
 
     d_in, d_sae = w_enc.shape
+    if template is None:  # the package's run was left out (--only): no vision metadata to copy
+        template = TopKSAE(TopKSAEConfig(d_in=w_enc.shape[0], d_sae=w_enc.shape[1], k=K))
     meta = (
         dataclasses.replace(template.cfg.metadata)
         if dataclasses.is_dataclass(template.cfg.metadata)
@@ -286,6 +293,7 @@ def _score(sae, store, test_store, model, test_digits):
     report = evaluate_sae(
         sae,
         store,
+        site=SITE,
         split=split,
         model=model,
         images=test_digits,
@@ -293,7 +301,9 @@ def _score(sae, store, test_store, model, test_digits):
         batch_size=4096,
         progress=False,
     )
-    on_test = evaluate_sae(sae, test_store, start_row=0, max_rows=test_store.n_rows, progress=False)
+    on_test = evaluate_sae(
+        sae, test_store, site=SITE, start_row=0, max_rows=test_store.n_rows, progress=False
+    )
     report["dead_fraction_test"] = on_test["dead_fraction"]
     return report
 
@@ -314,7 +324,9 @@ def _print_table(rows, *, header: bool = True) -> None:
         acc = _mean_sd([(r.get("downstream") or {}).get("accuracy", float("nan")) for r in reports], 3)
         l0 = sum(r["l0"] for r in reports) / len(reports)
         print(f"{arch:<10}{name:<22}{nmse:>16}{l0:>7.1f}{dead:>14}{dead_test:>14}{acc:>15}  {note}")
-    clean = next((r[2][0]["downstream"]["clean_accuracy"] for r in rows if r[2]), None)
+    clean = next(
+        (r[2][0]["downstream"]["clean_accuracy"] for r in rows if r[2] and "downstream" in r[2][0]), None
+    )
     if clean is not None and len(rows) > 1:
         n = len(next(r[2] for r in rows if r[2]))
         print(

@@ -46,6 +46,13 @@ def test_topk_family_starts_from_a_unit_norm_decoder():
         == StandardTrainingSAEConfig(d_in=8, d_sae=16).decoder_init_norm
     )  # L1 SAEs keep SAELens' default
     assert build_sae_config("topk", d_in=8, d_sae=16, k=2, decoder_init_norm=0.1).decoder_init_norm == 0.1
+    # AuxK weighted 4x for TopK / BatchTopK (measured with auxk_relu); others keep SAELens' weight
+    assert build_sae_config("topk", d_in=8, d_sae=16, k=2).aux_loss_coefficient == 4.0
+    assert build_sae_config("batchtopk", d_in=8, d_sae=16, k=2).aux_loss_coefficient == 4.0
+    assert (
+        build_sae_config("matryoshka", d_in=8, d_sae=16, k=2, matryoshka_widths=[4, 16]).aux_loss_coefficient
+        == 1.0
+    )
 
 
 def test_b_dec_starts_at_zeros_or_on_request_at_the_data_mean(store, tmp_path):

@@ -255,13 +255,15 @@ def default_lr(d_sae: int) -> float:
 
 
 ARCHITECTURE_DEFAULTS: dict[str, dict[str, Any]] = {
-    "topk": {"decoder_init_norm": 1.0},
-    "batchtopk": {"decoder_init_norm": 1.0},
+    "topk": {"decoder_init_norm": 1.0, "aux_loss_coefficient": 4.0},
+    "batchtopk": {"decoder_init_norm": 1.0, "aux_loss_coefficient": 4.0},
     "matryoshka_batchtopk": {"decoder_init_norm": 1.0},
 }
 """SAE-config defaults that differ from SAELens' (measured in ``scripts/bench/quality.py``): TopK-
 family SAEs start from a unit-norm decoder (OpenAI, dictionary_learning, sparsify); SAELens' 0.1
-leaves many latents silent from the first steps. L1 SAEs keep SAELens' 0.1, which is better there."""
+leaves many latents silent from the first steps. L1 SAEs keep SAELens' 0.1, which is better there.
+TopK and BatchTopK weigh the AuxK loss 4x (SAELens: 1): with ``TrainConfig.auxk_relu`` and the 1% dead
+window it left fewer latents dead at the same NMSE (docs/training.md)."""
 
 
 def build_sae_config(architecture: str, **fields: Any) -> TrainingSAEConfig:
