@@ -10,6 +10,10 @@ decides which step runs:
   SAELens' step on 2 cores, equal to it in losses and weights;
 - on any other device (CUDA, MPS), SAELens' own ``SAETrainer`` and training class: there the dense products
   are cheap, and no gain of the package's step has been measured on a GPU.
+
+Either way, with ``TrainConfig.auxk_relu`` (the default) a TopK-family SAE's AuxK loss decodes the dead
+latents' ReLU'd pre-activations (:mod:`~vision_sae_lens.train.auxk`): a change of recipe, not of speed, so
+it holds on every device.
 """
 
 from __future__ import annotations
@@ -18,24 +22,32 @@ import torch
 from sae_lens import LoggingConfig, SAETrainer, TrainingSAE, TrainingSAEConfig
 
 from vision_sae_lens.compat import SAETrainerConfig, get_sae_training_class
+from vision_sae_lens.train.auxk import with_auxk_relu
 from vision_sae_lens.train.config import TrainConfig
 from vision_sae_lens.train.fast_trainer import FastSAETrainer
 from vision_sae_lens.train.lean_saes import lean_training_class
 
 
-def training_classes(sae_cls: type[TrainingSAE], device: str) -> tuple[type[TrainingSAE], type[SAETrainer]]:
+def training_classes(
+    sae_cls: type[TrainingSAE], device: str, *, auxk_relu: bool = False
+) -> tuple[type[TrainingSAE], type[SAETrainer]]:
     """The training-SAE class and trainer class that train SAELens' ``sae_cls`` on ``device``: the package's
-    CPU step (CPU only) or SAELens' own (everywhere else)."""
+    CPU step (CPU only) or SAELens' own (everywhere else); with ``auxk_relu``, the AuxK loss on ReLU'd
+    pre-activations (:func:`~vision_sae_lens.train.auxk.with_auxk_relu`)."""
     if torch.device(device).type != "cpu":
-        return sae_cls, SAETrainer
-    return lean_training_class(sae_cls), FastSAETrainer
+        chosen, trainer_cls = sae_cls, SAETrainer
+    else:
+        chosen, trainer_cls = lean_training_class(sae_cls), FastSAETrainer
+    return (with_auxk_relu(chosen) if auxk_relu else chosen), trainer_cls
 
 
 def build_trainer(cfg: TrainConfig, device: str) -> SAETrainer:
     """A fresh trainer (and its SAE, initialised from ``cfg.seed``) for one run of ``cfg`` on ``device``."""
     sae_cfg = copy_sae_config(cfg.sae, device=device)
     torch.manual_seed(cfg.seed)
-    sae_cls, trainer_cls = training_classes(get_sae_training_class(sae_cfg.architecture())[0], device)
+    sae_cls, trainer_cls = training_classes(
+        get_sae_training_class(sae_cfg.architecture())[0], device, auxk_relu=cfg.auxk_relu
+    )
     sae = sae_cls(sae_cfg)
     trainer_cfg = SAETrainerConfig(
         total_training_samples=cfg.n_steps * cfg.rows_per_step,

@@ -239,7 +239,7 @@ def warn_short_window(m: Member) -> None:
         logger.warning(
             "run %r trains %d steps, fewer than its dead_feature_window of %d: no latent will ever count as "
             "dead in training, so its dead-latent loss (TopK's AuxK, JumpReLU's pre-activation loss) never "
-            "revives any. Lower dead_feature_window (default: a tenth of the steps) or train longer.",
+            "revives any. Lower dead_feature_window (default: 1%% of the steps) or train longer.",
             m.name,
             m.cfg.n_steps,
             m.cfg.dead_feature_window,
