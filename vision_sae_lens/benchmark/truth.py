@@ -156,10 +156,10 @@ class ActivationTruth:
     def from_batches(
         cls, directions: torch.Tensor, feature_acts: Iterable[torch.Tensor], **kwargs: object
     ) -> ActivationTruth:
-        """Collect dense ``(n, F)`` activation batches (rows in store order) into a truth."""
+        """Collect ``(n, F)`` activation batches (dense or sparse, rows in store order) into a truth."""
         indptr, indices, values, offset = [torch.zeros(1, dtype=torch.long)], [], [], 0
         for acts in feature_acts:
-            acts = acts.detach().cpu().float()
+            acts = (acts.to_dense() if acts.is_sparse else acts).detach().cpu().float()
             rows, cols = acts.nonzero(as_tuple=True)
             indptr.append(offset + torch.cumsum(torch.bincount(rows, minlength=len(acts)), 0))
             offset += len(rows)
@@ -205,14 +205,16 @@ class ActivationTruth:
         """Write a safetensors file (directions, CSR arrays; names and store fingerprint as metadata)."""
         import json
 
-        from safetensors.torch import save_file
+        from safetensors.torch import save
+
+        from vision_sae_lens import fsutil
 
         path = Path(path)
         meta = {"format": TRUTH_FORMAT, "feature_names": json.dumps(self.factor_names),
                 "store_fingerprint": self.store_fingerprint or ""}  # fmt: skip
         tensors = {"directions": self.directions.contiguous(), "indptr": self.indptr,
                    "indices": self.indices, "values": self.values}  # fmt: skip
-        save_file(tensors, str(path), metadata=meta)
+        fsutil.write_atomic(path, save(tensors, metadata=meta))
         return path
 
     @classmethod
