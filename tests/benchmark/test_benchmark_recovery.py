@@ -81,10 +81,10 @@ def test_factor_recovery_equals_the_full_histograms(seed, pairs_per_pass, batch)
 def test_memory_is_bounded_by_latents_times_factors_and_the_pair_budget():
     """The state never holds a (latents, factors, bins) array: at 4,096 latents x 100 factors x 257 bins
     the old histograms alone took 2 x 842 MB; here every pass stays under a few times latents x factors."""
-    s, f, n_bins, budget = 4096, 100, 256, 2**24
+    s, f, n_bins, budget = 4096, 100, 256, 2**26
     rec = FactorRecovery(s, f, n_bins=n_bins, pair_budget_bytes=budget)
     g = torch.Generator().manual_seed(0)
-    acts = torch.relu(torch.randn(512, s, generator=g) - 1)
+    acts = torch.relu(torch.randn(512, s, generator=g) - 2)
     rows, factors = label_pairs(torch.rand(512, f, generator=g) < 0.05)
     peak = 0
     while not rec.done:
@@ -112,19 +112,20 @@ def shapes():
 
 @pytest.mark.parametrize("truth_kind", ["shapes", "labels"])
 def test_score_rows_equals_the_full_histogram_scoring(shapes, truth_kind):
-    """End to end on a store-like row stream, with a pair budget small enough to need several passes."""
+    """End to end on a store-like row stream, with a pair budget small enough to need several passes
+    (1 MiB: 510 of the 19 or 20 x 200 pairs per pass)."""
     n_images = 40
     truth = shapes
     if truth_kind == "labels":
-        labels = torch.rand(n_images, 30, generator=torch.Generator().manual_seed(3)) < 0.2
+        labels = torch.rand(n_images, 20, generator=torch.Generator().manual_seed(3)) < 0.2
         truth = ArrayTruth(labels.numpy(), n_patches=LAYOUT.n_patches)
     g = torch.Generator().manual_seed(4)
     acts = [torch.randn(LAYOUT.n_patches, 12, generator=g) for _ in range(n_images)]
     for i, a in enumerate(acts):  # some signal: the first dims carry the patch labels
         a[:, :8] += 2 * torch.tensor(truth.patch_factors(i)[:, :8], dtype=torch.float32)
-    w = torch.randn(12, 600, generator=g) * 0.6
+    w = torch.randn(12, 200, generator=g) * 0.6
     w[:, 1] = 0  # dead
-    sae = LinearReLUSAE(w, b_enc=torch.full((600,), -0.5))
+    sae = LinearReLUSAE(w, b_enc=torch.full((200,), -0.5))
     rows = rows_of(acts, batch_size=97)
     cfg = ScoreConfig(n_bins=256, pair_budget_mib=1, probe_images=8, probe_ks=(1,))
     report = score_rows(sae, rows, truth, layout=LAYOUT, n_images=n_images, config=cfg, progress=False)

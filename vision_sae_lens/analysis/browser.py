@@ -29,6 +29,7 @@ from vision_sae_lens.analysis.explain import SampleAccumulator, interest_scores
 from vision_sae_lens.analysis.scan import ImageReduction, scan
 from vision_sae_lens.analysis.stats import FeatureStats, StatsAccumulator
 from vision_sae_lens.analysis.topk import TopActivations, TopKAccumulator
+from vision_sae_lens.errors import ConfigError
 from vision_sae_lens.train.evaluate import DENSE_THRESHOLD
 
 if TYPE_CHECKING:
@@ -67,6 +68,11 @@ def build_browser(
     (default: the ``max_pages`` with the highest interest score). ``model``: the backbone, to show the
     effect of ablating each paged latent on its ``ablation_images`` top images.
     """
+    if getattr(store.layout, "kind", None) == "rows":  # before any file is written
+        raise ConfigError(
+            "the feature browser shows image patches, but this store holds plain rows (RowLayout: one "
+            "example per row, no image grid); use top_activating / feature_stats on it instead."
+        )
     out = Path(out_dir)
     # index.html is written last: while it is absent the browser is unfinished (also on a rebuild).
     (out / "index.html").unlink(missing_ok=True)

@@ -148,7 +148,9 @@ class ReconstructionAccumulator:
         fires = feats_ns > 0
         self.l0 += float(fires.sum())
         self.fired_s += fires.sum(0).double()
-        self.max_s = torch.maximum(self.max_s, feats_ns.double().max(0).values)
+        self.max_s = torch.maximum(
+            self.max_s, feats_ns.max(0).values.double()
+        )  # no float64 copy of the batch
         self.shrinkage.add_batch(recon_nd, acts_nd)
 
     def result(self, *, dense_threshold: float = 0.1) -> dict[str, float]:

@@ -168,7 +168,9 @@ class FactorRecovery:
         fires = acts_ns > 0
         self.fired_s += fires.sum(0).double()
         if len(acts_ns):
-            self.max_s = torch.maximum(self.max_s, acts_ns.double().max(0).values)
+            self.max_s = torch.maximum(
+                self.max_s, acts_ns.max(0).values.double()
+            )  # no float64 copy of the batch
         for lo, hi in _chunks(self.n_latents, len(acts_ns)):
             self.cofire_fs[:, lo:hi] += torch.sparse.mm(labels_fn, fires[:, lo:hi].double())
 

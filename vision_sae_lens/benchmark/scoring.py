@@ -108,7 +108,7 @@ def score_rows(
     names = list(truth.factor_names)
     plain = isinstance(layout, RowLayout)
     levels = ("row",) if plain else ("patch", "image")
-    first = _FirstPass(sae, truth, n_images=0 if plain else n_images, cfg=cfg)
+    first = _FirstPass(sae, truth, levels, n_images=0 if plain else n_images, cfg=cfg)
     for batch in _encoded(sae, rows, layout, desc="1 reconstruction", progress=progress):
         first.add(batch)
     if first.recon is None or first.recoveries is None:
@@ -163,33 +163,46 @@ class _Batch:
     """(image, lo, hi): consecutive rows of one image (None for plain rows: every row is its own)."""
 
 
+ENCODE_ELEMENTS = 2**25
+"""Rows are encoded in slices of at most this many (row, latent) values (128 MiB of float32 latents), so
+the per-batch memory of a wide SAE does not grow with ``batch_size`` x latents."""
+
+
 def _encoded(sae: SAE, rows: RowsFn, layout: Layout, *, desc: str, progress: bool) -> Iterator[_Batch]:
     device = next(iter(sae.parameters())).device
+    step = 0
     for r in tqdm(rows(), desc=desc, unit="batch", disable=not progress, leave=False):
         keep = r.token_idx >= layout.n_prefix
         if not bool(keep.all()):
             r = type(r)(r.acts[keep], r.image_idx[keep], r.token_idx[keep])
-        if len(r.acts) == 0:
-            continue
-        acts = r.acts.float().to(device)
-        feats = sae.encode(acts)
-        recon = sae.decode(feats)
-        image_n = r.image_idx.long()
-        groups = None
-        if not isinstance(layout, RowLayout):
-            values, counts = torch.unique_consecutive(image_n, return_counts=True)
-            ends = torch.cumsum(counts, 0).tolist()
-            starts = [0, *ends[:-1]]
-            groups = [(int(v), lo, hi) for v, lo, hi in zip(values.tolist(), starts, ends, strict=False)]
-        yield _Batch(acts.cpu(), feats.float().cpu(), recon.float().cpu(), image_n,
-                     r.token_idx.long() - layout.n_prefix, groups)  # fmt: skip
+        if step == 0 and len(r.acts):
+            step = max(1, ENCODE_ELEMENTS // int(sae.encode(r.acts[:1].float().to(device)).shape[1]))
+        for lo in range(0, len(r.acts), max(step, 1)):
+            acts = r.acts[lo : lo + step].float().to(device)
+            feats = sae.encode(acts)
+            recon = sae.decode(feats)
+            image_n = r.image_idx[lo : lo + step].long()
+            yield _Batch(acts.cpu(), feats.float().cpu(), recon.float().cpu(), image_n,
+                         r.token_idx[lo : lo + step].long() - layout.n_prefix, _groups(image_n, layout))  # fmt: skip
+
+
+def _groups(image_n: torch.Tensor, layout: Layout) -> list[tuple[int, int, int]] | None:
+    """(image, lo, hi) runs of consecutive rows of one image (None for plain rows)."""
+    if isinstance(layout, RowLayout):
+        return None
+    values, counts = torch.unique_consecutive(image_n, return_counts=True)
+    ends = torch.cumsum(counts, 0).tolist()
+    starts = [0, *ends[:-1]]
+    return [(int(v), lo, hi) for v, lo, hi in zip(values.tolist(), starts, ends, strict=False)]
 
 
 class _FirstPass:
     """Reconstruction, SynthSAEBench metrics, probe sums and recovery counts, in one pass."""
 
-    def __init__(self, sae: SAE, truth: GroundTruth, *, n_images: int, cfg: ScoreConfig) -> None:
-        self.sae, self.truth, self.cfg = sae, truth, cfg
+    def __init__(
+        self, sae: SAE, truth: GroundTruth, levels: tuple[str, ...], *, n_images: int, cfg: ScoreConfig
+    ) -> None:
+        self.sae, self.truth, self.cfg, self.levels = sae, truth, cfg, levels
         self.probe_set = _probe_subset(n_images, cfg) if n_images else set()
         self.probe: dict[int, tuple[torch.Tensor, torch.Tensor, int]] = {}  # image -> (feats, acts, rows)
         self.recon: ReconstructionAccumulator | None = None
@@ -208,7 +221,7 @@ class _FirstPass:
             budget = self.cfg.pair_budget_mib * 2**20
             self.recoveries = {
                 level: FactorRecovery(s, f, n_bins=self.cfg.n_bins, pair_budget_bytes=budget)
-                for level in ("row", "patch", "image")
+                for level in self.levels
             }
         self.recon.add(batch.acts, batch.recon, batch.feats)
         if self.directions is not None:
