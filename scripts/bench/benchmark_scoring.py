@@ -11,7 +11,10 @@ direction (a detector), the other latents are random projections that fire on ab
 It prints, per run: rows, latents, labels, seconds, the passes over the rows, and the peak anonymous
 memory (RssAnon sampled every 5 ms; glibc's mmap threshold fixed at 1 MiB) that scoring added over the
 process after opening the store. Then it fits ``peak = a * latents * labels + b * latents + c`` to the
-runs (least squares; ``c`` = 0 with two runs) and extrapolates to ``--extrapolate``. Run it with
+runs (least squares; ``c`` = 0 with two runs) and extrapolates to ``--extrapolate``. ``--plain`` adds
+runs on plain rows (a :class:`RowLayout` store of ``--plain-rows`` sparse codes times random unit
+directions, scored against its :class:`ActivationTruth`, SynthSAEBench's metrics included), e.g.
+``1024x4096`` for SynthSAEBench's quarter size. Run it with
 ``PYTHONPATH=<an older checkout>`` to measure that version the same way.
 
     .venv/bin/python scripts/bench/benchmark_scoring.py [--images 2000] [--sizes 4096x100,24576x10]
@@ -26,6 +29,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -41,11 +45,17 @@ def main() -> None:
     parser.add_argument(
         "--extrapolate", default="65536x1000", help="LATENTSxLABELS to extrapolate the peak to"
     )
+    parser.add_argument(
+        "--plain",
+        default="",
+        help="comma-separated LATENTSxFEATURES scored on plain rows with an ActivationTruth",
+    )
+    parser.add_argument("--plain-rows", type=int, default=32768, help="rows of the --plain stores")
     parser.add_argument("--d-in", type=int, default=64)
     parser.add_argument("--labels-per-image", type=int, default=2)
     parser.add_argument("--batch", type=int, default=4096)
     args = parser.parse_args()
-    runs = [(int(n), *_size(s)) for n in args.images.split(",") for s in args.sizes.split(",")]
+    runs = [(int(n), *_size(s)) for n in args.images.split(",") if n for s in args.sizes.split(",") if s]
     ctx = multiprocessing.get_context("spawn")
     results = []
     with tempfile.TemporaryDirectory(prefix="bench-scoring-") as tmp:
@@ -59,12 +69,24 @@ def main() -> None:
                 f"measured {r['images']} images, {r['latents']} x {r['labels']}: {r['peak_mib']:.0f} MiB",
                 flush=True,
             )
+        for n_latents, n_features in [_size(s) for s in args.plain.split(",") if s]:
+            path = Path(tmp) / f"plain-{n_features}"
+            if not path.exists():
+                _child(ctx, _write_plain, path, n_features, args)
+            results.append(_child(ctx, _score, path, 0, n_latents, n_features, args))
+            print(
+                f"measured plain rows, {n_latents} x {n_features}: {results[-1]['peak_mib']:.0f} MiB",
+                flush=True,
+            )
     print(f"\n{'images':>7}{'rows':>9}{'latents':>9}{'labels':>8}{'seconds':>9}{'passes':>8}{'peak MiB':>10}")
     for r in results:
         print(f"{r['images']:>7}{r['rows']:>9}{r['latents']:>9}{r['labels']:>8}{r['seconds']:>9.1f}"
               f"{r['passes']:>8}{r['peak_mib']:>10.0f}")  # fmt: skip
+    image_runs = [r for r in results if r["images"]]
+    if not image_runs:
+        return
     s_x, f_x = _size(args.extrapolate)
-    coef = _fit(results)
+    coef = _fit(image_runs)
     predicted = coef[0] * s_x * f_x + coef[1] * s_x + coef[2]
     print(f"\nfit: peak MiB = {coef[0]:.3g} * latents * labels + {coef[1]:.3g} * latents + {coef[2]:.3g}")
     print(f"extrapolated peak at {s_x} latents x {f_x} labels: {predicted / 1024:.2f} GiB")
@@ -123,6 +145,27 @@ def _write_store(path: Path, n_images: int, n_labels: int, args: argparse.Namesp
     queue.put(None)
 
 
+def _write_plain(path: Path, n_features: int, args: argparse.Namespace, queue) -> None:
+    """Plain rows: sparse non-negative codes (about 16 of ``n_features`` active) times unit directions."""
+    import torch
+
+    from vision_sae_lens.benchmark import write_plain_rows
+
+    g = torch.Generator().manual_seed(LABEL_SEED)
+    directions = torch.randn(n_features, args.d_in, generator=g)
+    directions /= directions.norm(dim=1, keepdim=True)
+
+    def batches():
+        for start in range(0, args.plain_rows, 4096):
+            n = min(4096, args.plain_rows - start)
+            active = torch.rand(n, n_features, generator=g) < 16 / n_features
+            codes = torch.rand(n, n_features, generator=g) * active
+            yield codes @ directions + 0.05 * torch.randn(n, args.d_in, generator=g), codes
+
+    write_plain_rows(path, batches(), source_id="bench:plain", directions=directions, progress=False)
+    queue.put(None)
+
+
 def _score(path: Path, n_images: int, n_latents: int, n_labels: int, args: argparse.Namespace, queue) -> None:
     import sae_lens.synthetic  # noqa: F401  # imported before the baseline: its import is not scoring memory
     import torch
@@ -133,7 +176,15 @@ def _score(path: Path, n_images: int, n_latents: int, n_labels: int, args: argpa
     torch.set_num_threads(1)
     _fix_mmap_threshold()
     store = ActivationStore(path)
-    labels, directions = _inputs(n_images, n_labels, args)
+    if n_images == 0:  # plain rows: the truth is the store's own, the planted latents read its directions
+        from vision_sae_lens.benchmark import ActivationTruth
+        from vision_sae_lens.benchmark.plain_rows import truth_path_of
+
+        truth: Any = ActivationTruth.load(truth_path_of(path), store=store)
+        directions = truth.directions.numpy()
+    else:
+        labels, directions = _inputs(n_images, n_labels, args)
+        truth = ArrayTruth(labels, n_patches=store.layout.n_patches)
     g = torch.Generator().manual_seed(SAE_SEED)
     w = torch.randn(args.d_in, n_latents, generator=g) / args.d_in**0.5
     b = torch.full((n_latents,), -2.0)  # a random unit projection of these rows exceeds 2 on ~2% of them
@@ -152,7 +203,10 @@ def _score(path: Path, n_images: int, n_latents: int, n_labels: int, args: argpa
         def decode(self, f):
             return f @ self.w.T
 
-    truth = ArrayTruth(labels, n_patches=store.layout.n_patches)
+        @property
+        def W_dec(self):  # noqa: N802  # SAELens' name, read by SynthSAEBench's metrics
+            return self.w.T
+
     cfg = ScoreConfig(probe_images=16, probe_ks=(1,), batch_size=args.batch)
     passes = _count_passes()
     base = _rss_mib()
@@ -167,8 +221,9 @@ def _score(path: Path, n_images: int, n_latents: int, n_labels: int, args: argpa
     thread = threading.Thread(target=sample, daemon=True)
     thread.start()
     start = time.perf_counter()
-    score_rows(ReLUSAE(), lambda: store.ordered("x", cfg.batch_size), truth, layout=store.layout,
-               n_images=n_images, config=cfg, progress=False)  # fmt: skip
+    site = store.sites[0]
+    score_rows(ReLUSAE(), lambda: store.ordered(site, cfg.batch_size), truth, layout=store.layout,
+               n_images=store.n_images, config=cfg, progress=False)  # fmt: skip
     seconds = time.perf_counter() - start
     stop.set()
     thread.join()

@@ -46,15 +46,15 @@ def best_f1_from_histograms(
 
 
 def feature_recovery(
-    auroc_fs: torch.Tensor,
+    best_auroc_f: torch.Tensor,
+    latent_auroc_f: torch.Tensor,
     best_f1_f: torch.Tensor,
     best_f1_latent_f: torch.Tensor,
     *,
     f1_threshold: float = 0.5,
 ) -> dict[str, torch.Tensor]:
-    """Per factor: the best single latent by AUROC (NaN counts as 0; the first latent among equals) and
-    by F1 at its best threshold, and whether the factor is recovered (best F1 >= ``f1_threshold``)."""
-    best_auroc_f, latent_auroc_f = torch.nan_to_num(auroc_fs, nan=0.0).max(1)
+    """Per factor: the best single latent by AUROC and by F1 at its best threshold, and whether the factor
+    is recovered (best F1 >= ``f1_threshold``)."""
     return {
         "best_auroc_f": best_auroc_f,
         "latent_auroc_f": latent_auroc_f,

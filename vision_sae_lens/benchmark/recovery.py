@@ -69,6 +69,7 @@ class FactorRecovery:
         self.best_f1_f = torch.zeros(f, dtype=torch.float64)
         self.best_f1_latent_f = torch.zeros(f, dtype=torch.long)
         self._floor_f = torch.zeros(f, dtype=torch.float64)
+        self._g_sb: torch.Tensor | None = None
         self._ranked = False
         self._evaluated_fs = torch.zeros(f, s, dtype=torch.bool)
         self._thresholds: list[tuple[torch.Tensor, torch.Tensor]] = []  # (factor * s + latent, threshold)
@@ -124,7 +125,7 @@ class FactorRecovery:
             self._plan_pairs()
             return
         if self.phase == RANKS:
-            self._ranked = True
+            self._ranked, self._g_sb = True, None
         self.phase = PAIRS
         self._plan_pairs()
         if self._pairs is None:
@@ -143,22 +144,45 @@ class FactorRecovery:
             self._plan_pairs()
 
     # ------------------------------------------------------------------------------- results
-    def auroc_fs(self) -> torch.Tensor:
-        """``(factors, latents)`` AUROC of "this row carries the factor" (NaN without positives or negatives)."""
+    def auroc_fs(self, lo: int = 0, hi: int | None = None) -> torch.Tensor:
+        """``(factors lo:hi, latents)`` AUROC of "this row carries the factor" (NaN without positives or
+        negatives)."""
         if self.rank_sum_fs is None or not self._ranked:
             raise ConfigError("AUROC is known once the ranks pass has ended")
-        n_pos = self.n_pos_f[:, None]
+        n_pos = self.n_pos_f[lo:hi, None]
         n_neg = self.n_rows - n_pos
-        out = (self.rank_sum_fs - 0.5 * n_pos * n_pos) / (n_pos * n_neg)
-        return torch.where((n_pos > 0) & (n_neg > 0), out, torch.full_like(out, float("nan")))
+        out = (self.rank_sum_fs[lo:hi] - 0.5 * n_pos * n_pos) / (n_pos * n_neg)
+        return torch.where((n_pos > 0) & (n_neg > 0), out, torch.tensor(float("nan"), dtype=torch.float64))
 
-    def precision_sf(self) -> torch.Tensor:
-        """``(latents, factors)`` share of a latent's firing rows that carry the factor."""
-        return (self.cofire_fs / self.fired_s.clamp_min(1e-12)).T
+    def best_auroc(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per factor the best AUROC over latents (NaN counts as 0) and its latent (the first among equals)."""
+        best, latent = (
+            torch.zeros(self.n_factors, dtype=torch.float64),
+            torch.zeros(self.n_factors, dtype=torch.long),
+        )
+        for lo, hi in self._factor_chunks():
+            best[lo:hi], latent[lo:hi] = torch.nan_to_num(self.auroc_fs(lo, hi), nan=0.0).max(1)
+        return best, latent
 
-    def recall_sf(self) -> torch.Tensor:
-        """``(latents, factors)`` share of a factor's rows on which the latent fires."""
-        return (self.cofire_fs / self.n_pos_f[:, None].clamp_min(1e-12)).T
+    def precision_sf(self, lo: int = 0, hi: int | None = None) -> torch.Tensor:
+        """``(latents lo:hi, factors)`` share of a latent's firing rows that carry the factor."""
+        return (self.cofire_fs[:, lo:hi] / self.fired_s[lo:hi].clamp_min(1e-12)).T
+
+    def recall_sf(self, lo: int = 0, hi: int | None = None) -> torch.Tensor:
+        """``(latents lo:hi, factors)`` share of a factor's rows on which the latent fires."""
+        return (self.cofire_fs[:, lo:hi] / self.n_pos_f[:, None].clamp_min(1e-12)).T
+
+    def _bound(self, lo: int | torch.Tensor, hi: int | None = None) -> torch.Tensor:
+        """F1 of a latent at any threshold <= that of perfect precision at its co-firing recall:
+        ``2c / (c + n)``, for factors ``lo:hi`` (or the factor indices ``lo``)."""
+        rows = lo if isinstance(lo, torch.Tensor) else slice(lo, hi)
+        c = self.cofire_fs[rows]
+        return 2 * c / (c + self.n_pos_f[rows, None]).clamp_min(1e-12)
+
+    def _factor_chunks(self) -> list[tuple[int, int]]:
+        """Factor ranges whose (factors, latents) float64 temporaries hold about _CHUNK_ELEMENTS values."""
+        step = max(1, _CHUNK_ELEMENTS // self.n_latents)
+        return [(lo, min(lo + step, self.n_factors)) for lo in range(0, self.n_factors, step)]
 
     # ------------------------------------------------------------------------------- passes
     def _add_counts(self, acts_ns: torch.Tensor, rows: torch.Tensor, factors: torch.Tensor) -> None:
@@ -192,9 +216,11 @@ class FactorRecovery:
         assert self.total_sb is not None and self.rank_sum_fs is not None, "set by the earlier passes"
         labels_fn = _label_matrix(rows, factors, self.n_factors, len(acts_ns))
         width = self.n_bins + 1
-        # g[s, b] = rows of latent s below bin b + half of those in it: a positive row in bin b
-        # "wins" against that many negative-or-positive rows; the positives' own share is n_pos^2 / 2.
-        g_sb = torch.cumsum(self.total_sb, 1) - 0.5 * self.total_sb
+        if self._g_sb is None:
+            # g[s, b] = rows of latent s below bin b + half of those in it: a positive row in bin b
+            # "wins" against that many negative-or-positive rows; the positives' own share is n_pos^2 / 2.
+            self._g_sb = torch.cumsum(self.total_sb, 1) - 0.5 * self.total_sb
+        g_sb = self._g_sb
         for lo, hi in _chunks(self.n_latents, len(acts_ns)):
             flat = self._bins(acts_ns[:, lo:hi], self.max_s[lo:hi]) + torch.arange(hi - lo).mul(width)
             g_ns = g_sb[lo:hi].reshape(-1)[flat]
@@ -226,24 +252,27 @@ class FactorRecovery:
     # ------------------------------------------------------------------------- candidates
     def _plan_pairs(self) -> None:
         """Choose the (factor, latent) pairs whose histograms the next pass keeps, best bound first."""
-        n = self.n_pos_f[:, None]
-        # F1 at any threshold <= that of perfect precision at the co-firing recall: 2c / (c + n).
-        ub_fs = 2 * self.cofire_fs / (self.cofire_fs + n).clamp_min(1e-12)
         best = torch.maximum(self.best_f1_f, self._floor_f)
-        # A pair stays a candidate while its bound reaches the best F1 found (ties included: the
-        # reference takes the first latent among equals); the slack only adds candidates.
-        open_fs = (ub_fs >= best[:, None] * (1 - 1e-12)) & (best[:, None] > 0) & ~self._evaluated_fs
+        open_fs = torch.zeros(self.n_factors, self.n_latents, dtype=torch.bool)
+        for lo, hi in self._factor_chunks():
+            # A pair stays a candidate while its bound reaches the best F1 found (ties included: the
+            # reference takes the first latent among equals); the slack only adds candidates.
+            reach = best[lo:hi, None] * (1 - 1e-12)
+            open_fs[lo:hi] = (self._bound(lo, hi) >= reach) & (reach > 0) & ~self._evaluated_fs[lo:hi]
         for k, s in self._wanted:
             open_fs[k, s] = True
         n_open_f = open_fs.sum(1)
         cap = _cap(n_open_f, self.pair_budget)
         big = (n_open_f > cap).nonzero().flatten()
-        if len(big):
-            ub_fs = torch.where(open_fs, ub_fs, torch.full_like(ub_fs, -1.0))
-            ub_fs[[k for k, _ in self._wanted], [s for _, s in self._wanted]] = 2.0  # asked for: first
-            keep = torch.topk(ub_fs[big], cap, dim=1).indices
-            open_fs[big] = False
-            open_fs[big[:, None], keep] = True
+        step = max(1, _CHUNK_ELEMENTS // self.n_latents)
+        for lo in range(0, len(big), step):
+            rows = big[lo : lo + step]
+            bound = torch.where(open_fs[rows], self._bound(rows), torch.tensor(-1.0, dtype=torch.float64))
+            for k, s in self._wanted:  # asked for: kept first
+                bound[rows == k, s] = 2.0
+            keep = torch.topk(bound, cap, dim=1).indices
+            open_fs[rows] = False
+            open_fs[rows[:, None], keep] = True
         factor, latent = open_fs.nonzero(as_tuple=True)  # sorted by factor
         if len(factor) == 0:
             self._pairs, self._pos_pb = None, None
@@ -264,12 +293,16 @@ class FactorRecovery:
             return
         assert self.total_sb is not None, "set when the counts pass ends"
         factor, latent = self._pairs
-        pos_pb = self._pos_pb
-        res = best_f1_from_histograms(pos_pb, self.total_sb[latent] - pos_pb, self.max_s[latent], self.n_bins)
-        f1_p = res["f1_sf"]
+        f1_p = torch.empty(len(factor), dtype=torch.float64)
+        threshold_p = torch.empty(len(factor), dtype=torch.float64)
+        step = max(1, _CHUNK_ELEMENTS // (self.n_bins + 1))  # F1 at every threshold: chunks of pairs
+        for lo in range(0, len(factor), step):
+            pos_pb, s = self._pos_pb[lo : lo + step], latent[lo : lo + step]
+            res = best_f1_from_histograms(pos_pb, self.total_sb[s] - pos_pb, self.max_s[s], self.n_bins)
+            f1_p[lo : lo + step], threshold_p[lo : lo + step] = res["f1_sf"], res["threshold_sf"]
         self._evaluated_fs[factor, latent] = True
-        self._thresholds.append((factor * self.n_latents + latent, res["threshold_sf"]))
-        self._wanted -= set(zip(factor.tolist(), latent.tolist(), strict=True)) & self._wanted
+        self._thresholds.append((factor * self.n_latents + latent, threshold_p))
+        self._wanted = {(k, s) for k, s in self._wanted if not self._evaluated_fs[k, s]}
         # The best pair of each factor in this pass (first latent among equal F1), then merge.
         top_f = torch.full((self.n_factors,), -1.0, dtype=torch.float64).scatter_reduce(
             0, factor, f1_p, "amax"

@@ -70,8 +70,8 @@ class ScoreConfig:
     seed: int = 0
     """Seed of the probe subset and its train/test halves."""
     pair_budget_mib: int = 256
-    """Memory for the full histograms of candidate (latent, factor) pairs per pass and level (1 KiB per
-    pair at 256 bins): more candidates than fit take more passes, never more memory."""
+    """Memory for the full histograms of candidate (latent, factor) pairs per pass, shared by the levels
+    (about 2 KiB per pair at 256 bins): more candidates than fit take more passes, never more memory."""
 
     def __post_init__(self) -> None:
         for name in ("f1_threshold", "precision_threshold", "recall_threshold", "dense_threshold"):
@@ -129,12 +129,7 @@ def score_rows(
     results = {level: _recovery_result(r, cfg) for level, r in recoveries.items()}
     report["recovery"] = {level: _recovery_summary(res, names, cfg) for level, res in results.items()}
     unit = recoveries[levels[0]]
-    alive_s = unit.fired_s > 0
-    mix = splitting_and_mixing(
-        unit.precision_sf(), unit.recall_sf(), alive_s, prior_f=unit.n_pos_f, family_f=_families(names),
-        precision_threshold=cfg.precision_threshold, recall_threshold=cfg.recall_threshold,
-    )  # fmt: skip
-    report["splitting"] = _splitting_summary(mix, names, alive_s)
+    report["splitting"] = _splitting(unit, names, cfg)
     if plain:
         report["localization"] = {"available": False, "reason": "plain rows have no image grid"}
         report["probing"] = {"available": False, "reason": "plain rows have no images"}
@@ -218,7 +213,7 @@ class _FirstPass:
         if self.recon is None or self.recoveries is None:
             s, f = batch.feats.shape[1], len(self.truth.factor_names)
             self.recon = ReconstructionAccumulator(batch.acts.shape[1], s)
-            budget = self.cfg.pair_budget_mib * 2**20
+            budget = self.cfg.pair_budget_mib * 2**20 // len(self.levels)
             self.recoveries = {
                 level: FactorRecovery(s, f, n_bins=self.cfg.n_bins, pair_budget_bytes=budget)
                 for level in self.levels
@@ -349,8 +344,25 @@ class _ImageMax:
 # ---------------------------------------------------------------------------------- summaries
 def _recovery_result(rec: FactorRecovery, cfg: ScoreConfig) -> dict[str, torch.Tensor]:
     return feature_recovery(
-        rec.auroc_fs(), rec.best_f1_f, rec.best_f1_latent_f, f1_threshold=cfg.f1_threshold
+        *rec.best_auroc(), rec.best_f1_f, rec.best_f1_latent_f, f1_threshold=cfg.f1_threshold
     )
+
+
+def _splitting(rec: FactorRecovery, names: list[str], cfg: ScoreConfig) -> dict[str, Any]:
+    """Splitting and mixing, a chunk of latents at a time (every per-latent number is independent of the
+    others; latents per factor add up), so no (latents, factors) float matrix is built whole."""
+    alive_s, family_f = rec.fired_s > 0, _families(names)
+    parts = []
+    step = max(1, 2**22 // max(1, len(names)))
+    for lo in range(0, rec.n_latents, step):
+        hi = min(lo + step, rec.n_latents)
+        parts.append(splitting_and_mixing(
+            rec.precision_sf(lo, hi), rec.recall_sf(lo, hi), alive_s[lo:hi], prior_f=rec.n_pos_f, family_f=family_f,
+            precision_threshold=cfg.precision_threshold, recall_threshold=cfg.recall_threshold,
+        ))  # fmt: skip
+    mix = {key: torch.cat([p[key] for p in parts]) for key in parts[0] if key != "latents_per_factor_f"}
+    mix["latents_per_factor_f"] = torch.stack([p["latents_per_factor_f"] for p in parts]).sum(0)
+    return _splitting_summary(mix, names, alive_s)
 
 
 def _recovery_summary(rec: dict[str, torch.Tensor], names: list[str], cfg: ScoreConfig) -> dict[str, Any]:
