@@ -11,13 +11,8 @@ from reference_histograms import feature_recovery as reference_recovery
 from vision_sae_lens.benchmark.localization import localization
 from vision_sae_lens.benchmark.metrics import splitting_and_mixing
 from vision_sae_lens.benchmark.recovery import FactorRecovery, label_pairs
-from vision_sae_lens.benchmark.scoring import (
-    ScoreConfig,
-    _encoded,
-    _families,
-    _splitting_summary,
-    score_rows,
-)
+from vision_sae_lens.benchmark.scoring import ScoreConfig, _encoded, score_rows
+from vision_sae_lens.benchmark.summaries import families, splitting_summary
 from vision_sae_lens.benchmark.truth import ArrayTruth, SyntheticTruth
 from vision_sae_lens.data.synthetic import ShapesWorld
 from vision_sae_lens.errors import ConfigError
@@ -147,9 +142,9 @@ def test_score_rows_equals_the_full_histogram_scoring(shapes, truth_kind):
     sc = ref["patch"].scores()
     alive = ref["patch"].total_sb[:, 1:].sum(1) > 0
     mix = splitting_and_mixing(sc["precision_sf"], sc["recall_sf"], alive, prior_f=ref["patch"].n_positive_f,
-                               family_f=_families(names), precision_threshold=cfg.precision_threshold,
+                               family_f=families(names), precision_threshold=cfg.precision_threshold,
                                recall_threshold=cfg.recall_threshold)  # fmt: skip
-    assert report["splitting"] == _splitting_summary(mix, names, alive)
+    assert report["splitting"] == splitting_summary(mix, names, alive)
     latents = reference_recovery(sc["auroc_sf"], sc["f1_sf"])["latent_auroc_f"]
     thresholds = sc["threshold_sf"][latents, torch.arange(len(names))]
     with torch.no_grad():

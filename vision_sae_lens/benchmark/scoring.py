@@ -26,13 +26,15 @@ import torch
 from tqdm.auto import tqdm
 
 from vision_sae_lens.benchmark.localization import localization
-from vision_sae_lens.benchmark.metrics import (
-    ReconstructionAccumulator,
-    feature_recovery,
-    splitting_and_mixing,
-)
-from vision_sae_lens.benchmark.probing import sparse_probing
+from vision_sae_lens.benchmark.metrics import ReconstructionAccumulator
 from vision_sae_lens.benchmark.recovery import FactorRecovery, label_pairs
+from vision_sae_lens.benchmark.summaries import (
+    image_labels,
+    probing,
+    recovery_result,
+    recovery_summary,
+    splitting,
+)
 from vision_sae_lens.benchmark.truth import GroundTruth
 from vision_sae_lens.errors import ConfigError
 from vision_sae_lens.layout import Layout, RowLayout
@@ -126,10 +128,10 @@ def score_rows(
     }
     if first.directions is not None:
         report["synthsaebench"] = first.directions.result()
-    results = {level: _recovery_result(r, cfg) for level, r in recoveries.items()}
-    report["recovery"] = {level: _recovery_summary(res, names, cfg) for level, res in results.items()}
+    results = {level: recovery_result(r, cfg) for level, r in recoveries.items()}
+    report["recovery"] = {level: recovery_summary(res, names, cfg) for level, res in results.items()}
     unit = recoveries[levels[0]]
-    report["splitting"] = _splitting(unit, names, cfg)
+    report["splitting"] = splitting(unit, names, cfg)
     if plain:
         report["localization"] = {"available": False, "reason": "plain rows have no image grid"}
         report["probing"] = {"available": False, "reason": "plain rows have no images"}
@@ -142,7 +144,7 @@ def score_rows(
         _encoded(sae, rows, layout, desc="3 localization", progress=progress),
         truth, layout, latents_f, thresholds_f, names,
     )  # fmt: skip
-    report["probing"] = _probing(first.probe, truth, names, cfg)
+    report["probing"] = probing(first.probe, truth, names, cfg)
     return report
 
 
@@ -281,18 +283,7 @@ def _flush_image_level(rec: FactorRecovery, image_max: _ImageMax, truth: GroundT
 
 def _add_images(rec: FactorRecovery, truth: GroundTruth, images: list[int], max_ks: torch.Tensor) -> None:
     if images:
-        rec.add(max_ks, *label_pairs(_image_labels(truth, images)))
-
-
-def _image_labels(truth: GroundTruth, images: Any) -> torch.Tensor:
-    return torch.from_numpy(np.stack([np.asarray(truth.image_factors(i), dtype=bool) for i in images]))
-
-
-def _families(names: list[str]) -> torch.Tensor:
-    """Family index of each factor: the part before ``=`` (``color=red`` -> ``color``); a name without
-    ``=`` is a family of its own."""
-    index: dict[str, int] = {}
-    return torch.tensor([index.setdefault(n.split("=")[0] if "=" in n else n, len(index)) for n in names])
+        rec.add(max_ks, *label_pairs(image_labels(truth, images)))
 
 
 def _probe_subset(n_images: int, cfg: ScoreConfig) -> set[int]:
@@ -339,87 +330,3 @@ class _ImageMax:
         out = ([self.image], self.max_s[None])
         self.image, self.max_s = None, None
         return out
-
-
-# ---------------------------------------------------------------------------------- summaries
-def _recovery_result(rec: FactorRecovery, cfg: ScoreConfig) -> dict[str, torch.Tensor]:
-    return feature_recovery(
-        *rec.best_auroc(), rec.best_f1_f, rec.best_f1_latent_f, f1_threshold=cfg.f1_threshold
-    )
-
-
-def _splitting(rec: FactorRecovery, names: list[str], cfg: ScoreConfig) -> dict[str, Any]:
-    """Splitting and mixing, a chunk of latents at a time (every per-latent number is independent of the
-    others; latents per factor add up), so no (latents, factors) float matrix is built whole."""
-    alive_s, family_f = rec.fired_s > 0, _families(names)
-    parts = []
-    step = max(1, 2**22 // max(1, len(names)))
-    for lo in range(0, rec.n_latents, step):
-        hi = min(lo + step, rec.n_latents)
-        parts.append(splitting_and_mixing(
-            rec.precision_sf(lo, hi), rec.recall_sf(lo, hi), alive_s[lo:hi], prior_f=rec.n_pos_f, family_f=family_f,
-            precision_threshold=cfg.precision_threshold, recall_threshold=cfg.recall_threshold,
-        ))  # fmt: skip
-    mix = {key: torch.cat([p[key] for p in parts]) for key in parts[0] if key != "latents_per_factor_f"}
-    mix["latents_per_factor_f"] = torch.stack([p["latents_per_factor_f"] for p in parts]).sum(0)
-    return _splitting_summary(mix, names, alive_s)
-
-
-def _recovery_summary(rec: dict[str, torch.Tensor], names: list[str], cfg: ScoreConfig) -> dict[str, Any]:
-    """Factor-centric recovery: per factor, its best single latent by AUROC and by F1 at that latent's
-    best threshold (``factor_f1``; not SynthSAEBench's latent-centric F1)."""
-    per_factor = {
-        name: {
-            "auroc": float(rec["best_auroc_f"][k]),
-            "auroc_latent": int(rec["latent_auroc_f"][k]),
-            "factor_f1": float(rec["best_f1_f"][k]),
-            "factor_f1_latent": int(rec["latent_f1_f"][k]),
-            "recovered": bool(rec["recovered_f"][k]),
-        }
-        for k, name in enumerate(names)
-    }
-    return {
-        "mean_auroc": float(rec["best_auroc_f"].mean()),
-        "mean_factor_f1": float(rec["best_f1_f"].mean()),
-        "fraction_recovered": float(rec["recovered_f"].double().mean()),
-        "f1_threshold": cfg.f1_threshold,
-        "per_factor": per_factor,
-    }
-
-
-def _splitting_summary(
-    mix: dict[str, torch.Tensor], names: list[str], alive_s: torch.Tensor
-) -> dict[str, Any]:
-    responsive = mix["responsive_s"]
-    per_latent = mix["factors_per_latent_s"][responsive]
-    per_factor = mix["latents_per_factor_f"]
-    return {
-        "latents_per_factor": {name: int(per_factor[k]) for k, name in enumerate(names)},
-        "mean_latents_per_factor": float(per_factor.double().mean()),
-        "factors_split": float((per_factor > 1).double().mean()),
-        "responsive_latents": int(responsive.sum()),
-        "mean_factors_per_latent": float(per_latent.mean()) if len(per_latent) else 0.0,
-        "monosemantic_fraction": float((per_latent <= 1.5).double().mean()) if len(per_latent) else 0.0,
-        "mean_purity": float(mix["purity_s"][alive_s].mean()) if bool(alive_s.any()) else 0.0,
-    }
-
-
-def _probing(probe: dict, truth: GroundTruth, names: list[str], cfg: ScoreConfig) -> dict[str, Any]:
-    images = sorted(probe)
-    if len(images) < 4:
-        return {"available": False}
-    latents = torch.stack([probe[i][0] / probe[i][2] for i in images])
-    raw = torch.stack([probe[i][1] / probe[i][2] for i in images])
-    labels = _image_labels(truth, images)
-    rng = np.random.default_rng(cfg.seed + 1)
-    order = rng.permutation(len(images))
-    train, test = order[: len(images) // 2], order[len(images) // 2 :]
-    out: dict[str, Any] = {"available": True, "ks": list(cfg.probe_ks), "images": len(images)}
-    for kind, x in (("sae", latents), ("raw", raw)):
-        acc_kf = sparse_probing(x[train], labels[train], x[test], labels[test], ks=cfg.probe_ks)
-        out[kind] = [float(np.nanmean(row)) for row in acc_kf]
-        out[f"{kind}_per_factor"] = {name: [float(v) for v in acc_kf[:, j]] for j, name in enumerate(names)}
-    out["majority_baseline"] = float(
-        torch.maximum(labels[test].double().mean(0), 1 - labels[test].double().mean(0)).mean()
-    )
-    return out
