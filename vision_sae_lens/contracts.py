@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     import torch
     from PIL import Image
 
-    from vision_sae_lens.layout import TokenLayout
+    from vision_sae_lens.layout import Layout
 
 
 @runtime_checkable
@@ -78,8 +78,8 @@ class ActivationStoreReader(Protocol):
         ...
 
     @property
-    def layout(self) -> TokenLayout:
-        """Token layout of the backbone the rows came from."""
+    def layout(self) -> Layout:
+        """Token layout of the backbone the rows came from (a ``RowLayout`` for plain rows)."""
         ...
 
     @property

@@ -32,7 +32,7 @@ from vision_sae_lens.analysis.explain import SampleAccumulator, interest_scores
 from vision_sae_lens.analysis.scan import ImageReduction, scan
 from vision_sae_lens.analysis.stats import FeatureStats, StatsAccumulator
 from vision_sae_lens.analysis.topk import TopActivations, TopKAccumulator
-from vision_sae_lens.errors import escape_control
+from vision_sae_lens.errors import ConfigError, escape_control
 from vision_sae_lens.fsutil import building_folder
 from vision_sae_lens.train.evaluate import DENSE_THRESHOLD
 
@@ -79,6 +79,11 @@ def build_browser(
     (default: the ``max_pages`` with the highest interest score). ``model``: the backbone, to show the
     effect of ablating each paged latent on its ``ablation_images`` top images.
     """
+    if getattr(store.layout, "kind", None) == "rows":  # before any file is written
+        raise ConfigError(
+            "the feature browser shows image patches, but this store holds plain rows (RowLayout: one "
+            "example per row, no image grid); use top_activating / feature_stats on it instead."
+        )
     with building_folder(out_dir, kind="browser", overwrite=overwrite, what="feature browser") as out:
         for sub in ("assets", "data", "latents", "img"):
             (out / sub).mkdir()

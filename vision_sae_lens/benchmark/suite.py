@@ -149,7 +149,8 @@ def _build_browser(
 
     per_factor = report["recovery"]["patch"]["per_factor"]
     latents = sorted(
-        {v["auroc_latent"] for v in per_factor.values()} | {v["f1_latent"] for v in per_factor.values()}
+        {v["auroc_latent"] for v in per_factor.values()}
+        | {v["factor_f1_latent"] for v in per_factor.values()}
     )
     world = ShapesWorld("test", n_images=store.n_images, seed=int(store.dataset.get("seed", 0)))
     build_browser(sae, store, out_dir=out, images=world, latents=latents, max_pages=len(latents),

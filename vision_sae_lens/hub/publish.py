@@ -116,6 +116,11 @@ def _validate_folder(folder: Path) -> dict[str, Any]:
     except SAEFolderError as exc:
         raise HubError(f"refusing to publish: {exc}") from exc
     md = sae.cfg.metadata
+    if md.get("modality") == "rows":
+        raise HubError(
+            f"{folder} was trained on plain rows (not image patches); vision releases hold image SAEs. "
+            "Upload it with sae_lens.upload_saes_to_huggingface instead."
+        )
     absent = [k for k in REQUIRED_METADATA if md.get(k) is None]
     if absent:
         raise HubError(

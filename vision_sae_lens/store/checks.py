@@ -22,7 +22,7 @@ import numpy as np
 
 from vision_sae_lens import fsutil
 from vision_sae_lens.errors import StoreCorruptError, UnsafePathError
-from vision_sae_lens.layout import TOKEN_SELECTIONS, TokenLayout
+from vision_sae_lens.layout import TOKEN_SELECTIONS, Layout, RowLayout, TokenLayout
 from vision_sae_lens.store import format as fmt
 
 MAX_TOKENS = 2**20
@@ -76,6 +76,11 @@ def check_metadata(root: Path, metadata: dict[str, Any]) -> None:
                 problems.append(f"site name {site!r} starts with '_' (reserved for {fmt.PROVENANCE})")
             integer(f"site_dims[{site!r}]", 1, MAX_WIDTH, width)
     layout = _layout(meta.get("layout"), problems)
+    if isinstance(meta.get("layout"), dict) and meta.get("format_version") != fmt.version_for(meta["layout"]):
+        problems.append(
+            f"format_version {meta.get('format_version')!r} is not the one its layout is written as "
+            f"({fmt.version_for(meta['layout'])}: image stores are version 1, plain rows version 2)"
+        )
     n_tokens = _token_count(meta, layout, problems)
     n_images = integer("n_images", 0, MAX_IMAGES)
     recorded = integer("n_recorded_images", 0, MAX_IMAGES)
@@ -109,10 +114,17 @@ def check_metadata(root: Path, metadata: dict[str, Any]) -> None:
         )
 
 
-def _layout(value: Any, problems: list[str]) -> TokenLayout | None:
+def _layout(value: Any, problems: list[str]) -> Layout | None:
     if not isinstance(value, dict):
         problems.append(f"layout is {value!r}, not an object")
         return None
+    if "kind" in value:  # plain rows (format version 2): exactly the one row layout there is
+        if value != RowLayout().to_dict():
+            problems.append(
+                f"layout {value} is not an image layout nor the plain-row layout {RowLayout().to_dict()}"
+            )
+            return None
+        return RowLayout()
     edges = [value.get("image_size"), value.get("patch_size")]
     if not all(
         isinstance(pair, list)
@@ -148,7 +160,7 @@ def _layout(value: Any, problems: list[str]) -> TokenLayout | None:
     return layout
 
 
-def _token_count(meta: dict[str, Any], layout: TokenLayout | None, problems: list[str]) -> int | None:
+def _token_count(meta: dict[str, Any], layout: Layout | None, problems: list[str]) -> int | None:
     """Tokens recorded per image (the selection's size), checked against ``token_indices``."""
     tokens = meta.get("tokens")
     if tokens not in TOKEN_SELECTIONS:

@@ -30,6 +30,11 @@ from vision_sae_lens.errors import ConfigError, StoreError
 
 FORMAT_NAME = "vision_sae_lens.activation_store"
 FORMAT_VERSION = 1
+ROWS_FORMAT_VERSION = 2
+"""Version 2 is version 1 plus the plain-row layout (``layout == {"kind": "rows", ...}``). Stores of image
+tokens are still written as version 1, byte for byte as before, so earlier readers keep reading them;
+only plain-row stores carry version 2, which earlier readers refuse instead of misreading."""
+READABLE_VERSIONS = (FORMAT_VERSION, ROWS_FORMAT_VERSION)
 METADATA_FILE = "metadata.json"
 MANIFEST_FILE = "manifest.json"
 RECORDING_FILE = "recording.json"
@@ -53,6 +58,11 @@ def check_dtype(dtype: str) -> str:
     if dtype not in DTYPES:
         raise ConfigError(f"unknown storage dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     return dtype
+
+
+def version_for(layout: dict[str, Any]) -> int:
+    """The format version a store with this ``layout`` entry is written as (see ROWS_FORMAT_VERSION)."""
+    return ROWS_FORMAT_VERSION if layout.get("kind") == "rows" else FORMAT_VERSION
 
 
 def site_file(site: str, shard: int) -> str:

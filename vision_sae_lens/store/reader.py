@@ -25,7 +25,7 @@ from vision_sae_lens.errors import (
     UnknownSiteError,
     close_matches,
 )
-from vision_sae_lens.layout import TokenLayout
+from vision_sae_lens.layout import Layout, layout_from_dict
 from vision_sae_lens.store import checks
 from vision_sae_lens.store import format as fmt
 
@@ -63,10 +63,11 @@ class ActivationStore:
             )
         self.metadata: dict[str, Any] = fmt.read_json(meta_path)
         version = self.metadata.get("format_version")
-        if self.metadata.get("format") != fmt.FORMAT_NAME or version != fmt.FORMAT_VERSION:
+        if self.metadata.get("format") != fmt.FORMAT_NAME or version not in fmt.READABLE_VERSIONS:
             raise StoreError(
                 f"{meta_path} has format {self.metadata.get('format')!r} version {version!r}; this "
-                f"vision_sae_lens reads {fmt.FORMAT_NAME!r} version {fmt.FORMAT_VERSION}. Upgrade the package."
+                f"vision_sae_lens reads {fmt.FORMAT_NAME!r} versions {list(fmt.READABLE_VERSIONS)}. "
+                "Upgrade the package."
             )
         checks.check_metadata(self.path, self.metadata)  # on meaning: hashes can be recomputed by anyone
         self.manifest: dict[str, Any] = checks.read_manifest(self.path, self.metadata)
@@ -96,8 +97,10 @@ class ActivationStore:
         return int(self.metadata["site_dims"][site])
 
     @property
-    def layout(self) -> TokenLayout:
-        return TokenLayout.from_dict(self.metadata["layout"])
+    def layout(self) -> Layout:
+        """How rows map to image tokens (:class:`~vision_sae_lens.layout.TokenLayout`), or
+        :class:`~vision_sae_lens.layout.RowLayout` for plain rows."""
+        return layout_from_dict(self.metadata["layout"])
 
     @property
     def tokens(self) -> str:

@@ -21,7 +21,7 @@ import torch
 
 from vision_sae_lens import fsutil
 from vision_sae_lens.errors import ConfigError, NonFiniteError, StoreError, StoreMismatchError
-from vision_sae_lens.layout import TokenLayout, check_token_selection
+from vision_sae_lens.layout import Layout, check_token_selection
 from vision_sae_lens.store import checks
 from vision_sae_lens.store import format as fmt
 
@@ -105,7 +105,7 @@ def finalize_store(
         row += rec["n_rows"]
     manifest: dict[str, Any] = {
         "format": fmt.FORMAT_NAME,
-        "format_version": fmt.FORMAT_VERSION,
+        "format_version": fmt.version_for(settings["layout"]),
         "n_rows": row,
         "shards": shards,
     }
@@ -124,7 +124,7 @@ def finalize_store(
     metadata = {
         **settings,
         "format": fmt.FORMAT_NAME,
-        "format_version": fmt.FORMAT_VERSION,
+        "format_version": fmt.version_for(settings["layout"]),
         "n_images": int(n_images),
         "n_recorded_images": int(recorded),
         "n_rows": row,
@@ -244,7 +244,7 @@ class StoreWriter:
         backbone_id: str,
         sites: Sequence[str] | Mapping[str, int],
         d_model: int,
-        layout: TokenLayout,
+        layout: Layout,
         tokens: str,
         dtype: str = "float16",
         dataset: Mapping[str, Any] | None = None,
