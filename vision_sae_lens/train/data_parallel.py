@@ -1,0 +1,229 @@
+"""Data-parallel training of one SAE over the ranks of a ``torchrun`` job (``distributed="ddp"``).
+
+Each global batch of B rows (the one a single process would read) is cut into ``world_size`` equal slices;
+rank r reads the r-th slice of every batch of the same shuffled order (``shuffled(part=(r, n))``). Every
+SAELens training loss is a mean over the batch's rows, so the mean of the ranks' gradients, all-reduced each
+step, is the single-process gradient. What is not a per-row mean is reduced explicitly, so the run equals a
+single-process run with the same global batch up to the order of float sums:
+
+- the dead-latent window and firing statistics (``act_freq_scores``, ``n_forward_passes_since_fired``, which
+  AuxK's dead mask and scale come from): each latent's firing count, summed over ranks;
+- BatchTopK's choice (the k x B largest activations of the whole batch): every rank's own k x B largest are
+  all-gathered (small: k x B values a rank), the global cut is the k x B-th largest of those, and each rank
+  keeps its entries at or above it; the running ``topk_threshold`` (the smallest kept activation) takes the
+  minimum over ranks. Matryoshka BatchTopK likewise;
+- the decoder bias's init from the first batch's mean: the mean over all ranks' rows;
+- the activation-normalisation estimate: made on rank 0 from the batches a single process reads, then sent;
+- the loss and its parts (the NaN check, logging): the mean over ranks.
+
+Weights start as rank 0's and stay equal on every rank (the same reduced gradients, the same optimizer), so
+rank 0 alone writes checkpoints and final folders. :func:`vision_sae_lens.train.build.training_classes`
+chooses these classes; on a GPU the step is :class:`~vision_sae_lens.train.fast_trainer.FastSAETrainer`'s
+(SAELens' step with a fused Adam) on SAELens' own training SAEs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from sae_lens import BatchTopKTrainingSAE, MatryoshkaBatchTopKTrainingSAE, TrainingSAE
+
+from vision_sae_lens.compat import BatchTopK, SAETrainerConfig, TrainStepOutput
+from vision_sae_lens.errors import ConfigError
+from vision_sae_lens.train.fast_trainer import FastSAETrainer
+from vision_sae_lens.train.lean_saes import LeanBatchTopKTrainingSAE, LeanMatryoshkaBatchTopKTrainingSAE
+from vision_sae_lens.train.ranks import Ranks
+
+PER_ROW_ARCHITECTURES = ("standard", "topk", "jumprelu", "gated")
+"""Training architectures whose every loss and statistic is a mean or count over rows: the reduced gradients
+and firing counts alone make their data-parallel step the single-process one."""
+
+
+class DataParallelSAETrainer(FastSAETrainer):
+    """:class:`~vision_sae_lens.train.fast_trainer.FastSAETrainer` for one rank of a data-parallel job: its
+    batch is this rank's slice of the global batch (``cfg.train_batch_size_samples`` rows over all ranks).
+    Firing counts, gradients and the reported loss are reduced over ranks; the SAE starts from rank 0's
+    weights."""
+
+    def __init__(
+        self,
+        cfg: SAETrainerConfig,
+        sae: TrainingSAE,
+        data_provider: Iterator[torch.Tensor],
+        *,
+        ranks: Ranks,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(cfg=cfg, sae=sae, data_provider=data_provider, **kwargs)
+        self.ranks = ranks
+        if isinstance(sae, BatchTopKAcrossRanks):
+            sae.use_ranks(ranks)
+        with torch.no_grad():
+            for tensor in _state_tensors(sae):
+                ranks.collective(dist.broadcast, tensor, src=0)
+
+    def step(self, batch: torch.Tensor) -> TrainStepOutput:
+        """SAELens' step on this rank's slice; ``out.loss`` and ``out.losses`` are the whole batch's."""
+        out = super().step(batch)
+        names = list(out.losses)
+        device = out.loss.device
+        parts = torch.stack(
+            [out.loss.detach(), *(torch.as_tensor(out.losses[n], device=device).detach() for n in names)]
+        )
+        parts = self.mean_over_ranks(parts.float())
+        out.loss = parts[0]
+        out.losses = {n: parts[i + 1] for i, n in enumerate(names)}
+        return out
+
+    def rows_in_step(self, batch: torch.Tensor) -> int:
+        return batch.shape[0] * self.ranks.world_size
+
+    @torch.no_grad()
+    def firing_counts(self, acts: torch.Tensor) -> torch.Tensor:
+        counts = super().firing_counts(acts)
+        self.ranks.collective(dist.all_reduce, counts)
+        return counts
+
+    @torch.no_grad()
+    def reduce_gradients(self) -> None:
+        for param in self.sae.parameters():
+            if param.grad is not None:
+                self.ranks.collective(dist.all_reduce, param.grad)
+                param.grad.div_(self.ranks.world_size)
+
+    @torch.no_grad()
+    def mean_over_ranks(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The mean of ``tensor`` over ranks (in place; equal-sized slices make it the whole batch's mean)."""
+        self.ranks.collective(dist.all_reduce, tensor)
+        return tensor.div_(self.ranks.world_size)
+
+    @torch.no_grad()
+    def sum_over_ranks(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The sum of ``tensor`` over ranks (in place)."""
+        self.ranks.collective(dist.all_reduce, tensor)
+        return tensor
+
+
+class DataParallelBatchTopK(BatchTopK):
+    """SAELens' ``BatchTopK(k)`` over the whole global batch: of ``relu(x)`` on every rank, the
+    ``int(k * rows * world_size)`` largest entries are kept (entries tied with the cut are all kept, where
+    ``torch.topk`` keeps some of them: a measure-zero difference on real activations)."""
+
+    def __init__(self, k: float) -> None:
+        super().__init__(k)
+        self.ranks: Ranks | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ranks = self.ranks
+        if ranks is None or ranks.world_size == 1:
+            return super().forward(x)
+        acts = x.relu()
+        flat = acts.flatten()
+        wanted = int(self.k * acts.shape[:-1].numel() * ranks.world_size)
+        with torch.no_grad():
+            local = largest_entries(flat, wanted)
+            gathered = [torch.empty_like(local) for _ in range(ranks.world_size)]
+            ranks.collective(dist.all_gather, gathered, local)
+        return keep_from_cut(flat, global_cut(gathered, wanted)).view(acts.shape)
+
+
+def largest_entries(flat: torch.Tensor, wanted: int) -> torch.Tensor:
+    """A rank's share of the global choice: its own ``wanted`` largest entries (all of them when fewer)."""
+    return torch.topk(flat.detach(), min(wanted, flat.numel()), sorted=False).values
+
+
+def global_cut(largest_per_rank: list[torch.Tensor], wanted: int) -> torch.Tensor | None:
+    """The ``wanted``-th largest entry of the whole batch, from every rank's :func:`largest_entries`; None
+    when the batch holds no more entries than that (every positive entry is kept)."""
+    everyone = torch.cat(largest_per_rank)
+    if wanted >= everyone.numel() or wanted < 1:
+        return None if wanted >= 1 else everyone.new_tensor(float("inf"))
+    return torch.topk(everyone, wanted, sorted=False).values.min()
+
+
+def keep_from_cut(flat: torch.Tensor, cut: torch.Tensor | None) -> torch.Tensor:
+    """Of ``relu`` activations ``flat``, the positive entries at or above ``cut`` (gradients flow to those)."""
+    keep = flat > 0 if cut is None else (flat >= cut) & (flat > 0)
+    return torch.where(keep, flat, 0.0)
+
+
+class BatchTopKAcrossRanks(BatchTopKTrainingSAE):
+    """Mixin for a BatchTopK-family training SAE (SAELens' or the lean one): its choice of entries and its
+    running ``topk_threshold`` are those of the whole global batch, once :meth:`use_ranks` has been called."""
+
+    def get_activation_fn(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        return DataParallelBatchTopK(self.cfg.k)
+
+    def use_ranks(self, ranks: Ranks) -> None:
+        """Reduce over ``ranks`` from now on."""
+        self._ranks = ranks
+        assert isinstance(self.activation_fn, DataParallelBatchTopK)  # set by get_activation_fn
+        self.activation_fn.ranks = ranks
+
+    @torch.no_grad()
+    def update_topk_threshold(self, acts_topk: torch.Tensor) -> None:
+        """SAELens' ``BatchTopKTrainingSAE.update_topk_threshold`` with the smallest positive activation of
+        the whole batch (``compat``-free: the mirrored lines are probed in ``train/mirrors.py``)."""
+        ranks: Ranks | None = getattr(self, "_ranks", None)
+        if ranks is None or ranks.world_size == 1:
+            return super().update_topk_threshold(acts_topk)
+        positive = acts_topk[acts_topk > 0]
+        lowest = positive.min() if positive.numel() else acts_topk.new_tensor(float("inf"))
+        lowest = lowest.to(self.topk_threshold.dtype).reshape(1)
+        ranks.collective(dist.all_reduce, lowest, op=dist.ReduceOp.MIN)
+        lr = self.cfg.topk_threshold_lr
+        with torch.autocast(self.topk_threshold.device.type, enabled=False):
+            if torch.isfinite(lowest).all():
+                self.topk_threshold = (1 - lr) * self.topk_threshold + lr * lowest[0]
+
+
+class DataParallelBatchTopKTrainingSAE(BatchTopKAcrossRanks, BatchTopKTrainingSAE):
+    """SAELens' ``BatchTopKTrainingSAE``, choosing over the global batch."""
+
+
+class DataParallelLeanBatchTopKTrainingSAE(BatchTopKAcrossRanks, LeanBatchTopKTrainingSAE):
+    """The lean (CPU) ``BatchTopKTrainingSAE``, choosing over the global batch."""
+
+
+class DataParallelMatryoshkaBatchTopKTrainingSAE(BatchTopKAcrossRanks, MatryoshkaBatchTopKTrainingSAE):
+    """SAELens' ``MatryoshkaBatchTopKTrainingSAE``, choosing over the global batch."""
+
+
+class DataParallelLeanMatryoshkaBatchTopKTrainingSAE(
+    BatchTopKAcrossRanks, LeanMatryoshkaBatchTopKTrainingSAE
+):
+    """The lean (CPU) ``MatryoshkaBatchTopKTrainingSAE``, choosing over the global batch."""
+
+
+DATA_PARALLEL_CLASSES: dict[type[TrainingSAE], type[TrainingSAE]] = {
+    BatchTopKTrainingSAE: DataParallelBatchTopKTrainingSAE,
+    LeanBatchTopKTrainingSAE: DataParallelLeanBatchTopKTrainingSAE,
+    MatryoshkaBatchTopKTrainingSAE: DataParallelMatryoshkaBatchTopKTrainingSAE,
+    LeanMatryoshkaBatchTopKTrainingSAE: DataParallelLeanMatryoshkaBatchTopKTrainingSAE,
+}
+"""Training classes with a batch-level choice -> their data-parallel subclass."""
+
+
+def data_parallel_class(cls: type[TrainingSAE]) -> type[TrainingSAE]:
+    """The class that trains like ``cls`` on a slice of each global batch (``cls`` itself where every loss
+    is per row; :func:`check_data_parallel_architecture` refuses the rest before training)."""
+    return DATA_PARALLEL_CLASSES.get(cls, cls)
+
+
+def check_data_parallel_architecture(architecture: str, *, name: str = "") -> None:
+    """Refuse (ConfigError) an architecture whose data-parallel step is not known to equal one process's."""
+    known = (*PER_ROW_ARCHITECTURES, "batchtopk", "matryoshka_batchtopk")
+    if architecture not in known:
+        raise ConfigError(
+            f"{'run ' + repr(name) + ': ' if name else ''}architecture {architecture!r} cannot train data-parallel "
+            f"(--distributed ddp supports {', '.join(known)}); train it in one process or as one SAE of a sweep "
+            "over ranks (--distributed sweep)."
+        )
+
+
+def _state_tensors(sae: TrainingSAE) -> Iterable[torch.Tensor]:
+    yield from sae.parameters()
+    yield from sae.buffers()
