@@ -136,11 +136,14 @@ def largest_entries(flat: torch.Tensor, wanted: int) -> torch.Tensor:
 
 
 def global_cut(largest_per_rank: list[torch.Tensor], wanted: int) -> torch.Tensor | None:
-    """The ``wanted``-th largest entry of the whole batch, from every rank's :func:`largest_entries`; None
-    when the batch holds no more entries than that (every positive entry is kept)."""
+    """The ``wanted``-th largest entry of the whole batch, from every rank's :func:`largest_entries` (each holds
+    the rank's ``wanted`` largest, or all its entries when it has fewer); None when the batch has fewer
+    entries than that (every positive entry is kept)."""
     everyone = torch.cat(largest_per_rank)
-    if wanted >= everyone.numel() or wanted < 1:
-        return None if wanted >= 1 else everyone.new_tensor(float("inf"))
+    if wanted < 1:
+        return everyone.new_tensor(float("inf"))
+    if wanted > everyone.numel():
+        return None
     return torch.topk(everyone, wanted, sorted=False).values.min()
 
 
@@ -153,6 +156,8 @@ def keep_from_cut(flat: torch.Tensor, cut: torch.Tensor | None) -> torch.Tensor:
 class BatchTopKAcrossRanks(BatchTopKTrainingSAE):
     """Mixin for a BatchTopK-family training SAE (SAELens' or the lean one): its choice of entries and its
     running ``topk_threshold`` are those of the whole global batch, once :meth:`use_ranks` has been called."""
+
+    topk_threshold: torch.Tensor
 
     def get_activation_fn(self) -> Callable[[torch.Tensor], torch.Tensor]:
         return DataParallelBatchTopK(self.cfg.k)
@@ -213,15 +218,35 @@ def data_parallel_class(cls: type[TrainingSAE]) -> type[TrainingSAE]:
     return DATA_PARALLEL_CLASSES.get(cls, cls)
 
 
-def check_data_parallel_architecture(architecture: str, *, name: str = "") -> None:
-    """Refuse (ConfigError) an architecture whose data-parallel step is not known to equal one process's."""
+def check_data_parallel(cfgs: list[Any], names: list[str], world_size: int) -> None:
+    """Refuse (ConfigError, before any work) a run that cannot train data-parallel on ``world_size`` ranks: an
+    architecture whose data-parallel step is not known to equal one process's, or a batch that does not split
+    into equal slices."""
     known = (*PER_ROW_ARCHITECTURES, "batchtopk", "matryoshka_batchtopk")
-    if architecture not in known:
-        raise ConfigError(
-            f"{'run ' + repr(name) + ': ' if name else ''}architecture {architecture!r} cannot train data-parallel "
-            f"(--distributed ddp supports {', '.join(known)}); train it in one process or as one SAE of a sweep "
-            "over ranks (--distributed sweep)."
-        )
+    for cfg, name in zip(cfgs, names, strict=True):
+        if cfg.architecture not in known:
+            raise ConfigError(
+                f"run {name!r}: architecture {cfg.architecture!r} cannot train data-parallel (--distributed ddp "
+                f"supports {', '.join(known)}); train it in one process or as one SAE of a sweep over ranks "
+                "(--distributed sweep)."
+            )
+        if cfg.rows_per_step % world_size:
+            raise ConfigError(
+                f"run {name!r}: batch_size {cfg.rows_per_step} does not split into {world_size} equal slices, one "
+                f"per rank; choose a batch_size divisible by {world_size} (the global batch of the run)."
+            )
+
+
+@torch.no_grad()
+def global_step_metrics(out: TrainStepOutput, trainer: DataParallelSAETrainer) -> dict[str, float]:
+    """Loss, L0 and NMSE of the whole global batch, from sums over every rank's slice."""
+    sae_in = out.sae_in.float()
+    acts = out.feature_acts.to_dense() if out.feature_acts.is_sparse else out.feature_acts
+    err, squares, fired = (out.sae_out.float() - sae_in).pow(2).sum(), sae_in.pow(2).sum(), (acts != 0).sum()
+    sums = trainer.sum_over_ranks(torch.cat([torch.stack([err, squares, fired.float()]), sae_in.sum(0)]))
+    rows = sae_in.shape[0] * trainer.ranks.world_size
+    variance = (sums[1] - sums[3:].pow(2).sum() / rows).clamp_min(1e-12)
+    return {"loss": float(out.loss), "l0": float(sums[2]) / rows, "nmse": float(sums[0] / variance)}
 
 
 def _state_tensors(sae: TrainingSAE) -> Iterable[torch.Tensor]:

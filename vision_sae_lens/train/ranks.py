@@ -234,7 +234,9 @@ class RankWatch:
 
     def __init__(self, ctx: DistContext, *, timeout_s: float) -> None:
         self.ctx, self.timeout_s = ctx, timeout_s
-        self.group = dist.new_group(backend="gloo", timeout=timedelta(seconds=timeout_s))
+        group = dist.new_group(backend="gloo", timeout=timedelta(seconds=timeout_s))
+        assert isinstance(group, dist.ProcessGroup)  # every rank is a member
+        self.group = group
         self.state, self.message = "running", ""
         self.news: str | None = None
         self._changed = threading.Condition()

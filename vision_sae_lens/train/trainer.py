@@ -26,20 +26,20 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
-from typing import Any, Literal, TypeVar, cast
+from typing import Any, TypeVar
 
 import torch
 from tqdm.auto import tqdm
 
 from vision_sae_lens import fsutil
-from vision_sae_lens.compat import PrefetchingIterator, TrainStepOutput
+from vision_sae_lens.compat import PrefetchingIterator
 from vision_sae_lens.errors import ConfigError, TrainingError
 from vision_sae_lens.store.reader import ActivationStore
 from vision_sae_lens.store.transfer import device_batches, pins_for
 from vision_sae_lens.train import checkpoint as ckpt
 from vision_sae_lens.train.build import build_trainer, estimate_scaler, init_b_dec, needs_scaler_estimate
 from vision_sae_lens.train.config import TrainConfig, resolve_device
-from vision_sae_lens.train.data_parallel import DataParallelSAETrainer, check_data_parallel_architecture
+from vision_sae_lens.train.data_parallel import check_data_parallel
 from vision_sae_lens.train.feed import (
     Split,
     batch_stream,
@@ -64,6 +64,7 @@ from vision_sae_lens.train.outputs import (
     warn_short_window,
 )
 from vision_sae_lens.train.plots import plot_sweep
+from vision_sae_lens.train.progress import postfix, start_wandb, step_metrics
 from vision_sae_lens.train.ranks import DEFAULT_TIMEOUT_S, Ranks, join_ranks, uses_cuda
 from vision_sae_lens.train.sweep import group_configs, training_cost, unique_names
 
@@ -114,7 +115,7 @@ def train_sae(
     clean = False
     try:
         if ranks.data_parallel:
-            _check_data_parallel(cfgs, names, ranks.world_size)
+            check_data_parallel(cfgs, names, ranks.world_size)
         with ranks.holding_output(out):  # a second train run into `out` is refused at once
             results: dict[int, TrainRun] = {}
             mine = ranks.mine([training_cost(c) for c in cfgs])
@@ -138,16 +139,6 @@ def train_sae(
     finally:
         ranks.close(clean=clean)
     return runs[0] if single else runs
-
-
-def _check_data_parallel(cfgs: list[TrainConfig], names: list[str], world_size: int) -> None:
-    for cfg, name in zip(cfgs, names, strict=True):
-        check_data_parallel_architecture(cfg.architecture, name=name)
-        if cfg.rows_per_step % world_size:
-            raise ConfigError(
-                f"run {name!r}: batch_size {cfg.rows_per_step} does not split into {world_size} equal slices, one "
-                f"per rank; choose a batch_size divisible by {world_size} (the global batch of the run)."
-            )
 
 
 class _GroupTrainer:
@@ -229,7 +220,7 @@ class _GroupTrainer:
             self._estimate_normalisation(m)
             warn_short_window(m)
             if self.ranks.lead:
-                self._start_wandb(m)
+                start_wandb(m)
         try:
             if active:
                 self._loop(active, start)
@@ -304,7 +295,7 @@ class _GroupTrainer:
                         )
                 pbar.update(1)
                 if done % lead.log_every == 0 or done == n_steps:
-                    pbar.set_postfix_str(_postfix(active))
+                    pbar.set_postfix_str(postfix(active))
         finally:
             if pool is not None:
                 pool.shutdown()
@@ -337,7 +328,7 @@ class _GroupTrainer:
             )
         trainer.n_training_steps += 1
         if trainer.n_training_steps % m.cfg.log_every == 0:
-            m.history.append({"step": trainer.n_training_steps, **_step_metrics(out, trainer)})
+            m.history.append({"step": trainer.n_training_steps, **step_metrics(out, trainer)})
             if m.wandb_run is not None:
                 log = trainer.build_train_step_log_dict(
                     output=out, n_training_samples=trainer.n_training_samples
@@ -371,19 +362,6 @@ class _GroupTrainer:
             None if whitening is None else whitening.to(torch.device(self.device))
         )
 
-    def _start_wandb(self, m: Member) -> None:
-        if not m.cfg.wandb_project or m.cfg.wandb_mode == "disabled":
-            return
-        import wandb
-
-        m.wandb_run = wandb.init(
-            project=m.cfg.wandb_project,
-            name=m.name,
-            mode=cast(Literal["online", "offline", "disabled"], m.cfg.wandb_mode),
-            config=m.cfg.to_dict(),
-            reinit="create_new",
-        )
-
     # ------------------------------------------------------------------------------- finishing
     def _finish(self, m: Member) -> None:
         if m.cfg.device.startswith("cuda") or self.device.startswith("cuda"):
@@ -410,31 +388,3 @@ def _checked(source: Iterator[torch.Tensor], *, start: int, site: str, pin: bool
     for step, batch in enumerate(source, start):
         check_finite_batch(batch, step=step, site=site)
         yield batch.pin_memory() if pin else batch
-
-
-@torch.no_grad()
-def _step_metrics(out: TrainStepOutput, trainer: Any = None) -> dict[str, float]:
-    """Loss, L0 and NMSE of the step's batch (of the whole global batch in a data-parallel job)."""
-    sae_in = out.sae_in.float()
-    err = (out.sae_out.float() - sae_in).pow(2).sum()
-    acts = out.feature_acts.to_dense() if out.feature_acts.is_sparse else out.feature_acts
-    fired = (acts != 0).sum()  # counted on a boolean mask: no float copy of the activations
-    if isinstance(trainer, DataParallelSAETrainer):  # sums over every rank's slice
-        sums = torch.cat([torch.stack([err, sae_in.pow(2).sum(), fired.float()]), sae_in.sum(0)])
-        err, squares, fired, row_sum = *trainer.sum_over_ranks(sums)[:3], sums[3:]
-        rows = sae_in.shape[0] * trainer.ranks.world_size
-        var = (squares - row_sum.pow(2).sum() / rows).clamp_min(1e-12)
-    else:
-        rows = sae_in.shape[0]
-        var = (sae_in - sae_in.mean(0)).pow(2).sum().clamp_min(1e-12)
-    return {"loss": float(out.loss), "l0": float(fired) / rows, "nmse": float(err / var)}
-
-
-def _postfix(active: list[Member]) -> str:
-    parts = []
-    for m in active:
-        if m.history:
-            h = m.history[-1]
-            label = "" if len(active) == 1 else f"{m.name[:16]} "
-            parts.append(f"{label}loss={h['loss']:.4g} L0={h['l0']:.1f} nmse={h['nmse']:.3f}")
-    return " | ".join(parts)
