@@ -14,9 +14,8 @@ from hypothesis import strategies as st
 
 from vision_sae_lens.backbones import TokenLayout
 from vision_sae_lens.errors import ConfigError, StoreMismatchError
-from vision_sae_lens.store import StoreWriter, cache_activations
+from vision_sae_lens.store import StoreWriter, cache_activations, transfer
 from vision_sae_lens.store import format as fmt
-from vision_sae_lens.store import transfer
 
 LAYOUT = TokenLayout(image_size=(16, 16), patch_size=(8, 8), has_cls=True)
 SITE = "blocks.0.hook_resid_post"

@@ -103,9 +103,9 @@ def test_outside_torchrun_one_process_is_the_whole_job(tmp_path):
     )
     assert ranks.mine([3.0, 1.0, 2.0]) == [0, 1, 2]
     assert ranks.lead_only(lambda: 7) == 7 and ranks.all_gather("x") == ["x"]
-    with ranks.holding_output(tmp_path):
-        with pytest.raises(OutputLockedError):  # the job's hold is the ordinary lock of a train run
-            DirLock(tmp_path, what="train run").acquire()
+    # the job's hold is the ordinary lock of a train run
+    with ranks.holding_output(tmp_path), pytest.raises(OutputLockedError):
+        DirLock(tmp_path, what="train run").acquire()
     ranks.finish()
     ranks.close(clean=True)
 
