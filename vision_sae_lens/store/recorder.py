@@ -86,8 +86,8 @@ def cache_activations(
     ``shard_images``: images per shard (default: about 65,536 rows per shard). ``loader_threads``: threads
     that decode and preprocess images (default: half the CPU cores, at most 8; the output does not
     depend on it, so a resumed run may use another number). ``autocast``: ``bfloat16`` or ``float16`` runs
-    the backbone's forward under ``torch.autocast`` (about twice the images/s on a GPU; recorded in the
-    store's settings, so a resume cannot mix precisions). Under ``torchrun`` each
+    the backbone's forward under ``torch.autocast`` (recorded in the store's settings, so a resume cannot mix
+    precisions). Under ``torchrun`` each
     rank records its shards and rank 0 writes the manifest. Re-running the same call resumes or
     returns the finished store; other settings in the same ``out_dir`` raise StoreMismatchError.
     """

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import heapq
 import logging
+import os
 import pickle
 import socket
 import threading
@@ -57,6 +58,9 @@ def join_ranks(mode: str, n_saes: int, *, timeout_s: float = DEFAULT_TIMEOUT_S, 
         raise ConfigError(f"distributed must be one of {', '.join(DISTRIBUTED_MODES)}, got {mode!r}")
     if not timeout_s > 0:
         raise ConfigError(f"dist_timeout must be > 0 seconds, got {timeout_s}")
+    if cuda and int(os.environ.get("WORLD_SIZE", "1")) > 1 and torch.cuda.is_available():
+        # one GPU per process: "cuda" (and NCCL) then mean cuda:LOCAL_RANK
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
     ctx = join_distributed(timeout_s / 3600, backend="cpu:gloo,cuda:nccl" if cuda else "gloo")
     if not ctx.distributed:
         return Ranks(ctx, "single", timeout_s)
