@@ -1,4 +1,5 @@
-"""Probes that the package's CPU training step still mirrors the SAELens code it replaces.
+"""Probes that the package's CPU training step (and its data-parallel BatchTopK) still mirror the SAELens code
+they replace.
 
 The lean training SAEs (:mod:`~vision_sae_lens.train.lean_saes`) override SAELens methods with code that
 does the same work with fewer dense matrices. Each probe in :data:`MIRRORS` checks one of them twice: the

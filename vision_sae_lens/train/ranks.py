@@ -63,7 +63,7 @@ def join_ranks(mode: str, n_saes: int, *, timeout_s: float = DEFAULT_TIMEOUT_S, 
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
     ctx = join_distributed(timeout_s / 3600, backend="cpu:gloo,cuda:nccl" if cuda else "gloo")
     if not ctx.distributed:
-        return Ranks(ctx, "single", timeout_s)
+        return single_process()
     resolved = ("ddp" if n_saes == 1 else "sweep") if mode == "auto" else mode
     ranks = Ranks(ctx, resolved, timeout_s)
     if resolved == "sweep" and n_saes < ctx.world_size:
@@ -75,6 +75,11 @@ def join_ranks(mode: str, n_saes: int, *, timeout_s: float = DEFAULT_TIMEOUT_S, 
         )
     logger.info("training as rank %d of %d (%s)", ctx.rank, ctx.world_size, resolved)
     return ranks
+
+
+def single_process() -> Ranks:
+    """The job of a process outside ``torchrun``: one rank, which trains and writes everything."""
+    return Ranks(DistContext(), "single", DEFAULT_TIMEOUT_S)
 
 
 def assign_to_ranks(costs: Sequence[float], world_size: int) -> list[int]:

@@ -65,7 +65,7 @@ from vision_sae_lens.train.outputs import (
 )
 from vision_sae_lens.train.plots import plot_sweep
 from vision_sae_lens.train.progress import postfix, start_wandb, step_metrics
-from vision_sae_lens.train.ranks import DEFAULT_TIMEOUT_S, Ranks, join_ranks, uses_cuda
+from vision_sae_lens.train.ranks import DEFAULT_TIMEOUT_S, Ranks, join_ranks, single_process, uses_cuda
 from vision_sae_lens.train.sweep import group_configs, training_cost, unique_names
 
 logger = logging.getLogger(__name__)
@@ -156,9 +156,9 @@ class _GroupTrainer:
         concurrent_steps: int | None = None,
         ranks: Ranks | None = None,
     ) -> None:
-        self.ranks = ranks or join_ranks("auto", len(members))
+        self.ranks = ranks or single_process()
         self.data_parallel = self.ranks.data_parallel
-        progress = progress and self.ranks.lead  # one progress bar per job
+        progress = progress and self.ranks.lead  # one progress bar per job: rank 0's
         self.members, self.resume, self.overwrite, self.progress = members, resume, overwrite, progress
         lead = members[0].cfg
         self.lead = lead
@@ -219,7 +219,7 @@ class _GroupTrainer:
         for m in active:
             self._estimate_normalisation(m)
             warn_short_window(m)
-            if self.ranks.lead:
+            if self._writes:  # one W&B run per SAE, from the rank that trains (and writes) it
                 start_wandb(m)
         try:
             if active:
