@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from vision_sae_lens.data.sources import subset_indices
+from vision_sae_lens.data.subsets import subset_indices
 from vision_sae_lens.errors import (
     SAEMismatchError,
     StoreNotFoundError,
