@@ -1,8 +1,9 @@
 """Command line: ``vision-sae-lens {demo,cache,train,evaluate,analyze,publish,import-saev,backbones}``.
 
-Each pipeline stage registers its own sub-commands (``<stage>/commands.py: register(subparsers)``);
-this module only builds the parser, dispatches, and turns errors into a one-line reason and a
-non-zero exit code.
+Each pipeline stage registers its own sub-commands (``<stage>/commands.py: register(subparsers)``), each
+handled by a function named after it (``import-saev``: ``run_import_saev``, ``bench score``:
+``run_bench_score``); this module only builds the parser, dispatches, and turns errors into a one-line
+reason and a non-zero exit code.
 """
 
 from __future__ import annotations

@@ -86,6 +86,11 @@ class ActivationStoreReader(Protocol):
         ...
 
     @property
+    def metadata(self) -> dict[str, Any]:
+        """The store's ``metadata.json`` (settings, dataset, preprocessing, counts, fingerprint)."""
+        ...
+
+    @property
     def fingerprint(self) -> str:
         """Content hash of the store (what a report records to name the rows it measured)."""
         ...

@@ -22,12 +22,9 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from vision_sae_lens.hub.registry import VisionRelease, add_releases, vision_releases
+from vision_sae_lens.hub.registry import SAEV_CONVERSION, VisionRelease, add_releases, vision_releases
 
 logger = logging.getLogger(__name__)
-
-SAEV_CONVERSION = "vision_sae_lens.saev"
-"""Name of the saev converter in SAELens' named-loader tables."""
 
 _WARNED: set[str] = set()
 
