@@ -23,7 +23,13 @@ def _leaf_commands(
 def test_every_command_is_handled_by_run_and_its_name():
     modules = {f"vision_sae_lens.{module}" for module in COMMAND_MODULES}
     leaves = list(_leaf_commands(build_parser()))
-    assert {" ".join(path) for path, _ in leaves} >= {"cache", "train", "import-saev", "bench score", "verify"}
+    assert {" ".join(path) for path, _ in leaves} >= {
+        "cache",
+        "train",
+        "import-saev",
+        "bench score",
+        "verify",
+    }
     wrong = []
     for path, parser in leaves:
         handler = parser.get_default("func")

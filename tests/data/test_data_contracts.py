@@ -27,7 +27,9 @@ def _hf_dataset(n=6):
 
     features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["x", "y"])})
     images = [Image.new("RGB", (4, 4), (i, 0, 0)) for i in range(n)]
-    return datasets.Dataset.from_dict({"image": images, "label": [i % 2 for i in range(n)]}, features=features)
+    return datasets.Dataset.from_dict(
+        {"image": images, "label": [i % 2 for i in range(n)]}, features=features
+    )
 
 
 class Digits:

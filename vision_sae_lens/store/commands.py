@@ -121,7 +121,7 @@ def run_store(args: argparse.Namespace) -> int:
     return 0
 
 
-def _model_kwargs(args: argparse.Namespace) -> dict | None:
+def _model_kwargs(args: argparse.Namespace) -> dict[str, object] | None:
     kwargs = json.loads(args.model_kwargs) if args.model_kwargs else {}
     if args.weights:
         kwargs["weights"] = args.weights
