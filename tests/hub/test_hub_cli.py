@@ -58,3 +58,10 @@ def test_printed_paths_have_control_characters_escaped(tmp_path, capsys):
     assert "\x1b" not in printed and printed.count("\n") == 1, printed
     assert "out\\x1b[2J\\nforged" in printed
     assert SAE.load_from_disk(str(out / "ckpt")).cfg.d_sae == state["W_enc"].shape[1]
+
+
+def test_the_publish_plan_shows_folder_names_escaped(tmp_path, capsys):
+    run1 = make_checkpoint(tmp_path / "run\x1b[8m\rhidden")
+    assert run(["publish", str(run1), "--repo-id", "cli-org/saes", "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    assert "\x1b" not in printed and "\r" not in printed and "run\\x1b[8m\\rhidden" in printed

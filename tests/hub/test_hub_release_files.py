@@ -4,15 +4,14 @@ file, names printed with control characters escaped; the saev converter's name i
 from __future__ import annotations
 
 import ast
-import os
 from pathlib import Path
 
 import pytest
 import yaml
+from helpers import SPECIAL_FILES, plant_special_file
 
 import vision_sae_lens
 from vision_sae_lens.errors import ConfigError, HubError, UnsafePathError
-from vision_sae_lens.fsutil import MAX_JSON_BYTES
 from vision_sae_lens.hub.registry import (
     SAEV_CONVERSION,
     add_releases,
@@ -45,24 +44,11 @@ def test_a_release_file_adds_its_releases(tmp_path, added):
     assert vision_releases()["my-release"].repo_id == "someone/vision-saes"
 
 
-@pytest.mark.parametrize("special", ["fifo", "/dev/zero", "folder"])
-def test_special_files_are_refused_before_reading(tmp_path, special):
+@pytest.mark.parametrize("special", sorted(SPECIAL_FILES))
+def test_special_and_huge_files_are_refused_before_parsing(tmp_path, special):
     path = tmp_path / "releases.yaml"
-    if special == "fifo":
-        os.mkfifo(path)  # an open that waited for a writer would hang the test
-    elif special == "folder":
-        path.mkdir()
-    else:
-        path.symlink_to(special)
-    with pytest.raises(UnsafePathError, match="not a regular file"):
-        add_releases(path)
-
-
-def test_a_huge_file_is_refused_without_parsing_it(tmp_path):
-    path = tmp_path / "huge.yaml"
-    with open(path, "wb") as f:
-        f.truncate(MAX_JSON_BYTES + 1)  # sparse: no disk used
-    with pytest.raises(UnsafePathError, match="larger than"):
+    plant_special_file(path, special)
+    with pytest.raises(UnsafePathError, match=SPECIAL_FILES[special]):
         add_releases(path)
 
 

@@ -3,33 +3,18 @@ before it is read, a missing one or one that is not text gets a clear error."""
 
 from __future__ import annotations
 
-import os
-
 import pytest
+from helpers import SPECIAL_FILES, plant_special_file
 
 from vision_sae_lens.errors import ConfigError, DataFileNotFoundError, UnsafePathError
-from vision_sae_lens.fsutil import MAX_JSON_BYTES
 from vision_sae_lens.train import load_sweep
 
 
-@pytest.mark.parametrize("special", ["fifo", "/dev/zero", "folder"])
-def test_special_files_are_refused_before_reading(tmp_path, special):
+@pytest.mark.parametrize("special", sorted(SPECIAL_FILES))
+def test_special_and_huge_files_are_refused_before_reading(tmp_path, special):
     path = tmp_path / "sweep.toml"
-    if special == "fifo":
-        os.mkfifo(path)  # an open that waited for a writer would hang the test
-    elif special == "folder":
-        path.mkdir()
-    else:
-        path.symlink_to(special)
-    with pytest.raises(UnsafePathError, match="not a regular file"):
-        load_sweep(path)
-
-
-def test_a_huge_sweep_file_is_refused(tmp_path):
-    path = tmp_path / "huge.toml"
-    with open(path, "wb") as f:
-        f.truncate(MAX_JSON_BYTES + 1)  # sparse: no disk used
-    with pytest.raises(UnsafePathError, match="larger than"):
+    plant_special_file(path, special)
+    with pytest.raises(UnsafePathError, match=SPECIAL_FILES[special]):
         load_sweep(path)
 
 
