@@ -10,7 +10,7 @@ implements it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
@@ -23,20 +23,42 @@ if TYPE_CHECKING:
 
 @runtime_checkable
 class ImageSource(Protocol):
-    """What the recorder reads: ``len``, ``source[i] -> (PIL.Image, label | None)``, labels, description."""
+    """What the recorder reads: ``len``, ``source[i] -> (PIL.Image, label | None)``, labels, names,
+    description. ``data.open_images`` returns one for any input it takes."""
 
     @property
     def label_names(self) -> list[str] | None:
         """Class names, indexed by label (None when the source has no labels)."""
         ...
 
+    @property
+    def labels(self) -> Sequence[int | None] | None:
+        """The label of every image, known without decoding one (None when unknown or unlabelled)."""
+        ...
+
     def __len__(self) -> int: ...
 
     def __getitem__(self, i: int) -> tuple[Image.Image, int | None]: ...
 
+    def name_of(self, i: int) -> str:
+        """A short, portable name of image ``i`` (a relative path, ``row 12``) for messages and skip lists."""
+        ...
+
     @property
     def description(self) -> dict[str, Any]:
         """JSON-ready provenance (kind, name, split, count, ...), never an absolute path."""
+        ...
+
+
+@runtime_checkable
+class StreamedImageSource(Protocol):
+    """What an :class:`ImageSource` read in order (a stream) offers besides: random access would re-read it
+    from the start. (Only ``iter_range`` is checked by ``isinstance``, so the check reads no property.)"""
+
+    def iter_range(
+        self, start: int, stop: int
+    ) -> Iterator[tuple[int, tuple[Image.Image, int | None] | Exception]]:
+        """``(index, (image, label))`` for ``start..stop-1``; a row that cannot be read gives ``(index, error)``."""
         ...
 
 
@@ -61,6 +83,11 @@ class ActivationStoreReader(Protocol):
     @property
     def path(self) -> Any:
         """Folder of the store."""
+        ...
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """The store's ``metadata.json`` (settings, dataset, preprocessing, counts, fingerprint)."""
         ...
 
     @property

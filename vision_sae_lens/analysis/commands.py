@@ -61,10 +61,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--weights",
         help="local weights file of --model (needed to rebuild a store's non-pretrained backbone)",
     )
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run_analyze)
 
 
-def run(args: argparse.Namespace) -> int:
+def run_analyze(args: argparse.Namespace) -> int:
     """Load the SAE and store, build the browser, print where it is and the SAE summary."""
     from vision_sae_lens.analysis.browser import build_browser
     from vision_sae_lens.fsutil import check_output_folder

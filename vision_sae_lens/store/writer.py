@@ -14,16 +14,23 @@ import os
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
 from vision_sae_lens import fsutil
+from vision_sae_lens.data.files import ImageFolder, PathList, image_files
+from vision_sae_lens.data.subsets import Subset
 from vision_sae_lens.errors import ConfigError, NonFiniteError, StoreError, StoreMismatchError
 from vision_sae_lens.layout import Layout, check_token_selection
 from vision_sae_lens.store import checks
 from vision_sae_lens.store import format as fmt
+
+if TYPE_CHECKING:
+    from vision_sae_lens.contracts import ImageSource
+    from vision_sae_lens.store.reader import ActivationStore
 
 
 class ShardBuilder:
@@ -179,7 +186,7 @@ def check_or_claim_directory(
 SOURCE_STATE_KEY = "source_state"
 
 
-def source_state(source: Any) -> str | None:
+def source_state(source: ImageSource) -> str | None:
     """Hash of (name, size, mtime) of every image file that decides the rows (None: not file-based)."""
     files = source_files(source)
     if files is None:
@@ -194,15 +201,13 @@ def source_state(source: Any) -> str | None:
     return digest.hexdigest()
 
 
-def source_files(source: Any) -> list[tuple[str, Path]] | None:
-    inner = getattr(source, "source", None)
-    if inner is not None and hasattr(source, "indices"):  # a Subset (--limit)
-        files = source_files(inner)
+def source_files(source: ImageSource) -> list[tuple[str, Path]] | None:
+    """``(name, path)`` of the image files behind ``source``, in source order (None: not file-based)."""
+    if isinstance(source, Subset):  # --limit
+        files = source_files(source.source)
         return None if files is None else [files[i] for i in source.indices]
-    if hasattr(source, "root") and hasattr(source, "files"):  # an image folder
-        return [(f, Path(source.root) / f) for f in source.files]
-    if hasattr(source, "paths"):  # a list of paths
-        return [(str(i), Path(p)) for i, p in enumerate(source.paths)]
+    if isinstance(source, (ImageFolder, PathList)):
+        return image_files(source)
     return None
 
 
@@ -224,7 +229,7 @@ def _ours_transient(name: str) -> bool:
     return name == fsutil.LOCK_FILE or fsutil.is_own_temp(name)
 
 
-def _short(value: Any) -> str:
+def _short(value: object) -> str:
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
 
@@ -294,7 +299,12 @@ class StoreWriter:
         self._last: tuple[int, int] = (-1, -1)
         self._max_image = -1
 
-    def append(self, site_arrays: Mapping[str, Any], image_idx: Any, token_idx: Any) -> None:
+    def append(
+        self,
+        site_arrays: Mapping[str, npt.ArrayLike | torch.Tensor],
+        image_idx: npt.ArrayLike,
+        token_idx: npt.ArrayLike,
+    ) -> None:
         """Add rows: ``site_arrays[site]`` (n, d) floats for every site, ``image_idx``/``token_idx`` (n,)."""
         if set(site_arrays) != set(self.site_dims):
             raise ConfigError(
@@ -348,7 +358,13 @@ class StoreWriter:
                 self._records.append(self._builder.commit())
                 self._builder = None
 
-    def finish(self, *, n_images: int | None = None, labels: Sequence[int] | None = None, skipped=()):
+    def finish(
+        self,
+        *,
+        n_images: int | None = None,
+        labels: Sequence[int] | None = None,
+        skipped: Sequence[dict[str, Any]] = (),
+    ) -> ActivationStore:
         """Write the last shard, the manifest and the metadata; returns the opened ActivationStore.
 
         ``n_images`` defaults to the largest image index + 1; ``labels`` holds one int per image

@@ -132,7 +132,7 @@ def visaebench_inputs(
 
 def _draw(images: np.ndarray, labels: np.ndarray | None, max_images: int | None, seed: int) -> np.ndarray:
     """Positions in ``images`` of a seeded random draw (label-stratified), all of them without a limit."""
-    from vision_sae_lens.data.sources import subset_indices
+    from vision_sae_lens.data.subsets import subset_indices
 
     if max_images is not None and max_images < 1:
         raise ConfigError(f"max_images must be at least 1 (or None for every image), got {max_images}")

@@ -295,7 +295,7 @@ def _of_tokens(store: ActivationStoreReader, rows_n: np.ndarray, keep_t: torch.T
 
 def _sampled_rows(store: ActivationStoreReader, max_rows: int, seed: int) -> np.ndarray:
     """Every row of the store, or the rows of a seeded random draw of images holding at most ``max_rows``."""
-    from vision_sae_lens.data.sources import subset_indices
+    from vision_sae_lens.data.subsets import subset_indices
 
     n_rows = int(store.n_rows)
     if n_rows <= max_rows:

@@ -20,8 +20,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from vision_sae_lens.data.sources import subset_indices
+from vision_sae_lens.data.subsets import subset_indices
 from vision_sae_lens.errors import (
+    NonFiniteError,
     SAEMismatchError,
     StoreNotFoundError,
     TrainingError,
@@ -285,7 +286,7 @@ def check_finite_batch(batch: torch.Tensor, *, step: int, site: str) -> None:
     """Stop with a clear message on NaN/inf activations (a corrupt or badly recorded store)."""
     if not torch.isfinite(batch).all():
         bad = int((~torch.isfinite(batch)).any(dim=-1).sum())
-        raise TrainingError(
+        raise NonFiniteError(
             f"activation batch {step} of {site} holds NaN/inf in {bad} of {batch.shape[0]} rows; the store is "
             "corrupt or was recorded from a diverging model. Run ActivationStore.verify() and re-record."
         )
