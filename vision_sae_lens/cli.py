@@ -1,4 +1,4 @@
-"""Command line: ``vision-sae-lens {demo,cache,train,evaluate,analyze,publish,import-saev,backbones}``.
+"""Command line: ``vision-sae-lens {demo,cache,train,evaluate,analyze,explain,publish,import-saev,backbones}``.
 
 Each pipeline stage registers its own sub-commands (``<stage>/commands.py: register(subparsers)``);
 this module only builds the parser, dispatches, and turns errors into a one-line reason and a
@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "train.verify",
     "hub.commands",
     "analysis.commands",
+    "analysis.naming_commands",
     "benchmark.commands",
     "demo.commands",
 )

@@ -109,11 +109,12 @@ def _text_side(
     backbone: Any, *, pretrained: bool, weights: str | Path | None, device: Any
 ) -> _TextSide | None:
     from vision_sae_lens.backbones.hooked import HookedSAEViT
+    from vision_sae_lens.backbones.registry import open_clip_alias
 
     if isinstance(backbone, str):
-        return _from_id(backbone, pretrained=pretrained, weights=weights, device=device)
+        return _from_id(open_clip_alias(backbone), pretrained=pretrained, weights=weights, device=device)
     if isinstance(backbone, HookedSAEViT):
-        module, backbone_id = backbone.backbone, backbone.backbone_id
+        module, backbone_id = backbone.backbone, open_clip_alias(backbone.backbone_id)
         recorded = backbone.spec.weights
     elif isinstance(backbone, nn.Module):
         module, backbone_id, recorded = backbone, "", None

@@ -14,6 +14,8 @@ from typing import Any
 
 from jinja2 import Environment
 
+from vision_sae_lens.benchmark.naming import naming_headline, naming_table
+
 COLUMNS = (
     ("SAE", lambda r: r["name"]),
     ("arch", lambda r: r["sae"]["architecture"]),
@@ -34,6 +36,7 @@ COLUMNS = (
     ("probe k=1 SAE", lambda r: _probe(r, "sae", 0)),
     ("probe k=1 raw", lambda r: _probe(r, "raw", 0)),
     ("loss rec.", lambda r: r.get("downstream", {}).get("sae", {}).get("loss_recovered")),
+    ("naming acc.", lambda r: naming_headline(r)),
 )
 
 _HTML = """<!doctype html><html><head><meta charset="utf-8"><title>{{ title }}</title>
@@ -54,6 +57,9 @@ def write_report(report: dict[str, Any], out_dir: str | Path, *, browser: str | 
     (out / "report.json").write_text(json.dumps(report, indent=1, default=_json_default))
     tables = [("Summary", [c for c, _ in COLUMNS], [[_fmt(fn(report)) for _, fn in COLUMNS]])]
     tables.append(_factor_table(report, browser))
+    naming = naming_table(report)
+    if naming is not None:
+        tables.append(naming)
     probing = report.get("probing", {})
     if probing.get("available"):
         header = ["features", *(f"k={k}" for k in probing["ks"])]
