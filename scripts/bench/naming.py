@@ -35,7 +35,9 @@ from vision_sae_lens.analysis.naming_scores import (
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--latents", type=int, default=4096)
     parser.add_argument("--concepts", type=int, nargs="+", default=[1000, 20000])
     parser.add_argument("--embed", type=int, default=512, help="embedding width (CLIP ViT-B/16: 512)")
@@ -48,7 +50,9 @@ def main() -> None:
         f"{args.latents} latents, {args.naming_images} naming + {args.heldout_images} held-out images, "
         f"embedding {args.embed}, top-{args.top_k}, budget {DEFAULT_BUDGET_BYTES / 2**20:.0f} MiB, {args.threads} threads"
     )
-    print("| concepts | step | seconds | peak extra memory (MiB) | dense latents x concepts (MiB) | chunks (concepts, latents) |")
+    print(
+        "| concepts | step | seconds | peak extra memory (MiB) | dense latents x concepts (MiB) | chunks (concepts, latents) |"
+    )
     print("|---|---|---|---|---|---|")
     ctx = multiprocessing.get_context("spawn")
     for c in args.concepts:
@@ -56,7 +60,9 @@ def main() -> None:
             with ctx.Pool(1) as pool:
                 seconds, peak = pool.apply(_measure, (args, c, step))
             dense = 4 * args.latents * c / 2**20
-            chunks = chunk_sizes(n_images=args.naming_images, d_sae=args.latents, n_concepts=c, top_k=args.top_k)
+            chunks = chunk_sizes(
+                n_images=args.naming_images, d_sae=args.latents, n_concepts=c, top_k=args.top_k
+            )
             print(f"| {c:,} | {step} | {seconds:.1f} | {peak / 2**20:.0f} | {dense:.0f} | {chunks} |")
 
 

@@ -87,8 +87,8 @@ def test_shapes_clip_names_the_oracle_latents(oracle_store, world):
     assert float(names.auroc_s[reliable].min()) > 0.95
     assert float(names.auroc_s[right].median()) > float(names.auroc_s[~right].median()) + 0.1
     assert names.method == {
-        "kind": "image_text", "namer": "demo:shapes-clip", "similarity": "contrast", "by": "max", "top_k": 50,
-        "templates": ["{}"],
+        "kind": "image_text", "namer": "demo:shapes-clip", "similarity": "contrast", "rerank": 3, "by": "max",
+        "top_k": 50, "templates": ["{}"],
     }  # fmt: skip
     assert names.context["concepts"]["source"] == "builtin:shapes"
 
@@ -107,7 +107,7 @@ def test_random_tiny_open_clip_namer_matches_brute_force(
     concepts = ["red", "blue", "disc", "square", "stripes", "left", "top", "a cat"]
     names = name_latents(
         oracle_sae(), oracle_store, namer=namer, concepts=concepts, images=world, max_images=None, top_k=8,
-        runner_ups=2, progress=False,
+        runner_ups=2, rerank=1, progress=False,
     )  # fmt: skip
     # Brute force: the namer's own embeddings, each latent's first 8 naming images carrying its factor
     # (indicator activations tie at 1; ties go to the lower image), the weighted mean z-score.
@@ -157,10 +157,14 @@ def test_a_probe_subset_reads_only_its_images_and_gives_the_same_top_images(orac
     for j in range(N_FACTORS):
         want = [p for p, i in enumerate(split.naming) if image_max[i, j] > 0][:5]
         assert [p for p in pos[j].tolist() if p >= 0] == want
-    fires = collector.heldout_fires(slice(0, N_FACTORS))
+    fires = collector.heldout_fires.get(slice(0, N_FACTORS))
     assert torch.equal(fires, torch.from_numpy(image_max[split.heldout] > 0))
     # Memory: one bit per held-out image and latent, top-k buffers, nothing per (image, latent) beyond that.
-    assert collector.held_bits.shape == ((len(split.heldout) + 7) // 8, N_FACTORS)
+    assert collector.heldout_fires.bits.shape == ((len(split.heldout) + 7) // 8, N_FACTORS)
+    assert collector.naming_fires.bits.shape == ((len(split.naming) + 7) // 8, N_FACTORS)
+    assert torch.equal(
+        collector.naming_fires.get(slice(2, 9)), torch.from_numpy(image_max[split.naming, 2:9] > 0)
+    )
 
 
 def test_names_json_round_trip_and_refuses_what_is_not_ours(oracle_store, image_labels, tmp_path):

@@ -12,7 +12,13 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
-from vision_sae_lens.analysis.naming_scores import SoftWPMI, auroc_columns, chunk_sizes, rank_concepts
+from vision_sae_lens.analysis.naming_scores import (
+    SoftWPMI,
+    auroc_columns,
+    chunk_sizes,
+    rank_concepts,
+    rerank_by_detection,
+)
 from vision_sae_lens.analysis.stats import best_f1_labels
 from vision_sae_lens.errors import ConfigError
 
@@ -145,3 +151,32 @@ def test_best_f1_labels_brute_force():
         assert best["label_sr"][j].tolist() == order.tolist()
         np.testing.assert_allclose(best["f1_sr"][j].numpy(), np.asarray(f1)[order], atol=1e-6)
     assert (best["label_sr"][0] == -1).all() and torch.isnan(best["f1_sr"][0]).all()
+
+
+@pytest.mark.parametrize("budget", [1, 10**9])
+def test_rerank_orders_the_shortlist_by_detection_auroc(budget):
+    image, text, acts = _world(seed=3)
+    fires = torch.from_numpy(np.random.default_rng(3).random(acts.shape) < 0.3)
+    fires[:, 4] = False  # a latent silent on these images: AUROC undefined, order kept
+    idx, val = _top(acts, 6)
+    scores, concepts = rank_concepts(idx, val, image, text, n_best=5)
+    concepts[7] = -1  # a latent without names stays without names
+    new_scores, new_concepts, auroc = rerank_by_detection(
+        scores, concepts, image, text, lambda sl: fires[:, sl], shortlist=3, budget_bytes=budget
+    )
+    sim = (image @ text.T).numpy()
+    for j in range(acts.shape[1]):
+        if j == 7:
+            assert (new_concepts[j] == -1).all()
+            continue
+        cands = concepts[j, :3].tolist()
+        if j == 4:
+            want = cands
+        else:
+            au = [roc_auc_score(fires[:, j].numpy(), sim[:, c]) for c in cands]
+            want = [cands[i] for i in sorted(range(3), key=lambda i: -au[i])]
+            np.testing.assert_allclose(auroc[j].numpy(), sorted(au, reverse=True), atol=1e-6)
+        assert new_concepts[j, :3].tolist() == want
+        assert new_concepts[j, 3:].tolist() == concepts[j, 3:].tolist()
+        for c, v in zip(new_concepts[j].tolist(), new_scores[j].tolist(), strict=True):
+            assert v == scores[j, concepts[j].tolist().index(c)]  # each name keeps its own score

@@ -61,8 +61,12 @@ class Concepts:
         return len(self.names)
 
 
-def load_concepts(spec: str | Path | Sequence[str], *, label_names: Sequence[str] | None = None) -> Concepts:
+def load_concepts(
+    spec: str | Path | Sequence[str] | Concepts, *, label_names: Sequence[str] | None = None
+) -> Concepts:
     """A :class:`Concepts` from a file path, ``"labels"``, a ``builtin:`` name or a list (module docstring)."""
+    if isinstance(spec, Concepts):
+        return spec
     if isinstance(spec, (list, tuple)):
         return Concepts(check_concepts([str(s) for s in spec], what="the concept list"), "list")
     text = str(spec)

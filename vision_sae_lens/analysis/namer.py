@@ -48,7 +48,7 @@ class ImageTextNamer:
         from vision_sae_lens.backbones import HookedSAEViT
 
         if isinstance(model, str):
-            extra = {} if weights is None else {"weights": str(weights)}
+            extra: dict[str, Any] = {} if weights is None else {"weights": str(weights)}
             model = HookedSAEViT.from_pretrained(model, device=device, **extra)
         elif not isinstance(model, HookedSAEViT):
             model = HookedSAEViT.from_module(model)

@@ -23,6 +23,7 @@ import json
 import logging
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,10 +40,12 @@ from vision_sae_lens.analysis.naming_probe import (
     split_probe,
 )
 from vision_sae_lens.analysis.naming_scores import (
+    AUROC_BYTES,
     DEFAULT_BUDGET_BYTES,
     SIMILARITIES,
     auroc_columns,
     rank_concepts,
+    rerank_by_detection,
 )
 from vision_sae_lens.analysis.scan import scan
 from vision_sae_lens.analysis.stats import best_f1_labels
@@ -145,6 +148,7 @@ def name_latents(
     labels: np.ndarray | None = None,
     label_names: list[str] | None = None,
     similarity: str = SIMILARITIES[0],
+    rerank: int = 3,
     by: str = "max",
     top_k: int = 50,
     runner_ups: int = 5,
@@ -161,7 +165,9 @@ def name_latents(
 
     ``namer``: an image-text model id or object (or an :class:`ImageTextNamer`); None names by labels.
     ``concepts``: a file, ``"labels"``, ``"builtin:general"`` / ``"builtin:shapes"`` or a list (see
-    :func:`~vision_sae_lens.analysis.concepts.load_concepts`). ``images``: the store's images (default:
+    :func:`~vision_sae_lens.analysis.concepts.load_concepts`). ``rerank``: the best this many names by
+    ``similarity`` are re-ordered by how well each detects where the latent fires on the naming images
+    (1: the similarity alone decides). ``images``: the store's images (default:
     re-opened from its description, as the browser does). ``labels``: ``(n_images,)`` ints (-1 unlabelled)
     or ``(n_images, L)`` bool with ``label_names`` (default: the store's). ``by``: rank a latent's images by
     its ``max`` or ``mean`` activation over their tokens; ``top_k`` images name it; ``runner_ups`` more
@@ -170,8 +176,10 @@ def name_latents(
     """
     if by not in ("max", "mean"):
         raise ConfigError(f"by must be 'max' or 'mean', got {by!r}")
-    if top_k < 1 or runner_ups < 0:
-        raise ConfigError(f"top_k must be >= 1 and runner_ups >= 0, got {top_k} and {runner_ups}")
+    if top_k < 1 or runner_ups < 0 or rerank < 1:
+        raise ConfigError(
+            f"top_k and rerank must be >= 1 and runner_ups >= 0, got {top_k}, {rerank} and {runner_ups}"
+        )
     check_sae_matches_store(sae, store)
     n_images = int(store.n_images)
     if labels is None and store.labels is not None:
@@ -201,22 +209,32 @@ def name_latents(
     )
     scan(sae, view, [collector], batch_size=batch_size, progress=progress)
     heldout_fires = torch.cat(
-        [collector.heldout_fires(slice(a, a + 4096)).sum(0) for a in range(0, int(sae.cfg.d_sae), 4096)]
+        [collector.heldout_fires.get(slice(a, a + 4096)).sum(0) for a in range(0, int(sae.cfg.d_sae), 4096)]
     )
-    common = dict(
+    common: dict[str, Any] = dict(
         naming_fires_s=collector.naming_fires_s, heldout_fires_s=heldout_fires,
         split=split.describe(n_images), context=_context(sae, store, vocab),
     )  # fmt: skip
     if text_namer is not None and vocab is not None:
         concept_sr, score_sr, auroc_s = _name_with_text(
-            text_namer, source, vocab, collector, split, similarity=similarity, n_best=runner_ups + 1,
-            image_batch_size=image_batch_size, budget_bytes=budget_bytes, progress=progress,
+            text_namer, source, vocab, collector, split, similarity=similarity, n_best=max(runner_ups + 1, rerank),
+            rerank=rerank, image_batch_size=image_batch_size, budget_bytes=budget_bytes, progress=progress,
         )  # fmt: skip
-        method = {"kind": "image_text", "namer": text_namer.id, "similarity": similarity, "by": by,
-                  "top_k": top_k, "templates": list(text_namer.templates)}  # fmt: skip
+        concept_sr, score_sr = concept_sr[:, : runner_ups + 1], score_sr[:, : runner_ups + 1]
+        method = {"kind": "image_text", "namer": text_namer.id, "similarity": similarity, "rerank": rerank,
+                  "by": by, "top_k": top_k, "templates": list(text_namer.templates)}  # fmt: skip
         return LatentNames(vocab.names, concept_sr, score_sr, auroc_s, method=method, **common)
     assert table is not None  # checked above
-    return _name_with_labels(collector, split, table, n_best=runner_ups + 1, by=by, top_k=top_k, **common)
+    return _name_with_labels(
+        collector,
+        split,
+        table,
+        n_best=runner_ups + 1,
+        by=by,
+        top_k=top_k,
+        budget_bytes=budget_bytes,
+        **common,
+    )
 
 
 def check_sae_matches_store(sae: SAE, store: ActivationStoreReader) -> None:
@@ -285,7 +303,7 @@ def read_names(path: str | Path) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------ helpers
 def _name_with_text(
     namer: ImageTextNamer, source: Any, vocab: Concepts, collector: ProbeCollector, probe: ProbeSplit, *,
-    similarity: str, n_best: int, image_batch_size: int, budget_bytes: int, progress: bool,
+    similarity: str, n_best: int, rerank: int, image_batch_size: int, budget_bytes: int, progress: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
     text_ce = namer.text_embeddings(vocab.names)
     naming_ne = namer.image_embeddings(source, probe.naming, batch_size=image_batch_size, progress=progress)
@@ -295,31 +313,40 @@ def _name_with_text(
         top_image, top_value, naming_ne, text_ce, similarity=similarity, n_best=n_best,
         budget_bytes=budget_bytes, progress=progress,
     )  # fmt: skip
+    if rerank > 1:
+        score_sr, concept_sr, _ = rerank_by_detection(
+            score_sr, concept_sr, naming_ne, text_ce, collector.naming_fires.get, shortlist=rerank,
+            budget_bytes=budget_bytes,
+        )  # fmt: skip
     best_s = concept_sr[:, 0]
-    auroc = torch.full((best_s.shape[0],), math.nan)
-    step = max(1, budget_bytes // (4 * max(len(probe.heldout), 1)))
-    for a in range(0, best_s.shape[0], step):
-        b = min(a + step, best_s.shape[0])
-        sim_hs = held_he @ text_ce[best_s[a:b].clamp(min=0)].T
-        auroc[a:b] = auroc_columns(sim_hs, collector.heldout_fires(slice(a, b)))
+    auroc = _detection_auroc(
+        lambda a, b: held_he @ text_ce[best_s[a:b].clamp(min=0)].T, collector, budget_bytes
+    )
     auroc[best_s < 0] = math.nan
     return concept_sr, score_sr, auroc
 
 
+def _detection_auroc(
+    scores: Callable[[int, int], torch.Tensor], collector: ProbeCollector, budget_bytes: int
+) -> torch.Tensor:
+    """``(d_sae,)`` AUROC of ``scores(a, b)`` (held-out images x latents a..b-1) for where each latent fires."""
+    d_sae = collector.d_sae
+    step = max(1, budget_bytes // (AUROC_BYTES * max(collector.heldout_fires.n_images, 1)))
+    return torch.cat(
+        [auroc_columns(scores(a, min(a + step, d_sae)), collector.heldout_fires.get(slice(a, a + step)))
+         for a in range(0, d_sae, step)]
+    )  # fmt: skip
+
+
 def _name_with_labels(
     collector: ProbeCollector, probe: ProbeSplit, table: LabelTable, *, n_best: int, by: str, top_k: int,
-    **common: Any,
+    budget_bytes: int, **common: Any,
 ) -> LatentNames:  # fmt: skip
     per_label = torch.from_numpy(table.rows(probe.naming).sum(0).astype(np.int64))
     best = best_f1_labels(collector.label_counts_sl, collector.naming_fires_s, per_label, n_best=n_best)
     label_s = best["label_sr"][:, 0]
     held_labels = torch.from_numpy(table.rows(probe.heldout).astype(np.float32))
-    auroc = torch.full((label_s.shape[0],), math.nan)
-    for a in range(0, label_s.shape[0], 4096):
-        b = min(a + 4096, label_s.shape[0])
-        auroc[a:b] = auroc_columns(
-            held_labels[:, label_s[a:b].clamp(min=0)], collector.heldout_fires(slice(a, b))
-        )
+    auroc = _detection_auroc(lambda a, b: held_labels[:, label_s[a:b].clamp(min=0)], collector, budget_bytes)
     auroc[label_s < 0] = math.nan
     method = {"kind": "labels", "namer": None, "similarity": "best F1 of the label", "by": by, "top_k": top_k}
     return LatentNames(

@@ -5,15 +5,15 @@ stratified by label when the store has labels), split again (seeded, stratified)
 whose top activations choose each latent's name, and *held-out* images, on which the chosen name's
 detection AUROC is measured. Only the probe images' rows are read (:class:`StoreImages`), and
 :class:`ProbeCollector` keeps, per latent, its top ``k`` naming images, on which held-out images it
-fires (one bit per image and latent) and, with labels, how often it fires per label: memory
-``d_sae x (k + held-out images / 8 + labels)``, never ``images x d_sae``.
+fires and on which naming images (one bit per image and latent) and, with labels, how often it fires per
+label: memory ``d_sae x (k + probe images / 8 + labels)``, never ``images x d_sae`` floats.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -167,9 +167,27 @@ class LabelTable:
         return out
 
 
+class FireBits:
+    """Whether each latent fires on each of ``n`` images: one bit per (image, latent)."""
+
+    def __init__(self, n_images: int, d_sae: int) -> None:
+        self.n_images = n_images
+        self.bits = torch.zeros((n_images + 7) // 8, d_sae, dtype=torch.uint8)
+
+    def set(self, position: int, fires_s: torch.Tensor) -> None:
+        """Record image ``position``'s ``(d_sae,)`` bool firing."""
+        self.bits[position // 8] |= fires_s.to(torch.uint8) << (position % 8)
+
+    def get(self, latents: slice) -> torch.Tensor:
+        """``(n_images, latents)`` bool."""
+        bits = self.bits[:, latents]
+        unpacked = (bits.unsqueeze(1) >> torch.arange(8, dtype=torch.uint8).view(1, 8, 1)) & 1
+        return unpacked.reshape(-1, bits.shape[1])[: self.n_images].bool()
+
+
 class ProbeCollector:
-    """Scan consumer: top-``k`` naming images per latent, held-out firing bits, per-label firing counts
-    (with ``labels``)."""
+    """Scan consumer: top-``k`` naming images per latent, firing bits on the naming and held-out images,
+    per-label firing counts (with ``labels``)."""
 
     def __init__(
         self, d_sae: int, split: ProbeSplit, *, k: int, by: str = "max", labels: LabelTable | None = None
@@ -178,7 +196,8 @@ class ProbeCollector:
         self.topk = TopKAccumulator(d_sae, k, by=by)
         self.naming_pos = {int(i): p for p, i in enumerate(split.naming)}
         self.held_pos = {int(i): p for p, i in enumerate(split.heldout)}
-        self.held_bits = torch.zeros((len(split.heldout) + 7) // 8, d_sae, dtype=torch.uint8)
+        self.naming_fires = FireBits(len(split.naming), d_sae)
+        self.heldout_fires = FireBits(len(split.heldout), d_sae)
         self.labels = labels
         n_labels = 0 if labels is None else labels.n_labels
         self.label_counts_sl = torch.zeros(d_sae, n_labels, dtype=torch.int32)
@@ -192,7 +211,7 @@ class ProbeCollector:
         naming_m = torch.tensor([i in self.naming_pos for i in image_m], dtype=torch.bool)
         fires_ms = red.max_ms > 0
         if bool(naming_m.any()):
-            self.topk.images(_Only(red, naming_m))
+            self.topk.images(cast(ImageReduction, _Only(red, naming_m)))  # reads only what _Only offers
             fires_naming = fires_ms[naming_m]
             self.naming_fires_s += fires_naming.sum(0)
             if self.labels is not None:
@@ -200,16 +219,10 @@ class ProbeCollector:
                 labels_ml = torch.from_numpy(self.labels.rows(rows).astype(np.float32))
                 self.label_counts_sl += (fires_naming.T.float() @ labels_ml).round().int()
         for m, image in enumerate(image_m):
-            pos = self.held_pos.get(image)
-            if pos is not None:
-                self.held_bits[pos // 8] |= fires_ms[m].to(torch.uint8) << (pos % 8)
-
-    def heldout_fires(self, latents: slice) -> torch.Tensor:
-        """``(held-out images, latents)`` bool: whether each latent fires on each held-out image."""
-        bits = self.held_bits[:, latents]
-        shifts = torch.arange(8, dtype=torch.uint8).view(1, 8, 1)
-        unpacked = (bits.unsqueeze(1) >> shifts) & 1
-        return unpacked.reshape(-1, bits.shape[1])[: len(self.split.heldout)].bool()
+            if image in self.naming_pos:
+                self.naming_fires.set(self.naming_pos[image], fires_ms[m])
+            elif image in self.held_pos:
+                self.heldout_fires.set(self.held_pos[image], fires_ms[m])
 
     def top_naming_images(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(positions into split.naming, activations)``, both ``(d_sae, k)``; empty slots -1 / <= 0."""

@@ -23,6 +23,7 @@ each latent are kept (:func:`chunk_sizes` says how big the chunks are).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -94,46 +95,88 @@ def rank_concepts(
     valid_sk = (top_value_sk > 0) & (top_image_sk >= 0)
     alive_s = valid_sk.any(1)
     index_sk = top_image_sk.clamp(min=0)
-    weight_sk = torch.where(valid_sk, top_value_sk.float(), 0.0)
     cfg = soft_wpmi or SoftWPMI()
     concept_chunk, latent_chunk = chunk_sizes(
         n_images=n, d_sae=s, n_concepts=c, top_k=k, budget_bytes=budget_bytes
     )
     stats = _concept_statistics(image_emb_ne, text_emb_ce, concept_chunk, a=cfg.a)
-    best_score = torch.full((s, r), -math.inf)
-    best_concept = torch.full((s, r), -1, dtype=torch.long)
-    if similarity == "soft_wpmi":
+    if similarity == "contrast":
+        # Linear in the image embeddings: sum_k w_k z(i_k, c) = (mean_emb . t_c - mean_c) / std_c with
+        # mean_emb the weighted mean of the top images' embeddings, so no (latent, image, concept) gather.
+        weight_sk = torch.where(valid_sk, top_value_sk.float(), 0.0)
+        weight_sk = weight_sk / weight_sk.sum(1, keepdim=True).clamp(min=1e-30)
+        mean_emb_se = torch.empty(s, image_emb_ne.shape[1])
+        step = max(1, budget_bytes // (4 * k * image_emb_ne.shape[1]))
+        for a in range(0, s, step):
+            rows = image_emb_ne[index_sk[a : a + step]]  # (latents, k, e)
+            mean_emb_se[a : a + step] = torch.einsum("lk,lke->le", weight_sk[a : a + step], rows)
+    else:
         # p_k by rank, zero on empty slots; the sum over a latent's images is rescaled to k terms.
         p_sk = (cfg.p_start - torch.arange(k) / k * (cfg.p_start - cfg.p_end)).expand(s, k) * valid_sk
         scale_s = k / valid_sk.sum(1).clamp(min=1)
+    best_score = torch.full((s, r), -math.inf)
+    best_concept = torch.full((s, r), -1, dtype=torch.long)
     starts = range(0, c, concept_chunk)
     for lo in tqdm(starts, desc="naming", unit="chunk", disable=not progress, leave=False):
         hi = min(lo + concept_chunk, c)
-        sim_nc = image_emb_ne @ text_emb_ce[lo:hi].T
-        scores_sc = torch.empty(s, hi - lo)
-        if similarity == "soft_wpmi":
-            prob_nc = torch.exp(cfg.a * sim_nc - stats["lse_n"][:, None])
+        if similarity == "contrast":
+            scores_sc = (
+                (mean_emb_se @ text_emb_ce[lo:hi].T).sub_(stats["mean_c"][lo:hi]).div_(stats["std_c"][lo:hi])
+            )
+        else:
+            prob_nc = (image_emb_ne @ text_emb_ce[lo:hi].T).mul_(cfg.a).sub_(stats["lse_n"][:, None]).exp_()
+            scores_sc = torch.empty(s, hi - lo)
             for a in range(0, s, latent_chunk):
                 b = min(a + latent_chunk, s)
-                rows = prob_nc[index_sk[a:b]]  # (latents, k, concepts)
-                terms = torch.log1p(p_sk[a:b, :, None] * (rows - 1) + cfg.min_prob)
-                scores_sc[a:b] = terms.sum(1) * scale_s[a:b, None]
+                terms = prob_nc[index_sk[a:b]]  # (latents, k, concepts), then in place
+                terms.sub_(1).mul_(p_sk[a:b, :, None]).add_(cfg.min_prob).log1p_()
+                scores_sc[a:b] = terms.sum(1).mul_(scale_s[a:b, None])
+            del prob_nc
             prior_c = torch.logsumexp(scores_sc[alive_s], dim=0) - math.log(max(int(alive_s.sum()), 1))
             scores_sc -= cfg.lam * prior_c
-        else:
-            z_nc = (sim_nc - stats["mean_c"][lo:hi]) / stats["std_c"][lo:hi]
-            norm_s = weight_sk.sum(1).clamp(min=1e-30)
-            for a in range(0, s, latent_chunk):
-                b = min(a + latent_chunk, s)
-                rows = z_nc[index_sk[a:b]]
-                scores_sc[a:b] = torch.einsum("lk,lkc->lc", weight_sk[a:b], rows) / norm_s[a:b, None]
-        merged = torch.cat([best_score, scores_sc], dim=1)
-        ids = torch.cat([best_concept, torch.arange(lo, hi).expand(s, -1)], dim=1)
+        chunk_top = scores_sc.topk(min(r, hi - lo), dim=1)
+        merged = torch.cat([best_score, chunk_top.values], dim=1)
+        ids = torch.cat([best_concept, chunk_top.indices + lo], dim=1)
         top = merged.topk(r, dim=1)
         best_score, best_concept = top.values, ids.gather(1, top.indices)
     best_score[~alive_s] = math.nan
     best_concept[~alive_s] = -1
     return best_score, best_concept
+
+
+@torch.no_grad()
+def rerank_by_detection(
+    scores_sr: torch.Tensor,
+    concepts_sr: torch.Tensor,
+    image_emb_ne: torch.Tensor,
+    text_emb_ce: torch.Tensor,
+    fires: Callable[[slice], torch.Tensor],
+    *,
+    shortlist: int,
+    budget_bytes: int = DEFAULT_BUDGET_BYTES,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Re-order each latent's first ``shortlist`` names by how well their similarity detects where it fires.
+
+    ``fires(latents)`` gives ``(images, latents)`` bool for the images of ``image_emb_ne``. The AUROC of
+    ``cos(image, name)`` for "the latent fires on the image" orders the shortlist (ties and NaN keep the
+    similarity's order); the names after it keep their place. Returns the reordered scores and concepts
+    and ``auroc_sq``, the shortlist's AUROCs in the new order.
+    """
+    s = concepts_sr.shape[0]
+    q = min(shortlist, concepts_sr.shape[1])
+    n = image_emb_ne.shape[0]
+    auroc_sq = torch.full((s, q), math.nan)
+    step = max(1, budget_bytes // (AUROC_BYTES * n * q))
+    for a in range(0, s, step):
+        b = min(a + step, s)
+        cand = concepts_sr[a:b, :q]
+        sim = image_emb_ne @ text_emb_ce[cand.clamp(min=0).reshape(-1)].T  # (n, latents * q)
+        auroc_sq[a:b] = auroc_columns(sim, fires(slice(a, b)).repeat_interleave(q, dim=1)).view(b - a, q)
+    auroc_sq[concepts_sr[:, :q] < 0] = math.nan
+    order = torch.nan_to_num(auroc_sq, nan=-1.0).sort(dim=1, descending=True, stable=True).indices
+    scores, concepts = scores_sr.clone(), concepts_sr.clone()
+    scores[:, :q], concepts[:, :q] = scores_sr[:, :q].gather(1, order), concepts_sr[:, :q].gather(1, order)
+    return scores, concepts, auroc_sq.gather(1, order)
 
 
 def _concept_statistics(
@@ -150,6 +193,10 @@ def _concept_statistics(
         mean_c[lo : lo + chunk] = sim_nc.mean(0)
         std_c[lo : lo + chunk] = sim_nc.std(0, correction=0).clamp(min=1e-6)
     return {"lse_n": lse_n, "mean_c": mean_c, "std_c": std_c}
+
+
+AUROC_BYTES = 48
+"""Bytes :func:`auroc_columns` allocates per (row, column): a few float64 and int64 copies."""
 
 
 def auroc_columns(scores_ns: torch.Tensor, labels_ns: torch.Tensor) -> torch.Tensor:

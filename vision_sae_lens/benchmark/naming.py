@@ -5,25 +5,29 @@ best-F1 latent. Each latent of the SAE is named on the scored store's images thr
 counts as right when the latent's name is the factor's phrase (:data:`FACTOR_PHRASES`, in factor order):
 
 - **namer**: ``demo:shapes-clip`` (an image-text model trained on the world's captions) against the
-  vocabulary of one phrase per factor, with each similarity function (CLIP-Dissect's soft-WPMI and
-  ``contrast``);
+  vocabulary of one phrase per factor, with ``name_latents``' defaults (``contrast``, the best three
+  re-ranked by detection) and with CLIP-Dissect's soft-WPMI alone (the baseline);
 - **labels**: the factor whose image-level labels the latent's firing matches with the best F1 (the
   world's exact labels: what naming by labels gives when the labels are the concepts);
 - **shuffled**: the namer's names dealt to the pairs' latents at random (mean over seeded permutations):
   the accuracy names would have if they said nothing about their own latent.
 
 Top-3 accuracy (the factor among the three best names) and the median detection AUROC of the names
-come with each.
+come with each. :func:`write_oracle` builds an SAE whose latents are exactly the factors, to check a
+namer apart from any SAE's own quality.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from vision_sae_lens.benchmark.suite import BACKBONE_ID, DEFAULT_SITE
 from vision_sae_lens.data.shapes_captions import FACTOR_PHRASES
 from vision_sae_lens.data.synthetic import FACTOR_NAMES, ShapesWorld
+from vision_sae_lens.layout import TokenLayout
 
 if TYPE_CHECKING:
     from vision_sae_lens.analysis.naming import LatentNames
@@ -31,7 +35,13 @@ if TYPE_CHECKING:
     from vision_sae_lens.contracts import ActivationStoreReader
 
 NAMER_ID = "demo:shapes-clip"
+ORACLE_LAYOUT = TokenLayout(image_size=(32, 32), patch_size=(4, 4), has_cls=True)
+"""The oracle store's layout: the shapes world at 32 px in patches of 4 (CLS, not stored)."""
 SHUFFLES = 1000
+DEFAULT_METHOD = "namer (contrast, re-ranked)"
+"""``name_latents``' defaults: the contrast similarity, the best 3 re-ranked by detection."""
+BASELINE_METHOD = "namer (soft-WPMI)"
+"""CLIP-Dissect's soft-WPMI alone."""
 
 
 def naming_accuracy(
@@ -47,20 +57,20 @@ def naming_accuracy(
     """The naming accuracy section of a benchmark ``report`` (which holds the patch-level recovery)."""
     from vision_sae_lens.analysis.namer import ImageTextNamer
     from vision_sae_lens.analysis.naming import name_latents
-    from vision_sae_lens.analysis.naming_scores import SIMILARITIES
 
     factors = list(report["factors"])
     assert factors == list(FACTOR_NAMES), "a synthetic report's factors are the world's, in order"
     per_factor = report["recovery"]["patch"]["per_factor"]
     every = [(k, int(per_factor[f]["f1_latent"])) for k, f in enumerate(factors)]
     recovered = [(k, j) for k, j in every if per_factor[factors[k]]["recovered"]]
-    common = dict(images=world, max_images=None, seed=seed, progress=progress)
+    common: dict[str, Any] = dict(images=world, max_images=None, seed=seed, progress=progress)
     text_namer = namer if isinstance(namer, ImageTextNamer) else ImageTextNamer(namer)
+    phrases = list(FACTOR_PHRASES)
     methods: dict[str, LatentNames] = {
-        f"namer ({sim})": name_latents(
-            sae, store, namer=text_namer, concepts=list(FACTOR_PHRASES), similarity=sim, **common
-        )
-        for sim in SIMILARITIES
+        DEFAULT_METHOD: name_latents(sae, store, namer=text_namer, concepts=phrases, **common),
+        BASELINE_METHOD: name_latents(
+            sae, store, namer=text_namer, concepts=phrases, similarity="soft_wpmi", rerank=1, **common
+        ),
     }
     image_labels = np.stack([world.image_factors(i) for i in range(len(world))])
     methods["labels"] = name_latents(sae, store, labels=image_labels, label_names=factors, **common)
@@ -73,7 +83,7 @@ def naming_accuracy(
             **_accuracy(names, recovered),
             "accuracy_all": _accuracy(names, every)["accuracy"],
         }
-    first = methods[f"namer ({SIMILARITIES[0]})"]
+    first = methods[DEFAULT_METHOD]
     out["methods"]["shuffled"] = {
         **_shuffled(first, recovered, seed=seed),
         "accuracy_all": _shuffled(first, every, seed=seed)["accuracy"],
@@ -88,12 +98,49 @@ def naming_accuracy(
     return out
 
 
+def write_oracle(world: ShapesWorld, folder: str | Path, *, site: str | None = None) -> tuple[Any, SAE]:
+    """An oracle of naming: a store of ``world`` whose patch rows are the patches' factor indicators
+    (``(n_patches, 19)``, 25% coverage), written into ``folder``, and an identity SAE over it, so latent
+    ``j`` fires exactly on the patches carrying factor ``j``. Returns ``(store, sae)``."""
+    from vision_sae_lens.store import StoreWriter
+
+    site = site or DEFAULT_SITE
+    writer = StoreWriter(
+        folder, backbone_id=BACKBONE_ID, sites=[site], d_model=len(FACTOR_NAMES), layout=ORACLE_LAYOUT,
+        tokens="patches", dtype="float32", dataset=world.description, label_names=list(world.label_names),
+    )  # fmt: skip
+    tokens = ORACLE_LAYOUT.token_indices("patches").numpy()
+    for i in range(len(world)):
+        rows = world.patch_factors(i, patch_size=ORACLE_LAYOUT.patch_size[0]).astype(np.float32)
+        writer.append({site: rows}, np.full(len(tokens), i), tokens)
+    store = writer.finish(labels=[world[i][1] for i in range(len(world))])
+    return store, oracle_sae(site=site)
+
+
+def oracle_sae(*, d_in: int = len(FACTOR_NAMES), site: str | None = None, backbone: str = BACKBONE_ID) -> SAE:
+    """The identity SAE of :func:`write_oracle` (``d_in``, ``site``, ``backbone`` as given)."""
+    import torch
+    from sae_lens import StandardSAE, StandardSAEConfig
+
+    from vision_sae_lens.metadata import VisionFacts, apply_vision_facts
+
+    f = len(FACTOR_NAMES)
+    sae = StandardSAE(StandardSAEConfig(d_in=d_in, d_sae=f))
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.eye(d_in, f))
+        sae.W_dec.copy_(torch.eye(f, d_in))
+        sae.b_enc.zero_()
+        sae.b_dec.zero_()
+    facts = VisionFacts(
+        backbone=backbone, hook_name=site or DEFAULT_SITE, tokens="patches", layout=ORACLE_LAYOUT
+    )
+    apply_vision_facts(sae, facts)
+    return sae
+
+
 def naming_headline(report: dict[str, Any]) -> float | None:
     """The comparison table's figure: the default namer's accuracy on the recovered factors."""
-    from vision_sae_lens.analysis.naming_scores import SIMILARITIES
-
-    method = report.get("naming", {}).get("methods", {}).get(f"namer ({SIMILARITIES[0]})", {})
-    return method.get("accuracy")
+    return report.get("naming", {}).get("methods", {}).get(DEFAULT_METHOD, {}).get("accuracy")
 
 
 def naming_table(report: dict[str, Any]) -> tuple[str, list[str], list[list[Any]]] | None:
