@@ -48,7 +48,7 @@ def main() -> None:
     store = ActivationStore(args.bench_dir / f"acts-test-{DEFAULT_SITE}")
     world = ShapesWorld("test", n_images=int(store.n_images))
     cases = []
-    for folder in sorted((args.bench_dir / "saes").iterdir()):
+    for folder in sorted(p for p in (args.bench_dir / "saes").iterdir() if (p / "cfg.json").is_file()):
         report = json.loads((args.bench_dir / "reports" / folder.name / "report.json").read_text())
         per_factor = report["recovery"]["patch"]["per_factor"]
         pairs = [

@@ -76,12 +76,12 @@ class ImageTextNamer:
             raise ConfigError("no probe images to embed")
         return torch.cat(out)
 
-    def text_embeddings(self, concepts: Sequence[str]) -> torch.Tensor:
+    def text_embeddings(self, concepts: Sequence[str], *, progress: bool = False) -> torch.Tensor:
         """``(len(concepts), e)`` float32 unit embeddings of the concepts (through ``templates``) on the CPU."""
         from vision_sae_lens.backbones.text_tower import class_text_embeddings
 
         text = class_text_embeddings(
-            self.model, list(concepts), templates=self.templates, weights=self.weights
+            self.model, list(concepts), templates=self.templates, weights=self.weights, progress=progress
         )
         if text is None:
             raise ConfigError(

@@ -109,21 +109,27 @@ class LatentNames:
 
     def to_json(self) -> dict[str, Any]:
         """The names.json document (see docs/analysis.md)."""
+        concept, score = self.concept_sr.tolist(), self.score_sr.tolist()
+        auroc, naming, heldout = (
+            self.auroc_s.tolist(),
+            self.naming_fires_s.tolist(),
+            self.heldout_fires_s.tolist(),
+        )
+        labelled = self.precision_sr is not None and self.recall_sr is not None
+        precision = self.precision_sr[:, 0].tolist() if self.precision_sr is not None else []
+        recall = self.recall_sr[:, 0].tolist() if self.recall_sr is not None else []
         latents = []
-        for j in range(self.concept_sr.shape[0]):
-            entry: dict[str, Any] = {"latent": j, "name": self.name_of(j)}
-            entry["score"] = _num(self.score_sr[j, 0])
-            entry["auroc"] = _num(self.auroc_s[j])
-            entry["fires_naming"] = int(self.naming_fires_s[j])
-            entry["fires_heldout"] = int(self.heldout_fires_s[j])
-            if self.precision_sr is not None and self.recall_sr is not None and entry["name"] is not None:
-                entry["precision"], entry["recall"] = (
-                    _num(self.precision_sr[j, 0]),
-                    _num(self.recall_sr[j, 0]),
-                )
+        for j, (names_r, scores_r) in enumerate(zip(concept, score, strict=True)):
+            name = self.concepts[names_r[0]] if names_r[0] >= 0 else None
+            entry: dict[str, Any] = {
+                "latent": j, "name": name, "score": _num(scores_r[0]), "auroc": _num(auroc[j]),
+                "fires_naming": int(naming[j]), "fires_heldout": int(heldout[j]),
+            }  # fmt: skip
+            if labelled and name is not None:
+                entry["precision"], entry["recall"] = _num(precision[j]), _num(recall[j])
             entry["runner_up"] = [
-                {"name": self.concepts[int(c)], "score": _num(v)}
-                for c, v in zip(self.concept_sr[j, 1:].tolist(), self.score_sr[j, 1:].tolist(), strict=True)
+                {"name": self.concepts[c], "score": _num(v)}
+                for c, v in zip(names_r[1:], scores_r[1:], strict=True)
                 if c >= 0
             ]
             latents.append(entry)
@@ -305,7 +311,7 @@ def _name_with_text(
     namer: ImageTextNamer, source: Any, vocab: Concepts, collector: ProbeCollector, probe: ProbeSplit, *,
     similarity: str, n_best: int, rerank: int, image_batch_size: int, budget_bytes: int, progress: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
-    text_ce = namer.text_embeddings(vocab.names)
+    text_ce = namer.text_embeddings(vocab.names, progress=progress)
     naming_ne = namer.image_embeddings(source, probe.naming, batch_size=image_batch_size, progress=progress)
     held_he = namer.image_embeddings(source, probe.heldout, batch_size=image_batch_size, progress=progress)
     top_image, top_value = collector.top_naming_images()
