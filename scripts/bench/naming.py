@@ -7,12 +7,14 @@ with positive activations, random held-out firing bits. For ``--latents`` latent
 times, in a fresh child process per case (so peaks do not mix):
 
 * choosing every latent's best names with each similarity (``rank_concepts``: contrast, soft-WPMI);
-* the detection AUROC of the best names on the held-out images;
+* re-ranking each latent's best 3 names by detection on the naming images (``rerank_by_detection``);
+* the detection AUROC of the best names on the held-out images (in the package's chunks);
 
 and samples the peak anonymous memory (RssAnon every 5 ms) each adds over the process holding the
 inputs, next to what one dense ``latents x concepts`` float32 matrix would take.
 
     .venv/bin/python scripts/bench/naming.py [--latents 4096] [--concepts 1000 20000] [--embed 512]
+        [--steps contrast soft_wpmi rerank auroc]
 """
 
 from __future__ import annotations
@@ -26,11 +28,13 @@ import torch.nn.functional as F
 from analysis import PeakAnon, rss_anon  # scripts/bench/analysis.py: the RssAnon sampler
 
 from vision_sae_lens.analysis.naming_scores import (
+    AUROC_BYTES,
     DEFAULT_BUDGET_BYTES,
     SIMILARITIES,
     auroc_columns,
     chunk_sizes,
     rank_concepts,
+    rerank_by_detection,
 )
 
 
@@ -45,6 +49,7 @@ def main() -> None:
     parser.add_argument("--heldout-images", type=int, default=1000)
     parser.add_argument("--top-k", type=int, default=50)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--steps", nargs="+", default=[*SIMILARITIES, "rerank", "auroc"])
     args = parser.parse_args()
     print(
         f"{args.latents} latents, {args.naming_images} naming + {args.heldout_images} held-out images, "
@@ -56,7 +61,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     ctx = multiprocessing.get_context("spawn")
     for c in args.concepts:
-        for step in (*SIMILARITIES, "auroc"):
+        for step in args.steps:
             with ctx.Pool(1) as pool:
                 seconds, peak = pool.apply(_measure, (args, c, step))
             dense = 4 * args.latents * c / 2**20
@@ -76,12 +81,17 @@ def _measure(args: argparse.Namespace, n_concepts: int, step: str) -> tuple[floa
     top_image = torch.randint(0, args.naming_images, (s, k), generator=gen)
     top_value = torch.rand(s, k, generator=gen) + 0.01
     fires = torch.rand(args.heldout_images, s, generator=gen) < 0.05
-    best = torch.randint(0, n_concepts, (s,), generator=gen)
+    naming_fires = torch.rand(args.naming_images, s, generator=gen) < 0.05
+    best = torch.randint(0, n_concepts, (s, 6), generator=gen)
+    scores = torch.rand(s, 6, generator=gen).sort(dim=1, descending=True).values
     with PeakAnon(rss_anon()) as peak:
         start = time.perf_counter()
         if step == "auroc":
-            for a in range(0, s, 4096):
-                auroc_columns(held @ text[best[a : a + 4096]].T, fires[:, a : a + 4096])
+            chunk = max(1, DEFAULT_BUDGET_BYTES // (AUROC_BYTES * args.heldout_images))
+            for a in range(0, s, chunk):
+                auroc_columns(held @ text[best[a : a + chunk, 0]].T, fires[:, a : a + chunk])
+        elif step == "rerank":
+            rerank_by_detection(scores, best, naming, text, lambda sl: naming_fires[:, sl], shortlist=3)
         else:
             rank_concepts(top_image, top_value, naming, text, similarity=step, n_best=6)
         seconds = time.perf_counter() - start

@@ -23,7 +23,7 @@ from vision_sae_lens.analysis.naming import (
 from vision_sae_lens.analysis.naming_probe import ProbeCollector, split_probe
 from vision_sae_lens.data.shapes_captions import FACTOR_PHRASES
 from vision_sae_lens.data.synthetic import FACTOR_NAMES, ShapesWorld
-from vision_sae_lens.errors import ConfigError, SAEMismatchError, UnsafePathError
+from vision_sae_lens.errors import ConfigError, ImageInputError, SAEMismatchError, UnsafePathError
 
 N_IMAGES = 200
 
@@ -216,3 +216,9 @@ def test_bad_requests_fail_before_the_scan(oracle_store, world):
         )
     with pytest.raises(ConfigError, match="probe images"):
         name_latents(sae, oracle_store, max_images=3, progress=False)
+    # The store describes generated images it cannot re-open by itself: the namer needs them given.
+    with pytest.raises(ImageInputError, match="needs the store's images"):
+        name_latents(sae, oracle_store, namer="demo:shapes-clip", concepts=["a disc"], progress=False)
+    with pytest.raises(ImageInputError, match="10 images given"):
+        name_latents(sae, oracle_store, namer="demo:shapes-clip", concepts=["a disc"],
+                     images=ShapesWorld("test", n_images=10), progress=False)  # fmt: skip

@@ -19,10 +19,8 @@ label itself). 0.5 is chance; a bad name shows as one. :func:`write_names` store
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +30,7 @@ import numpy as np
 import torch
 
 from vision_sae_lens.analysis.concepts import Concepts, load_concepts
+from vision_sae_lens.analysis.names_file import NAMES_FORMAT, NAMES_VERSION, read_names, write_names
 from vision_sae_lens.analysis.naming_probe import (
     LabelTable,
     ProbeCollector,
@@ -49,7 +48,7 @@ from vision_sae_lens.analysis.naming_scores import (
 )
 from vision_sae_lens.analysis.scan import scan
 from vision_sae_lens.analysis.stats import best_f1_labels
-from vision_sae_lens.errors import ConfigError, ImageInputError, SAEMismatchError, UnsafePathError
+from vision_sae_lens.errors import ConfigError, ImageInputError, SAEMismatchError
 
 if TYPE_CHECKING:
     from vision_sae_lens.analysis.namer import ImageTextNamer
@@ -57,10 +56,6 @@ if TYPE_CHECKING:
     from vision_sae_lens.contracts import ActivationStoreReader
 
 logger = logging.getLogger(__name__)
-
-NAMES_FILE = "names.json"
-NAMES_FORMAT = "vision_sae_lens.latent_names"
-NAMES_VERSION = 1
 
 
 @dataclass
@@ -269,43 +264,6 @@ def check_sae_matches_store(sae: SAE, store: ActivationStoreReader) -> None:
         )
 
 
-def write_names(names: LatentNames | dict[str, Any], path: str | Path) -> Path:
-    """Write ``names.json`` atomically; a file already at ``path`` is replaced only when it is ours.
-
-    ``path``: a file, or a folder (then ``folder/names.json``, e.g. the SAE's folder beside eval.json).
-    """
-    from vision_sae_lens.fsutil import write_json_atomic
-
-    target = Path(path)
-    if target.is_dir() and not target.is_symlink():
-        target = target / NAMES_FILE
-    if target.is_symlink() or (target.exists() and not _is_ours(target)):
-        raise UnsafePathError(
-            f"{target} exists and was not written by vision_sae_lens (no {NAMES_FORMAT!r} format record, or a "
-            "symlink); nothing was written. Move it away or choose another output path."
-        )
-    write_json_atomic(target, names.to_json() if isinstance(names, LatentNames) else names, indent=None)
-    return target
-
-
-def read_names(path: str | Path) -> dict[str, Any]:
-    """The names.json document at ``path`` (a file or a folder holding one), checked for format and version."""
-    target = Path(path)
-    if target.is_dir():
-        target = target / NAMES_FILE
-    try:
-        doc = json.loads(target.read_text("utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot read latent names from {target}: {exc}") from exc
-    if not isinstance(doc, dict) or doc.get("format") != NAMES_FORMAT:
-        raise ConfigError(f"{target} is not a vision_sae_lens names file (format {NAMES_FORMAT!r})")
-    if int(doc.get("version", 0)) > NAMES_VERSION:
-        raise ConfigError(
-            f"{target} has names format version {doc['version']}; upgrade vision_sae_lens to read it"
-        )
-    return doc
-
-
 # ------------------------------------------------------------------------------------ helpers
 def _name_with_text(
     namer: ImageTextNamer, source: Any, vocab: Concepts, collector: ProbeCollector, probe: ProbeSplit, *,
@@ -395,16 +353,9 @@ def _context(sae: SAE, store: ActivationStoreReader, vocab: Concepts | None) -> 
     }  # fmt: skip
 
 
-def _is_ours(path: Path) -> bool:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    except OSError:
-        return False
-    with os.fdopen(fd, "rb") as fh:
-        head = fh.read(200)
-    return f'"format": "{NAMES_FORMAT}"'.encode() in head or f'"format":"{NAMES_FORMAT}"'.encode() in head
-
-
 def _num(v: Any) -> float | None:
     x = float(v)
     return None if math.isnan(x) or math.isinf(x) else round(x, 6)
+
+
+__all__ = ["LatentNames", "check_sae_matches_store", "name_latents", "read_names", "write_names"]
