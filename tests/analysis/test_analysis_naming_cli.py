@@ -38,12 +38,13 @@ def test_explain_with_the_shapes_namer(folders, tmp_path):
     out = tmp_path / "names.json"
     code = main([
         "explain", str(sae), "--store", str(store), "--namer", "demo:shapes-clip", "--concepts", "builtin:shapes",
-        "--images", "synthetic:shapes:test", "--out", str(out), "--similarity", "soft_wpmi", "--top-k", "20",
+        "--images", "synthetic:shapes:test", "--out", str(out), "--similarity", "soft_wpmi", "--rerank", "1", "--top-k", "20",
         "--runner-ups", "2",
     ])  # fmt: skip
     assert code == 0
     doc = read_names(out)
     assert doc["method"]["namer"] == "demo:shapes-clip" and doc["method"]["similarity"] == "soft_wpmi"
+    assert doc["method"]["rerank"] == 1
     assert doc["latents"][7]["name"] == "a red shape" and len(doc["latents"][7]["runner_up"]) == 2
     assert doc["store"]["backbone"] == "demo:shapes-vit" and doc["concepts"]["count"] == 19
 

@@ -48,6 +48,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--similarity", choices=("contrast", "soft_wpmi"), default="contrast", help="similarity"
     )
+    parser.add_argument(
+        "--rerank",
+        type=int,
+        default=3,
+        help="re-order this many best names by detection on the naming images (1: similarity alone)",
+    )
     parser.add_argument("--by", choices=("max", "mean"), default="max", help="rank images by max or mean")
     parser.add_argument("--top-k", type=int, default=50, help="top images per latent that name it")
     parser.add_argument("--runner-ups", type=int, default=5, help="names kept after the best one")
@@ -83,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
         )
     names = name_latents(
         sae, store, namer=namer, concepts=args.concepts if namer is not None else None, images=args.images,
-        similarity=args.similarity, by=args.by, top_k=args.top_k, runner_ups=args.runner_ups,
+        similarity=args.similarity, rerank=args.rerank, by=args.by, top_k=args.top_k, runner_ups=args.runner_ups,
         max_images=args.max_images, heldout_fraction=args.heldout, seed=args.seed, batch_size=args.batch_size,
     )  # fmt: skip
     path = write_names(names, Path(args.out) if args.out else Path(args.sae))

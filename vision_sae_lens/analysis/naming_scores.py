@@ -195,21 +195,27 @@ def _concept_statistics(
     return {"lse_n": lse_n, "mean_c": mean_c, "std_c": std_c}
 
 
-AUROC_BYTES = 48
-"""Bytes :func:`auroc_columns` allocates per (row, column): a few float64 and int64 copies."""
+AUROC_BYTES = 80
+"""Bytes :func:`auroc_columns` allocates per (row, column): sorted scores, their order, run bounds (int64)."""
 
 
 def auroc_columns(scores_ns: torch.Tensor, labels_ns: torch.Tensor) -> torch.Tensor:
     """``(s,)`` AUROC of each column's scores for its bool labels: P(score_pos > score_neg) + 0.5 P(tie)
     (Mann-Whitney with mid-ranks, so binary scores are handled); NaN without positives or negatives."""
-    scores_sn = scores_ns.T.double().contiguous()
-    labels_sn = labels_ns.T.bool()
-    ordered_sn = scores_sn.sort(dim=1).values
-    below = torch.searchsorted(ordered_sn, scores_sn, right=False)
-    upto = torch.searchsorted(ordered_sn, scores_sn, right=True)
-    midrank_sn = (below + upto + 1).double() / 2
+    ordered_sn, order_sn = scores_ns.T.float().sort(dim=1)
+    labels_sn = labels_ns.T.bool().gather(1, order_sn)
+    n = ordered_sn.shape[1]
+    position = torch.arange(n).expand_as(ordered_sn)
+    # A run of equal scores shares the mean of its positions: find each run's first and last position.
+    change = ordered_sn[:, 1:] != ordered_sn[:, :-1]
+    first = torch.ones_like(labels_sn)
+    first[:, 1:] = change
+    last = torch.ones_like(labels_sn)
+    last[:, :-1] = change
+    run_start = torch.where(first, position, 0).cummax(dim=1).values
+    run_end = torch.where(last, position, n).flip(1).cummin(dim=1).values.flip(1)
+    rank_sum = ((run_start + run_end).double() / 2 + 1).mul_(labels_sn).sum(1)
     n_pos = labels_sn.sum(1).double()
-    n_neg = labels_sn.shape[1] - n_pos
-    rank_sum = (midrank_sn * labels_sn).sum(1)
+    n_neg = n - n_pos
     auroc = (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
     return torch.where((n_pos > 0) & (n_neg > 0), auroc, math.nan).float()
