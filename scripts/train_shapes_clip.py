@@ -3,7 +3,7 @@ world, trained contrastively on captions built from each image's exact factors.
 
 It is a real open_clip model: a custom ``model_cfg`` (ViT image tower at 32 px, patch 4; a 2-layer text
 transformer pooled at its end-of-text token) in an open_clip ``local-dir`` folder, with a word-level
-tokenizer over the captions' 25 words saved beside it (open_clip's ``HFTokenizer`` reads it from the
+tokenizer over the captions' 24 words saved beside it (open_clip's ``HFTokenizer`` reads it from the
 folder). So ``open_clip.create_model("local-dir:<folder>")`` and ``open_clip.get_tokenizer(...)`` load it
 as they load any open_clip model, and the namer code path is the one of ``open_clip:ViT-B-16/openai``.
 

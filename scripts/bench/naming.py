@@ -7,7 +7,7 @@ with positive activations, random held-out firing bits. For ``--latents`` latent
 times, in a fresh child process per case (so peaks do not mix):
 
 * choosing every latent's best names with each similarity (``rank_concepts``: contrast, soft-WPMI);
-* re-ranking each latent's best 3 names by detection on the naming images (``rerank_by_detection``);
+* re-ranking each latent's best 3 names by detection on 1,000 of the naming images (``rerank_by_detection``);
 * the detection AUROC of the best names on the held-out images (in the package's chunks);
 
 and samples the peak anonymous memory (RssAnon every 5 ms) each adds over the process holding the
@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from analysis import PeakAnon, rss_anon  # scripts/bench/analysis.py: the RssAnon sampler
 
+from vision_sae_lens.analysis.naming import RERANK_IMAGES
 from vision_sae_lens.analysis.naming_scores import (
     AUROC_BYTES,
     DEFAULT_BUDGET_BYTES,
@@ -91,7 +92,10 @@ def _measure(args: argparse.Namespace, n_concepts: int, step: str) -> tuple[floa
             for a in range(0, s, chunk):
                 auroc_columns(held @ text[best[a : a + chunk, 0]].T, fires[:, a : a + chunk])
         elif step == "rerank":
-            rerank_by_detection(scores, best, naming, text, lambda sl: naming_fires[:, sl], shortlist=3)
+            pick = torch.randperm(args.naming_images, generator=gen)[:RERANK_IMAGES]  # as name_latents does
+            rerank_by_detection(
+                scores, best, naming[pick], text, lambda sl: naming_fires[pick, sl], shortlist=3
+            )
         else:
             rank_concepts(top_image, top_value, naming, text, similarity=step, n_best=6)
         seconds = time.perf_counter() - start

@@ -12,7 +12,7 @@ from vision_sae_lens.benchmark.scoring import ScoreConfig, score_rows
 from vision_sae_lens.benchmark.truth import SyntheticTruth
 from vision_sae_lens.data.synthetic import FACTOR_NAMES, ShapesWorld
 
-N_IMAGES = 160
+N_IMAGES = 120
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +23,7 @@ def oracle(tmp_path_factory):
     truth = SyntheticTruth(world, patch_size=4)
     report = score_rows(
         sae, lambda: store.ordered(SITE, 2048), truth, layout=LAYOUT, n_images=N_IMAGES,
-        config=ScoreConfig(probe_ks=(1,), probe_images=40), progress=False,
+        config=ScoreConfig(probe_ks=(1,), probe_images=20), progress=False,
     )  # fmt: skip
     report["naming"] = naming_accuracy(sae, store, world, report, progress=False)
     return report

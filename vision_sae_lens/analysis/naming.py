@@ -57,6 +57,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+RERANK_IMAGES = 1000
+"""Naming images (a seeded random subset) on which the shortlisted names are re-ranked by detection."""
+
 
 @dataclass
 class LatentNames:
@@ -278,9 +281,12 @@ def _name_with_text(
         budget_bytes=budget_bytes, progress=progress,
     )  # fmt: skip
     if rerank > 1:
+        # A seeded random subset of the naming images is enough to order a few names (and sorts less).
+        rng = np.random.default_rng(probe.seed + 2)
+        pick = torch.from_numpy(np.sort(rng.permutation(len(probe.naming))[:RERANK_IMAGES]))
         score_sr, concept_sr, _ = rerank_by_detection(
-            score_sr, concept_sr, naming_ne, text_ce, collector.naming_fires.get, shortlist=rerank,
-            budget_bytes=budget_bytes,
+            score_sr, concept_sr, naming_ne[pick], text_ce, lambda sl: collector.naming_fires.get(sl)[pick],
+            shortlist=rerank, budget_bytes=budget_bytes,
         )  # fmt: skip
     best_s = concept_sr[:, 0]
     auroc = _detection_auroc(
