@@ -165,6 +165,17 @@ def test_a_probe_subset_reads_only_its_images_and_gives_the_same_top_images(orac
     assert torch.equal(
         collector.naming_fires.get(slice(2, 9)), torch.from_numpy(image_max[split.naming, 2:9] > 0)
     )
+    # Ranked by the mean over the patches instead: the images the factor covers most come first.
+    by_mean = ProbeCollector(N_FACTORS, split, k=5, by="mean")
+    scan(sae, view, [by_mean], progress=False)
+    image_mean = np.zeros((N_IMAGES, N_FACTORS))
+    for rows in oracle_store.ordered(SITE, 4096):
+        np.add.at(image_mean, rows.image_idx.numpy(), rows.acts.numpy() / LAYOUT.n_patches)
+    pos, _ = by_mean.top_naming_images()
+    for j in range(N_FACTORS):
+        means = image_mean[split.naming, j]
+        want = [p for p in np.argsort(-means, kind="stable")[:5] if means[p] > 0]
+        assert [p for p in pos[j].tolist() if p >= 0] == want
 
 
 def test_names_json_round_trip_and_refuses_what_is_not_ours(oracle_store, image_labels, tmp_path):
