@@ -1,4 +1,4 @@
-"""Command line: ``vision-sae-lens {demo,cache,train,evaluate,analyze,publish,import-saev,backbones}``.
+"""Command line: ``vision-sae-lens {demo,cache,train,evaluate,analyze,explain,publish,import-saev,backbones}``.
 
 Each pipeline stage registers its own sub-commands (``<stage>/commands.py: register(subparsers)``), each
 handled by a function named after it (``import-saev``: ``run_import_saev``, ``bench score``:
@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "train.verify",
     "hub.commands",
     "analysis.commands",
+    "analysis.naming_commands",
     "benchmark.commands",
     "demo.commands",
 )

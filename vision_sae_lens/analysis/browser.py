@@ -87,7 +87,7 @@ def build_browser(
     with building_folder(out_dir, kind="browser", overwrite=overwrite, what="feature browser") as out:
         for sub in ("assets", "data", "latents", "img"):
             (out / sub).mkdir()
-        source, missing = _image_source(store, images)  # a refused dataset description fails before the scan
+        source, missing = store_images(store, images)  # a refused dataset description fails before the scan
         labels = getattr(store, "labels", None)
         d_sae = int(sae.cfg.d_sae)
         stats_acc = StatsAccumulator(
@@ -196,8 +196,10 @@ def _pick_pages(sae: SAE, stats: FeatureStats, interest: dict, latents: Any, max
     return alive[order[:max_pages]].tolist()
 
 
-def _image_source(store: Any, images: Any) -> tuple[Any, str | None]:
-    """(image source or None, why the images are missing or None)."""
+def store_images(store: Any, images: Any) -> tuple[Any, str | None]:
+    """The images a store was recorded from: ``images`` when given (a source, or anything ``open_images``
+    opens), else re-opened from the store's dataset description where that is safe; ``(source or None, why
+    the images are missing or None)``."""
     from vision_sae_lens.data import open_images
 
     if images is not None:

@@ -14,6 +14,8 @@ from typing import Any
 
 from jinja2 import Environment
 
+from vision_sae_lens.benchmark.naming import naming_headline, naming_table
+
 COLUMNS = (
     ("SAE", lambda r: r["name"]),
     ("arch", lambda r: r["sae"]["architecture"]),
@@ -35,6 +37,7 @@ COLUMNS = (
     ("probe k=1 SAE", lambda r: _probe(r, "sae", 0)),
     ("probe k=1 raw", lambda r: _probe(r, "raw", 0)),
     ("loss rec.", lambda r: r.get("downstream", {}).get("sae", {}).get("loss_recovered")),
+    ("naming acc.", lambda r: naming_headline(r)),
 )
 """The image benchmark's table. "factor-F1" is factor-centric (each factor's best latent at its best
 threshold), not SynthSAEBench's latent-centric F1."""
@@ -85,6 +88,9 @@ def write_report(report: dict[str, Any], out_dir: str | Path, *, browser: str | 
     tables = [("Summary", [c for c, _ in columns], [[_fmt(fn(report)) for _, fn in columns]])]
     if "patch" in report["recovery"]:
         tables.append(_factor_table(report, browser))
+    naming = naming_table(report)
+    if naming is not None:
+        tables.append(naming)
     probing = report.get("probing", {})
     if probing.get("available"):
         header = ["features", *(f"k={k}" for k in probing["ks"])]
