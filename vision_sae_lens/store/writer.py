@@ -23,10 +23,11 @@ from vision_sae_lens import fsutil
 from vision_sae_lens.errors import ConfigError, StoreError, StoreMismatchError
 from vision_sae_lens.layout import TokenLayout, check_token_selection
 from vision_sae_lens.store import format as fmt
+from vision_sae_lens.store import integrity
 
 
 class ShardBuilder:
-    """The files of one shard being written: one per site plus provenance, hashed on the fly."""
+    """The files of one shard being written: one per site plus provenance, hashed block by block on the fly."""
 
     def __init__(self, root: Path, index: int, site_dims: Mapping[str, int], dtype: str) -> None:
         self.root, self.index, self.dtype = Path(root), int(index), dtype
@@ -42,7 +43,7 @@ class ShardBuilder:
             tmp = fsutil.temp_name(self.root / rel)
             tmp.parent.mkdir(parents=True, exist_ok=True)
             f = open(tmp, "wb")  # noqa: SIM115 - closed in commit/abort
-            self._files[key] = (rel, tmp, f, hashlib.sha256())
+            self._files[key] = (rel, tmp, f, integrity.BlockHasher(integrity.BLOCK_BYTES))
 
     def add(self, site_rows: Mapping[str, np.ndarray], provenance_n2: np.ndarray) -> None:
         """Append rows (storage dtype, (n, d) per site) and their (n, 2) int32 [image_idx, token_idx]."""
@@ -65,7 +66,7 @@ class ShardBuilder:
             size = f.tell()
             f.close()
             os.replace(tmp, self.root / rel)
-            files[key] = {"path": rel, "bytes": size, "sha256": digest.hexdigest()}
+            files[key] = {"path": rel, "bytes": size, "block_sha256": digest.hexdigests()}
         provenance = files.pop(fmt.PROVENANCE)
         record = {"index": self.index, "n_rows": self.n_rows, "files": files, "provenance": provenance}
         record.update(extra or {})
@@ -105,6 +106,7 @@ def finalize_store(
     manifest: dict[str, Any] = {
         "format": fmt.FORMAT_NAME,
         "format_version": fmt.FORMAT_VERSION,
+        "block_bytes": integrity.BLOCK_BYTES,
         "n_rows": row,
         "shards": shards,
     }

@@ -240,25 +240,33 @@ def _of_tokens(store: ActivationStoreReader, rows_n: np.ndarray, keep_t: torch.T
     """The rows among ``rows_n`` whose token is kept by ``keep_t`` (all of them when it is None)."""
     if keep_t is None or not len(rows_n):
         return rows_n
-    lo, hi = int(rows_n.min()), int(rows_n.max()) + 1
-    token_n = np.asarray(store.provenance(lo, hi)[1], dtype=np.int64)
-    return rows_n[keep_t.numpy()[token_n[rows_n - lo]]]
+    # The sorted rows come in runs (whole images): read the provenance of those runs only.
+    breaks = np.flatnonzero(np.diff(rows_n) != 1) + 1
+    token_n = np.concatenate(
+        [
+            np.asarray(store.provenance(int(run[0]), int(run[-1]) + 1)[1], dtype=np.int64)
+            for run in np.split(rows_n, breaks)
+        ]
+    )
+    return rows_n[keep_t.numpy()[token_n]]
 
 
 def _sampled_rows(store: ActivationStoreReader, max_rows: int, seed: int) -> np.ndarray:
-    """Every row of the store, or the rows of a seeded random draw of images holding at most ``max_rows``."""
+    """Every row of the store, or the rows of a seeded random draw of images holding at most ``max_rows``
+    (found from the per-image row offsets: memory per image and per sampled row, never per stored row)."""
     from vision_sae_lens.data.sources import subset_indices
+    from vision_sae_lens.train.feed import rows_of_images
 
     n_rows = int(store.n_rows)
     if n_rows <= max_rows:
         return np.arange(n_rows, dtype=np.int64)
-    image_n = np.asarray(store.provenance(0, n_rows)[0], dtype=np.int64)
-    images = np.unique(image_n)
+    offsets = store.image_offsets()
+    images = np.flatnonzero(np.diff(offsets))
     n = max(1, int(max_rows // (n_rows / len(images))))
     labels = store.labels
     lab = None if labels is None else [None if v < 0 else int(v) for v in np.asarray(labels)[images]]
     chosen = images[subset_indices(len(images), n, labels=lab, seed=seed)]
-    return np.flatnonzero(np.isin(image_n, chosen)).astype(np.int64)[:max_rows]
+    return rows_of_images(offsets, chosen)[:max_rows]
 
 
 def _row_batches(
