@@ -29,7 +29,7 @@ from vision_sae_lens.analysis.explain import SampleAccumulator, interest_scores
 from vision_sae_lens.analysis.scan import ImageReduction, scan
 from vision_sae_lens.analysis.stats import FeatureStats, StatsAccumulator
 from vision_sae_lens.analysis.topk import TopActivations, TopKAccumulator
-from vision_sae_lens.train.evaluate import DENSE_THRESHOLD
+from vision_sae_lens.train.evaluate import DENSE_THRESHOLD, DENSITY_MAX_ROWS
 
 if TYPE_CHECKING:
     from vision_sae_lens.backbones import HookedSAEViT
@@ -54,6 +54,8 @@ def build_browser(
     model: HookedSAEViT | None = None,
     ablation_images: int = 8,
     progress: bool = True,
+    max_rows: int | None = DENSITY_MAX_ROWS,
+    render_workers: int | None = None,
 ) -> BrowserSite:
     """Write the feature browser for ``sae`` over an activation ``store`` into ``out_dir``.
 
@@ -65,7 +67,10 @@ def build_browser(
     the store or the working directory with the recorded file list), else every page says the images
     are missing and heatmaps are drawn on a blank canvas. ``latents``: which latents get a page
     (default: the ``max_pages`` with the highest interest score). ``model``: the backbone, to show the
-    effect of ablating each paged latent on its ``ablation_images`` top images.
+    effect of ablating each paged latent on its ``ablation_images`` top images. ``max_rows``: a store with
+    more rows is scanned on a seeded random, label-stratified sample of whole images holding at most that
+    many rows (default: the rows evaluation counts dead and dense latents on; None scans every row).
+    ``render_workers``: processes that render heatmaps (default: every core).
     """
     out = Path(out_dir)
     # index.html is written last: while it is absent the browser is unfinished (also on a rebuild).
@@ -80,7 +85,10 @@ def build_browser(
     topk_acc = TopKAccumulator(d_sae, k, by=by)
     samples = SampleAccumulator(d_sae)
     starts = _ImageStarts()
-    view = scan(sae, store, [stats_acc, topk_acc, samples, starts], batch_size=batch_size, progress=progress)
+    view = scan(
+        sae, store, [stats_acc, topk_acc, samples, starts], batch_size=batch_size, progress=progress,
+        max_rows=max_rows,
+    )  # fmt: skip
     stats = stats_acc.result(dense_threshold=DENSE_THRESHOLD, label_names=getattr(store, "label_names", None))
     top = topk_acc.result(view.layout)
     patch_tokens = torch.arange(view.layout.n_prefix, view.layout.n_tokens)
@@ -90,7 +98,10 @@ def build_browser(
     ctx = _Context(sae, store, view, stats, top, source, out, title or _default_title(sae, store))
     ctx.add_scan(interest=interest, samples=samples, missing=missing, patch_tokens=patch_tokens)
     copy_assets(out)
-    write_latent_pages(ctx, pages, starts, model=model, ablation_images=ablation_images, progress=progress)
+    write_latent_pages(
+        ctx, pages, starts, model=model, ablation_images=ablation_images, progress=progress,
+        workers=render_workers,
+    )  # fmt: skip
     summary = write_index(ctx, pages)
     logger.info("feature browser written to %s (%d latent pages)", out / "index.html", len(pages))
     return BrowserSite(index=out / "index.html", summary=summary, pages=list(pages))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Any
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -39,6 +40,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="comma-separated latents to give pages (default: the highest interest scores; see docs/analysis.md)",
     )
     parser.add_argument("--max-pages", type=int, default=200, help="latent pages when --latents is not given")
+    parser.add_argument(
+        "--max-rows",
+        type=int,
+        metavar="N",
+        help="scan a seeded random, label-stratified sample of whole images holding at most N rows (default: "
+        "evaluate's density budget, 10,000,000 rows, so both count dead/dense latents on the same rows); 0 scans "
+        "every row",
+    )
     parser.add_argument("--batch-size", type=int, default=4096, help="store rows per batch")
     parser.add_argument("--device", default="cpu", help="device for the SAE (default cpu)")
     parser.add_argument("--title", help="page title")
@@ -64,6 +73,8 @@ def run(args: argparse.Namespace) -> int:
         from vision_sae_lens.backbones import HookedSAEViT
 
         model = HookedSAEViT.from_pretrained(store.backbone_id if args.model == "store" else args.model)
+    # no --max-rows: build_browser's default budget; 0: every row
+    budget: dict[str, Any] = {} if args.max_rows is None else {"max_rows": args.max_rows or None}
     site = build_browser(
         sae,
         store,
@@ -74,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
         latents=latents,
         max_pages=args.max_pages,
         batch_size=args.batch_size,
+        **budget,
         title=args.title,
         model=model,
     )

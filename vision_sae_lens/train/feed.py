@@ -158,12 +158,14 @@ def split_from_record(store: Any, record: dict[str, Any]) -> Split:
 
 def rows_of_images(offsets: np.ndarray, images: np.ndarray) -> np.ndarray:
     """Sorted int64 row numbers of the sorted ``images``, from the store's per-image row ``offsets``
-    (:meth:`ActivationStore.image_offsets`): one arange per image, never a pass over every row."""
-    starts, stops = offsets[images], offsets[images + 1]
-    lengths = stops - starts
-    if not lengths.sum():
-        return np.empty(0, dtype=np.int64)
-    # row j of the output = starts[image of j] + (j - first output position of that image)
+    (:meth:`ActivationStore.image_offsets`): one run per image, never a pass over every row."""
+    return rows_of_runs(offsets[images], offsets[images + 1])
+
+
+def rows_of_runs(starts: np.ndarray, stops: np.ndarray) -> np.ndarray:
+    """The row numbers of the runs ``starts[i]..stops[i]-1``, run after run, as one int64 array."""
+    lengths = np.asarray(stops, dtype=np.int64) - np.asarray(starts, dtype=np.int64)
+    # output position j belongs to run i: its row is starts[i] + (j - first position of run i)
     firsts = np.cumsum(lengths) - lengths
     return (np.repeat(starts - firsts, lengths) + np.arange(lengths.sum())).astype(np.int64)
 
