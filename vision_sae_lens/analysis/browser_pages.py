@@ -97,7 +97,6 @@ def write_index(ctx: Any, pages: list[int]) -> dict[str, Any]:
 def write_latent_pages(
     ctx: Any,
     pages: list[int],
-    starts: Any,
     *,
     model: Any,
     ablation_images: int,
@@ -118,7 +117,7 @@ def write_latent_pages(
     bar = tqdm(total=len(wanted), desc="heatmaps", unit="img", disable=not progress)
     with _Renderer(workers if len(wanted) >= _PARALLEL_MIN_IMAGES else 1, bar) as renderer:
         for image in sorted(wanted):
-            grid_hs = _image_grids(ctx, image, starts, [j for j, _, _ in wanted[image]])
+            grid_hs = _image_grids(ctx, image, [j for j, _, _ in wanted[image]])
             jobs = []
             for j, kind, rank in wanted[image]:
                 if kind == "top":
@@ -229,11 +228,12 @@ def _firing_labels(ctx: Any, j: int) -> list[str]:
     return [_label_name(ctx, i) or str(i) for i in (rate >= 0.5 * rate.max()).nonzero().flatten().tolist()]
 
 
-def _image_grids(ctx: Any, image: int, starts: Any, latents: list[int]) -> dict[int, np.ndarray]:
+def _image_grids(ctx: Any, image: int, latents: list[int]) -> dict[int, np.ndarray]:
     """Per latent, the (grid_h, grid_w) activations of one image, from its rows in the store."""
-    if image not in starts.start:
+    offsets = ctx.store.image_offsets()
+    lo, hi = int(offsets[image]), int(offsets[image + 1])
+    if hi <= lo:
         raise StoreError(f"image {image} has no rows in the store")
-    lo, hi = starts.start[image]
     acts = torch.as_tensor(ctx.store.read_rows(ctx.view.site, lo, hi))
     _, token_n = ctx.store.provenance(lo, hi)
     feats_ns = encode_acts(ctx.sae, acts).float().cpu()
