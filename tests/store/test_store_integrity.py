@@ -253,3 +253,14 @@ def test_verify_rehashes_everything_and_reports_its_throughput(tmp_path, small_b
     assert stats["mb_per_s"] > 0
     assert main(["verify", str(path)]) == 0
     assert "MB/s" in capsys.readouterr().out
+
+
+def test_a_row_across_a_block_boundary_is_checked_in_both_blocks(tmp_path, small_blocks):
+    path = write_store(tmp_path / "s", d=3).path  # 12-byte rows: row 21 holds bytes 252..263 of blocks 0 and 1
+    flip_byte(path / fmt.site_file(SITE, 0), 260)
+    store = ActivationStore(path)
+    store.gather(SITE, np.array([20, 3]))  # bytes 240..251 and 36..47: block 0 only, intact
+    with pytest.raises(StoreCorruptError, match="bytes 256..479"):
+        store.gather(SITE, np.array([21]))
+    with pytest.raises(StoreCorruptError, match="bytes 256..479"):
+        ActivationStore(path).read_rows(SITE, 21, 22)
