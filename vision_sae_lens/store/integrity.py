@@ -19,6 +19,7 @@ clock set back; ``verify()`` always re-hashes everything.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import hashlib
 import json
@@ -29,7 +30,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -189,26 +190,31 @@ class Verifier:
         """Hash every block of the shard files ``rels`` now on every core, whatever is recorded; returns
         (problems, bytes hashed). Intact blocks go to the verified record. ``progress`` gets each block's bytes.
         """
-        states = []
-        for rel in rels:
+        bad: set[str] = set()
+        hashed = 0
+        in_flight: collections.deque[tuple[_File, int, Future]] = collections.deque()
+
+        def settle(state: _File, b: int, future: Future) -> None:
+            state.verified[b] = future.result()
+            if not state.verified[b]:
+                bad.add(state.rel)
+            if progress is not None:
+                progress(min(state.block_bytes, state.size - b * state.block_bytes))
+
+        pool = _hash_pool()
+        for rel in rels:  # a bounded number of blocks in flight: memory does not grow with the store
             with self._lock:
                 state = self._files[rel] = _File(self.root, self.manifest, self._entries[rel])
-            states.append(state)
-        tasks = [(s, b) for s in states for b in range(s.n_blocks)]
-
-        def run(task: tuple[_File, int]) -> bool:
-            ok = task[0].hash_block(task[1])
-            if progress is not None:
-                progress(min(task[0].block_bytes, task[0].size - task[1] * task[0].block_bytes))
-            return ok
-
-        results = list(_hash_pool().map(run, tasks)) if tasks else []
-        bad = {s.rel for (s, _), ok in zip(tasks, results, strict=True) if not ok}
-        for (state, b), ok in zip(tasks, results, strict=True):
-            state.verified[b] = ok
-        self._remember(states)
+            for b in range(state.n_blocks):
+                in_flight.append((state, b, pool.submit(state.hash_block, b)))
+                if len(in_flight) >= 4 * hash_threads():
+                    settle(*in_flight.popleft())
+            hashed += state.size
+        while in_flight:
+            settle(*in_flight.popleft())
+        self._remember(self._files[rel] for rel in self._files)
         self.save()
-        return [f"{rel}: checksum mismatch" for rel in sorted(bad)], sum(s.size for s in states)
+        return [f"{rel}: checksum mismatch" for rel in sorted(bad)], hashed
 
     def save(self) -> None:
         """Write newly verified blocks to the verified record now."""
