@@ -70,7 +70,7 @@ def build_browser(
     effect of ablating each paged latent on its ``ablation_images`` top images. ``max_rows``: a store with
     more rows is scanned on a seeded random, label-stratified sample of whole images holding at most that
     many rows (default: the rows evaluation counts dead and dense latents on; None scans every row).
-    ``render_workers``: processes that render heatmaps (default: every core).
+    ``render_workers``: processes that render heatmaps (default: one per core, at most 8).
     """
     out = Path(out_dir)
     # index.html is written last: while it is absent the browser is unfinished (also on a rebuild).

@@ -104,7 +104,7 @@ def write_latent_pages(
     workers: int | None = None,
 ) -> None:
     """``latents/<id>.html`` for each paged latent, with its heatmaps under ``img/``, rendered on ``workers``
-    processes (default: every core the process may use; in this process for a handful of images)."""
+    processes (default: :func:`render_workers`; in this process for a handful of images)."""
     wanted: dict[int, list[tuple[int, str, int]]] = {}
     lower = {j: ctx.samples.lower_quantile_samples(j) for j in pages}
     for j in pages:
@@ -262,8 +262,10 @@ def render_heatmaps(
 
 
 def render_workers() -> int:
-    """Rendering processes: every core this process may use."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    """Rendering processes: one per core this process may use, at most 8 (each holds a few hundred MB of
+    imported libraries)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(8, cores))
 
 
 class _Renderer:
