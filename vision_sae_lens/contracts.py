@@ -10,7 +10,7 @@ implements it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
@@ -18,25 +18,47 @@ if TYPE_CHECKING:
     import torch
     from PIL import Image
 
-    from vision_sae_lens.layout import TokenLayout
+    from vision_sae_lens.layout import Layout
 
 
 @runtime_checkable
 class ImageSource(Protocol):
-    """What the recorder reads: ``len``, ``source[i] -> (PIL.Image, label | None)``, labels, description."""
+    """What the recorder reads: ``len``, ``source[i] -> (PIL.Image, label | None)``, labels, names,
+    description. ``data.open_images`` returns one for any input it takes."""
 
     @property
     def label_names(self) -> list[str] | None:
         """Class names, indexed by label (None when the source has no labels)."""
         ...
 
+    @property
+    def labels(self) -> Sequence[int | None] | None:
+        """The label of every image, known without decoding one (None when unknown or unlabelled)."""
+        ...
+
     def __len__(self) -> int: ...
 
     def __getitem__(self, i: int) -> tuple[Image.Image, int | None]: ...
 
+    def name_of(self, i: int) -> str:
+        """A short, portable name of image ``i`` (a relative path, ``row 12``) for messages and skip lists."""
+        ...
+
     @property
     def description(self) -> dict[str, Any]:
         """JSON-ready provenance (kind, name, split, count, ...), never an absolute path."""
+        ...
+
+
+@runtime_checkable
+class StreamedImageSource(Protocol):
+    """What an :class:`ImageSource` read in order (a stream) offers besides: random access would re-read it
+    from the start. (Only ``iter_range`` is checked by ``isinstance``, so the check reads no property.)"""
+
+    def iter_range(
+        self, start: int, stop: int
+    ) -> Iterator[tuple[int, tuple[Image.Image, int | None] | Exception]]:
+        """``(index, (image, label))`` for ``start..stop-1``; a row that cannot be read gives ``(index, error)``."""
         ...
 
 
@@ -64,6 +86,11 @@ class ActivationStoreReader(Protocol):
         ...
 
     @property
+    def metadata(self) -> dict[str, Any]:
+        """The store's ``metadata.json`` (settings, dataset, preprocessing, counts, fingerprint)."""
+        ...
+
+    @property
     def fingerprint(self) -> str:
         """Content hash of the store (what a report records to name the rows it measured)."""
         ...
@@ -78,8 +105,8 @@ class ActivationStoreReader(Protocol):
         ...
 
     @property
-    def layout(self) -> TokenLayout:
-        """Token layout of the backbone the rows came from."""
+    def layout(self) -> Layout:
+        """Token layout of the backbone the rows came from (a ``RowLayout`` for plain rows)."""
         ...
 
     @property
@@ -117,6 +144,10 @@ class ActivationStoreReader(Protocol):
 
     def provenance(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
         """``(image_idx, token_idx)`` of rows ``start..stop-1``."""
+        ...
+
+    def image_offsets(self) -> np.ndarray:
+        """``(n_images + 1,)`` row offsets: image ``i``'s rows are ``offsets[i]..offsets[i+1]-1``."""
         ...
 
     def gather(self, site: str, rows_n: np.ndarray) -> torch.Tensor:

@@ -60,6 +60,10 @@ class UnknownSiteError(VisionSAELensError, KeyError):
     """A hook name (site) that the model does not have."""
 
 
+class SiteDisabledError(VisionSAELensError, AssertionError):
+    """A site whose ``set_use_*`` toggle is off (TransformerLens' ``check_hooks_to_add`` asserts the same)."""
+
+
 class ImageInputError(VisionSAELensError, ValueError):
     """Images that cannot be turned into the backbone's input."""
 

@@ -3,12 +3,18 @@
 Every supported backbone orders tokens as ``[CLS?][registers...][patches row-major]``.
 ``TokenLayout`` is the single source of truth for that arithmetic: prefix counts, the patch
 grid, selecting token groups, and mapping a patch back to its pixel box in the model input.
+
+:class:`RowLayout` is the layout of rows that are not image tokens at all (SynthSAEBench samples, any
+user's vectors): one row per example, one token (index 0) each, no prefix tokens and no image grid.
+It answers the token questions (``n_tokens``, ``token_indices("all")``, ...) so stores, training and
+evaluation work unchanged, and refuses every image question (``grid``, ``patch_size``, ...) with an
+error that names the operation as needing image patches. :func:`layout_from_dict` reads either.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Literal, get_args
+from typing import ClassVar, Literal, NoReturn, get_args
 
 import torch
 
@@ -121,6 +127,92 @@ class TokenLayout:
             has_cls=bool(d["has_cls"]),
             n_registers=int(d.get("n_registers", 0)),
         )
+
+
+@dataclass(frozen=True)
+class RowLayout:
+    """Plain rows: every row is one example of its own, not a token of an image (no grid, no CLS).
+
+    Stores written with it hold ``tokens="all"`` and provenance ``[example index, 0]``. Anything that
+    needs an image grid (heatmaps, the feature browser's image pages, localization, splicing into a
+    ViT) gets a clear :class:`~vision_sae_lens.errors.ConfigError` from the attribute it asks for.
+    """
+
+    kind: ClassVar[str] = "rows"
+    has_cls: ClassVar[bool] = False
+    n_registers: ClassVar[int] = 0
+    n_prefix: ClassVar[int] = 0
+    n_tokens: ClassVar[int] = 1
+
+    def _no_grid(self, what: str) -> NoReturn:
+        raise ConfigError(
+            f"{what} needs image patches, but these are plain rows (RowLayout: one example per row, "
+            "no image grid); use an image-patch store for image-level analysis."
+        )
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """Refused: plain rows have no image."""
+        self._no_grid("image_size")
+
+    @property
+    def patch_size(self) -> tuple[int, int]:
+        """Refused: plain rows have no patches."""
+        self._no_grid("patch_size")
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """Refused: plain rows have no patch grid."""
+        self._no_grid("the patch grid")
+
+    @property
+    def n_patches(self) -> int:
+        """Refused: plain rows have no patches."""
+        self._no_grid("n_patches")
+
+    def patch_box(self, patch_idx: int) -> tuple[int, int, int, int]:
+        """Refused: plain rows have no pixel boxes."""
+        self._no_grid("patch_box")
+
+    def token_indices(self, tokens: TokenSelection | str) -> torch.Tensor:
+        """``[0]`` for ``tokens="all"``; any other selection is refused (there are no patches or CLS)."""
+        check_token_selection(tokens)
+        if tokens != "all":
+            raise ConfigError(
+                f"tokens={tokens!r} selects image tokens, but these are plain rows (one example per row, "
+                "no patches, CLS or registers); use tokens='all'."
+            )
+        return torch.tensor([0])
+
+    def select(self, acts_btd: torch.Tensor, tokens: TokenSelection | str) -> torch.Tensor:
+        """The (batch, 1, d) tensor itself (``tokens="all"`` only)."""
+        self.token_indices(tokens)
+        if acts_btd.dim() != 3 or acts_btd.shape[1] != 1:
+            raise ConfigError(f"plain rows are (batch, 1, d), got a tensor of shape {tuple(acts_btd.shape)}")
+        return acts_btd
+
+    def token_mask(self, tokens: TokenSelection | str) -> torch.Tensor:
+        """``[True]`` for ``tokens="all"``."""
+        self.token_indices(tokens)
+        return torch.ones(1, dtype=torch.bool)
+
+    def to_dict(self) -> dict:
+        """``{"kind": "rows", "n_prefix": 0, "n_tokens": 1}`` (the store's ``layout`` entry)."""
+        return {"kind": self.kind, "n_prefix": self.n_prefix, "n_tokens": self.n_tokens}
+
+
+Layout = TokenLayout | RowLayout
+"""Either layout a store can hold."""
+
+
+def layout_from_dict(d: dict) -> Layout:
+    """Read a layout written by ``to_dict`` (an image layout has no ``kind`` key)."""
+    kind = d.get("kind", "image")
+    if kind == RowLayout.kind:
+        return RowLayout()
+    if kind != "image":
+        raise ConfigError(f"unknown layout kind {kind!r}; this package reads 'image' and {RowLayout.kind!r}")
+    return TokenLayout.from_dict(d)
 
 
 def check_token_selection(tokens: str) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 
 import sae_lens
 
-from vision_sae_lens.layout import TokenLayout, check_token_selection
+from vision_sae_lens.layout import Layout, RowLayout, TokenLayout, check_token_selection
 
 
 @dataclass(frozen=True)
@@ -26,8 +26,10 @@ class VisionFacts:
     """Site the SAE reads and writes, e.g. ``blocks.10.hook_resid_post``."""
     tokens: str
     """Token selection the SAE was trained on: patches, cls, registers or all."""
-    layout: TokenLayout
-    """Token layout of the backbone (image size, patch size, CLS, registers)."""
+    layout: Layout
+    """Token layout of the backbone (image size, patch size, CLS, registers), or ``RowLayout`` for an
+    SAE trained on plain rows (its metadata then says ``modality: "rows"`` and holds no image keys, so
+    :meth:`from_metadata` reads no vision facts back and nothing treats it as a ViT SAE)."""
     preprocessing: dict[str, Any] = field(default_factory=dict)
     """Preprocessing of the backbone (mean, std, resize, crop, interpolation)."""
     dataset: dict[str, Any] = field(default_factory=dict)
@@ -50,6 +52,15 @@ class VisionFacts:
         """Flat keys for ``SAEMetadata`` (merge into ``cfg.metadata``)."""
         d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "layout"}
         lay = self.layout.to_dict()
+        if isinstance(self.layout, RowLayout):
+            d.update(
+                model_name=self.backbone,
+                context_size=lay["n_tokens"],
+                n_prefix_tokens=lay["n_prefix"],
+                modality="rows",
+                sae_lens_version=sae_lens.__version__,
+            )
+            return d
         d.update(
             model_name=self.backbone,
             image_size=lay["image_size"],

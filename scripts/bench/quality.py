@@ -9,20 +9,31 @@ digit accuracy on the 1,000 held-out test digits with the SAE spliced in (no err
 Implementations (per architecture, topk and batchtopk):
 - ``vision_sae_lens``: ``TrainConfig(store, site, sae, training_tokens)``, nothing else set.
 - ``saelens-lm-defaults``: SAELens' own LM defaults through the same trainer (lr 3e-4 constant, no
-  warm-up, dead-feature window 1000 steps, ``decoder_init_norm`` 0.1, b_dec zeros).
+  warm-up, dead-feature window 1000 steps, ``decoder_init_norm`` 0.1, b_dec zeros, AuxK coefficient 1
+  on raw pre-activations).
 - ``dictionary_learning`` 0.1.0 (TopKTrainer / BatchTopKTrainer, their defaults; warm-up and
   threshold start clipped to a tenth of the run, since their 1000-step defaults exceed it).
 - ``sparsify`` 1.3.3 (EleutherAI's SparseCoder and its trainer's step: b_dec = first batch mean,
   unit-norm decoder, parallel-gradient removal, Adam at its default lr, linear warm-up clipped as
   above; topk only: sparsify has no batchtopk).
+- ``overcomplete`` 0.3.0 (``TopKSAE`` / ``BatchTopKSAE`` with its default linear encoder and unit-norm
+  dictionary, trained by its own ``train_sae`` loop with its ``top_k_auxiliary_loss`` and the README's
+  Adam at lr 5e-4; its BatchTopK ``top_k`` counts per *batch*, so it gets k x batch size).
 
 The reference trainers are an optional extra, never a dependency of the package: install them into
 a throw-away folder and the script finds them there (torch comes from the package's environment)::
 
-    pip install --target /tmp/refpkgs --no-deps eai-sparsify==1.3.3 dictionary-learning==0.1.0 natsort schedulefree
+    pip install --target /tmp/refpkgs --no-deps eai-sparsify==1.3.3 dictionary-learning==0.1.0 natsort \
+        schedulefree overcomplete==0.3.0
     python scripts/bench/quality.py --refpkgs /tmp/refpkgs
 
-Without them the table lists only the package rows and says which references are missing.
+Without them the table lists only the package rows and says which references are missing. (Only
+``overcomplete.sae`` is imported: the package's top-level ``__init__`` pulls in plotting code that needs
+OpenCV and scikit-image and fails on matplotlib >= 3.9.)
+
+Dead latents are counted twice: over the whole training store (the package's definition) and over the
+rows of the 1,000 test digits (49,000 rows no SAE trained on), where a latent that only fires on a few
+training rows shows up as dead.
 ``--tokens`` sets the budget (default 1,000,000 rows, about 5 epochs of the 196,000-row store).
 ``--seeds`` (default 3) trains every implementation from that many initialisation seeds on the same
 batches and prints mean ± standard deviation: one seed is not enough to rank them (on this store the
@@ -33,10 +44,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import os
 import sys
 import tempfile
 import time
+import types
 from pathlib import Path
 
 import torch
@@ -55,9 +68,13 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=1_000_000, help="training rows per SAE")
     parser.add_argument("--refpkgs", default="/tmp/refpkgs", help="folder holding the reference trainers")
     parser.add_argument("--store", help="existing demo store (default: record one into a temp folder)")
+    parser.add_argument("--test-store", help="existing store of the test digits (default: record one)")
     parser.add_argument("--architectures", default="topk,batchtopk")
     parser.add_argument("--only", help="comma-separated implementations to run")
     parser.add_argument("--seeds", type=int, default=3, help="initialisation seeds per implementation")
+    parser.add_argument(
+        "--no-spliced", action="store_true", help="skip the spliced accuracy (the slowest part of scoring)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
     refs = _import_references(args.refpkgs)
@@ -77,19 +94,27 @@ def main() -> None:
             model, open_images("demo:mnist:train"), sites=[SITE], tokens="patches", dtype="float32",
             out_dir=tmp / "acts", batch_size=256, progress=False,
         )  # fmt: skip
+    if args.test_store:
+        test_store = ActivationStore(args.test_store)
+    else:
+        test_store = cache_activations(
+            model, test_digits, sites=[SITE], tokens="patches", dtype="float32",
+            out_dir=tmp / "test-acts", batch_size=256, progress=False,
+        )  # fmt: skip
     print(f"store: {store.n_rows:,} rows of {SITE} (d {store.site_dim(SITE)}), budget {args.tokens:,} rows")
     impls = {
         "vision_sae_lens": _train_package,
         "saelens-lm-defaults": _train_saelens_lm,
         "dictionary_learning": _train_dictionary_learning if "dictionary_learning" in refs else None,
         "sparsify": _train_sparsify if "sparsify" in refs else None,
+        "overcomplete": _train_overcomplete if "overcomplete" in refs else None,
     }
     only = set(args.only.split(",")) if args.only else None
     rows = []
     for arch in args.architectures.split(","):
         template = None
         for name, fn in impls.items():
-            if only and name not in only and name != "vision_sae_lens":
+            if only and name not in only:
                 continue
             if fn is None:
                 rows.append((arch, name, None, "not installed (see --refpkgs)"))
@@ -103,7 +128,9 @@ def main() -> None:
                 sys.stdout.flush()
                 if template is None:
                     template = sae  # the package's run: its metadata and batch size are shared
-                reports.append(_score(sae, store, model, test_digits, template))
+                reports.append(
+                    _score(sae, store, test_store, None if args.no_spliced else model, test_digits)
+                )
             note = f"{(time.perf_counter() - started) / args.seeds:.0f}s/seed {info}"
             rows.append((arch, name, reports, note))
             _print_table(rows[-1:], header=len(rows) == 1)  # as each finishes; the whole table at the end
@@ -114,7 +141,9 @@ def main() -> None:
 def _package_config(store, arch, tokens, **overrides):
     from vision_sae_lens.train import TrainConfig, build_sae_config
 
-    sae_fields = {k: overrides.pop(k) for k in list(overrides) if k in ("decoder_init_norm",)}
+    sae_fields = {
+        k: overrides.pop(k) for k in list(overrides) if k in ("decoder_init_norm", "aux_loss_coefficient")
+    }
     return TrainConfig(
         store=store,
         site=SITE,
@@ -138,6 +167,7 @@ def _train_saelens_lm(store, arch, tokens, out, template, seed):
     cfg = _package_config(
         store, arch, tokens, batch_size=4096, lr=3e-4, lr_scheduler="constant", lr_warm_up_steps=0,
         lr_decay_steps=0, dead_feature_window=1000, decoder_init_norm=0.1, b_dec_init="zeros", seed=seed,
+        aux_loss_coefficient=1.0, auxk_relu=False,
     )  # fmt: skip
     run = train_sae(cfg, out_dir=out, progress=False)
     return run.sae, f"batch {cfg.batch_size}, {cfg.n_steps} steps"
@@ -204,11 +234,35 @@ def _train_sparsify(store, arch, tokens, out, template, seed):
     ), f"{steps} steps"
 
 
+def _train_overcomplete(store, arch, tokens, out, template, seed):
+    from overcomplete.sae import BatchTopKSAE, TopKSAE, train_sae
+    from overcomplete.sae.losses import top_k_auxiliary_loss
+
+    cfg = _package_config(store, arch, tokens)
+    steps, batches = _same_batches(store, cfg, tokens)
+    torch.manual_seed(seed)
+    d_in = store.site_dim(SITE)
+    if arch == "topk":
+        sae = TopKSAE(d_in, nb_concepts=D_SAE, top_k=K)
+    else:  # its top_k is the number kept in the whole batch
+        sae = BatchTopKSAE(d_in, nb_concepts=D_SAE, top_k=K * cfg.batch_size)
+    adam = torch.optim.Adam(sae.parameters(), lr=5e-4)
+    train_sae(sae, batches, top_k_auxiliary_loss, adam, nb_epochs=1, monitoring=0)
+    sae.eval()  # fuses the normalised dictionary; BatchTopK switches to its running threshold
+    linear = sae.encoder.final_block[0]
+    threshold = float(sae.running_threshold) if arch == "batchtopk" else None
+    return _as_saelens(
+        linear.weight.T, linear.bias, sae.get_dictionary(), torch.zeros(d_in), template, threshold=threshold
+    ), f"{steps} steps"
+
+
 def _as_saelens(w_enc, b_enc, w_dec, b_dec, template, *, threshold=None):
     """A SAELens inference SAE with the reference weights (TopK, or JumpReLU for a global threshold)."""
     from sae_lens import JumpReLUSAE, JumpReLUSAEConfig, TopKSAE, TopKSAEConfig
 
     d_in, d_sae = w_enc.shape
+    if template is None:  # the package's run was left out (--only): no vision metadata to copy
+        template = TopKSAE(TopKSAEConfig(d_in=w_enc.shape[0], d_sae=w_enc.shape[1], k=K))
     meta = (
         dataclasses.replace(template.cfg.metadata)
         if dataclasses.is_dataclass(template.cfg.metadata)
@@ -229,15 +283,17 @@ def _as_saelens(w_enc, b_enc, w_dec, b_dec, template, *, threshold=None):
 
 
 # ------------------------------------------------------------------------------------- scoring
-def _score(sae, store, model, test_digits, template):
+def _score(sae, store, test_store, model, test_digits):
+    """The package's evaluation on the held-out split, plus the dead fraction over the test digits' rows."""
     from vision_sae_lens.train.evaluate import evaluate_sae
     from vision_sae_lens.train.feed import split_store
 
     cfg = _package_config(store, "topk", 4096)
     split = split_store(store, eval_fraction=cfg.eval_fraction, max_eval_rows=cfg.max_eval_rows, batch_size=1)
-    return evaluate_sae(
+    report = evaluate_sae(
         sae,
         store,
+        site=SITE,
         split=split,
         model=model,
         images=test_digits,
@@ -245,28 +301,37 @@ def _score(sae, store, model, test_digits, template):
         batch_size=4096,
         progress=False,
     )
+    on_test = evaluate_sae(
+        sae, test_store, site=SITE, start_row=0, max_rows=test_store.n_rows, progress=False
+    )
+    report["dead_fraction_test"] = on_test["dead_fraction"]
+    return report
 
 
 def _print_table(rows, *, header: bool = True) -> None:
     if header:
         print(
-            f"\n{'arch':<10}{'implementation':<22}{'NMSE':>16}{'L0':>7}{'dead':>14}{'spliced acc':>15}  notes"
+            f"\n{'arch':<10}{'implementation':<22}{'NMSE':>16}{'L0':>7}{'dead store':>14}{'dead test':>14}"
+            f"{'spliced acc':>15}  notes"
         )
     for arch, name, reports, note in rows:
         if reports is None:
-            print(f"{arch:<10}{name:<22}{'-':>16}{'-':>7}{'-':>14}{'-':>15}  {note}")
+            print(f"{arch:<10}{name:<22}{'-':>16}{'-':>7}{'-':>14}{'-':>14}{'-':>15}  {note}")
             continue
         nmse = _mean_sd([r["nmse"] for r in reports], 4)
         dead = _mean_sd([r["dead_fraction"] for r in reports], 3)
+        dead_test = _mean_sd([r["dead_fraction_test"] for r in reports], 3)
         acc = _mean_sd([(r.get("downstream") or {}).get("accuracy", float("nan")) for r in reports], 3)
         l0 = sum(r["l0"] for r in reports) / len(reports)
-        print(f"{arch:<10}{name:<22}{nmse:>16}{l0:>7.1f}{dead:>14}{acc:>15}  {note}")
-    clean = next((r[2][0]["downstream"]["clean_accuracy"] for r in rows if r[2]), None)
+        print(f"{arch:<10}{name:<22}{nmse:>16}{l0:>7.1f}{dead:>14}{dead_test:>14}{acc:>15}  {note}")
+    clean = next(
+        (r[2][0]["downstream"]["clean_accuracy"] for r in rows if r[2] and "downstream" in r[2][0]), None
+    )
     if clean is not None and len(rows) > 1:
         n = len(next(r[2] for r in rows if r[2]))
         print(
             f"clean accuracy {clean:.3f}; mean ± sd over {n} seeds; NMSE/L0 on held-out images' rows; "
-            "dead over the whole store"
+            "dead over the whole store and over the test digits' rows"
         )
 
 
@@ -280,13 +345,27 @@ def _import_references(folder: str) -> set[str]:
     found = set()
     if folder and Path(folder).is_dir() and folder not in sys.path:
         sys.path.append(folder)  # appended: the package's own torch / transformers stay first
-    for name in ("dictionary_learning", "sparsify"):
+    for name in ("dictionary_learning", "sparsify", "overcomplete"):
         try:
-            __import__(name)
+            if name == "overcomplete":
+                _import_overcomplete_sae()
+            else:
+                __import__(name)
             found.add(name)
         except Exception as exc:  # noqa: BLE001 - any import failure means "not available"
             print(f"{name}: not available ({type(exc).__name__}: {exc})")
     return found
+
+
+def _import_overcomplete_sae() -> None:
+    """``overcomplete.sae`` without the package's ``__init__`` (its plotting imports fail, see above)."""
+    spec = importlib.util.find_spec("overcomplete")
+    if spec is None or spec.submodule_search_locations is None:
+        raise ModuleNotFoundError("overcomplete")
+    package = types.ModuleType("overcomplete")
+    package.__path__ = list(spec.submodule_search_locations)
+    sys.modules["overcomplete"] = package
+    importlib.import_module("overcomplete.sae")
 
 
 if __name__ == "__main__":

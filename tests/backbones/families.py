@@ -91,3 +91,98 @@ def build_family(family: str, tmp_path_factory) -> tuple[HookedSAEViT, torch.nn.
         return hooked, hooked.backbone
     model = _hf_models()[family]().eval()
     return HookedSAEViT.from_module(model, backbone_id=f"hf:{family}"), model
+
+
+TL_FAMILIES = ["timm-vit", "timm-dinov2-reg", "open_clip-vit", "hf-siglip", "hf-dinov2", "hf-vit-classifier"]
+"""The families TransformerLens' ported tests run on: timm (fused qkv; a classifier; LayerScale and
+registers), open_clip (nn.MultiheadAttention, ln_pre, a projection into the text space), transformers
+(q/k/v projections; no CLS token; LayerScale; a classifier)."""
+
+
+TL_EVERY_ATTENTION = [
+    "timm-vit",
+    "timm-dinov2-reg",
+    "timm-siglip",
+    "open_clip-vit",
+    "hf-clip-vision",
+    "hf-siglip",
+    "hf-dinov2",
+    "hf-vit",
+]
+"""Every eager-capable family but open_clip's timm trunk (twelve blocks of the same timm modules as ``timm-*``)."""
+
+TL_ONE_PER_LIBRARY = ["timm-vit", "open_clip-vit", "hf-vit-classifier"]
+"""For the ported tests of the hook machinery itself, where the architecture does not matter."""
+
+
+def build_eager(family: str, tmp_path_factory) -> HookedSAEViT:
+    """The family's tiny model with ``attention="eager"`` (every TransformerLens site exists), its
+    vectors (norm weights and biases, LayerScale, linear biases) drawn at random: libraries initialise
+    norms to (1, 0) and LayerScale to 1e-5, which would hide a mixed-up weight, bias or scale."""
+    fused, _ = build_family(family, tmp_path_factory)
+    fused.remove_bridges()  # one wrapper per backbone: the eager one below
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, param in fused.backbone.named_parameters():
+            if param.ndim == 1:
+                noise = torch.randn(param.shape, generator=generator)
+                param.copy_(noise * 0.1 if name.endswith("bias") else 1 + 0.3 * noise)
+    return HookedSAEViT(fused.spec, attention="eager")
+
+
+def images_for(model: HookedSAEViT, n: int = 8, seed: int = 0) -> torch.Tensor:
+    """``n`` fixed preprocessed images (the counterpart of a batch of prompts)."""
+    size = model.layout.image_size
+    return torch.randn(n, 3, *size, generator=torch.Generator().manual_seed(seed))
+
+
+def class_ids(model: HookedSAEViT, n: int, seed: int = 0) -> torch.Tensor:
+    """``n`` fixed class ids of the model's class readout (the counterpart of answer tokens)."""
+    n_classes = model.class_readout.directions.shape[0]
+    return torch.randint(0, n_classes, (n,), generator=torch.Generator().manual_seed(seed))
+
+
+def give_classes(model: HookedSAEViT, n_classes: int = 6) -> bool:
+    """Give ``model`` named class directions: a classifier's head, or for an image-text tower random unit
+    class text embeddings. False when the backbone has no linear head (it outputs features)."""
+    if model.spec.readout is None:
+        return False
+    if model.output_kind == "embedding":
+        d_embed = model.spec.readout.linear()[0].shape[0]
+        text = torch.nn.functional.normalize(
+            torch.randn(n_classes, d_embed, generator=torch.Generator().manual_seed(1)), dim=-1
+        )
+        model.use_classes([f"class{i}" for i in range(n_classes)], text_embeddings=text)
+    else:
+        n_out = model.spec.readout.linear()[0].shape[0]
+        model.use_classes([f"class{i}" for i in range(n_out)])
+    return True
+
+
+class AttnOnlyBlock(torch.nn.Module):
+    """A pre-norm block with attention and no MLP."""
+
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.norm = torch.nn.LayerNorm(d)
+        self.attn = torch.nn.MultiheadAttention(d, 2, batch_first=True)
+
+    def forward(self, x):
+        h = self.norm(x)
+        return x + self.attn(h, h, h, need_weights=False)[0]
+
+
+class AttnOnlyViT(torch.nn.Module):
+    """Two attention-only blocks on 8x8 patches of a 32 px image (no CLS): the image counterpart of
+    TransformerLens' ``attn-only-2l``; hook it with :func:`HookedSAEViT.from_module` and ``blocks="blocks"``."""
+
+    def __init__(self, d: int = 16) -> None:
+        super().__init__()
+        self.embed = torch.nn.Conv2d(3, d, 8, 8)
+        self.blocks = torch.nn.ModuleList([AttnOnlyBlock(d), AttnOnlyBlock(d)])
+
+    def forward(self, pixels):
+        x = self.embed(pixels).flatten(2).transpose(1, 2)
+        for block in self.blocks:
+            x = block(x)
+        return x.mean(1)

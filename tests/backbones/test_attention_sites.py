@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from vision_sae_lens.backbones import HookedSAEViT
-from vision_sae_lens.backbones.attention import ATTENTION_SITES
+from vision_sae_lens.backbones.hook_tree import ATTENTION_SITES
 from vision_sae_lens.errors import UnknownBackboneError, UnknownSiteError
 
 EAGER_FAMILIES = [

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from families import AttnOnlyViT
 from ported_helpers import (
     SAE_SITES,
     Counter,
@@ -25,7 +26,6 @@ from ported_helpers import (
 )
 from sae_lens import SAE, StandardSAE, StandardSAEConfig
 from sae_lens.saes.sae import SAEMetadata
-from torch import nn
 
 from vision_sae_lens.backbones import HookedSAEViT, TokenLayout
 from vision_sae_lens.compat import ActivationCache, HookPoint, SAEWrapper, get_deep_attr
@@ -405,29 +405,8 @@ def test_HookedSAETransformer_adds_hook_in_to_mlp(model):
         assert cache[f"blocks.{n}.mlp.hook_in"].shape == (2, model.cfg.n_ctx, model.cfg.d_model)
 
 
-class _AttnOnlyBlock(nn.Module):
-    def __init__(self, d: int) -> None:
-        super().__init__()
-        self.norm = nn.LayerNorm(d)
-        self.attn = nn.MultiheadAttention(d, 2, batch_first=True)
-
-    def forward(self, x):
-        h = self.norm(x)
-        return x + self.attn(h, h, h, need_weights=False)[0]
-
-
-class _AttnOnlyViT(nn.Module):
-    def __init__(self, d: int = 16) -> None:
-        super().__init__()
-        self.embed = nn.Conv2d(3, d, 8, 8)
-        self.blocks = nn.Sequential(_AttnOnlyBlock(d), _AttnOnlyBlock(d))
-
-    def forward(self, pixels):
-        return self.blocks(self.embed(pixels).flatten(2).transpose(1, 2)).mean(1)
-
-
 def test_HookedSAETransformer_works_with_attn_only_models():
-    vit = _AttnOnlyViT().eval()
+    vit = AttnOnlyViT().eval()
     model = HookedSAEViT.from_module(
         vit, blocks="blocks", layout=TokenLayout(image_size=(32, 32), patch_size=(8, 8), has_cls=False)
     )

@@ -8,40 +8,47 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score, roc_auc_score
 
-from vision_sae_lens.benchmark.metrics import (
-    LatentFactorHistogram,
-    ReconstructionAccumulator,
-    auroc_from_histograms,
-    mask_iou,
-    splitting_and_mixing,
-)
+from vision_sae_lens.benchmark.metrics import ReconstructionAccumulator, mask_iou, splitting_and_mixing
 from vision_sae_lens.benchmark.probing import fit_logistic, sparse_probing
+from vision_sae_lens.benchmark.recovery import FactorRecovery, label_pairs
+
+
+def recovery_of(
+    acts: np.ndarray, labels: np.ndarray, *, n_bins: int, thresholds_of: list[int] | None = None
+) -> FactorRecovery:
+    """Stream (acts, labels) in batches of 512 through FactorRecovery until it is done (and, with
+    ``thresholds_of``, until those latents' thresholds are known)."""
+    acts_t, labels_t = torch.from_numpy(acts), torch.from_numpy(labels)
+    rec = FactorRecovery(acts.shape[1], labels.shape[1], n_bins=n_bins)
+    for ask in (None, thresholds_of):
+        if ask is not None:
+            rec.request_thresholds(torch.tensor(ask))
+        while not rec.done:
+            for lo in range(0, len(acts_t), 512):
+                rec.add(acts_t[lo : lo + 512], *label_pairs(labels_t[lo : lo + 512]))
+            rec.end_pass()
+    return rec
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_histogram_auroc_equals_sklearn_on_values_that_fall_in_distinct_bins(seed):
+def test_auroc_equals_sklearn_on_values_that_fall_in_distinct_bins(seed):
     rng = np.random.default_rng(seed)
     n_bins = 16
     values = rng.integers(0, n_bins + 1, size=500).astype(np.float64)  # 0 (silent) .. B, one value per bin
     labels = rng.random(500) < 0.2 + 0.04 * values
-    hist = LatentFactorHistogram(torch.tensor([float(n_bins)]), n_bins=n_bins)
-    hist.add(torch.from_numpy(values)[:, None], torch.from_numpy(labels)[:, None])
-    got = float(hist.scores()["auroc_sf"][0, 0])
-    assert got == pytest.approx(roc_auc_score(labels, values), abs=1e-12)
+    rec = recovery_of(values[:, None], labels[:, None], n_bins=n_bins)
+    assert float(rec.auroc_fs()[0, 0]) == pytest.approx(roc_auc_score(labels, values), abs=1e-12)
 
 
-def test_histogram_auroc_close_to_sklearn_on_continuous_values():
+def test_auroc_close_to_sklearn_on_continuous_values():
     rng = np.random.default_rng(3)
     n, s, f = 4000, 3, 2
     labels = rng.random((n, f)) < 0.3
     acts = np.maximum(0, rng.normal(size=(n, s)) + labels[:, [0, 1, 0]] * np.array([1.5, 0.7, -0.5]))
-    hist = LatentFactorHistogram(torch.from_numpy(acts.max(0)), n_bins=256)
-    for lo in range(0, n, 512):  # streaming in batches gives the same counts
-        hist.add(torch.from_numpy(acts[lo : lo + 512]), torch.from_numpy(labels[lo : lo + 512]))
-    auroc = hist.scores()["auroc_sf"]
+    auroc = recovery_of(acts, labels, n_bins=256).auroc_fs()  # streamed in batches of 512
     for j in range(s):
         for k in range(f):
-            assert float(auroc[j, k]) == pytest.approx(roc_auc_score(labels[:, k], acts[:, j]), abs=0.005)
+            assert float(auroc[k, j]) == pytest.approx(roc_auc_score(labels[:, k], acts[:, j]), abs=0.005)
 
 
 def test_best_f1_and_its_threshold_match_a_brute_force_search():
@@ -49,24 +56,23 @@ def test_best_f1_and_its_threshold_match_a_brute_force_search():
     n_bins = 10
     values = rng.integers(0, n_bins + 1, size=300).astype(np.float64)
     labels = rng.random(300) < values / (n_bins + 2)
-    hist = LatentFactorHistogram(torch.tensor([float(n_bins)]), n_bins=n_bins)
-    hist.add(torch.from_numpy(values)[:, None], torch.from_numpy(labels)[:, None])
-    sc = hist.scores()
+    rec = recovery_of(values[:, None], labels[:, None], n_bins=n_bins, thresholds_of=[0])
     brute = {t: f1_score(labels, values > t) for t in range(n_bins)}  # "act > t" for t = 0..B-1
     best_t = max(brute, key=brute.get)
-    assert float(sc["f1_sf"][0, 0]) == pytest.approx(brute[best_t], abs=1e-12)
-    assert f1_score(labels, values > float(sc["threshold_sf"][0, 0])) == pytest.approx(
-        brute[best_t], abs=1e-12
-    )
+    assert float(rec.best_f1_f[0]) == pytest.approx(brute[best_t], abs=1e-12)
+    threshold = float(rec.thresholds_of(torch.tensor([0]))[0])
+    assert f1_score(labels, values > threshold) == pytest.approx(brute[best_t], abs=1e-12)
     fires = values > 0
-    assert float(sc["precision_sf"][0, 0]) == pytest.approx(labels[fires].mean(), abs=1e-12)
-    assert float(sc["recall_sf"][0, 0]) == pytest.approx(fires[labels].mean(), abs=1e-12)
+    assert float(rec.precision_sf()[0, 0]) == pytest.approx(labels[fires].mean(), abs=1e-12)
+    assert float(rec.recall_sf()[0, 0]) == pytest.approx(fires[labels].mean(), abs=1e-12)
 
 
 def test_auroc_is_nan_without_positives_or_negatives():
-    pos = torch.tensor([[0.0, 0.0], [3.0, 1.0]], dtype=torch.float64)
-    neg = torch.tensor([[2.0, 1.0], [0.0, 0.0]], dtype=torch.float64)
-    assert torch.isnan(auroc_from_histograms(pos, neg)).all()
+    acts = np.array([[0.0], [1.0], [2.0]])
+    labels = np.array(
+        [[False, True], [False, True], [False, True]]
+    )  # factor 0: no positives; 1: no negatives
+    assert torch.isnan(recovery_of(acts, labels, n_bins=4).auroc_fs()).all()
 
 
 def test_reconstruction_accumulator_matches_direct_formulas():

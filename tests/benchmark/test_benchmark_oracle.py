@@ -37,7 +37,7 @@ def test_oracle_recovers_every_factor_at_patch_and_image_level(oracle_report):
     for level in ("patch", "image"):
         rec = oracle_report["recovery"][level]
         assert rec["mean_auroc"] == pytest.approx(1.0)
-        assert rec["mean_f1"] == pytest.approx(1.0)
+        assert rec["mean_factor_f1"] == pytest.approx(1.0)
         assert rec["fraction_recovered"] == 1.0
         assert [rec["per_factor"][n]["auroc_latent"] for n in FACTOR_NAMES] == list(range(F))
 

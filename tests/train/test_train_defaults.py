@@ -22,7 +22,8 @@ def test_defaults_scale_with_the_run():
         store="x", site=SITE, sae=TopKTrainingSAEConfig(d_in=8, d_sae=512, k=4), training_tokens=10**6
     )
     assert cfg.batch_size == 512 and cfg.n_steps == 1953  # 1M / 1000 rounded down to a power of two
-    assert cfg.dead_feature_window == 195 < cfg.n_steps  # AuxK can switch on within the run
+    assert cfg.dead_feature_window == 19 < cfg.n_steps  # AuxK switches on early in the run
+    assert cfg.auxk_relu  # on ReLU'd pre-activations, as OpenAI's reference
     assert cfg.lr_warm_up_steps == 97 and cfg.lr_scheduler == "constant"
     assert cfg.lr == pytest.approx(2e-4 * (2**14 / 512) ** 0.5) and cfg.lr_end == pytest.approx(cfg.lr / 10)
     big = TrainConfig(
@@ -45,6 +46,13 @@ def test_topk_family_starts_from_a_unit_norm_decoder():
         == StandardTrainingSAEConfig(d_in=8, d_sae=16).decoder_init_norm
     )  # L1 SAEs keep SAELens' default
     assert build_sae_config("topk", d_in=8, d_sae=16, k=2, decoder_init_norm=0.1).decoder_init_norm == 0.1
+    # AuxK weighted 4x for TopK / BatchTopK (measured with auxk_relu); others keep SAELens' weight
+    assert build_sae_config("topk", d_in=8, d_sae=16, k=2).aux_loss_coefficient == 4.0
+    assert build_sae_config("batchtopk", d_in=8, d_sae=16, k=2).aux_loss_coefficient == 4.0
+    assert (
+        build_sae_config("matryoshka", d_in=8, d_sae=16, k=2, matryoshka_widths=[4, 16]).aux_loss_coefficient
+        == 1.0
+    )
 
 
 def test_b_dec_starts_at_zeros_or_on_request_at_the_data_mean(store, tmp_path):

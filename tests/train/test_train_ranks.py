@@ -145,3 +145,24 @@ def test_saved_config_keys_are_sorted(store, tmp_path):
     for path in [run.path / "cfg.json", *tmp_path.glob("checkpoints/*/*/trainer/cfg.json")]:
         keys = list(json.loads(path.read_text()))
         assert keys == sorted(keys), path
+
+
+@pytest.mark.parametrize("device", ["cpu", "meta"])
+@pytest.mark.parametrize("auxk_relu", [True, False])
+def test_data_parallel_batchtopk_keeps_the_chosen_step_and_auxk(device, auxk_relu):
+    """The data-parallel class of a BatchTopK-family SAE is a subclass of the class one process would train
+    (the lean CPU one or SAELens' own, with or without the ReLU AuxK), made once; per-row classes stay as
+    they are."""
+    from sae_lens import BatchTopKTrainingSAE, MatryoshkaBatchTopKTrainingSAE, TopKTrainingSAE
+
+    from vision_sae_lens.train.build import training_classes
+    from vision_sae_lens.train.data_parallel import BatchTopKAcrossRanks, DataParallelSAETrainer
+
+    for cls in (BatchTopKTrainingSAE, MatryoshkaBatchTopKTrainingSAE):
+        single, _ = training_classes(cls, device, auxk_relu=auxk_relu)
+        parallel, trainer = training_classes(cls, device, auxk_relu=auxk_relu, data_parallel=True)
+        assert trainer is DataParallelSAETrainer
+        assert issubclass(parallel, BatchTopKAcrossRanks) and issubclass(parallel, single)
+        assert parallel is training_classes(cls, device, auxk_relu=auxk_relu, data_parallel=True)[0]
+    single, _ = training_classes(TopKTrainingSAE, device, auxk_relu=auxk_relu)
+    assert training_classes(TopKTrainingSAE, device, auxk_relu=auxk_relu, data_parallel=True)[0] is single

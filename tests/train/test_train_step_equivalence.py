@@ -10,6 +10,7 @@ from sae_lens import (
     BatchTopKTrainingSAEConfig,
     JumpReLUTrainingSAEConfig,
     LoggingConfig,
+    MatryoshkaBatchTopKTrainingSAE,
     MatryoshkaBatchTopKTrainingSAEConfig,
     SAETrainer,
     StandardTrainingSAEConfig,
@@ -35,14 +36,22 @@ CONFIGS = {
 
 
 def _trainer(
-    make_cfg, *, lr: float, dead_feature_window: int = 3, fast: bool = False, **kwargs
+    make_cfg,
+    *,
+    lr: float,
+    dead_feature_window: int = 3,
+    fast: bool = False,
+    device: str | None = None,
+    auxk_relu: bool = False,
+    **kwargs,
 ) -> SAETrainer:
-    """SAELens' trainer and training SAE, or (``fast``) the package's CPU ones, chosen as training chooses."""
+    """SAELens' trainer and training SAE, or the classes training chooses for ``device`` (``fast``: "cpu");
+    every one runs here on the CPU."""
     torch.manual_seed(0)
     sae_cfg = make_cfg()
     sae_cls, trainer_cls = get_sae_training_class(sae_cfg.architecture())[0], SAETrainer
-    if fast:
-        sae_cls, trainer_cls = training_classes(sae_cls, "cpu")
+    if fast or device is not None:
+        sae_cls, trainer_cls = training_classes(sae_cls, device or "cpu", auxk_relu=auxk_relu)
     sae = sae_cls(sae_cfg)
     cfg = SAETrainerConfig(
         total_training_samples=STEPS * BATCH, train_batch_size_samples=BATCH, lr=lr, lr_end=lr / 10,
@@ -487,3 +496,46 @@ def test_batchtopk_training_with_the_fast_choice_equals_saelens(monkeypatch):
         assert torch.allclose(ref.sae.topk_threshold, ours.sae.topk_threshold, rtol=1e-6), i
     assert len(chosen) == steps and all(c is not None for c in chosen)  # each step took the fast choice
     assert any(a > 0 for a in aux)
+
+
+@pytest.mark.parametrize("arch", list(AUX_CONFIGS))
+def test_relu_auxk_step_equals_saelens_aux_loss_on_relu_pre_activations(arch):
+    """``auxk_relu`` (the default of TrainConfig) is SAELens' own AuxK loss fed ``hidden_pre.relu()`` (OpenAI's
+    reference, dictionary_learning and sparsify): the class chosen for a GPU (SAELens' step) and the one chosen
+    for a CPU (the lean / sparse step) give the same losses and weights through every step as SAELens' methods
+    called on the ReLU'd values by hand; and they differ from SAELens' raw pre-activations."""
+    # window 0: the latents silent on the last batch are dead, and their pre-activations are mostly negative
+    reference = _trainer(AUX_CONFIGS[arch], lr=3e-2, dead_feature_window=0)
+    sae = reference.sae
+    cls = type(sae)
+    sae.calculate_topk_aux_loss = lambda *, hidden_pre, **kw: cls.calculate_topk_aux_loss(
+        sae, hidden_pre=hidden_pre.relu(), **kw
+    )
+    if isinstance(sae, MatryoshkaBatchTopKTrainingSAE):
+        sae.calculate_matryoshka_aux_loss = lambda *, hidden_pre, **kw: cls.calculate_matryoshka_aux_loss(
+            sae, hidden_pre=hidden_pre.relu(), **kw
+        )
+    trainers = {
+        "reference": reference,
+        "gpu choice": _trainer(
+            AUX_CONFIGS[arch], lr=3e-2, dead_feature_window=0, device="cuda", auxk_relu=True
+        ),
+        "cpu choice": _trainer(AUX_CONFIGS[arch], lr=3e-2, dead_feature_window=0, fast=True, auxk_relu=True),
+        "raw": _trainer(AUX_CONFIGS[arch], lr=3e-2, dead_feature_window=0, fast=True),
+    }
+    assert type(trainers["gpu choice"].sae).__name__.startswith("ReluAuxK")
+    assert type(trainers["cpu choice"].sae).__name__.startswith("LeanReluAuxK")
+    losses: dict[str, list[float]] = {name: [] for name in trainers}
+    for batch in _batches():
+        for name, trainer in trainers.items():
+            trainer.maybe_reset_sparsity()
+            out = trainer.step(batch)
+            losses[name].append(float(out.losses["auxiliary_reconstruction_loss"].detach()))
+            trainer.n_training_steps += 1
+    for name in ("gpu choice", "cpu choice"):
+        assert losses[name] == pytest.approx(losses["reference"], rel=1e-4, abs=1e-5), name
+        pairs = zip(reference.sae.named_parameters(), trainers[name].sae.named_parameters(), strict=True)
+        for (param, a), (_, b) in pairs:
+            assert torch.allclose(a, b, rtol=1e-4, atol=1e-5), (name, param)
+    assert sum(a > 0 for a in losses["cpu choice"]) >= STEPS - 1  # the aux loss was on from step 2
+    assert losses["raw"] != pytest.approx(losses["cpu choice"], rel=1e-3)

@@ -166,13 +166,13 @@ def test_sweep_steps_saes_side_by_side_on_a_cpu(store, tmp_path, monkeypatch):
     original = FastSAETrainer.step
     running, overlaps, lock = set(), [], threading.Lock()
 
-    def watched_step(trainer, batch):
+    def watched_step(trainer, batch, **kwargs):
         with lock:
             running.add(id(trainer))
             overlaps.append(len(running))
         time.sleep(0.002)  # long enough for the other SAE's step to start, if it runs side by side
         try:
-            return original(trainer, batch)
+            return original(trainer, batch, **kwargs)
         finally:
             with lock:
                 running.discard(id(trainer))

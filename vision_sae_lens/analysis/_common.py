@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from vision_sae_lens.errors import ConfigError, ImageInputError, OutOfRangeError, SAEMismatchError
-from vision_sae_lens.layout import TokenLayout
+from vision_sae_lens.layout import Layout
 from vision_sae_lens.metadata import vision_facts_of
 
 if TYPE_CHECKING:
@@ -24,7 +24,8 @@ class SAEView:
 
     site: str
     tokens: str
-    layout: TokenLayout
+    layout: Layout
+    """Token layout of the rows (a ``RowLayout`` for plain rows: image views refuse it)."""
     token_idx: torch.Tensor
     """Sequence positions the SAE covers (int64, ascending)."""
 
@@ -34,7 +35,7 @@ class SAEView:
         return (self.token_idx >= self.layout.n_prefix).nonzero().flatten()
 
 
-def sae_view(sae: SAE, model: HookedSAEViT | None = None, *, layout: TokenLayout | None = None) -> SAEView:
+def sae_view(sae: SAE, model: HookedSAEViT | None = None, *, layout: Layout | None = None) -> SAEView:
     """Resolve site, tokens and layout of ``sae`` (its vision metadata, else the model's layout, all tokens).
 
     With a model, the SAE is checked against it first (unknown site, width, token layout).
@@ -43,7 +44,7 @@ def sae_view(sae: SAE, model: HookedSAEViT | None = None, *, layout: TokenLayout
         model.check_sae(sae)
     facts = vision_facts_of(sae)
     site = sae.cfg.metadata.hook_name
-    lay: TokenLayout | None
+    lay: Layout | None
     if facts is not None:
         lay, tokens = facts.layout, facts.tokens
         if model is not None and facts.tokens == "all" and lay.n_tokens != model.layout.n_tokens:

@@ -29,12 +29,12 @@ import torch
 from vision_sae_lens.analysis._common import check_latents
 from vision_sae_lens.analysis.browser_pages import copy_assets, write_index, write_latent_pages
 from vision_sae_lens.analysis.explain import SampleAccumulator, interest_scores
-from vision_sae_lens.analysis.scan import ImageReduction, scan
+from vision_sae_lens.analysis.scan import scan
 from vision_sae_lens.analysis.stats import FeatureStats, StatsAccumulator
 from vision_sae_lens.analysis.topk import TopActivations, TopKAccumulator
-from vision_sae_lens.errors import escape_control
+from vision_sae_lens.errors import ConfigError, escape_control
 from vision_sae_lens.fsutil import building_folder
-from vision_sae_lens.train.evaluate import DENSE_THRESHOLD
+from vision_sae_lens.train.evaluate import DENSE_THRESHOLD, DENSITY_MAX_ROWS
 
 if TYPE_CHECKING:
     from vision_sae_lens.backbones import HookedSAEViT
@@ -60,6 +60,8 @@ def build_browser(
     ablation_images: int = 8,
     progress: bool = True,
     overwrite: bool = False,
+    max_rows: int | None = DENSITY_MAX_ROWS,
+    render_workers: int | None = None,
 ) -> BrowserSite:
     """Write the feature browser for ``sae`` over an activation ``store`` into the folder ``out_dir``.
 
@@ -77,12 +79,20 @@ def build_browser(
     the store or the working directory with the recorded file list), else every page says the images
     are missing and heatmaps are drawn on a blank canvas. ``latents``: which latents get a page
     (default: the ``max_pages`` with the highest interest score). ``model``: the backbone, to show the
-    effect of ablating each paged latent on its ``ablation_images`` top images.
+    effect of ablating each paged latent on its ``ablation_images`` top images. ``max_rows``: a store with
+    more rows is scanned on a seeded random, label-stratified sample of whole images holding at most that
+    many rows (default: the rows evaluation counts dead and dense latents on; None scans every row).
+    ``render_workers``: processes that render heatmaps (default: one per core, at most 8).
     """
+    if getattr(store.layout, "kind", None) == "rows":  # before any file is written
+        raise ConfigError(
+            "the feature browser shows image patches, but this store holds plain rows (RowLayout: one "
+            "example per row, no image grid); use top_activating / feature_stats on it instead."
+        )
     with building_folder(out_dir, kind="browser", overwrite=overwrite, what="feature browser") as out:
         for sub in ("assets", "data", "latents", "img"):
             (out / sub).mkdir()
-        source, missing = _image_source(store, images)  # a refused dataset description fails before the scan
+        source, missing = store_images(store, images)  # a refused dataset description fails before the scan
         labels = getattr(store, "labels", None)
         d_sae = int(sae.cfg.d_sae)
         stats_acc = StatsAccumulator(
@@ -90,10 +100,10 @@ def build_browser(
         )
         topk_acc = TopKAccumulator(d_sae, k, by=by)
         samples = SampleAccumulator(d_sae)
-        starts = _ImageStarts()
         view = scan(
-            sae, store, [stats_acc, topk_acc, samples, starts], batch_size=batch_size, progress=progress
-        )
+            sae, store, [stats_acc, topk_acc, samples], batch_size=batch_size, progress=progress,
+            max_rows=max_rows,
+        )  # fmt: skip
         stats = stats_acc.result(
             dense_threshold=DENSE_THRESHOLD, label_names=getattr(store, "label_names", None)
         )
@@ -105,8 +115,9 @@ def build_browser(
         ctx.add_scan(interest=interest, samples=samples, missing=missing, patch_tokens=patch_tokens)
         copy_assets(out)
         write_latent_pages(
-            ctx, pages, starts, model=model, ablation_images=ablation_images, progress=progress
-        )
+            ctx, pages, model=model, ablation_images=ablation_images, progress=progress,
+            workers=render_workers,
+        )  # fmt: skip
         summary = write_index(ctx, pages)
     index = Path(os.path.abspath(out_dir)) / "index.html"
     logger.info("feature browser written to %s (%d latent pages)", index, len(pages))
@@ -123,25 +134,6 @@ class BrowserSite:
     """The figures the index shows: latents, dead, dense, positional, pages, the dead/dense definition."""
     pages: list[int]
     """Latents that got a page, in page order."""
-
-
-class _ImageStarts:
-    """Scan consumer: the first row of every image, so an image's rows can be re-read later."""
-
-    def __init__(self) -> None:
-        self.row = 0
-        self.start: dict[int, tuple[int, int]] = {}
-
-    def rows(self, feats_ns: torch.Tensor, image_n: torch.Tensor, token_n: torch.Tensor) -> None:
-        images, counts = torch.unique_consecutive(image_n, return_counts=True)
-        offsets = torch.cumsum(counts, 0) - counts
-        for img, off, n in zip(images.tolist(), offsets.tolist(), counts.tolist(), strict=True):
-            lo, hi = self.start.get(img, (self.row + off, self.row + off))
-            self.start[img] = (lo, hi + n)
-        self.row += image_n.numel()
-
-    def images(self, red: ImageReduction) -> None:
-        pass
 
 
 class _Context:
@@ -191,8 +183,10 @@ def _pick_pages(sae: SAE, stats: FeatureStats, interest: dict, latents: Any, max
     return alive[order[:max_pages]].tolist()
 
 
-def _image_source(store: Any, images: Any) -> tuple[Any, str | None]:
-    """(image source or None, why the images are missing or None)."""
+def store_images(store: Any, images: Any) -> tuple[Any, str | None]:
+    """The images a store was recorded from: ``images`` when given (a source, or anything ``open_images``
+    opens), else re-opened from the store's dataset description where that is safe; ``(source or None, why
+    the images are missing or None)``."""
     from vision_sae_lens.data import open_images
 
     if images is not None:

@@ -28,7 +28,7 @@ from vision_sae_lens.analysis._common import (
 )
 from vision_sae_lens.analysis.geometry import grid_to_image, input_geometry, overlay
 from vision_sae_lens.errors import ConfigError, ImageInputError
-from vision_sae_lens.layout import TokenLayout
+from vision_sae_lens.layout import Layout
 
 if TYPE_CHECKING:
     from vision_sae_lens.backbones import HookedSAEViT
@@ -45,7 +45,7 @@ class ImageFeatures:
     """(b, p, s) vectors of the CLS / register tokens the SAE covers, or None."""
     prefix_tokens: torch.Tensor
     """Sequence positions (int64) of the ``prefix`` entries."""
-    layout: TokenLayout
+    layout: Layout
     """Token layout of the model the images went through."""
 
     @property
@@ -162,7 +162,7 @@ def to_pil(image: Any, model: HookedSAEViT | None = None) -> Image.Image:
     )
 
 
-def _shape(patches_bns, prefix_bps, prefix_tokens, layout: TokenLayout) -> ImageFeatures:
+def _shape(patches_bns, prefix_bps, prefix_tokens, layout: Layout) -> ImageFeatures:
     b, n, s = patches_bns.shape
     return ImageFeatures(
         patches=patches_bns.reshape(b, *layout.grid, s) if n else None,

@@ -17,7 +17,7 @@ import torch
 
 from vision_sae_lens.analysis.scan import ImageReduction, scan
 from vision_sae_lens.errors import ConfigError, OutOfRangeError
-from vision_sae_lens.layout import TokenLayout
+from vision_sae_lens.layout import Layout
 
 if TYPE_CHECKING:
     from vision_sae_lens.backbones import HookedSAEViT
@@ -36,7 +36,7 @@ class TopActivations:
     """(s, k) int64 token (sequence position) of the image's max activation."""
     by: str
     """"max" or "mean"."""
-    layout: TokenLayout
+    layout: Layout
     """Token layout, to turn tokens into patches."""
 
     @property
@@ -115,7 +115,7 @@ class TopKAccumulator:
         self.values = values.gather(1, order)
         self.image_idx, self.token_idx = images, tokens
 
-    def result(self, layout: TokenLayout) -> TopActivations:
+    def result(self, layout: Layout) -> TopActivations:
         return TopActivations(self.values, self.image_idx, self.token_idx, self.by, layout)
 
 

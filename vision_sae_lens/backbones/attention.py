@@ -14,6 +14,12 @@ TransformerLens' order and shapes::
 Supported: timm ``Attention`` (ViT, DeiT, DINOv2, SigLIP, CLIP towers), ``torch.nn.MultiheadAttention``
 (open_clip's native towers) and transformers 5 attention modules with ``q_proj``/``k_proj``/``v_proj``
 (CLIP, SigLIP, DINOv2, ViT). The default ("fused") path installs none of this.
+
+With ``set_use_attn_in`` / ``set_use_split_qkv_input`` the block hands the attention a per-head input
+(batch, pos, head, d_model), or one per q / k / v (batch, pos, 3, head, d_model), already through the
+block's norm; each head then projects its own copy with its rows of ``W_Q`` / ``W_K`` / ``W_V``. Every
+tensor a hook receives may be edited in place with autograd on (no multi-output views, and the pattern
+is not the tensor softmax saved for its backward).
 """
 
 from __future__ import annotations
@@ -25,15 +31,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vision_sae_lens.compat import HookPoint
+from vision_sae_lens.backbones.hook_tree import AttentionHooks
+from vision_sae_lens.backbones.weights import QKV, qkv_weights
 from vision_sae_lens.errors import UnknownBackboneError
 
 if TYPE_CHECKING:
     from timm.layers import Attention as TimmAttention
 
-ATTENTION_SITES = ("hook_q", "hook_k", "hook_v", "hook_attn_scores", "hook_pattern", "hook_z")
 ATTENTION_MODES = ("fused", "eager")
-HookGetter = Callable[[str], nn.Module]
+HooksGetter = Callable[[], AttentionHooks]
 
 
 class _HFAttention(Protocol):
@@ -46,17 +52,8 @@ class _HFAttention(Protocol):
     training: bool
 
 
-class AttentionHooks(nn.Module):
-    """The HookPoints of one block's attention (``blocks.{i}.attn.hook_*``)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        for site in ATTENTION_SITES:
-            setattr(self, site, HookPoint())
-
-
 def attention_core(
-    hook: HookGetter,
+    hooks: AttentionHooks,
     q_bthd: torch.Tensor,
     k_bthd: torch.Tensor,
     v_bthd: torch.Tensor,
@@ -66,8 +63,10 @@ def attention_core(
     is_causal: bool = False,
     dropout_p: float = 0.0,
 ) -> torch.Tensor:
-    """Scaled dot-product attention through the six HookPoints; returns z (batch, pos, head, d_head)."""
-    q_bthd, k_bthd, v_bthd = hook("hook_q")(q_bthd), hook("hook_k")(k_bthd), hook("hook_v")(v_bthd)
+    """Scaled dot-product attention through the six HookPoints; returns z (batch, pos, head, d_head).
+
+    The HookPoints are looked up on ``hooks`` at call time: SAELens' ``add_sae`` replaces them."""
+    q_bthd, k_bthd, v_bthd = hooks.hook_q(q_bthd), hooks.hook_k(k_bthd), hooks.hook_v(v_bthd)
     scores_bhqk = torch.einsum("bqhd,bkhd->bhqk", q_bthd, k_bthd) * scale
     if is_causal:
         n_q, n_k = scores_bhqk.shape[-2:]
@@ -78,16 +77,35 @@ def attention_core(
             scores_bhqk = scores_bhqk.masked_fill(~attn_mask, float("-inf"))
         else:
             scores_bhqk = scores_bhqk + attn_mask
-    scores_bhqk = hook("hook_attn_scores")(scores_bhqk)
-    pattern_bhqk = hook("hook_pattern")(scores_bhqk.softmax(dim=-1, dtype=torch.float32).to(q_bthd.dtype))
+    scores_bhqk = hooks.hook_attn_scores(scores_bhqk)
+    softmax = scores_bhqk.softmax(dim=-1, dtype=torch.float32)
+    pattern_bhqk = softmax.to(q_bthd.dtype)
+    if pattern_bhqk is softmax:
+        # softmax keeps its output for the backward: an in-place edit by a hook must not reach it
+        pattern_bhqk = pattern_bhqk.clone()
+    pattern_bhqk = hooks.hook_pattern(pattern_bhqk)
     if dropout_p:
         pattern_bhqk = F.dropout(pattern_bhqk, p=dropout_p)
-    return hook("hook_z")(torch.einsum("bhqk,bkhd->bqhd", pattern_bhqk, v_bthd))
+    z_bthd = hooks.hook_z(torch.einsum("bhqk,bkhd->bqhd", pattern_bhqk, v_bthd))
+    if hooks.keep_z:
+        hooks.kept_z = z_bthd  # read by the block's attn_out bridge for hook_result
+    return z_bthd
 
 
-def install_eager_attention(module: nn.Module, hook: HookGetter) -> Callable[[], None]:
+def per_head_qkv(x: torch.Tensor, qkv: QKV) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q, k, v (batch, pos, head, d_head) from a per-head input: (b, t, h, d_model) shared by q, k and v,
+    or (b, t, 3, h, d_model) one for each; head h uses only its own copy and its own weight rows."""
+    inputs = x.unbind(2) if x.ndim == 5 else (x, x, x)
+    weights = ((qkv.W_Q, qkv.b_Q), (qkv.W_K, qkv.b_K), (qkv.W_V, qkv.b_V))
+    q, k, v = (
+        torch.einsum("bthd,hde->bthe", inp, w) + b for inp, (w, b) in zip(inputs, weights, strict=True)
+    )
+    return q, k, v
+
+
+def install_eager_attention(module: nn.Module, hooks: HooksGetter, n_heads: int) -> Callable[[], None]:
     """Route ``module``'s attention through :func:`attention_core`; returns the function that undoes it."""
-    forward = _eager_forward_for(module, hook)
+    forward = _eager_forward_for(module, hooks, n_heads)
     module.forward = forward  # instance attribute: shadows the class's forward, nothing else changes
 
     def restore() -> None:
@@ -108,22 +126,22 @@ def n_heads_of(module: nn.Module) -> int | None:
     return value if isinstance(value, int) else None
 
 
-def _eager_forward_for(module: nn.Module, hook: HookGetter) -> Callable[..., Any]:
+def _eager_forward_for(module: nn.Module, hooks: HooksGetter, n_heads: int) -> Callable[..., Any]:
     from timm.layers import Attention as TimmAttention
 
     if type(module) is TimmAttention:
-        return _timm_forward(module, hook)
+        return _timm_forward(module, hooks)
     if isinstance(module, nn.MultiheadAttention):
         if not module.batch_first or not module._qkv_same_embed_dim:
             raise UnknownBackboneError(
                 "attention='eager' needs batch-first nn.MultiheadAttention with one in_proj; "
                 "use the default attention='fused'."
             )
-        return _mha_forward(module, hook)
+        return _mha_forward(module, hooks)
     out_proj = _hf_out_proj(module)
     if all(hasattr(module, a) for a in ("q_proj", "k_proj", "v_proj")) and out_proj is not None:
         # Duck-typed across transformers' families: the hasattr checks above are what _HFAttention needs.
-        return _hf_forward(cast(_HFAttention, module), hook, out_proj)
+        return _hf_forward(cast(_HFAttention, module), hooks, out_proj, n_heads)
     raise UnknownBackboneError(
         f"attention='eager' does not support {type(module).__name__} (supported: timm Attention, "
         "nn.MultiheadAttention, transformers q_proj/k_proj/v_proj attention); use attention='fused', "
@@ -131,18 +149,27 @@ def _eager_forward_for(module: nn.Module, hook: HookGetter) -> Callable[..., Any
     )
 
 
-def _timm_forward(m: TimmAttention, hook: HookGetter) -> Callable[..., torch.Tensor]:
+def _timm_forward(m: TimmAttention, hooks: HooksGetter) -> Callable[..., torch.Tensor]:
     def forward(
         x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False
     ) -> torch.Tensor:
-        b, n, _ = x.shape
+        b, n = x.shape[:2]
         gate_proj: nn.Module | None = getattr(m, "gate", None)  # only in newer timm versions
+        if x.ndim > 3:
+            if gate_proj is not None:
+                raise UnknownBackboneError(
+                    "per-head attention inputs are not supported with a gated timm Attention"
+                )
+            q, k, v = per_head_qkv(x, qkv_weights(m, m.num_heads))
+        else:
+            qkv = m.qkv(x).reshape(b, n, 3, m.num_heads, m.head_dim)
+            # plain indexing, not unbind: a hook may edit q, k or v in place with autograd on
+            q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         gate = gate_proj(x).sigmoid() if gate_proj is not None else None
-        q, k, v = m.qkv(x).reshape(b, n, 3, m.num_heads, m.head_dim).unbind(2)
         q, k = m.q_norm(q), m.k_norm(k)  # norms act on d_head: same result in either layout
         p = m.attn_drop.p if m.training else 0.0
         z = attention_core(
-            hook, q, k, v, scale=m.scale, attn_mask=attn_mask, is_causal=is_causal, dropout_p=p
+            hooks(), q, k, v, scale=m.scale, attn_mask=attn_mask, is_causal=is_causal, dropout_p=p
         )
         out = m.norm(z.reshape(b, n, m.num_heads * m.head_dim))
         if gate is not None:
@@ -152,7 +179,7 @@ def _timm_forward(m: TimmAttention, hook: HookGetter) -> Callable[..., torch.Ten
     return forward
 
 
-def _mha_forward(m: nn.MultiheadAttention, hook: HookGetter) -> Callable[..., tuple]:
+def _mha_forward(m: nn.MultiheadAttention, hooks: HooksGetter) -> Callable[..., tuple]:
     def forward(
         query: torch.Tensor,
         key: torch.Tensor,
@@ -165,19 +192,22 @@ def _mha_forward(m: nn.MultiheadAttention, hook: HookGetter) -> Callable[..., tu
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         if key_padding_mask is not None:
             raise NotImplementedError("attention='eager' does not support key_padding_mask")
-        b, n, d = query.shape
-        w_q, w_k, w_v = m.in_proj_weight.chunk(3)
-        b_q, b_k, b_v = m.in_proj_bias.chunk(3) if m.in_proj_bias is not None else (None, None, None)
+        b, n, d = query.shape[0], query.shape[1], m.embed_dim
         d_head = d // m.num_heads
-        q = F.linear(query, w_q, b_q).view(b, n, m.num_heads, d_head)
-        k = F.linear(key, w_k, b_k).view(b, key.shape[1], m.num_heads, d_head)
-        v = F.linear(value, w_v, b_v).view(b, value.shape[1], m.num_heads, d_head)
+        if query.ndim > 3:  # per-head inputs: the block passes the same tensor as query, key and value
+            q, k, v = per_head_qkv(query, qkv_weights(m, m.num_heads))
+        else:
+            w_q, w_k, w_v = m.in_proj_weight.chunk(3)
+            b_q, b_k, b_v = m.in_proj_bias.chunk(3) if m.in_proj_bias is not None else (None, None, None)
+            q = F.linear(query, w_q, b_q).view(b, n, m.num_heads, d_head)
+            k = F.linear(key, w_k, b_k).view(b, key.shape[1], m.num_heads, d_head)
+            v = F.linear(value, w_v, b_v).view(b, value.shape[1], m.num_heads, d_head)
         mask = attn_mask
         if mask is not None and mask.dtype == torch.bool:
             mask = ~mask  # nn.MultiheadAttention: True = may NOT attend
         p = m.dropout if m.training else 0.0
         z = attention_core(
-            hook, q, k, v, scale=d_head**-0.5, attn_mask=mask, is_causal=is_causal, dropout_p=p
+            hooks(), q, k, v, scale=d_head**-0.5, attn_mask=mask, is_causal=is_causal, dropout_p=p
         )
         return m.out_proj(z.reshape(b, n, d)), None
 
@@ -190,20 +220,25 @@ def _hf_out_proj(m: nn.Module) -> nn.Module | None:
     )
 
 
-def _hf_forward(m: _HFAttention, hook: HookGetter, out_proj: nn.Module) -> Callable[..., tuple]:
+def _hf_forward(
+    m: _HFAttention, hooks: HooksGetter, out_proj: nn.Module, n_heads: int
+) -> Callable[..., tuple]:
     scale = float(getattr(m, "scaling", None) or getattr(m, "scale", None) or m.head_dim**-0.5)
     dropout = float(getattr(m, "attention_dropout", getattr(m, "dropout", 0.0)) or 0.0)
 
     def forward(
         hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **_kwargs: Any
     ) -> tuple[torch.Tensor, None]:
-        b, n, _ = hidden_states.shape
-        shape = (b, n, -1, m.head_dim)
-        q = m.q_proj(hidden_states).view(shape)
-        k = m.k_proj(hidden_states).view(shape)
-        v = m.v_proj(hidden_states).view(shape)
+        b, n = hidden_states.shape[:2]
+        if hidden_states.ndim > 3:
+            q, k, v = per_head_qkv(hidden_states, qkv_weights(cast(nn.Module, m), n_heads))
+        else:
+            shape = (b, n, -1, m.head_dim)
+            q = m.q_proj(hidden_states).view(shape)
+            k = m.k_proj(hidden_states).view(shape)
+            v = m.v_proj(hidden_states).view(shape)
         p = dropout if m.training else 0.0
-        z = attention_core(hook, q, k, v, scale=scale, attn_mask=attention_mask, dropout_p=p)
+        z = attention_core(hooks(), q, k, v, scale=scale, attn_mask=attention_mask, dropout_p=p)
         return out_proj(z.reshape(b, n, -1)), None
 
     return forward

@@ -2,7 +2,9 @@
 
 ``HookedViTConfig`` carries TransformerLens' ``HookedTransformerConfig`` field names where they mean
 something for a ViT (``d_model``, ``n_layers``, ``n_heads``, ``d_head``, ``d_mlp``, ``n_ctx``,
-``model_name``, ``device``, ``dtype``), so code written for text (``model.cfg.d_model``) runs unchanged.
+``normalization_type``, ``attn_only``, the ``use_*`` toggles, ``model_name``, ``device``, ``dtype``), so
+code written for text (``model.cfg.d_model``, ``ActivationCache``'s analysis methods) runs unchanged.
+It is a snapshot: change a toggle with ``model.set_use_attn_result(True)``, not on the config.
 ``SiteCache`` is TransformerLens' ``ActivationCache`` whose missing keys raise
 :class:`~vision_sae_lens.errors.UnknownSiteError` naming the close matches.
 """
@@ -43,6 +45,22 @@ class HookedViTConfig:
     """Tokens before the first patch (CLS and registers); the image counterpart of BOS."""
     attention: str = "fused"
     """``"fused"`` (the model's own attention) or ``"eager"`` (attention internals are sites)."""
+    normalization_type: str | None = "LN"
+    """The block norms: ``"LN"`` (LayerNorm), ``"RMS"`` (RMSNorm) or None (unknown)."""
+    attn_only: bool = False
+    """Whether blocks lack an MLP (never for the supported ViTs)."""
+    positional_embedding_type: str | None = "standard"
+    """``"standard"`` when an absolute position embedding is added to the tokens (``hook_pos_embed``)."""
+    n_key_value_heads: int | None = None
+    """Grouped-query attention's key/value heads (None: every head has its own)."""
+    use_attn_result: bool = False
+    """Whether ``attn.hook_result`` runs (``model.set_use_attn_result``)."""
+    use_split_qkv_input: bool = False
+    """Whether ``hook_q_input`` / ``hook_k_input`` / ``hook_v_input`` run."""
+    use_attn_in: bool = False
+    """Whether ``hook_attn_in`` runs."""
+    use_hook_mlp_in: bool = False
+    """Whether ``hook_mlp_in`` runs."""
 
     def __post_init__(self) -> None:
         if self.d_model < 1 or self.n_layers < 1 or self.n_ctx < 1:

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from vision_sae_lens.backbones.attention import n_heads_of
 from vision_sae_lens.backbones.spec import BackboneSpec, BlockSites
 from vision_sae_lens.errors import UnknownBackboneError
 from vision_sae_lens.layout import TokenLayout
@@ -23,6 +24,7 @@ def spec_from_module(
     preprocessing: dict[str, Any] | None = None,
     output_kind: str = "embedding",
     processor: Any = None,
+    block_sites: BlockSites | None = None,
 ) -> BackboneSpec:
     """A BackboneSpec for ``module``.
 
@@ -36,6 +38,10 @@ def spec_from_module(
     ``preprocessing["channels"] == 1``) and returning a float tensor (channels, height, width) at
     ``layout.image_size``, normalised as the model expects. It is checked here on a blank image. Without
     it the model takes only preprocessed float tensors (PIL images and paths raise a clear error).
+
+    ``block_sites`` names the sub-modules of a block that carry its inner sites (``attn_out``, ``attn``,
+    ``ln1``, ``mlp_out``, ... paths relative to a block, see :class:`BlockSites`); without it only
+    ``hook_resid_pre`` / ``hook_resid_post`` exist.
     """
     name = backbone_id or f"module:{type(module).__name__}"
     if blocks is None:
@@ -87,11 +93,14 @@ def spec_from_module(
             f"cannot tell the residual width of {name}: give the module an embed_dim attribute or pass "
             "blocks whose first layer is a LayerNorm or Linear."
         )
+    sites = block_sites or BlockSites()
+    attn = block_list[0].get_submodule(sites.attn) if sites.attn is not None else None
     return BackboneSpec(
         backbone_id=name,
         model=module,
         blocks=block_list,
-        block_sites=BlockSites(),
+        block_sites=sites,
+        n_heads=n_heads_of(attn) if attn is not None else None,
         layout=layout,
         transform=transform or no_transform,
         preprocessing=preprocessing or {"size": list(layout.image_size), "channels": channels},

@@ -8,12 +8,18 @@ probed, not hard-coded (transformers 5 dropped the ``.vision_model`` wrapper of 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
 
-from vision_sae_lens.backbones.spec import BackboneSpec, BlockSites, ModuleSite
+from vision_sae_lens.backbones.spec import (
+    BackboneSpec,
+    BlockSites,
+    HeadReadout,
+    ModuleSite,
+    PositionEmbedding,
+)
 from vision_sae_lens.errors import UnknownBackboneError, escape_control
 from vision_sae_lens.layout import TokenLayout
 
@@ -96,6 +102,8 @@ def hf_spec(model: nn.Module, *, processor: Any = None, backbone_id: str) -> Bac
     )
     if family == "clip":
         final_norm = None  # CLIP's post_layernorm normalises only the pooled CLS vector
+    pre_norm = getattr(vision, "pre_layrnorm", None)  # CLIP's (sic) norm between embedding and block 0
+    pre_norm = pre_norm if isinstance(pre_norm, nn.Module) else None
     return BackboneSpec(
         backbone_id=backbone_id,
         model=model,
@@ -107,11 +115,13 @@ def hf_spec(model: nn.Module, *, processor: Any = None, backbone_id: str) -> Bac
         call=_call_for(model),
         output_tensor=_output_tensor,
         output_kind="logits" if is_classifier else "embedding",
-        embed=ModuleSite(embeddings),
+        pos_embed=None if pre_norm is not None else _pos_embed(embeddings, layout),
+        pre_norm=pre_norm,
         final_norm=ModuleSite(final_norm) if final_norm is not None else None,
+        readout=_readout(model, layout) if final_norm is not None and family == "vit" else None,
         pooled=_pooled_site(model, vision, family),
         d_model=int(config.hidden_size),
-        d_mlp=int(getattr(config, "intermediate_size", 0) or 0) or None,
+        d_mlp=_d_mlp(layers[0]) or int(getattr(config, "intermediate_size", 0) or 0) or None,
         n_heads=int(getattr(config, "num_attention_heads", 0) or 0) or None,
     )
 
@@ -128,9 +138,47 @@ def _find_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
     )
 
 
+def _pos_embed(embeddings: nn.Module, layout: TokenLayout) -> PositionEmbedding | None:
+    """CLIP / SigLIP hold an ``nn.Embedding`` over all tokens, ViT / DINOv2 a parameter over CLS and
+    patches (DINOv2's registers are inserted after CLS with no position)."""
+    if isinstance(getattr(embeddings, "position_embedding", None), nn.Embedding):
+
+        def weight() -> torch.Tensor:
+            return cast(nn.Embedding, embeddings.get_submodule("position_embedding")).weight
+
+    elif isinstance(getattr(embeddings, "position_embeddings", None), torch.Tensor):
+
+        def weight() -> torch.Tensor:
+            return cast(torch.Tensor, embeddings.position_embeddings)[0]
+
+    else:
+        return None
+    n_rows, n_reg = weight().shape[0], layout.n_registers
+    if n_rows == layout.n_tokens:
+        return PositionEmbedding(weight=weight, token_index=range(layout.n_tokens))
+    if n_reg and n_rows == layout.n_tokens - n_reg:
+        return PositionEmbedding(weight=weight, token_index=[0, *range(1 + n_reg, layout.n_tokens)])
+    return None
+
+
+def _d_mlp(layer: nn.Module) -> int | None:
+    # fc2's input is the hidden activation; DINOv2 sizes its MLP by mlp_ratio, not intermediate_size
+    fc2 = getattr(getattr(layer, "mlp", None), "fc2", None)
+    return int(fc2.in_features) if isinstance(fc2, nn.Linear) else None
+
+
+def _readout(model: nn.Module, layout: TokenLayout) -> HeadReadout | None:
+    """ViT classifiers read the final-normed CLS token (DINOv2's classifier also reads the patch mean: no)."""
+    classifier = getattr(model, "classifier", None)
+    if not isinstance(classifier, nn.Linear) or not layout.has_cls:
+        return None
+    return HeadReadout(linear=lambda: (classifier.weight, classifier.bias), token_index=range(0, 1))
+
+
 def _block_sites(layer: nn.Module) -> BlockSites:
     names = dict(layer.named_children())
     mlp = names.get("mlp")
+    linear = {n: f"mlp.{n}" for n in ("fc1", "fc2") if isinstance(getattr(mlp, n, None), nn.Linear)}
     mlp_post = (
         "mlp.activation_fn"
         if mlp is not None and isinstance(getattr(mlp, "activation_fn", None), nn.Module)
@@ -145,6 +193,11 @@ def _block_sites(layer: nn.Module) -> BlockSites:
             mlp_post=mlp_post,
             mlp_in=mlp_in,
             attn="attention",
+            ln1="norm1",
+            ln2="norm2",
+            ls1="layer_scale1",
+            ls2="layer_scale2",
+            **linear,
         )
     if "self_attn" in names:  # CLIP / SigLIP
         return BlockSites(
@@ -154,6 +207,9 @@ def _block_sites(layer: nn.Module) -> BlockSites:
             mlp_post=mlp_post,
             mlp_in=mlp_in,
             attn="self_attn",
+            ln1="layer_norm1",
+            ln2="layer_norm2",
+            **linear,
         )
     if "layernorm_after" in names:  # ViT
         return BlockSites(
@@ -163,6 +219,9 @@ def _block_sites(layer: nn.Module) -> BlockSites:
             mlp_post=mlp_post,
             mlp_in=mlp_in,
             attn="attention",
+            ln1="layernorm_before",
+            ln2="layernorm_after",
+            **linear,
         )
     logger.warning("unknown layer type %s: only resid_pre/resid_post sites", type(layer).__name__)
     return BlockSites()

@@ -13,10 +13,17 @@ from __future__ import annotations
 import pickle
 from typing import Any
 
+import torch
 from torch import nn
 
 from vision_sae_lens.backbones.attention import n_heads_of
-from vision_sae_lens.backbones.spec import BackboneSpec, BlockSites, ModuleSite
+from vision_sae_lens.backbones.spec import (
+    BackboneSpec,
+    BlockSites,
+    HeadReadout,
+    ModuleSite,
+    PositionEmbedding,
+)
 from vision_sae_lens.errors import UnknownBackboneError, close_matches
 from vision_sae_lens.layout import TokenLayout
 
@@ -28,7 +35,9 @@ def load_open_clip(
     (the id is then ``open_clip:ARCH``, without the path)."""
     import open_clip
 
-    arch, _, tag = arch_and_tag.partition("/")
+    schema = arch_and_tag.startswith(("hf-hub:", "local-dir:"))
+    # A schema id carries a repo or a path, whose "/" is not the ARCH/TAG separator.
+    arch, _, tag = (arch_and_tag, "", "") if schema else arch_and_tag.partition("/")
     if weights is not None:
         tag, arch_and_tag = weights, arch
     if not arch.startswith(("hf-hub:", "local-dir:")) and arch not in open_clip.list_models():
@@ -51,6 +60,11 @@ def load_open_clip(
             tower = _tagged_tower_alone(arch, tag)
         if tower is not None:
             return open_clip_spec(tower, backbone_id=backbone_id)
+    if not pretrained and arch.startswith(("hf-hub:", "local-dir:")):
+        kwargs = {
+            "load_weights": False,
+            **kwargs,
+        }  # these schemas load the folder's weights unless told not to
     model, _, preprocess = open_clip.create_model_and_transforms(
         arch, pretrained=(tag or None) if pretrained else None, **kwargs
     )
@@ -163,6 +177,7 @@ def open_clip_spec(model: nn.Module, *, preprocess: Any = None, backbone_id: str
         spec.final_norm = (
             None if not isinstance(getattr(visual.trunk, "norm", None), nn.Module) else spec.final_norm
         )
+        spec.readout = None  # the tower's own head (projection) follows the trunk's pooling
     elif hasattr(visual, "transformer") and hasattr(visual.transformer, "resblocks"):
         spec = _native_spec(visual, backbone_id)
     else:
@@ -191,6 +206,8 @@ def _native_spec(visual: Any, backbone_id: str) -> BackboneSpec:
         image_size=_pair(visual.image_size), patch_size=_pair(visual.patch_size), has_cls=has_cls
     )
     mlp = blocks[0].mlp
+    ln_pre = getattr(visual, "ln_pre", None)
+    pre_norm = ln_pre if isinstance(ln_pre, nn.Module) and not isinstance(ln_pre, nn.Identity) else None
     tokens_normed = getattr(visual, "attn_pool", None) is None and not getattr(
         visual, "final_ln_after_pool", False
     )
@@ -205,16 +222,42 @@ def _native_spec(visual: Any, backbone_id: str) -> BackboneSpec:
             mlp_post="mlp.gelu" if hasattr(mlp, "gelu") else None,
             mlp_in="mlp",
             attn="attn",
+            ln1="ln_1",
+            ln2="ln_2",
+            fc1="mlp.c_fc" if isinstance(getattr(mlp, "c_fc", None), nn.Linear) else None,
+            fc2="mlp.c_proj" if isinstance(getattr(mlp, "c_proj", None), nn.Linear) else None,
+            ls1="ls_1",
+            ls2="ls_2",
         ),
         layout=layout,
         transform=lambda img: img,
         preprocessing={},
-        embed=ModuleSite(visual.patch_dropout),
+        pos_embed=None if pre_norm is not None else _pos_embed(visual, layout),
+        pre_norm=pre_norm,
         final_norm=ModuleSite(visual.ln_post) if tokens_normed else None,
+        readout=_readout(visual, layout) if tokens_normed else None,
         d_model=int(visual.transformer.width),
         d_mlp=int(mlp.c_fc.out_features) if hasattr(mlp, "c_fc") else None,
         n_heads=n_heads_of(blocks[0].attn),
     )
+
+
+def _pos_embed(visual: Any, layout: TokenLayout) -> PositionEmbedding | None:
+    pos = getattr(visual, "positional_embedding", None)
+    if not isinstance(pos, torch.Tensor) or pos.shape[0] != layout.n_tokens:
+        return None
+    return PositionEmbedding(weight=lambda: visual.positional_embedding, token_index=range(layout.n_tokens))
+
+
+def _readout(visual: Any, layout: TokenLayout) -> HeadReadout | None:
+    """``pooled @ proj`` of the CLS token ('tok') or the mean of the patches ('avg')."""
+    pool = getattr(visual, "pool_type", "tok")
+    if getattr(visual, "attn_pool", None) is not None or pool not in ("tok", "avg"):
+        return None
+    if not isinstance(getattr(visual, "proj", None), torch.Tensor):
+        return None
+    tokens = range(0, 1) if pool == "tok" else range(layout.n_prefix, layout.n_tokens)
+    return HeadReadout(linear=lambda: (visual.proj.T, None), token_index=tokens)
 
 
 def _pair(v: Any) -> tuple[int, int]:

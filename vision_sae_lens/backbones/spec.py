@@ -7,7 +7,7 @@ preprocessed and how to call the model. ``HookedSAEViT`` turns that into HookPoi
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -40,6 +40,18 @@ class BlockSites:
     """The MLP module; its first input is ``mlp.hook_in`` (what transcoders read)."""
     attn: str | None = None
     """The attention module (``attn.hook_q`` ... ``attn.hook_z`` with ``attention="eager"``)."""
+    ln1: str | None = None
+    """The norm before attention (``ln1.hook_scale`` / ``ln1.hook_normalized``)."""
+    ln2: str | None = None
+    """The norm before the MLP (``ln2.hook_scale`` / ``ln2.hook_normalized``)."""
+    fc1: str | None = None
+    """The MLP's first linear layer (``W_in``; its output is ``mlp.hook_pre``); None for gated MLPs."""
+    fc2: str | None = None
+    """The MLP's second linear layer (``W_out``)."""
+    ls1: str | None = None
+    """LayerScale of the attention branch (a module with ``gamma``/``lambda1``, or a parameter)."""
+    ls2: str | None = None
+    """LayerScale of the MLP branch."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +60,26 @@ class ModuleSite:
 
     module: nn.Module
     where: Literal["input", "output"] = "output"
+
+
+@dataclass(frozen=True)
+class PositionEmbedding:
+    """Where the absolute position embedding enters the stream, for ``hook_pos_embed`` and ``W_pos``."""
+
+    weight: Callable[[], torch.Tensor]
+    """Returns the rows (n_pos, d_model), a view of the model's parameter."""
+    token_index: Sequence[int]
+    """The token positions the rows are added to, in order (prefix tokens may have none)."""
+
+
+@dataclass(frozen=True)
+class HeadReadout:
+    """How the output reads the final-normed tokens: a linear map of one token or of a mean of tokens."""
+
+    linear: Callable[[], tuple[torch.Tensor, torch.Tensor | None]]
+    """Returns (weight (n_out, d_model), bias (n_out,) or None), views of the head / projection."""
+    token_index: Sequence[int]
+    """The tokens the head reads: one (CLS pooling) or several that are averaged (mean pooling)."""
 
 
 @dataclass
@@ -74,10 +106,14 @@ class BackboneSpec:
     """Picks the tensor metrics compare (logits or image embedding) from the model's output."""
     output_kind: Literal["logits", "embedding"] = "embedding"
     """Whether ``output_tensor`` gives class logits or an embedding."""
-    embed: ModuleSite | None = None
-    """``hook_embed``: tokens with position embeddings, before any pre-norm, shape (b, t, d)."""
+    pos_embed: PositionEmbedding | None = None
+    """The absolute position embedding when the stream entering block 0 is tokens plus it (no norm between)."""
+    pre_norm: nn.Module | None = None
+    """A norm between the embedding and block 0 (CLIP's ``ln_pre``): ``ln_pre.hook_scale`` / ``hook_normalized``."""
     final_norm: ModuleSite | None = None
     """``ln_final.hook_normalized``: the final norm applied to every token, shape (b, t, d)."""
+    readout: HeadReadout | None = None
+    """The linear head or projection after the final norm, when the output is linear in the normed tokens."""
     pooled: ModuleSite | None = None
     """``hook_pooled``: the pooled image vector the head or projection reads, shape (b, d)."""
     d_model: int = 0

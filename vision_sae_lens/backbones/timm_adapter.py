@@ -7,10 +7,17 @@ import re
 from collections.abc import Sequence
 from typing import Any, Literal, Protocol, cast
 
+import torch
 from torch import nn
 
 from vision_sae_lens.backbones.attention import n_heads_of
-from vision_sae_lens.backbones.spec import BackboneSpec, BlockSites, ModuleSite
+from vision_sae_lens.backbones.spec import (
+    BackboneSpec,
+    BlockSites,
+    HeadReadout,
+    ModuleSite,
+    PositionEmbedding,
+)
 from vision_sae_lens.errors import UnknownBackboneError, close_matches
 from vision_sae_lens.layout import TokenLayout
 
@@ -66,6 +73,7 @@ def timm_spec(model: nn.Module, *, backbone_id: str) -> BackboneSpec:
     data_cfg["input_size"] = (data_cfg["input_size"][0], *layout.image_size)
     transform = timm.data.create_transform(**data_cfg)
     block = vit.blocks[0]
+    pre_norm = _norm_or_none(getattr(model, "norm_pre", None))
     num_classes = int(getattr(model, "num_classes", 0) or 0)
     return BackboneSpec(
         backbone_id=backbone_id,
@@ -76,8 +84,10 @@ def timm_spec(model: nn.Module, *, backbone_id: str) -> BackboneSpec:
         transform=transform,
         preprocessing=_describe(data_cfg),
         output_kind="logits" if num_classes > 0 and not is_embedding_head(model) else "embedding",
-        embed=_optional_site(model, "pos_drop"),
+        pos_embed=None if pre_norm is not None else _pos_embed(model, layout),
+        pre_norm=pre_norm,
         final_norm=_optional_site(model, "norm"),
+        readout=_readout(model, layout),
         pooled=_optional_site(model, "head", "input"),
         d_model=int(vit.embed_dim),
         d_mlp=_d_mlp(block),
@@ -112,8 +122,22 @@ def _block_sites(block: nn.Module) -> BlockSites:
     post_norm = "PostNorm" in type(block).__name__ or "ResPost" in type(block).__name__
     mlp = names.get("mlp")
     # SwiGLU-style MLPs gate with a second projection: their `act` output is not the hidden activation.
-    gated = mlp is not None and any(hasattr(mlp, a) for a in ("fc1_g", "w12", "fc1_x"))
+    gated = mlp is not None and (
+        any(hasattr(mlp, a) for a in ("fc1_g", "w12", "fc1_x")) or "Glu" in type(mlp).__name__
+    )
+    linear = {
+        n: f"mlp.{n}"
+        for n in ("fc1", "fc2")
+        if mlp is not None and isinstance(getattr(mlp, n, None), nn.Linear)
+    }
     return BlockSites(
+        ln1="norm1" if "norm1" in names and not post_norm else None,
+        ln2="norm2" if "norm2" in names and not post_norm else None,
+        fc1=None if gated else linear.get("fc1"),
+        fc2=linear.get("fc2"),
+        # timm's ViT blocks hold LayerScale modules (ls1/ls2), EVA blocks bare parameters (gamma_1/gamma_2)
+        ls1=next((n for n in ("ls1", "gamma_1") if getattr(block, n, None) is not None), None),
+        ls2=next((n for n in ("ls2", "gamma_2") if getattr(block, n, None) is not None), None),
         attn_out="drop_path1" if "drop_path1" in names else None,
         mlp_out="drop_path2" if "drop_path2" in names else None,
         # Pre-norm blocks feed resid_mid to norm2; post-norm blocks feed it to the MLP itself.
@@ -124,9 +148,43 @@ def _block_sites(block: nn.Module) -> BlockSites:
     )
 
 
+def _norm_or_none(module: object) -> nn.Module | None:
+    return module if isinstance(module, nn.Module) and not isinstance(module, nn.Identity) else None
+
+
+def _pos_embed(model: nn.Module, layout: TokenLayout) -> PositionEmbedding | None:
+    """timm adds ``pos_embed`` to every token, or (``no_embed_class``) to the patches only."""
+    pos = getattr(model, "pos_embed", None)
+    if not isinstance(pos, torch.Tensor) or getattr(model, "dynamic_img_size", False):
+        return None
+    first = layout.n_prefix if getattr(model, "no_embed_class", False) else 0
+    if pos.shape[1] != layout.n_tokens - first:
+        return None
+    return PositionEmbedding(
+        weight=lambda: cast(torch.Tensor, model.pos_embed)[0], token_index=range(first, layout.n_tokens)
+    )
+
+
+def _readout(model: nn.Module, layout: TokenLayout) -> HeadReadout | None:
+    """Token or mean pooling of the final-normed tokens into a linear head; None for attention pooling
+    (MAP: not linear) or a norm after pooling (``fc_norm``: its scale is not a per-token site)."""
+    head, pool = getattr(model, "head", None), getattr(model, "global_pool", None)
+    if getattr(model, "attn_pool", None) is not None or _norm_or_none(getattr(model, "fc_norm", None)):
+        return None
+    if not isinstance(head, nn.Linear) or pool not in ("token", "avg"):
+        return None
+    if pool == "token":
+        tokens: range = range(0, 1)
+    else:
+        first = 0 if getattr(model, "pool_include_prefix", False) else layout.n_prefix
+        tokens = range(first, layout.n_tokens)
+    return HeadReadout(linear=lambda: (head.weight, head.bias), token_index=tokens)
+
+
 def _d_mlp(block: nn.Module) -> int | None:
-    fc1 = getattr(getattr(block, "mlp", None), "fc1", None)
-    return int(fc1.out_features) if isinstance(fc1, nn.Linear) else None
+    # fc2's input is the hidden activation (a gated MLP's fc1 is twice as wide)
+    fc2 = getattr(getattr(block, "mlp", None), "fc2", None)
+    return int(fc2.in_features) if isinstance(fc2, nn.Linear) else None
 
 
 def _describe(data_cfg: dict) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""``vision-sae-lens bench {synthetic,score}``: the ground-truth benchmark from the command line."""
+"""``vision-sae-lens bench {synthetic,score,synthsae}``: the ground-truth benchmarks from the command line."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from vision_sae_lens.errors import escape_control
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``bench synthetic`` and ``bench score``."""
+    """Add ``bench synthetic``, ``bench score`` and ``bench synthsae``."""
     bench = subparsers.add_parser("bench", help="ground-truth benchmark of SAEs (synthetic shapes world)")
     sub = bench.add_subparsers(dest="bench_command", metavar="SUITE")
 
@@ -32,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--downstream-images", type=int, default=256, help="images of the spliced metric (0: skip)"
     )
     syn.add_argument("--no-browser", dest="browser", action="store_false", help="skip the feature browsers")
-    syn.set_defaults(func=run_synthetic)
+    syn.set_defaults(func=run_bench_synthetic)
 
     sc = sub.add_parser("score", help="score SAE checkpoint folders trained on demo:shapes-vit activations")
     sc.add_argument("saes", nargs="+", type=Path, metavar="SAE_DIR", help="SAELens checkpoint folders")
@@ -49,11 +49,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sc.add_argument(
         "--browser", action="store_true", help="also build a feature browser of each factor's best latents"
     )
-    sc.set_defaults(func=run_score)
+    sc.set_defaults(func=run_bench_score)
+
+    syn2 = sub.add_parser(
+        "synthsae",
+        help="SynthSAEBench's world at quarter size: the package's default SAE vs SAELens' recipe, same rows",
+    )
+    syn2.add_argument("--out", required=True, type=Path, help="output folder (world, stores, SAEs, reports)")
+    syn2.add_argument("--quick", action="store_true", help="a tiny world that runs in seconds (a smoke test)")
+    syn2.add_argument("--train-rows", type=int, default=None, help="training rows (default 262,144)")
+    syn2.add_argument("--test-rows", type=int, default=None, help="scored rows (default 32,768)")
+    syn2.add_argument("--seed", type=int, default=0, help="seed of the training rows (test rows: seed + 1)")
+    syn2.set_defaults(func=run_bench_synthsae)
     bench.set_defaults(func=lambda args: bench.print_help() or 2)
 
 
-def run_synthetic(args: argparse.Namespace) -> int:
+def run_bench_synthetic(args: argparse.Namespace) -> int:
     """Handler of ``bench synthetic``."""
     from vision_sae_lens.benchmark.suite import DEFAULT_SITE
     from vision_sae_lens.benchmark.sweep import run_synthetic_benchmark
@@ -75,7 +86,21 @@ def run_synthetic(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_score(args: argparse.Namespace) -> int:
+def run_bench_synthsae(args: argparse.Namespace) -> int:
+    """Handler of ``bench synthsae``."""
+    from dataclasses import replace
+
+    from vision_sae_lens.benchmark.synthsae import QUARTER, QUICK, run_synthsae_benchmark
+
+    size = QUICK if args.quick else QUARTER
+    rows = {"train_rows": args.train_rows, "test_rows": args.test_rows}
+    size = replace(size, **{k: v for k, v in rows.items() if v is not None})
+    run_synthsae_benchmark(args.out, size=size, seed=args.seed)
+    print(f"\ncomparison: {(args.out / 'comparison.html').resolve().as_uri()}")
+    return 0
+
+
+def run_bench_score(args: argparse.Namespace) -> int:
     """Handler of ``bench score``."""
     from vision_sae_lens.benchmark.report import format_table, write_comparison
     from vision_sae_lens.benchmark.suite import score

@@ -1,83 +1,20 @@
-"""Streaming ground-truth metrics of SAE latents: histograms in, AUROC / F1 / splitting / mixing out.
+"""Ground-truth metrics of SAE latents from fixed-size accumulators: AUROC / F1 from histograms,
+recovery, splitting / mixing, IoU, and the streaming reconstruction numbers.
 
-Every metric here is computed from fixed-size accumulators (per latent and factor), so memory does not
-grow with the number of rows. A latent's activations are binned per latent: bin 0 holds ``a <= 0``
-(silent), bins ``1..B`` split ``(0, max_a]`` evenly, so thresholds "fires above a bin edge" are exact
-for the binned values and AUROC counts ties inside a bin as half (the trapezoid rule). With indicator
-latents (0/1) every number is exact. See docs/benchmark.md for each definition and its source.
+A latent's activations are binned per latent: bin 0 holds ``a <= 0`` (silent), bins ``1..B`` split
+``(0, max_a]`` evenly, so thresholds "fires above a bin edge" are exact for the binned values and AUROC
+counts ties inside a bin as half (the trapezoid rule). With indicator latents (0/1) every number is
+exact. :mod:`vision_sae_lens.benchmark.recovery` gathers these statistics for every (latent, factor)
+pair without a histogram per pair. See docs/benchmark.md for each definition and its source.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 
 from vision_sae_lens.errors import ConfigError
 
 DEFAULT_BINS = 256
-
-
-@dataclass
-class LatentFactorHistogram:
-    """Per (latent, factor) histograms of activations on positive examples, and per-latent totals."""
-
-    max_s: torch.Tensor
-    """(s,) upper edge of each latent's bins (its largest activation seen in the first pass)."""
-    n_bins: int = DEFAULT_BINS
-    """Bins above zero."""
-
-    def __post_init__(self) -> None:
-        if self.n_bins < 1:
-            raise ConfigError(f"n_bins must be >= 1, got {self.n_bins}")
-        s = self.max_s.shape[0]
-        self.max_s = self.max_s.double().clamp_min(1e-12)
-        self.total_sb = torch.zeros(s, self.n_bins + 1, dtype=torch.float64)
-        self.pos_fsb: torch.Tensor | None = None
-        self.n_pos_f: torch.Tensor | None = None
-
-    def bin_of(self, acts_ns: torch.Tensor) -> torch.Tensor:
-        """Bin index of every activation (0 when ``a <= 0``)."""
-        a = acts_ns.double()
-        b = torch.ceil(a / self.max_s * self.n_bins).clamp(1, self.n_bins).long()
-        return torch.where(a > 0, b, torch.zeros_like(b))
-
-    def add(self, acts_ns: torch.Tensor, labels_nf: torch.Tensor) -> None:
-        """Count a batch: ``acts_ns`` latent activations, ``labels_nf`` bool factor labels."""
-        n, s = acts_ns.shape
-        f = labels_nf.shape[1]
-        if self.pos_fsb is None or self.n_pos_f is None:
-            self.pos_fsb = torch.zeros(f, s, self.n_bins + 1, dtype=torch.float64)
-            self.n_pos_f = torch.zeros(f, dtype=torch.float64)
-        pos_fsb, n_pos_f = self.pos_fsb, self.n_pos_f
-        width = self.n_bins + 1
-        flat_ns = self.bin_of(acts_ns) + torch.arange(s).mul(width)
-        self.total_sb += torch.bincount(flat_ns.reshape(-1), minlength=s * width).view(s, width)
-        labels_nf = labels_nf.bool()
-        for k in range(f):
-            rows = flat_ns[labels_nf[:, k]]
-            if len(rows):
-                pos_fsb[k] += torch.bincount(rows.reshape(-1), minlength=s * width).view(s, width)
-        n_pos_f += labels_nf.sum(0).double()
-
-    @property
-    def n_positive_f(self) -> torch.Tensor:
-        """Rows labelled positive for each factor so far."""
-        if self.n_pos_f is None:
-            raise ConfigError("no rows were added")
-        return self.n_pos_f
-
-    def scores(self) -> dict[str, torch.Tensor]:
-        """``auroc_sf``, ``f1_sf`` (best threshold), ``threshold_sf`` (act > this), ``precision_sf`` and
-        ``recall_sf`` of "fires at all" (bin >= 1)."""
-        if self.pos_fsb is None:
-            raise ConfigError("no rows were added")
-        pos_sfb = self.pos_fsb.permute(1, 0, 2)
-        neg_sfb = self.total_sb[:, None, :] - pos_sfb
-        return {
-            "auroc_sf": auroc_from_histograms(pos_sfb, neg_sfb),
-            **best_f1_from_histograms(pos_sfb, neg_sfb, self.max_s, self.n_bins),
-        }
 
 
 def auroc_from_histograms(pos_xb: torch.Tensor, neg_xb: torch.Tensor) -> torch.Tensor:
@@ -101,7 +38,7 @@ def best_f1_from_histograms(
     f1_xt = 2 * tp_xt / (tp_xt + fp_xt + n_pos).clamp_min(1e-12)
     f1_x, t_x = f1_xt.max(-1)
     # Bin t (1-based) starts above (t - 1) / B * max; "bin >= t" means "activation > that edge".
-    edge = max_x.view(-1, *([1] * (t_x.dim() - 1))) * t_x.double() / n_bins
+    edge = max_x.reshape(*max_x.shape, *([1] * (t_x.dim() - max_x.dim()))) * t_x.double() / n_bins
     fires = tp_xt[..., 0] + fp_xt[..., 0]
     precision = tp_xt[..., 0] / fires.clamp_min(1e-12)
     recall = tp_xt[..., 0] / n_pos.squeeze(-1).clamp_min(1e-12)
@@ -109,18 +46,20 @@ def best_f1_from_histograms(
 
 
 def feature_recovery(
-    auroc_sf: torch.Tensor, f1_sf: torch.Tensor, *, f1_threshold: float = 0.5
+    best_auroc_f: torch.Tensor,
+    latent_auroc_f: torch.Tensor,
+    best_f1_f: torch.Tensor,
+    best_f1_latent_f: torch.Tensor,
+    *,
+    f1_threshold: float = 0.5,
 ) -> dict[str, torch.Tensor]:
-    """Per factor: the best single latent by AUROC and by F1, and whether the factor is recovered
-    (its best F1 reaches ``f1_threshold``)."""
-    auroc = torch.nan_to_num(auroc_sf, nan=0.0)
-    best_auroc_f, latent_auroc_f = auroc.max(0)
-    best_f1_f, latent_f1_f = f1_sf.max(0)
+    """Per factor: the best single latent by AUROC and by F1 at its best threshold, and whether the factor
+    is recovered (best F1 >= ``f1_threshold``)."""
     return {
         "best_auroc_f": best_auroc_f,
         "latent_auroc_f": latent_auroc_f,
         "best_f1_f": best_f1_f,
-        "latent_f1_f": latent_f1_f,
+        "latent_f1_f": best_f1_latent_f,
         "recovered_f": best_f1_f >= f1_threshold,
     }
 
@@ -184,8 +123,8 @@ def mask_iou(pred_hw: torch.Tensor, mask_hw: torch.Tensor) -> float:
 
 
 class ReconstructionAccumulator:
-    """Streaming MSE, FVU (= normalised MSE), L0 and firing counts (dead / dense by the package's rule:
-    dead = never fires on the rows, dense = fires on more than ``dense_threshold`` of them)."""
+    """Streaming MSE, FVU (= normalised MSE), L0, shrinkage and firing counts (dead / dense by the
+    package's rule: dead = never fires on the rows, dense = fires on more than ``dense_threshold`` of them)."""
 
     def __init__(self, d: int, s: int) -> None:
         self.n = 0
@@ -195,6 +134,11 @@ class ReconstructionAccumulator:
         self.l0 = 0.0
         self.fired_s = torch.zeros(s, dtype=torch.float64)
         self.max_s = torch.zeros(s, dtype=torch.float64)
+        from vision_sae_lens.compat import synthetic
+
+        self.shrinkage = (
+            synthetic.ShrinkageCalculator()
+        )  # SynthSAEBench's: mean ||x_hat|| / ||x|| over ||x|| > 1e-6
 
     def add(self, acts_nd: torch.Tensor, recon_nd: torch.Tensor, feats_ns: torch.Tensor) -> None:
         """Count a batch of inputs, reconstructions and latents."""
@@ -206,7 +150,10 @@ class ReconstructionAccumulator:
         fires = feats_ns > 0
         self.l0 += float(fires.sum())
         self.fired_s += fires.sum(0).double()
-        self.max_s = torch.maximum(self.max_s, feats_ns.double().max(0).values)
+        self.max_s = torch.maximum(
+            self.max_s, feats_ns.max(0).values.double()
+        )  # no float64 copy of the batch
+        self.shrinkage.add_batch(recon_nd, acts_nd)
 
     def result(self, *, dense_threshold: float = 0.1) -> dict[str, float]:
         """JSON-ready numbers."""
@@ -225,4 +172,5 @@ class ReconstructionAccumulator:
             "dead_fraction": float((self.fired_s == 0).double().mean()),
             "dense_fraction": float((freq_s > dense_threshold).double().mean()),
             "dense_threshold": dense_threshold,
+            "shrinkage": self.shrinkage.compute(),
         }

@@ -14,6 +14,8 @@ from typing import Any
 
 from jinja2 import Environment
 
+from vision_sae_lens.benchmark.naming import naming_headline, naming_table
+
 COLUMNS = (
     ("SAE", lambda r: r["name"]),
     ("arch", lambda r: r["sae"]["architecture"]),
@@ -21,11 +23,12 @@ COLUMNS = (
     ("NMSE", lambda r: r["reconstruction"]["nmse"]),
     ("dead", lambda r: r["reconstruction"]["dead_fraction"]),
     ("dense", lambda r: r["reconstruction"]["dense_fraction"]),
+    ("shrinkage", lambda r: r["reconstruction"].get("shrinkage")),
     ("patch AUROC", lambda r: r["recovery"]["patch"]["mean_auroc"]),
-    ("patch F1", lambda r: r["recovery"]["patch"]["mean_f1"]),
+    ("patch factor-F1", lambda r: r["recovery"]["patch"]["mean_factor_f1"]),
     ("recovered", lambda r: r["recovery"]["patch"]["fraction_recovered"]),
     ("image AUROC", lambda r: r["recovery"]["image"]["mean_auroc"]),
-    ("image F1", lambda r: r["recovery"]["image"]["mean_f1"]),
+    ("image factor-F1", lambda r: r["recovery"]["image"]["mean_factor_f1"]),
     ("latents/factor", lambda r: r["splitting"]["mean_latents_per_factor"]),
     ("factors/latent", lambda r: r["splitting"]["mean_factors_per_latent"]),
     ("mono", lambda r: r["splitting"]["monosemantic_fraction"]),
@@ -34,7 +37,36 @@ COLUMNS = (
     ("probe k=1 SAE", lambda r: _probe(r, "sae", 0)),
     ("probe k=1 raw", lambda r: _probe(r, "raw", 0)),
     ("loss rec.", lambda r: r.get("downstream", {}).get("sae", {}).get("loss_recovered")),
+    ("naming acc.", lambda r: naming_headline(r)),
 )
+"""The image benchmark's table. "factor-F1" is factor-centric (each factor's best latent at its best
+threshold), not SynthSAEBench's latent-centric F1."""
+
+SYNTHSAE_COLUMNS = (
+    ("SAE", lambda r: r["name"]),
+    ("arch", lambda r: r["sae"]["architecture"]),
+    ("MCC", lambda r: r["synthsaebench"]["mcc"]),
+    ("uniqueness", lambda r: r["synthsaebench"]["uniqueness"]),
+    ("latent F1", lambda r: r["synthsaebench"]["classification"]["f1_score"]),
+    ("latent precision", lambda r: r["synthsaebench"]["classification"]["precision"]),
+    ("latent recall", lambda r: r["synthsaebench"]["classification"]["recall"]),
+    ("shrinkage", lambda r: r["synthsaebench"]["shrinkage"]),
+    ("EV", lambda r: r["synthsaebench"]["explained_variance"]),
+    ("dead", lambda r: r["synthsaebench"]["dead_latents"]),
+    ("L0", lambda r: r["synthsaebench"]["sae_l0"]),
+    ("true L0", lambda r: r["synthsaebench"]["true_l0"]),
+    ("factor-F1", lambda r: r["recovery"]["row"]["mean_factor_f1"]),
+    ("AUROC", lambda r: r["recovery"]["row"]["mean_auroc"]),
+)
+"""The table of reports on ground truth in activation space: SynthSAEBench's metrics under its own
+names (MCC, uniqueness, latent-centric F1 / precision / recall, shrinkage, EV, dead latents, L0), then the
+package's factor-centric recovery of each true feature."""
+
+
+def columns_for(reports: list[dict[str, Any]]) -> tuple:
+    """SYNTHSAE_COLUMNS when every report has SynthSAEBench's metrics, else COLUMNS."""
+    return SYNTHSAE_COLUMNS if reports and all("synthsaebench" in r for r in reports) else COLUMNS
+
 
 _HTML = """<!doctype html><html><head><meta charset="utf-8"><title>{{ title }}</title>
 <style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;font-size:13px}
@@ -52,8 +84,13 @@ def write_report(report: dict[str, Any], out_dir: str | Path, *, browser: str | 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(report, indent=1, default=_json_default))
-    tables = [("Summary", [c for c, _ in COLUMNS], [[_fmt(fn(report)) for _, fn in COLUMNS]])]
-    tables.append(_factor_table(report, browser))
+    columns = columns_for([report])
+    tables = [("Summary", [c for c, _ in columns], [[_fmt(fn(report)) for _, fn in columns]])]
+    if "patch" in report["recovery"]:
+        tables.append(_factor_table(report, browser))
+    naming = naming_table(report)
+    if naming is not None:
+        tables.append(naming)
     probing = report.get("probing", {})
     if probing.get("available"):
         header = ["features", *(f"k={k}" for k in probing["ks"])]
@@ -66,7 +103,7 @@ def write_report(report: dict[str, Any], out_dir: str | Path, *, browser: str | 
         rows = [[k, _fmt(down[k]["bce"]), _fmt(down[k]["accuracy"]), _fmt(down[k]["kl_to_clean"]),
                  _fmt(down[k].get("loss_recovered"))] for k in ("clean", "sae", "sae_with_error", "zero_ablation")]  # fmt: skip
         tables.append((f"Spliced downstream ({down['images']} test images)", header, rows))
-    images = _plot_factors(report, out / "recovery_per_factor.png")
+    images = _plot_factors(report, out / "recovery_per_factor.png") if "patch" in report["recovery"] else []
     images += _plot_probing(report, out / "probing.png")
     title = f"{report['suite']} benchmark: {report['name']}"
     (out / "report.md").write_text(
@@ -85,10 +122,13 @@ def write_comparison(
     ``links``: report name -> relative link to its own report."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    table = ("SAEs", [c for c, _ in COLUMNS], [[_fmt(fn(r)) for _, fn in COLUMNS] for r in reports])
+    columns = columns_for(reports)
+    table = ("SAEs", [c for c, _ in columns], [[_fmt(fn(r)) for _, fn in columns] for r in reports])
     images = _plot_sweep(reports, out / "l0_vs_nmse.png", "NMSE", lambda r: r["reconstruction"]["nmse"])
-    images += _plot_sweep(reports, out / "l0_vs_recovery.png", "patch F1 of the best latent (mean over factors)",
-                          lambda r: r["recovery"]["patch"]["mean_f1"])  # fmt: skip
+    level = "patch" if reports and all("patch" in r["recovery"] for r in reports) else "row"
+    images += _plot_sweep(reports, out / "l0_vs_recovery.png",
+                          f"{level} factor-F1 of the best latent (mean over factors)",
+                          lambda r: r["recovery"][level]["mean_factor_f1"])  # fmt: skip
     title = f"{reports[0]['suite'] if reports else ''} benchmark: comparison"
     (out / "comparison.md").write_text(_markdown(title, [table]))
     (out / "comparison.json").write_text(json.dumps(reports, indent=1, default=_json_default))
@@ -99,7 +139,8 @@ def write_comparison(
 
 def format_table(reports: list[dict[str, Any]]) -> str:
     """The comparison table as markdown (what the CLI prints)."""
-    return _markdown_table([c for c, _ in COLUMNS], [[_fmt(fn(r)) for _, fn in COLUMNS] for r in reports])
+    columns = columns_for(reports)
+    return _markdown_table([c for c, _ in columns], [[_fmt(fn(r)) for _, fn in columns] for r in reports])
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -111,16 +152,16 @@ def _factor_table(report: dict[str, Any], browser: str | None) -> tuple[str, lis
         "factor",
         "latent",
         "patch AUROC",
-        "patch F1",
+        "patch factor-F1",
         "image AUROC",
-        "image F1",
+        "image factor-F1",
         "split into",
         "IoU",
         "pointing",
     ]
     rows = [
-        [name, _latent_link(patch[name]["auroc_latent"], browser), _fmt(patch[name]["auroc"]), _fmt(patch[name]["f1"]),
-         _fmt(image[name]["auroc"]), _fmt(image[name]["f1"]), str(split[name]),
+        [name, _latent_link(patch[name]["auroc_latent"], browser), _fmt(patch[name]["auroc"]), _fmt(patch[name]["factor_f1"]),
+         _fmt(image[name]["auroc"]), _fmt(image[name]["factor_f1"]), str(split[name]),
          _fmt(loc.get(name, {}).get("iou")), _fmt(loc.get(name, {}).get("pointing"))]
         for name in report["factors"]
     ]  # fmt: skip
@@ -155,7 +196,7 @@ def _plot_factors(report: dict[str, Any], path: Path) -> list[str]:
     fig, ax = plt.subplots(figsize=(8, 3.2))
     xs = range(len(names))
     ax.bar([x - 0.2 for x in xs], [patch[n]["auroc"] for n in names], width=0.4, label="AUROC")
-    ax.bar([x + 0.2 for x in xs], [patch[n]["f1"] for n in names], width=0.4, label="F1")
+    ax.bar([x + 0.2 for x in xs], [patch[n]["factor_f1"] for n in names], width=0.4, label="factor-F1")
     ax.set_xticks(list(xs), names, rotation=70, fontsize=7)
     ax.set_ylim(0, 1.02)
     ax.set_title(f"{report['name']}: best single latent per factor (patch level)")

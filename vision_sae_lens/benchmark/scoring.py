@@ -1,13 +1,17 @@
-"""Score one SAE against ground truth by streaming the store's ordered rows three times.
+"""Score one SAE against ground truth by streaming the store's ordered rows, pass after pass.
 
-1. reconstruction (FVU, L0, dead / dense), each latent's largest activation, and the per-image mean
-   latents / activations of a seeded random subset of images for sparse probing;
-2. per (latent, factor) activation histograms at the patch level and, from each image's per-latent
-   maximum over its patches, at the image level: AUROC, best F1, precision / recall, splitting, mixing;
+1. reconstruction (FVU, L0, dead / dense, shrinkage), SynthSAEBench's metrics when the truth has
+   feature directions, the per-image mean latents / activations of a seeded random subset of images
+   for sparse probing, and the counting pass of feature recovery;
+2. feature recovery at the patch level and, from each image's per-latent maximum over its patches, at
+   the image level (plain rows: the row level only): AUROC, best F1 and its threshold, precision /
+   recall, splitting, mixing. :class:`~vision_sae_lens.benchmark.recovery.FactorRecovery` needs two
+   passes, and more only when many (latent, factor) pairs compete for a factor's best F1;
 3. localization of each factor's best latent (by patch AUROC) against the factor's pixel masks.
 
-Memory is a function of the SAE width, the number of factors and ``probe_images`` only, never of the
-number of rows: batches are encoded, folded into fixed-size accumulators and dropped.
+Memory is a function of the SAE width, the number of factors, ``probe_images`` and
+``pair_budget_mib`` only, never of the number of rows: batches are encoded, folded into accumulators
+and dropped. No accumulator grows with latents x factors x bins (docs/benchmark.md, "Cost").
 """
 
 from __future__ import annotations
@@ -21,17 +25,19 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from vision_sae_lens.benchmark.metrics import (
-    LatentFactorHistogram,
-    ReconstructionAccumulator,
-    feature_recovery,
-    mask_iou,
-    splitting_and_mixing,
+from vision_sae_lens.benchmark.localization import localization
+from vision_sae_lens.benchmark.metrics import ReconstructionAccumulator
+from vision_sae_lens.benchmark.recovery import FactorRecovery, label_pairs
+from vision_sae_lens.benchmark.summaries import (
+    image_labels,
+    probing,
+    recovery_result,
+    recovery_summary,
+    splitting,
 )
-from vision_sae_lens.benchmark.probing import sparse_probing
 from vision_sae_lens.benchmark.truth import GroundTruth
 from vision_sae_lens.errors import ConfigError
-from vision_sae_lens.layout import TokenLayout
+from vision_sae_lens.layout import Layout, RowLayout
 
 if TYPE_CHECKING:
     from vision_sae_lens.compat import SAE
@@ -65,13 +71,16 @@ class ScoreConfig:
     """Rows read and encoded at a time."""
     seed: int = 0
     """Seed of the probe subset and its train/test halves."""
+    pair_budget_mib: int = 256
+    """Memory for the full histograms of candidate (latent, factor) pairs per pass, shared by the levels
+    (about 2 KiB per pair at 256 bins): more candidates than fit take more passes, never more memory."""
 
     def __post_init__(self) -> None:
         for name in ("f1_threshold", "precision_threshold", "recall_threshold", "dense_threshold"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        if self.n_bins < 1 or self.batch_size < 1:
-            raise ConfigError("n_bins and batch_size must be >= 1")
+        if self.n_bins < 1 or self.batch_size < 1 or self.pair_budget_mib < 1:
+            raise ConfigError("n_bins, batch_size and pair_budget_mib must be >= 1")
         if not self.probe_ks or min(self.probe_ks) < 1:
             raise ConfigError(f"probe_ks must be positive sizes, got {self.probe_ks}")
         if self.probe_images < 4:
@@ -84,73 +93,58 @@ def score_rows(
     rows: RowsFn,
     truth: GroundTruth,
     *,
-    layout: TokenLayout,
+    layout: Layout,
     n_images: int,
     config: ScoreConfig | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """All ground-truth metrics of ``sae`` on the rows ``rows()`` yields (see the module docstring).
 
-    ``layout`` maps token indices to patches; rows of prefix tokens (CLS, registers) are ignored.
-    ``truth`` labels the images by their index in the rows' ``image_idx``.
+    ``layout`` maps token indices to patches; rows of prefix tokens (CLS, registers) are ignored. With a
+    :class:`~vision_sae_lens.layout.RowLayout` every row is an example of its own (no image level, no
+    localization, no probing). ``truth`` labels the images by their index in the rows' ``image_idx``;
+    a truth with ``directions`` (:class:`~vision_sae_lens.benchmark.truth.ActivationTruth`) adds
+    SynthSAEBench's metrics under ``"synthsaebench"``.
     """
     cfg = config or ScoreConfig()
     names = list(truth.factor_names)
-    probe_set = _probe_subset(n_images, cfg)
-    recon: ReconstructionAccumulator | None = None
-    probe: dict[int, tuple[torch.Tensor, torch.Tensor, int]] = {}  # image -> (feature sum, act sum, rows)
-    for batch in _encoded(sae, rows, layout, desc="1/3 reconstruction", progress=progress):
-        if recon is None:
-            recon = ReconstructionAccumulator(batch.acts.shape[1], batch.feats.shape[1])
-        recon.add(batch.acts, batch.recon, batch.feats)
-        for image, lo, hi in batch.groups:
-            if image in probe_set:
-                prev = probe.get(image)
-                feats_f, acts_d = batch.feats[lo:hi].sum(0).double(), batch.acts[lo:hi].sum(0).double()
-                probe[image] = (
-                    (feats_f, acts_d, hi - lo)
-                    if prev is None
-                    else (prev[0] + feats_f, prev[1] + acts_d, prev[2] + hi - lo)
-                )
-    if recon is None:
-        raise ConfigError("the store has no rows of patch tokens to score")
+    plain = isinstance(layout, RowLayout)
+    levels = ("row",) if plain else ("patch", "image")
+    first = _FirstPass(sae, truth, levels, n_images=0 if plain else n_images, cfg=cfg)
+    for batch in _encoded(sae, rows, layout, desc="1 reconstruction", progress=progress):
+        first.add(batch)
+    if first.recon is None or first.recoveries is None:
+        raise ConfigError("the rows hold no rows to score (only prefix tokens, or none at all)")
+    if not plain:
+        _flush_image_level(first.recoveries["image"], first.image_max, truth)
+    recoveries = {level: first.recoveries[level] for level in levels}
+    for r in recoveries.values():
+        r.end_pass()
+    _run_passes(sae, rows, layout, truth, recoveries, progress=progress)
+
     report: dict[str, Any] = {
         "factors": names,
-        "reconstruction": recon.result(dense_threshold=cfg.dense_threshold),
+        "reconstruction": first.recon.result(dense_threshold=cfg.dense_threshold),
     }
-    alive_s = recon.fired_s > 0
-
-    patch_hist = LatentFactorHistogram(recon.max_s.clone(), n_bins=cfg.n_bins)
-    image_hist = LatentFactorHistogram(recon.max_s.clone(), n_bins=cfg.n_bins)
-    reducer = _ImageMax()
-    for batch in _encoded(sae, rows, layout, desc="2/3 recovery", progress=progress):
-        patch_hist.add(batch.feats, _patch_labels(truth, batch))
-        done = reducer.add(batch)
-        if done:
-            images, max_ns = zip(*done, strict=False)
-            image_hist.add(torch.stack(max_ns), _image_labels(truth, images))
-    images, max_ns = zip(*reducer.flush(), strict=False)
-    image_hist.add(torch.stack(max_ns), _image_labels(truth, images))
-
-    patch_scores, image_scores = patch_hist.scores(), image_hist.scores()
-    report["recovery"] = {
-        "patch": _recovery_summary(patch_scores, names, cfg),
-        "image": _recovery_summary(image_scores, names, cfg),
-    }
-    mix = splitting_and_mixing(
-        patch_scores["precision_sf"], patch_scores["recall_sf"], alive_s, prior_f=patch_hist.n_positive_f,
-        family_f=_families(names), precision_threshold=cfg.precision_threshold,
-        recall_threshold=cfg.recall_threshold,
+    if first.directions is not None:
+        report["synthsaebench"] = first.directions.result()
+    results = {level: recovery_result(r, cfg) for level, r in recoveries.items()}
+    report["recovery"] = {level: recovery_summary(res, names, cfg) for level, res in results.items()}
+    unit = recoveries[levels[0]]
+    report["splitting"] = splitting(unit, names, cfg)
+    if plain:
+        report["localization"] = {"available": False, "reason": "plain rows have no image grid"}
+        report["probing"] = {"available": False, "reason": "plain rows have no images"}
+        return report
+    latents_f = results["patch"]["latent_auroc_f"]
+    unit.request_thresholds(latents_f)
+    _run_passes(sae, rows, layout, truth, {"patch": unit}, progress=progress)
+    thresholds_f = unit.thresholds_of(latents_f)
+    report["localization"] = localization(
+        _encoded(sae, rows, layout, desc="3 localization", progress=progress),
+        truth, layout, latents_f, thresholds_f, names,
     )  # fmt: skip
-    report["splitting"] = _splitting_summary(mix, names, alive_s)
-
-    rec = feature_recovery(patch_scores["auroc_sf"], patch_scores["f1_sf"], f1_threshold=cfg.f1_threshold)
-    latents_f = rec["latent_auroc_f"]
-    thresholds_f = patch_scores["threshold_sf"][latents_f, torch.arange(len(names))]
-    report["localization"] = _localization(
-        sae, rows, truth, layout, latents_f, thresholds_f, names, progress=progress
-    )
-    report["probing"] = _probing(probe, truth, names, cfg)
+    report["probing"] = probing(first.probe, truth, names, cfg)
     return report
 
 
@@ -162,28 +156,140 @@ class _Batch:
     recon: torch.Tensor
     image_n: torch.Tensor
     patch_n: torch.Tensor
-    groups: list[tuple[int, int, int]]
-    """(image, lo, hi): consecutive rows of one image."""
+    groups: list[tuple[int, int, int]] | None
+    """(image, lo, hi): consecutive rows of one image (None for plain rows: every row is its own)."""
 
 
-def _encoded(sae: SAE, rows: RowsFn, layout: TokenLayout, *, desc: str, progress: bool) -> Iterator[_Batch]:
+ENCODE_ELEMENTS = 2**25
+"""Rows are encoded in slices of at most this many (row, latent) values (128 MiB of float32 latents), so
+the per-batch memory of a wide SAE does not grow with ``batch_size`` x latents."""
+
+
+def _encoded(sae: SAE, rows: RowsFn, layout: Layout, *, desc: str, progress: bool) -> Iterator[_Batch]:
     device = next(iter(sae.parameters())).device
+    step = 0
     for r in tqdm(rows(), desc=desc, unit="batch", disable=not progress, leave=False):
         keep = r.token_idx >= layout.n_prefix
         if not bool(keep.all()):
             r = type(r)(r.acts[keep], r.image_idx[keep], r.token_idx[keep])
-        if len(r.acts) == 0:
-            continue
-        acts = r.acts.float().to(device)
-        feats = sae.encode(acts)
-        recon = sae.decode(feats)
-        image_n = r.image_idx.long()
-        values, counts = torch.unique_consecutive(image_n, return_counts=True)
-        ends = torch.cumsum(counts, 0).tolist()
-        starts = [0, *ends[:-1]]
-        groups = [(int(v), lo, hi) for v, lo, hi in zip(values.tolist(), starts, ends, strict=False)]
-        yield _Batch(acts.cpu(), feats.float().cpu(), recon.float().cpu(), image_n,
-                     r.token_idx.long() - layout.n_prefix, groups)  # fmt: skip
+        if step == 0 and len(r.acts):
+            step = max(1, ENCODE_ELEMENTS // int(sae.encode(r.acts[:1].float().to(device)).shape[1]))
+        for lo in range(0, len(r.acts), max(step, 1)):
+            acts = r.acts[lo : lo + step].float().to(device)
+            feats = sae.encode(acts)
+            recon = sae.decode(feats)
+            image_n = r.image_idx[lo : lo + step].long()
+            yield _Batch(acts.cpu(), feats.float().cpu(), recon.float().cpu(), image_n,
+                         r.token_idx[lo : lo + step].long() - layout.n_prefix, _groups(image_n, layout))  # fmt: skip
+
+
+def _groups(image_n: torch.Tensor, layout: Layout) -> list[tuple[int, int, int]] | None:
+    """(image, lo, hi) runs of consecutive rows of one image (None for plain rows)."""
+    if isinstance(layout, RowLayout):
+        return None
+    values, counts = torch.unique_consecutive(image_n, return_counts=True)
+    ends = torch.cumsum(counts, 0).tolist()
+    starts = [0, *ends[:-1]]
+    return [(int(v), lo, hi) for v, lo, hi in zip(values.tolist(), starts, ends, strict=False)]
+
+
+class _FirstPass:
+    """Reconstruction, SynthSAEBench metrics, probe sums and recovery counts, in one pass."""
+
+    def __init__(
+        self, sae: SAE, truth: GroundTruth, levels: tuple[str, ...], *, n_images: int, cfg: ScoreConfig
+    ) -> None:
+        self.sae, self.truth, self.cfg, self.levels = sae, truth, cfg, levels
+        self.probe_set = _probe_subset(n_images, cfg) if n_images else set()
+        self.probe: dict[int, tuple[torch.Tensor, torch.Tensor, int]] = {}  # image -> (feats, acts, rows)
+        self.recon: ReconstructionAccumulator | None = None
+        self.recoveries: dict[str, FactorRecovery] | None = None
+        self.image_max = _ImageMax()
+        self.directions: Any = None
+        if getattr(truth, "directions", None) is not None:
+            from vision_sae_lens.benchmark.directions import SynthSAEBenchMetrics
+
+            self.directions = SynthSAEBenchMetrics(sae, truth.directions)  # type: ignore[attr-defined]
+
+    def add(self, batch: _Batch) -> None:
+        if self.recon is None or self.recoveries is None:
+            s, f = batch.feats.shape[1], len(self.truth.factor_names)
+            self.recon = ReconstructionAccumulator(batch.acts.shape[1], s)
+            budget = self.cfg.pair_budget_mib * 2**20 // len(self.levels)
+            self.recoveries = {
+                level: FactorRecovery(s, f, n_bins=self.cfg.n_bins, pair_budget_bytes=budget)
+                for level in self.levels
+            }
+        self.recon.add(batch.acts, batch.recon, batch.feats)
+        if self.directions is not None:
+            features = self.truth.feature_activations(batch.image_n)  # type: ignore[attr-defined]
+            self.directions.add(batch.acts, batch.recon, batch.feats, features)
+        if batch.groups is None:
+            self.recoveries["row"].add(batch.feats, *_unit_pairs(self.truth, batch))
+            return
+        self.recoveries["patch"].add(batch.feats, *_unit_pairs(self.truth, batch))
+        _add_image_level(self.recoveries["image"], self.image_max, self.truth, batch)
+        for image, lo, hi in batch.groups:
+            if image in self.probe_set:
+                prev = self.probe.get(image)
+                feats_f, acts_d = batch.feats[lo:hi].sum(0).double(), batch.acts[lo:hi].sum(0).double()
+                self.probe[image] = (
+                    (feats_f, acts_d, hi - lo)
+                    if prev is None
+                    else (prev[0] + feats_f, prev[1] + acts_d, prev[2] + hi - lo)
+                )
+
+
+def _run_passes(
+    sae: SAE, rows: RowsFn, layout: Layout, truth: GroundTruth, recoveries: dict[str, FactorRecovery],
+    *, progress: bool,
+) -> None:  # fmt: skip
+    """Stream the rows until every recovery in ``recoveries`` is done."""
+    while not all(r.done for r in recoveries.values()):
+        todo = {level: r for level, r in recoveries.items() if not r.done}
+        image_max = _ImageMax()
+        desc = f"2 recovery ({', '.join(f'{lvl} {r.phase}' for lvl, r in todo.items())})"
+        for batch in _encoded(sae, rows, layout, desc=desc, progress=progress):
+            for level, r in todo.items():
+                if level == "image":
+                    _add_image_level(r, image_max, truth, batch)
+                else:
+                    r.add(batch.feats, *_unit_pairs(truth, batch))
+        if "image" in todo:
+            _flush_image_level(todo["image"], image_max, truth)
+        for r in todo.values():
+            r.end_pass()
+
+
+def _unit_pairs(truth: GroundTruth, batch: _Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(batch row, factor) pairs of the positive labels of each patch (or plain row)."""
+    fast = getattr(truth, "factor_pairs", None)
+    if fast is not None:
+        return fast(batch.image_n, batch.patch_n)
+    assert batch.groups is not None, "plain rows need a truth with factor_pairs"
+    out = np.zeros((len(batch.acts), len(truth.factor_names)), dtype=bool)
+    for image, lo, hi in batch.groups:
+        out[lo:hi] = truth.patch_factors(image)[batch.patch_n[lo:hi].numpy()]
+    return label_pairs(torch.from_numpy(out))
+
+
+def _add_image_level(rec: FactorRecovery, image_max: _ImageMax, truth: GroundTruth, batch: _Batch) -> None:
+    _add_images(rec, truth, *image_max.add(batch))
+
+
+def _flush_image_level(rec: FactorRecovery, image_max: _ImageMax, truth: GroundTruth) -> None:
+    _add_images(rec, truth, *image_max.flush())
+
+
+def _add_images(rec: FactorRecovery, truth: GroundTruth, images: list[int], max_ks: torch.Tensor) -> None:
+    if images:
+        rec.add(max_ks, *label_pairs(image_labels(truth, images)))
+
+
+def _probe_subset(n_images: int, cfg: ScoreConfig) -> set[int]:
+    rng = np.random.default_rng(cfg.seed)
+    take = min(cfg.probe_images, n_images)
+    return set(rng.choice(n_images, size=take, replace=False).tolist())
 
 
 class _ImageMax:
@@ -193,171 +299,34 @@ class _ImageMax:
         self.image: int | None = None
         self.max_s: torch.Tensor | None = None
 
-    def add(self, batch: _Batch) -> list[tuple[int, torch.Tensor]]:
-        done = []
-        for image, lo, hi in batch.groups:
-            part = batch.feats[lo:hi].max(0).values
-            if image == self.image and self.max_s is not None:
-                self.max_s = torch.maximum(self.max_s, part)
-                continue
-            if self.image is not None and self.max_s is not None:
-                done.append((self.image, self.max_s))
-            self.image, self.max_s = image, part
-        return done
+    def add(self, batch: _Batch) -> tuple[list[int], torch.Tensor]:
+        """The images finished by this batch and their maxima; the batch's last image stays open."""
+        groups = batch.groups or []
+        # Each image's rows are consecutive: lay them out as (images, longest, latents), pad with -inf.
+        starts = torch.tensor([lo for _, lo, _ in groups], dtype=torch.long)
+        counts = torch.tensor([hi - lo for _, lo, hi in groups], dtype=torch.long)
+        group_n = torch.repeat_interleave(torch.arange(len(groups)), counts)
+        within_n = torch.arange(len(group_n)) - starts[group_n]
+        padded = torch.full(
+            (len(groups), int(counts.max()) if len(groups) else 0, batch.feats.shape[1]), -torch.inf
+        )
+        padded[group_n, within_n] = batch.feats
+        max_gs = padded.max(1).values
+        images = [image for image, _, _ in groups]
+        if self.image is not None and self.max_s is not None:
+            if images and images[0] == self.image:
+                max_gs[0] = torch.maximum(max_gs[0], self.max_s)
+            else:
+                images, max_gs = [self.image, *images], torch.cat([self.max_s[None], max_gs])
+        if not images:
+            return [], max_gs
+        self.image, self.max_s = images[-1], max_gs[-1]
+        return images[:-1], max_gs[:-1]
 
-    def flush(self) -> list[tuple[int, torch.Tensor]]:
-        return [] if self.image is None or self.max_s is None else [(self.image, self.max_s)]
-
-
-def _patch_labels(truth: GroundTruth, batch: _Batch) -> torch.Tensor:
-    out = np.zeros((len(batch.acts), len(truth.factor_names)), dtype=bool)
-    for image, lo, hi in batch.groups:
-        out[lo:hi] = truth.patch_factors(image)[batch.patch_n[lo:hi].numpy()]
-    return torch.from_numpy(out)
-
-
-def _image_labels(truth: GroundTruth, images: Any) -> torch.Tensor:
-    return torch.from_numpy(np.stack([np.asarray(truth.image_factors(i), dtype=bool) for i in images]))
-
-
-def _families(names: list[str]) -> torch.Tensor:
-    """Family index of each factor: the part before ``=`` (``color=red`` -> ``color``); a name without
-    ``=`` is a family of its own."""
-    index: dict[str, int] = {}
-    return torch.tensor([index.setdefault(n.split("=")[0] if "=" in n else n, len(index)) for n in names])
-
-
-def _probe_subset(n_images: int, cfg: ScoreConfig) -> set[int]:
-    rng = np.random.default_rng(cfg.seed)
-    take = min(cfg.probe_images, n_images)
-    return set(rng.choice(n_images, size=take, replace=False).tolist())
-
-
-# ---------------------------------------------------------------------------------- summaries
-def _recovery_summary(scores: dict[str, torch.Tensor], names: list[str], cfg: ScoreConfig) -> dict[str, Any]:
-    rec = feature_recovery(scores["auroc_sf"], scores["f1_sf"], f1_threshold=cfg.f1_threshold)
-    per_factor = {
-        name: {
-            "auroc": float(rec["best_auroc_f"][k]),
-            "auroc_latent": int(rec["latent_auroc_f"][k]),
-            "f1": float(rec["best_f1_f"][k]),
-            "f1_latent": int(rec["latent_f1_f"][k]),
-            "recovered": bool(rec["recovered_f"][k]),
-        }
-        for k, name in enumerate(names)
-    }
-    return {
-        "mean_auroc": float(rec["best_auroc_f"].mean()),
-        "mean_f1": float(rec["best_f1_f"].mean()),
-        "fraction_recovered": float(rec["recovered_f"].double().mean()),
-        "f1_threshold": cfg.f1_threshold,
-        "per_factor": per_factor,
-    }
-
-
-def _splitting_summary(
-    mix: dict[str, torch.Tensor], names: list[str], alive_s: torch.Tensor
-) -> dict[str, Any]:
-    responsive = mix["responsive_s"]
-    per_latent = mix["factors_per_latent_s"][responsive]
-    per_factor = mix["latents_per_factor_f"]
-    return {
-        "latents_per_factor": {name: int(per_factor[k]) for k, name in enumerate(names)},
-        "mean_latents_per_factor": float(per_factor.double().mean()),
-        "factors_split": float((per_factor > 1).double().mean()),
-        "responsive_latents": int(responsive.sum()),
-        "mean_factors_per_latent": float(per_latent.mean()) if len(per_latent) else 0.0,
-        "monosemantic_fraction": float((per_latent <= 1.5).double().mean()) if len(per_latent) else 0.0,
-        "mean_purity": float(mix["purity_s"][alive_s].mean()) if bool(alive_s.any()) else 0.0,
-    }
-
-
-def _localization(
-    sae: SAE,
-    rows: RowsFn,
-    truth: GroundTruth,
-    layout: TokenLayout,
-    latents_f: torch.Tensor,
-    thresholds_f: torch.Tensor,
-    names: list[str],
-    *,
-    progress: bool,
-) -> dict[str, Any]:
-    """IoU and pointing game of each factor's best latent on the images that carry the factor.
-
-    IoU compares, on the patch grid, the patches where the latent exceeds its best-F1 threshold with the
-    patches that carry the factor (the resolution an SAE on patch tokens can express). The pointing game
-    counts a hit when the latent's strongest patch holds a pixel of the factor's masks (its patch labels
-    without masks); a latent silent on the image misses.
-    """
-    f = len(names)
-    hits, ious, counts = np.zeros(f), np.zeros(f), np.zeros(f)
-    grid_w = layout.grid[1]
-    ph, pw = layout.patch_size
-    current: tuple[int, torch.Tensor] | None = None
-
-    def finish(image: int, grid_pf: torch.Tensor) -> None:
-        present = np.asarray(truth.image_factors(image), dtype=bool)
-        labels_pf = torch.from_numpy(np.ascontiguousarray(truth.patch_factors(image), dtype=bool))
-        masks = truth.pixel_masks(image)
-        for k in np.flatnonzero(present):
-            counts[k] += 1
-            g = grid_pf[:, k]
-            if float(g.max()) > 0:
-                p = int(torch.argmax(g))
-                if masks is None:
-                    hits[k] += bool(labels_pf[p, k])
-                else:
-                    r, c = divmod(p, grid_w)
-                    hits[k] += bool(masks[k, r * ph : (r + 1) * ph, c * pw : (c + 1) * pw].any())
-            ious[k] += mask_iou(g > float(thresholds_f[k]), labels_pf[:, k])
-
-    for batch in _encoded(sae, rows, layout, desc="3/3 localization", progress=progress):
-        sel_nf = batch.feats[:, latents_f]
-        for image, lo, hi in batch.groups:
-            if current is None or current[0] != image:
-                if current is not None:
-                    finish(*current)
-                current = (image, torch.zeros(layout.n_patches, f))
-            current[1][batch.patch_n[lo:hi]] = sel_nf[lo:hi]
-    if current is not None:
-        finish(*current)
-    if not counts.any():
-        return {"available": False}
-    valid = counts > 0
-    per_factor = {
-        name: {
-            "latent": int(latents_f[k]),
-            "iou": float(ious[k] / counts[k]) if valid[k] else None,
-            "pointing": float(hits[k] / counts[k]) if valid[k] else None,
-            "images": int(counts[k]),
-        }
-        for k, name in enumerate(names)
-    }
-    return {
-        "available": True,
-        "mean_iou": float((ious[valid] / counts[valid]).mean()),
-        "pointing_game": float((hits[valid] / counts[valid]).mean()),
-        "per_factor": per_factor,
-    }
-
-
-def _probing(probe: dict, truth: GroundTruth, names: list[str], cfg: ScoreConfig) -> dict[str, Any]:
-    images = sorted(probe)
-    if len(images) < 4:
-        return {"available": False}
-    latents = torch.stack([probe[i][0] / probe[i][2] for i in images])
-    raw = torch.stack([probe[i][1] / probe[i][2] for i in images])
-    labels = _image_labels(truth, images)
-    rng = np.random.default_rng(cfg.seed + 1)
-    order = rng.permutation(len(images))
-    train, test = order[: len(images) // 2], order[len(images) // 2 :]
-    out: dict[str, Any] = {"available": True, "ks": list(cfg.probe_ks), "images": len(images)}
-    for kind, x in (("sae", latents), ("raw", raw)):
-        acc_kf = sparse_probing(x[train], labels[train], x[test], labels[test], ks=cfg.probe_ks)
-        out[kind] = [float(np.nanmean(row)) for row in acc_kf]
-        out[f"{kind}_per_factor"] = {name: [float(v) for v in acc_kf[:, j]] for j, name in enumerate(names)}
-    out["majority_baseline"] = float(
-        torch.maximum(labels[test].double().mean(0), 1 - labels[test].double().mean(0)).mean()
-    )
-    return out
+    def flush(self) -> tuple[list[int], torch.Tensor]:
+        """The open image, if any."""
+        if self.image is None or self.max_s is None:
+            return [], torch.zeros(0)
+        out = ([self.image], self.max_s[None])
+        self.image, self.max_s = None, None
+        return out

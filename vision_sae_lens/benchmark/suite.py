@@ -48,6 +48,7 @@ def score(
     downstream_images: int = 256,
     browser: bool = False,
     name: str | None = None,
+    naming: bool = True,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Score ``sae`` (a SAELens SAE or checkpoint folder) on a ground-truth suite; returns the report.
@@ -57,7 +58,9 @@ def score(
     ``n_images``: test images to record (default all 1,000). ``downstream_images``: images of the
     spliced downstream metric (0 skips it). With ``out_dir`` the report files and plots are written;
     ``browser=True`` also builds the feature browser of every factor's best latents into
-    ``out_dir/browser`` and links them from the report.
+    ``out_dir/browser`` and links them from the report. ``naming``: name the latents with
+    ``demo:shapes-clip`` and by labels, and report how often the names name the recovered factors
+    (:mod:`vision_sae_lens.benchmark.naming`).
     """
     from sae_lens import SAE
 
@@ -114,6 +117,10 @@ def score(
                 [world[int(i)][0] for i in idx],
                 np.stack([world.image_factors(int(i)) for i in idx]),
             )
+        if naming:
+            from vision_sae_lens.benchmark.naming import naming_accuracy
+
+            report["naming"] = naming_accuracy(sae, store, world, report, seed=cfg.seed, progress=progress)
     finally:
         if tmp is not None:
             tmp.cleanup()
@@ -149,7 +156,8 @@ def _build_browser(
 
     per_factor = report["recovery"]["patch"]["per_factor"]
     latents = sorted(
-        {v["auroc_latent"] for v in per_factor.values()} | {v["f1_latent"] for v in per_factor.values()}
+        {v["auroc_latent"] for v in per_factor.values()}
+        | {v["factor_f1_latent"] for v in per_factor.values()}
     )
     world = ShapesWorld("test", n_images=store.n_images, seed=int(store.dataset.get("seed", 0)))
     build_browser(sae, store, out_dir=out, images=world, latents=latents, max_pages=len(latents),

@@ -4,17 +4,28 @@ The scorer asks a :class:`GroundTruth` three questions per image: its patch labe
 its image labels ``(F,)`` and (for localization) its pixel masks ``(F, H, W)`` at the model's input
 resolution. :class:`SyntheticTruth` answers them for the shapes world; :class:`ArrayTruth` for a
 user's own labelled images (image labels alone, or with masks).
+
+:class:`ActivationTruth` is ground truth in activation space (SynthSAEBench's kind): the true feature
+directions ``(F, d)`` and every row's sparse feature activations, for a store of plain rows
+(:class:`~vision_sae_lens.layout.RowLayout`: "image" ``i`` is row ``i``). Besides the three questions it
+answers :meth:`~ActivationTruth.factor_pairs` for a whole batch at once (the scorer's fast path for any
+truth that has it) and carries ``directions``, which switch on SynthSAEBench's metrics.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from functools import lru_cache
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import numpy as np
+import torch
 
 from vision_sae_lens.data.synthetic import ShapesWorld, patch_coverage
-from vision_sae_lens.errors import ConfigError
+from vision_sae_lens.errors import ConfigError, DataFileNotFoundError, StoreMismatchError
+
+TRUTH_FORMAT = "vision_sae_lens.activation_truth"
 
 
 @runtime_checkable
@@ -101,3 +112,148 @@ class ArrayTruth:
 
     def pixel_masks(self, image: int) -> np.ndarray | None:
         return None if self.masks is None else self.masks[image].astype(bool)
+
+
+class ActivationTruth:
+    """True feature directions and each row's feature activations (CSR: ``indptr``, ``indices``, ``values``).
+
+    Row ``i`` of the store it describes has activations ``values[indptr[i]:indptr[i+1]]`` of features
+    ``indices[...]`` (the rest are 0) and equals ``sum_k act_k * directions[k]`` plus any bias and noise
+    of the generator. A feature counts as present in a row when its activation is > 0.
+    """
+
+    def __init__(
+        self,
+        directions: torch.Tensor,
+        indptr: torch.Tensor,
+        indices: torch.Tensor,
+        values: torch.Tensor,
+        *,
+        feature_names: list[str] | None = None,
+        store_fingerprint: str | None = None,
+    ) -> None:
+        self.directions = torch.as_tensor(directions).float()
+        self.indptr, self.indices = torch.as_tensor(indptr).long(), torch.as_tensor(indices).long()
+        self.values = torch.as_tensor(values).float()
+        n_features = self.directions.shape[0]
+        if self.directions.dim() != 2 or n_features == 0:
+            raise ConfigError(f"directions must be (n_features, d), got shape {tuple(self.directions.shape)}")
+        if self.indptr.dim() != 1 or len(self.indptr) < 1 or int(self.indptr[0]) != 0:
+            raise ConfigError("indptr must be a 1-D CSR row pointer starting at 0")
+        ends_ok = int(self.indptr[-1]) == len(self.indices) == len(self.values)
+        if bool((self.indptr.diff() < 0).any()) or not ends_ok:
+            raise ConfigError("indptr must be non-decreasing and end at len(indices) == len(values)")
+        if len(self.indices) and (int(self.indices.min()) < 0 or int(self.indices.max()) >= n_features):
+            raise ConfigError(f"feature indices must lie in 0..{n_features - 1}")
+        if not bool(torch.isfinite(self.values).all()) or not bool(torch.isfinite(self.directions).all()):
+            raise ConfigError("feature activations and directions must be finite (no NaN/inf)")
+        self.factor_names = list(feature_names or [f"feature_{k}" for k in range(n_features)])
+        if len(self.factor_names) != n_features:
+            raise ConfigError(f"{len(self.factor_names)} feature names for {n_features} features")
+        self.store_fingerprint = store_fingerprint
+
+    @classmethod
+    def from_batches(
+        cls, directions: torch.Tensor, feature_acts: Iterable[torch.Tensor], **kwargs: object
+    ) -> ActivationTruth:
+        """Collect ``(n, F)`` activation batches (dense or sparse, rows in store order) into a truth."""
+        indptr, indices, values, offset = [torch.zeros(1, dtype=torch.long)], [], [], 0
+        for acts in feature_acts:
+            acts = (acts.to_dense() if acts.is_sparse else acts).detach().cpu().float()
+            rows, cols = acts.nonzero(as_tuple=True)
+            indptr.append(offset + torch.cumsum(torch.bincount(rows, minlength=len(acts)), 0))
+            offset += len(rows)
+            indices.append(cols)
+            values.append(acts[rows, cols])
+        empty = torch.zeros(0)
+        return cls(directions, torch.cat(indptr), torch.cat(indices or [empty.long()]),
+                   torch.cat(values or [empty]), **kwargs)  # type: ignore[arg-type]  # fmt: skip
+
+    @property
+    def n_rows(self) -> int:
+        """Rows described."""
+        return len(self.indptr) - 1
+
+    def feature_activations(self, rows: torch.Tensor) -> torch.Tensor:
+        """Dense ``(n, F)`` float32 activations of ``rows`` (store row / image indices)."""
+        rows = self._check_rows(rows)
+        starts, counts = self.indptr[rows], self.indptr[rows + 1] - self.indptr[rows]
+        local = torch.repeat_interleave(torch.arange(len(rows)), counts)
+        at = torch.repeat_interleave(starts - torch.cumsum(counts, 0) + counts, counts) + torch.arange(
+            len(local)
+        )
+        out = torch.zeros(len(rows), len(self.factor_names))
+        out[local, self.indices[at]] = self.values[at]
+        return out
+
+    def factor_pairs(self, image_n: torch.Tensor, patch_n: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(batch row, feature)`` pairs of the features present (activation > 0) in each row."""
+        del patch_n  # one row per example: there is only "patch" 0
+        rows, features = (self.feature_activations(image_n) > 0).nonzero(as_tuple=True)
+        return rows, features
+
+    def image_factors(self, image: int) -> np.ndarray:
+        return (self.feature_activations(torch.tensor([image]))[0] > 0).numpy()
+
+    def patch_factors(self, image: int) -> np.ndarray:
+        return self.image_factors(image)[None, :]
+
+    def pixel_masks(self, image: int) -> None:
+        return None
+
+    def save(self, path: str | Path) -> Path:
+        """Write a safetensors file (directions, CSR arrays; names and store fingerprint as metadata)."""
+        import json
+
+        from safetensors.torch import save
+
+        from vision_sae_lens import fsutil
+
+        path = Path(path)
+        meta = {"format": TRUTH_FORMAT, "feature_names": json.dumps(self.factor_names),
+                "store_fingerprint": self.store_fingerprint or ""}  # fmt: skip
+        tensors = {"directions": self.directions.contiguous(), "indptr": self.indptr,
+                   "indices": self.indices, "values": self.values}  # fmt: skip
+        fsutil.write_atomic(path, save(tensors, metadata=meta))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, *, store: object | None = None) -> ActivationTruth:
+        """Read :meth:`save`'s file; with ``store``, check it describes that store's rows."""
+        import json
+
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        if not path.is_file():
+            raise DataFileNotFoundError(f"no activation truth file at {path}")
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        if meta.get("format") != TRUTH_FORMAT:
+            raise ConfigError(f"{path} is not an activation truth file (format {meta.get('format')!r})")
+        t = load_file(str(path))
+        truth = cls(t["directions"], t["indptr"], t["indices"], t["values"],
+                    feature_names=json.loads(meta["feature_names"]),
+                    store_fingerprint=meta.get("store_fingerprint") or None)  # fmt: skip
+        if store is not None:
+            truth.check_store(store)
+        return truth
+
+    def check_store(self, store: object) -> None:
+        """Refuse a store whose rows this truth does not describe (fingerprint or row count)."""
+        fingerprint, n_rows = getattr(store, "fingerprint", None), int(getattr(store, "n_rows", -1))
+        if self.store_fingerprint and fingerprint != self.store_fingerprint:
+            raise StoreMismatchError(
+                f"this truth describes the store with fingerprint {self.store_fingerprint}, not {fingerprint}"
+            )
+        if n_rows != self.n_rows:
+            raise StoreMismatchError(f"this truth describes {self.n_rows} rows; the store holds {n_rows}")
+        if getattr(getattr(store, "layout", None), "kind", None) != "rows":
+            raise StoreMismatchError("an activation truth describes a store of plain rows (RowLayout)")
+
+    def _check_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        rows = torch.as_tensor(rows).long().reshape(-1)
+        if len(rows) and (int(rows.min()) < 0 or int(rows.max()) >= self.n_rows):
+            raise ConfigError(f"row indices must lie in 0..{self.n_rows - 1} (this truth's rows)")
+        return rows

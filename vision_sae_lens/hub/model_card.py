@@ -88,7 +88,7 @@ def parse_front_matter(card: str) -> dict[str, Any]:
     return ModelCard(card).data.to_dict()
 
 
-def _num(value: Any) -> str:
+def _num(value: object) -> str:
     if value is None:
         return "–"
     if isinstance(value, int | float):
@@ -96,7 +96,7 @@ def _num(value: Any) -> str:
     return str(value)
 
 
-def _dataset_name(dataset: Any) -> str | None:
+def _dataset_name(dataset: object) -> str | None:
     if isinstance(dataset, dict):
         return dataset.get("name") or dataset.get("spec") or dataset.get("source")
     return dataset if isinstance(dataset, str) else None

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vision_sae_lens.errors import HubError, NonFiniteError, SAEFolderError, UnsafePathError
+from vision_sae_lens.errors import HubError, NonFiniteError, SAEFolderError, UnsafePathError, escape_control
 from vision_sae_lens.fsutil import check_name, read_json
 from vision_sae_lens.hub.model_card import build_model_card
 
@@ -46,8 +46,11 @@ class PublishPlan:
 
     def describe(self) -> str:
         """Human-readable listing of what is (or would be) uploaded."""
-        lines = [f"repo {self.repo_id}: {len(self.saes)} SAE(s), {len(self.files)} file(s)"]
-        lines += [f"  {repo_path}  <-  {local}" for repo_path, local in self.files]
+        # Folder names and ids come from the user and from files: control characters are shown escaped.
+        lines = [f"repo {escape_control(self.repo_id)}: {len(self.saes)} SAE(s), {len(self.files)} file(s)"]
+        lines += [
+            f"  {escape_control(repo_path)}  <-  {escape_control(local)}" for repo_path, local in self.files
+        ]
         return "\n".join(lines)
 
 
@@ -116,6 +119,11 @@ def _validate_folder(folder: Path) -> dict[str, Any]:
     except SAEFolderError as exc:
         raise HubError(f"refusing to publish: {exc}") from exc
     md = sae.cfg.metadata
+    if md.get("modality") == "rows":
+        raise HubError(
+            f"{folder} was trained on plain rows (not image patches); vision releases hold image SAEs. "
+            "Upload it with sae_lens.upload_saes_to_huggingface instead."
+        )
     absent = [k for k in REQUIRED_METADATA if md.get(k) is None]
     if absent:
         raise HubError(

@@ -26,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     info.add_argument("path", help="store directory")
     info.add_argument("--verify", action="store_true", help="check every shard's size and sha256")
-    info.set_defaults(func=run_store_info)
+    info.set_defaults(func=run_store)
 
 
 def add_cache_arguments(parser: argparse.ArgumentParser) -> None:
@@ -113,7 +113,7 @@ def run_cache(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_store_info(args: argparse.Namespace) -> int:
+def run_store(args: argparse.Namespace) -> int:
     """Handler of ``store``: print the metadata summary; with --verify, check every file."""
     from vision_sae_lens.store.reader import ActivationStore
 
@@ -122,12 +122,12 @@ def run_store_info(args: argparse.Namespace) -> int:
     meta = store.metadata
     print(f"images: {meta['n_images']} ({meta['n_skipped']} skipped), dataset: {json.dumps(meta['dataset'])}")
     if args.verify:
-        store.verify(progress=True)
-        print("verify: ok")
+        stats = store.verify(progress=True)
+        print(f"verify: ok (hashed {stats['bytes'] / 1e6:,.0f} MB at {stats['mb_per_s']:,.0f} MB/s)")
     return 0
 
 
-def _model_kwargs(args: argparse.Namespace) -> dict | None:
+def _model_kwargs(args: argparse.Namespace) -> dict[str, object] | None:
     kwargs = json.loads(args.model_kwargs) if args.model_kwargs else {}
     if args.weights:
         kwargs["weights"] = args.weights

@@ -1,9 +1,9 @@
-"""The on-disk store format, version 1 (normative text: docs/shard_format.md).
+"""The on-disk store format, version 2 (normative text: docs/shard_format.md; version 1 is still read).
 
 ::
 
     DIR/metadata.json                       canonical JSON; written last: its presence means "complete"
-    DIR/manifest.json                       per-shard row counts, image ranges, sizes and sha256 checksums
+    DIR/manifest.json                       per-shard row counts, image ranges, sizes, per-block sha256
     DIR/recording.json                      the settings the store was recorded with (resume / mismatch check)
     DIR/labels.bin                          int32 label per source image (-1: none or skipped), if labelled
     DIR/shards/<site>/<k:06d>.bin           raw little-endian (rows, d) rows of one site, storage dtype
@@ -29,7 +29,13 @@ from vision_sae_lens import fsutil
 from vision_sae_lens.errors import ConfigError, StoreError
 
 FORMAT_NAME = "vision_sae_lens.activation_store"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""Version written. 2 lists a sha256 per 1 MiB block of each shard file (1: one sha256 per file) and is the
+first that may hold the plain-row layout (``layout == {"kind": "rows", ...}``), so earlier readers refuse a
+plain-row store instead of misreading it as image patches."""
+READABLE_VERSIONS = (1, 2)
+MIN_ROWS_VERSION = 2
+"""The first version whose stores may hold plain rows."""
 METADATA_FILE = "metadata.json"
 MANIFEST_FILE = "manifest.json"
 RECORDING_FILE = "recording.json"

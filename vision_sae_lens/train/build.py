@@ -14,6 +14,10 @@ decides which step runs:
   :class:`~vision_sae_lens.train.data_parallel.DataParallelSAETrainer` (the CPU step's trainer with firing
   counts, gradients and loss reduced over ranks) and, for the BatchTopK family, the subclass that chooses
   its entries over the whole global batch.
+
+Either way, with ``TrainConfig.auxk_relu`` (the default) a TopK-family SAE's AuxK loss decodes the dead
+latents' ReLU'd pre-activations (:mod:`~vision_sae_lens.train.auxk`): a change of recipe, not of speed, so
+it holds on every device and in data-parallel training.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import torch
 from sae_lens import LoggingConfig, SAETrainer, TrainingSAE, TrainingSAEConfig
 
 from vision_sae_lens.compat import SAETrainerConfig, get_sae_training_class, quiet_norm_estimate
+from vision_sae_lens.train.auxk import with_auxk_relu
 from vision_sae_lens.train.config import TrainConfig
 from vision_sae_lens.train.data_parallel import DataParallelSAETrainer, data_parallel_class
 from vision_sae_lens.train.fast_trainer import FastSAETrainer
@@ -33,19 +38,19 @@ from vision_sae_lens.train.ranks import Ranks
 
 
 def training_classes(
-    sae_cls: type[TrainingSAE], device: str, *, data_parallel: bool = False
+    sae_cls: type[TrainingSAE], device: str, *, auxk_relu: bool = False, data_parallel: bool = False
 ) -> tuple[type[TrainingSAE], type[SAETrainer]]:
     """The training-SAE class and trainer class that train SAELens' ``sae_cls`` on ``device``: the package's
-    CPU step (CPU only) or SAELens' own (everywhere else); with ``data_parallel``, their data-parallel
-    versions (one rank's share of each global batch)."""
+    CPU step (CPU only) or SAELens' own (everywhere else); with ``auxk_relu``, the AuxK loss on ReLU'd
+    pre-activations (:func:`~vision_sae_lens.train.auxk.with_auxk_relu`); with ``data_parallel``, their
+    data-parallel versions (one rank's share of each global batch)."""
     on_cpu = torch.device(device).type == "cpu"
+    chosen = lean_training_class(sae_cls) if on_cpu else sae_cls
+    if auxk_relu:
+        chosen = with_auxk_relu(chosen)
     if data_parallel:
-        return data_parallel_class(
-            lean_training_class(sae_cls) if on_cpu else sae_cls
-        ), DataParallelSAETrainer
-    if not on_cpu:
-        return sae_cls, SAETrainer
-    return lean_training_class(sae_cls), FastSAETrainer
+        return data_parallel_class(chosen), DataParallelSAETrainer
+    return chosen, (FastSAETrainer if on_cpu else SAETrainer)
 
 
 def build_trainer(cfg: TrainConfig, device: str, *, ranks: Ranks | None = None) -> SAETrainer:
@@ -55,7 +60,10 @@ def build_trainer(cfg: TrainConfig, device: str, *, ranks: Ranks | None = None) 
     torch.manual_seed(cfg.seed)
     data_parallel = ranks is not None and ranks.data_parallel
     sae_cls, trainer_cls = training_classes(
-        get_sae_training_class(sae_cfg.architecture())[0], device, data_parallel=data_parallel
+        get_sae_training_class(sae_cfg.architecture())[0],
+        device,
+        auxk_relu=cfg.auxk_relu,
+        data_parallel=data_parallel,
     )
     sae = sae_cls(sae_cfg)
     trainer_cfg = SAETrainerConfig(

@@ -19,7 +19,7 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sae_lens import SAE, SAETrainer, TrainingSAE
 from safetensors.torch import save_file
@@ -35,6 +35,9 @@ from vision_sae_lens.errors import (
 from vision_sae_lens.metadata import VisionFacts, apply_vision_facts
 from vision_sae_lens.normalization import InputNormalization, fold_input_normalization
 from vision_sae_lens.train.resume import check_resume_settings
+
+if TYPE_CHECKING:
+    from vision_sae_lens.train.config import TrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -243,7 +246,7 @@ def remove_stale_temps(out: Path) -> None:
         fsutil.remove_stale_temps(parent, recursive=False)  # only our own temp names: never a user's .tmp
 
 
-def checkpoint_problem(path: Path, fingerprint: str, cfg: Any) -> str | None:
+def checkpoint_problem(path: Path, fingerprint: str, cfg: TrainConfig) -> str | None:
     """None when checkpoint ``path`` is intact and continues a run of ``cfg`` on store ``fingerprint``;
     what is damaged otherwise.
 
@@ -259,7 +262,7 @@ def checkpoint_problem(path: Path, fingerprint: str, cfg: Any) -> str | None:
     return None
 
 
-def check_finished_settings(folder: Path, cfg: Any, fingerprint: str) -> None:
+def check_finished_settings(folder: Path, cfg: TrainConfig, fingerprint: str) -> None:
     """Refuse to hand back a finished run in ``folder`` as the result of ``cfg`` when its settings differ."""
     path = folder / FINISHED_FILENAME
     try:

@@ -29,12 +29,11 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from sae_lens import BatchTopKTrainingSAE, MatryoshkaBatchTopKTrainingSAE, TrainingSAE
+from sae_lens import BatchTopKTrainingSAE, TrainingSAE
 
 from vision_sae_lens.compat import BatchTopK, SAETrainerConfig, TrainStepOutput
 from vision_sae_lens.errors import ConfigError
 from vision_sae_lens.train.fast_trainer import FastSAETrainer
-from vision_sae_lens.train.lean_saes import LeanBatchTopKTrainingSAE, LeanMatryoshkaBatchTopKTrainingSAE
 from vision_sae_lens.train.ranks import Ranks
 
 PER_ROW_ARCHITECTURES = ("standard", "topk", "jumprelu", "gated")
@@ -185,37 +184,21 @@ class BatchTopKAcrossRanks(BatchTopKTrainingSAE):
                 self.topk_threshold = (1 - lr) * self.topk_threshold + lr * lowest[0]
 
 
-class DataParallelBatchTopKTrainingSAE(BatchTopKAcrossRanks, BatchTopKTrainingSAE):
-    """SAELens' ``BatchTopKTrainingSAE``, choosing over the global batch."""
-
-
-class DataParallelLeanBatchTopKTrainingSAE(BatchTopKAcrossRanks, LeanBatchTopKTrainingSAE):
-    """The lean (CPU) ``BatchTopKTrainingSAE``, choosing over the global batch."""
-
-
-class DataParallelMatryoshkaBatchTopKTrainingSAE(BatchTopKAcrossRanks, MatryoshkaBatchTopKTrainingSAE):
-    """SAELens' ``MatryoshkaBatchTopKTrainingSAE``, choosing over the global batch."""
-
-
-class DataParallelLeanMatryoshkaBatchTopKTrainingSAE(
-    BatchTopKAcrossRanks, LeanMatryoshkaBatchTopKTrainingSAE
-):
-    """The lean (CPU) ``MatryoshkaBatchTopKTrainingSAE``, choosing over the global batch."""
-
-
-DATA_PARALLEL_CLASSES: dict[type[TrainingSAE], type[TrainingSAE]] = {
-    BatchTopKTrainingSAE: DataParallelBatchTopKTrainingSAE,
-    LeanBatchTopKTrainingSAE: DataParallelLeanBatchTopKTrainingSAE,
-    MatryoshkaBatchTopKTrainingSAE: DataParallelMatryoshkaBatchTopKTrainingSAE,
-    LeanMatryoshkaBatchTopKTrainingSAE: DataParallelLeanMatryoshkaBatchTopKTrainingSAE,
-}
-"""Training classes with a batch-level choice -> their data-parallel subclass."""
+_DATA_PARALLEL_CLASSES: dict[type[TrainingSAE], type[TrainingSAE]] = {}
+"""Made once per class, so every call (and every rank) trains the same class."""
 
 
 def data_parallel_class(cls: type[TrainingSAE]) -> type[TrainingSAE]:
-    """The class that trains like ``cls`` on a slice of each global batch (``cls`` itself where every loss
-    is per row; :func:`check_data_parallel_architecture` refuses the rest before training)."""
-    return DATA_PARALLEL_CLASSES.get(cls, cls)
+    """The class that trains like ``cls`` on a slice of each global batch: for the BatchTopK family (SAELens'
+    classes, the lean CPU ones and their ReLU-AuxK variants alike) its subclass choosing over the whole global
+    batch, made once per class; ``cls`` itself where every loss is per row
+    (:func:`check_data_parallel` refuses the rest before training)."""
+    if not issubclass(cls, BatchTopKTrainingSAE):
+        return cls
+    if cls not in _DATA_PARALLEL_CLASSES:
+        made = type(f"DataParallel{cls.__name__}", (BatchTopKAcrossRanks, cls), {"__module__": __name__})
+        _DATA_PARALLEL_CLASSES[cls] = made
+    return _DATA_PARALLEL_CLASSES[cls]
 
 
 def check_data_parallel(cfgs: list[Any], names: list[str], world_size: int) -> None:

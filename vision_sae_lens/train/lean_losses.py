@@ -35,10 +35,12 @@ def topk_aux_loss(
     dead_neuron_mask: torch.Tensor | None,
     *,
     values_at: ValuesAt | None = None,
+    relu: bool = False,
 ) -> torch.Tensor:
     """SAELens' ``TopKTrainingSAE.calculate_topk_aux_loss(sae_in, sae_out, hidden_pre, dead_neuron_mask)``
     for ``sae``, decoding the top-k_aux dead latents without a dense (batch, d_sae) activation matrix.
-    Where ``hidden_pre`` carries no gradient (the sparse forward), ``values_at`` gives the chosen values."""
+    Where ``hidden_pre`` carries no gradient (the sparse forward), ``values_at`` gives the chosen values.
+    ``relu=True`` is that loss on ``hidden_pre.relu()`` (:mod:`~vision_sae_lens.train.auxk`)."""
     if dead_neuron_mask is None or (num_dead := int(dead_neuron_mask.sum())) == 0:
         return sae_out.new_tensor(0.0)
     if sae.cfg.normalize_activations in ("constant_norm_rescale", "layer_norm"):
@@ -49,7 +51,9 @@ def topk_aux_loss(
     scale = min(num_dead / k_aux, 1.0)
     k_aux = min(k_aux, num_dead)
     inv_norm_s = 1 / sae.W_dec.norm(dim=-1) if sae.cfg.rescale_acts_by_decoder_norm else None
-    recons = _decode_top_dead(hidden_pre, dead_neuron_mask, k_aux, sae.W_dec, inv_norm_s, num_dead, values_at)
+    recons = _decode_top_dead(
+        hidden_pre, dead_neuron_mask, k_aux, sae.W_dec, inv_norm_s, num_dead, values_at, relu=relu
+    )
     recons = sae.reshape_fn_out(recons, sae.d_head)
     auxk_loss = (recons - residual).pow(2).sum(dim=-1).mean()
     return sae.cfg.aux_loss_coefficient * scale * auxk_loss
@@ -62,9 +66,12 @@ def matryoshka_aux_loss(
     feature_acts: torch.Tensor,
     hidden_pre: torch.Tensor,
     dead_neuron_mask: torch.Tensor | None,
+    *,
+    relu: bool = False,
 ) -> torch.Tensor:
     """SAELens' ``MatryoshkaBatchTopKTrainingSAE.calculate_matryoshka_aux_loss`` for ``sae`` (one AuxK
-    loss per nested level, against that level's partial reconstruction), decoded as :func:`topk_aux_loss`."""
+    loss per nested level, against that level's partial reconstruction), decoded as :func:`topk_aux_loss`
+    (``relu`` as there)."""
     if dead_neuron_mask is None or int(dead_neuron_mask.sum()) == 0:
         return sae_out.new_tensor(0.0)
     k_aux = sae_in.shape[-1] // 2
@@ -79,7 +86,13 @@ def matryoshka_aux_loss(
             residual = (sae_in - partial_sae_out).detach()
             part_k_aux = min(k_aux, num_dead)
             recons = _decode_top_dead(
-                hidden_pre[:, prev:width], dead, part_k_aux, scaled_W_dec[prev:width], None, num_dead
+                hidden_pre[:, prev:width],
+                dead,
+                part_k_aux,
+                scaled_W_dec[prev:width],
+                None,
+                num_dead,
+                relu=relu,
             )
             losses.append(scale * (recons - residual).pow(2).sum(dim=-1).mean())
         prev = width
@@ -94,8 +107,11 @@ def _decode_top_dead(
     inv_norm_s: torch.Tensor | None,
     num_dead: int,
     values_at: ValuesAt | None = None,
+    *,
+    relu: bool = False,
 ) -> torch.Tensor:
-    """sum over the k_aux largest dead pre-activations of each row of value * inv_norm * W_dec row; where
+    """sum over the k_aux largest dead pre-activations of each row of value * inv_norm * W_dec row (the
+    value ReLU'd with ``relu``: the largest values are the same, a negative one adds nothing); where
     ``hidden_pre`` carries no gradient, ``values_at(indices)`` gives the selected values with theirs."""
     lead, d_sae = hidden_pre.shape[:-1], hidden_pre.shape[-1]
     hidden_pre = hidden_pre.reshape(-1, d_sae)
@@ -104,6 +120,8 @@ def _decode_top_dead(
     top = candidates.topk(k_aux, sorted=False)
     del candidates  # the masked copy is not needed for backward (topk keeps only the indices)
     values_bk = top.values if values_at is None else values_at(top.indices)
+    if relu:
+        values_bk = values_bk.relu()
     weights_bk = values_bk if inv_norm_s is None else values_bk * inv_norm_s[top.indices]
     recons_bd = torch.nn.functional.embedding_bag(
         top.indices, W_dec_sd, per_sample_weights=weights_bk.to(W_dec_sd.dtype), mode="sum"
@@ -191,13 +209,17 @@ class InPlaceBackwardReLU(torch.nn.Module):
     """``torch.nn.ReLU`` whose backward adds the L1 gradient rows :func:`standard_l1_loss` hands it into the
     incoming gradient and masks that in place (see ``_ReLUFunction``)."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def __init__(self) -> None:
+        super().__init__()
         self._rows: list[torch.Tensor] = []
+        self._out: weakref.ref[torch.Tensor] | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._rows = []
         out = _ReLUFunction.apply(x, self._rows)
         self._out = weakref.ref(out)
         return out
 
     def gradient_rows_for(self, acts: torch.Tensor) -> list[torch.Tensor] | None:
         """The list whose rows this ReLU's backward adds to its gradient, if ``acts`` is its last output."""
-        last = getattr(self, "_out", None)
-        return self._rows if last is not None and last() is acts else None
+        return self._rows if self._out is not None and self._out() is acts else None

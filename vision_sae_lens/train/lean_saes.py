@@ -47,6 +47,8 @@ class LeanTopKTrainingSAE(TopKTrainingSAE):
 
     _sparse_forward: SparseForward | None = None
     """The running training forward's sparse state (None outside ``training_forward_pass``)."""
+    auxk_relu: bool = False
+    """AuxK on the dead latents' ReLU'd pre-activations (set by the subclasses of :mod:`~vision_sae_lens.train.auxk`)."""
 
     def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
         self._sparse_forward = SparseForward(self) if sparse_forward_applies(self) else None
@@ -72,7 +74,9 @@ class LeanTopKTrainingSAE(TopKTrainingSAE):
     ) -> torch.Tensor:
         forward = self._sparse_forward
         values_at = forward.values_at if forward is not None and forward.produced(hidden_pre) else None
-        return topk_aux_loss(self, sae_in, sae_out, hidden_pre, dead_neuron_mask, values_at=values_at)
+        return topk_aux_loss(
+            self, sae_in, sae_out, hidden_pre, dead_neuron_mask, values_at=values_at, relu=self.auxk_relu
+        )
 
 
 class LeanBatchTopKTrainingSAE(LeanTopKTrainingSAE, BatchTopKTrainingSAE):
@@ -85,6 +89,9 @@ class LeanBatchTopKTrainingSAE(LeanTopKTrainingSAE, BatchTopKTrainingSAE):
 class LeanMatryoshkaBatchTopKTrainingSAE(MatryoshkaBatchTopKTrainingSAE):
     """SAELens' ``MatryoshkaBatchTopKTrainingSAE`` with lean AuxK losses and the sampled BatchTopK choice."""
 
+    auxk_relu: bool = False
+    """As :attr:`LeanTopKTrainingSAE.auxk_relu`."""
+
     def get_activation_fn(self) -> Callable[[torch.Tensor], torch.Tensor]:
         return SampledBatchTopK(self.cfg.k)
 
@@ -95,7 +102,7 @@ class LeanMatryoshkaBatchTopKTrainingSAE(MatryoshkaBatchTopKTrainingSAE):
         hidden_pre: torch.Tensor,
         dead_neuron_mask: torch.Tensor | None,
     ) -> torch.Tensor:
-        return topk_aux_loss(self, sae_in, sae_out, hidden_pre, dead_neuron_mask)
+        return topk_aux_loss(self, sae_in, sae_out, hidden_pre, dead_neuron_mask, relu=self.auxk_relu)
 
     def calculate_matryoshka_aux_loss(
         self,
@@ -105,7 +112,9 @@ class LeanMatryoshkaBatchTopKTrainingSAE(MatryoshkaBatchTopKTrainingSAE):
         hidden_pre: torch.Tensor,
         dead_neuron_mask: torch.Tensor | None,
     ) -> torch.Tensor:
-        return matryoshka_aux_loss(self, sae_in, sae_out, feature_acts, hidden_pre, dead_neuron_mask)
+        return matryoshka_aux_loss(
+            self, sae_in, sae_out, feature_acts, hidden_pre, dead_neuron_mask, relu=self.auxk_relu
+        )
 
 
 class LeanStandardTrainingSAE(StandardTrainingSAE):

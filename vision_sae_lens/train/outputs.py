@@ -13,7 +13,7 @@ import logging
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sae_lens import SAE, SAETrainer, TrainingSAE
 
@@ -26,6 +26,11 @@ from vision_sae_lens.train.config import TrainConfig, resolve_device
 from vision_sae_lens.train.evaluate import evaluate_run
 from vision_sae_lens.train.feed import Split, store_preprocessing
 from vision_sae_lens.train.resume import run_settings
+
+if TYPE_CHECKING:
+    from vision_sae_lens.backbones import HookedSAEViT
+    from vision_sae_lens.contracts import ActivationStoreReader
+    from vision_sae_lens.train.downstream import DownstreamImages
 
 logger = logging.getLogger(__name__)
 
@@ -85,16 +90,16 @@ class Member:
 class RunContext:
     """What the members of one group share."""
 
-    store: Any
+    store: ActivationStoreReader
     """The group's store (an ``ActivationStore``, or an object with its members: ``open_store``)."""
     split: Split
     fingerprint: str
     tokens: str
     normalization: InputNormalization | None
     device: str
-    model: Any = None
+    model: HookedSAEViT | None = None
     """A ``HookedSAEViT`` for the downstream metric (with ``images``), or None."""
-    images: Any = None
+    images: DownstreamImages | None = None
     progress: bool = True
 
 
@@ -102,7 +107,7 @@ def vision_facts(ctx: RunContext, m: Member) -> VisionFacts:
     """The vision facts written into ``m``'s ``cfg.json`` metadata (at a checkpoint or at the end)."""
     store = ctx.store
     return VisionFacts(
-        backbone=str(getattr(store, "backbone_id", "") or ""),
+        backbone=store.backbone_id,
         hook_name=m.cfg.site,
         tokens=ctx.tokens,
         layout=store.layout,
@@ -253,7 +258,7 @@ def warn_short_window(m: Member) -> None:
         logger.warning(
             "run %r trains %d steps, fewer than its dead_feature_window of %d: no latent will ever count as "
             "dead in training, so its dead-latent loss (TopK's AuxK, JumpReLU's pre-activation loss) never "
-            "revives any. Lower dead_feature_window (default: a tenth of the steps) or train longer.",
+            "revives any. Lower dead_feature_window (default: 1%% of the steps) or train longer.",
             m.name,
             m.cfg.n_steps,
             m.cfg.dead_feature_window,

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vision_sae_lens.fsutil import write_atomic
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def _pyplot():
@@ -18,7 +21,7 @@ def _pyplot():
     return plt
 
 
-def _save(fig: Any, path: str | Path) -> None:
+def _save(fig: Figure, path: str | Path) -> None:
     # Through a buffer and write_atomic: a symlink planted at the plot's name is replaced, not written through.
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
