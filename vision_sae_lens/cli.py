@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 from vision_sae_lens.errors import escape_control
@@ -92,10 +93,21 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # one-line reason for people; --verbose shows the traceback
+        _tell_torchrun(exc)
         if args.verbose:
             raise
         print(f"error: {type(exc).__name__}: {escape_control(exc)}", file=sys.stderr)
         return 1
+
+
+def _tell_torchrun(exc: Exception) -> None:
+    """Under ``torchrun``, record the error in the file its agent reads, so its failure summary names this
+    error instead of ``error_file: <N/A>``."""
+    if "TORCHELASTIC_ERROR_FILE" not in os.environ:
+        return
+    from torch.distributed.elastic.multiprocessing.errors import ErrorHandler
+
+    ErrorHandler().record_exception(exc)
 
 
 if __name__ == "__main__":

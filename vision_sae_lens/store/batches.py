@@ -22,6 +22,7 @@ from PIL import Image
 from vision_sae_lens.contracts import StreamedImageSource
 from vision_sae_lens.errors import escape_control
 from vision_sae_lens.store.shuffle import prefetched
+from vision_sae_lens.store.transfer import pinned
 
 if TYPE_CHECKING:
     from vision_sae_lens.backbones import HookedSAEViT
@@ -79,7 +80,7 @@ def load_batches(
                         [next(streamed) for _ in range(lo, hi)] if streamed else list(range(lo, hi))
                     )
                     loaded = list(pool.map(lambda item: _load_one(model, source, item), items))
-                    yield _batch(k, source, loaded, last=hi == images.stop)
+                    yield _batch(k, source, loaded, last=hi == images.stop, device=model.device)
 
     return prefetched(produce(), depth=2)
 
@@ -96,7 +97,9 @@ def _load_one(model: HookedSAEViT, source: ImageSource, item: _Item) -> _Loaded:
         return i, exc, None
 
 
-def _batch(shard: int, source: ImageSource, loaded: list[_Loaded], *, last: bool) -> ImageBatch:
+def _batch(
+    shard: int, source: ImageSource, loaded: list[_Loaded], *, last: bool, device: torch.device
+) -> ImageBatch:
     pixels, image_idx, labels, skipped = [], [], [], []
     for i, got, label in loaded:
         if isinstance(got, Exception):
@@ -110,7 +113,8 @@ def _batch(shard: int, source: ImageSource, loaded: list[_Loaded], *, last: bool
         labels.append(-1 if label is None else int(label))
     return ImageBatch(
         shard=shard,
-        pixels=torch.cat(pixels) if pixels else None,
+        # pinned here, on the loader thread, so the forward's copy to a GPU ``device`` is asynchronous
+        pixels=pinned(torch.cat(pixels), device) if pixels else None,
         image_idx=image_idx,
         labels=labels,
         skipped=skipped,

@@ -45,6 +45,11 @@ def add_cache_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output store directory")
     parser.add_argument("--tokens", default="patches", choices=["patches", "cls", "registers", "all"])
     parser.add_argument("--dtype", default="float16", choices=["float32", "float16", "bfloat16"])
+    parser.add_argument(
+        "--autocast",
+        choices=["bfloat16", "float16"],
+        help="run the backbone under torch.autocast in this precision (faster on a GPU; default: the model's own)",
+    )
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--shard-images", type=int, default=None, help="images per shard (default ~65k rows)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda:LOCAL_RANK if available)")
@@ -97,6 +102,7 @@ def run_cache(args: argparse.Namespace) -> int:
         limit=args.limit,
         streaming=args.streaming,
         loader_threads=args.loader_threads,
+        autocast=args.autocast,
         progress=not args.no_progress,
     )
     if int(os.environ.get("RANK", "0")) == 0:

@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 
 TARGET_SHARD_ROWS = 65536
 """Rows a shard holds by default (its images are ``TARGET_SHARD_ROWS / tokens per image``)."""
+AUTOCAST_DTYPES = (None, "bfloat16", "float16")
+"""Precisions the backbone's forward may run in while recording (None: the model's own)."""
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,8 @@ class RecordingPlan:
     """``stop_at_layer`` of the forward (None: the full model)."""
     channels: int
     """Input channels of the backbone."""
+    autocast: str | None = None
+    """``torch.autocast`` dtype of the forward (None: the model's own precision)."""
 
     def shard_range(self, k: int) -> range:
         """The image indices of shard ``k``."""
@@ -73,6 +77,7 @@ def make_plan(
     dtype: str,
     batch_size: int,
     shard_images: int | None,
+    autocast: str | None = None,
 ) -> RecordingPlan:
     """The plan of recording ``sites`` of ``model`` on ``source`` (ConfigError for a site that is not a
     per-token site, ImageInputError for an empty source)."""
@@ -104,7 +109,13 @@ def make_plan(
         "dtype": dtype,
         "dataset": source.description,
         "label_names": list(source.label_names) if source.label_names is not None else None,
-        "recording": {"writer": "cache_activations", "batch_size": batch_size, "shard_images": shard_images},
+        "recording": {
+            "writer": "cache_activations",
+            "batch_size": batch_size,
+            "shard_images": shard_images,
+            # absent when unset: stores recorded before autocast existed keep their settings (and resume)
+            **({"autocast": autocast} if autocast else {}),
+        },
     }
     return RecordingPlan(
         settings=json.loads(fmt.canonical_json(settings)),  # exactly what recording.json will hold
@@ -119,6 +130,7 @@ def make_plan(
         n_shards=-(-n_images // shard_images),
         stop_at=stop_at,
         channels=channels,
+        autocast=autocast,
     )
 
 

@@ -35,7 +35,7 @@ from vision_sae_lens.store import checks
 from vision_sae_lens.store import format as fmt
 from vision_sae_lens.store.batches import ImageBatch, load_batches
 from vision_sae_lens.store.distributed import DistContext, default_device, join_distributed
-from vision_sae_lens.store.plan import RecordingPlan, make_plan
+from vision_sae_lens.store.plan import AUTOCAST_DTYPES, RecordingPlan, make_plan
 from vision_sae_lens.store.reader import ActivationStore
 from vision_sae_lens.store.writer import (
     ShardBuilder,
@@ -69,6 +69,7 @@ def cache_activations(
     limit: int | None = None,
     streaming: bool = False,
     loader_threads: int | None = None,
+    autocast: str | None = None,
     progress: bool = True,
 ) -> ActivationStore:
     """Record ``sites`` of ``model`` on ``images`` into the store ``out_dir`` and return it.
@@ -78,7 +79,9 @@ def cache_activations(
     takes. ``tokens``: patches, cls, registers or all. ``dtype``: float32, float16 or bfloat16.
     ``shard_images``: images per shard (default: about 65,536 rows per shard). ``loader_threads``: threads
     that decode and preprocess images (default: half the CPU cores, at most 8; the output does not
-    depend on it, so a resumed run may use another number). Under ``torchrun`` each
+    depend on it, so a resumed run may use another number). ``autocast``: ``bfloat16`` or ``float16`` runs
+    the backbone's forward under ``torch.autocast`` (recorded in the store's settings, so a resume cannot mix
+    precisions). Under ``torchrun`` each
     rank records its shards and rank 0 writes the manifest. Re-running the same call resumes or
     returns the finished store; other settings in the same ``out_dir`` raise StoreMismatchError.
     """
@@ -93,6 +96,10 @@ def cache_activations(
     if shard_images is not None and shard_images < 1:
         raise ConfigError(f"shard_images must be >= 1 (or None for ~65k rows per shard), got {shard_images}")
     fmt.check_dtype(dtype)
+    if autocast not in AUTOCAST_DTYPES:
+        raise ConfigError(
+            f"autocast must be one of {', '.join(str(a) for a in AUTOCAST_DTYPES)}, got {autocast!r}"
+        )
     root = Path(out_dir)
     check_claimable(root)  # a foreign non-empty directory is refused before the model is even loaded
     if not isinstance(model, str):
@@ -113,6 +120,7 @@ def cache_activations(
             dtype=dtype,
             batch_size=batch_size,
             shard_images=shard_images,
+            autocast=autocast,
         )
         outcome = ctx.broadcast(_claim(root, plan.settings, source_state(source)) if ctx.rank == 0 else None)
         if isinstance(outcome, Exception):
@@ -254,8 +262,12 @@ def _forward_rows(
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """The batch's rows of every site in the storage dtype, and their (n, 2) provenance."""
     assert batch.pixels is not None  # batches without a readable image are not forwarded
-    pixels = batch.pixels.to(model.device)
-    with torch.inference_mode():
+    pixels = batch.pixels.to(model.device, non_blocking=True)  # pinned by the loader on CUDA
+    precision = fmt.TORCH_DTYPES[plan.autocast] if plan.autocast else None
+    with (
+        torch.inference_mode(),
+        torch.autocast(pixels.device.type, dtype=precision, enabled=precision is not None),
+    ):
         _, cache = model.run_with_cache(
             pixels, names_filter=plan.sites, stop_at_layer=plan.stop_at, return_cache_object=False
         )

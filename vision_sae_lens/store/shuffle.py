@@ -51,6 +51,7 @@ def shuffled_batches(
     prefetch: int = 4,
     skip_batches: int = 0,
     exclude_images: Iterable[int] | None = None,
+    part: tuple[int, int] = (0, 1),
 ) -> Iterator[torch.Tensor]:
     """Yield ``(batch_size, d)`` float32 tensors of ``site`` rows ``start_row..stop_row-1`` in a seeded
     shuffled order, ``epochs`` times.
@@ -66,6 +67,8 @@ def shuffled_batches(
     ``skip_batches`` starts after that many batches of the same stream (counted over all epochs)
     without reading them: a resumed training run continues exactly where it stopped.
     ``exclude_images`` drops every row of those images (a held-out evaluation set).
+    ``part=(i, n)`` yields only the i-th of n equal slices of every batch (``batch_size`` must divide by n): n
+    data-parallel readers with the same seed together read exactly the batches of one reader, each row once.
     """
     start, stop = store._range(start_row, stop_row)
     dim = store.site_dim(site)
@@ -75,6 +78,13 @@ def shuffled_batches(
         )
     if skip_batches < 0:
         raise ConfigError(f"skip_batches must be >= 0, got {skip_batches}")
+    part_index, n_parts = part
+    if not 0 <= part_index < n_parts or batch_size % n_parts or (n_parts > 1 and not drop_last):
+        raise ConfigError(
+            f"part={part} must be (i, n) with 0 <= i < n, n dividing batch_size ({batch_size}) and, for n > 1, "
+            "drop_last=True (every slice the same size)"
+        )
+    part_rows = batch_size // n_parts
     n = stop - start
     if buffer_rows is None:
         itemsize = fmt.NUMPY_STORAGE[store.dtype].itemsize
@@ -123,9 +133,9 @@ def shuffled_batches(
                 rows_n = np.concatenate([left, *spans])
                 rows_n = rows_n[rng.permutation(len(rows_n))]
                 n_full = len(rows_n) // batch_size * batch_size
-                for j in range(0, n_full, batch_size):
+                for j in range(part_index * part_rows, n_full, batch_size):
                     if n_batches >= skip_batches:  # skipped batches cost no read
-                        yield store.gather(site, rows_n[j : j + batch_size])
+                        yield store.gather(site, rows_n[j : j + part_rows])
                     n_batches += 1
                 left = rows_n[n_full:]
             if len(left) and not drop_last:

@@ -50,6 +50,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="SAEs of a sweep stepping at the same time, each adding its step's memory (default: 2 on a CPU "
         "of up to 4 threads, else 1)",
     )
+    p.add_argument(
+        "--distributed",
+        choices=["auto", "sweep", "ddp"],
+        default="auto",
+        help="under torchrun: 'sweep' deals the SAEs to the ranks, 'ddp' trains each SAE on all ranks (its batch "
+        "split between them); 'auto' is ddp for one SAE, sweep for several (see docs/distributed.md)",
+    )
+    p.add_argument(
+        "--dist-timeout",
+        type=float,
+        default=1800.0,
+        help="under torchrun: seconds a rank waits for the others before it stops with an error",
+    )
     _add_downstream_args(p, n_images=False)
     # Every TrainConfig and SAELens SAE-config field, generated from the dataclasses: that imports
     # SAELens, so it happens only when `train` itself is parsed (or its --help shown).
@@ -147,7 +160,11 @@ def run_train(args: argparse.Namespace) -> int:
         images=images,
         progress=not args.no_progress,
         concurrent_steps=args.concurrent_steps,
+        distributed=args.distributed,
+        dist_timeout=args.dist_timeout,
     )
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # under torchrun every rank returns every run: rank 0 prints them
     for run in runs if isinstance(runs, list) else [runs]:
         print(format_run(run.path, run.report))
     return 0

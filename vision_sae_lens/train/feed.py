@@ -197,6 +197,7 @@ def batch_stream(
     token_types: list[str] | None = None,
     normalization: InputNormalization | None = None,
     prefetch: int | None = None,
+    part: tuple[int, int] = (0, 1),
 ) -> Iterator[torch.Tensor]:
     """Endless (batch_size, d_in) float32 batches over the training rows of ``split``, epoch after epoch.
 
@@ -204,6 +205,7 @@ def batch_stream(
     are skipped here, the rest by ``shuffled``). ``token_types`` keeps rows of those token kinds only
     (see :func:`token_filter`); ``normalization`` is applied to every batch. ``prefetch`` is passed to
     ``shuffled`` (0: no reader thread of its own, for a caller that prefetches the whole stream).
+    ``part=(i, n)``: only the i-th of n equal slices of every batch (a data-parallel rank's share).
     """
     n_rows = count_selected_rows(store, token_types, split)
     per_epoch = n_rows // batch_size
@@ -226,6 +228,7 @@ def batch_stream(
             **({"token_types": token_types} if token_types is not None else {}),
             **held_out,
             **({"prefetch": prefetch} if prefetch is not None else {}),
+            **({"part": part} if part != (0, 1) else {}),
         )
         if normalization is None:
             yield from batches

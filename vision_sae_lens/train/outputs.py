@@ -22,7 +22,7 @@ from vision_sae_lens.errors import TrainingError
 from vision_sae_lens.metadata import VisionFacts
 from vision_sae_lens.normalization import InputNormalization
 from vision_sae_lens.train import checkpoint as ckpt
-from vision_sae_lens.train.config import TrainConfig
+from vision_sae_lens.train.config import TrainConfig, resolve_device
 from vision_sae_lens.train.evaluate import evaluate_run
 from vision_sae_lens.train.feed import Split, store_preprocessing
 from vision_sae_lens.train.resume import run_settings
@@ -218,6 +218,20 @@ def load_result(
         n_steps=n_steps,
         history=m.history,
         train_seconds=m.train_seconds,
+    )
+
+
+def read_finished_run(cfg: TrainConfig, name: str, out: Path) -> TrainRun:
+    """The finished run ``name`` under ``out`` as a :class:`TrainRun` (one another rank of the job trained)."""
+    folder = out / name
+    sae = ckpt.open_sae_folder(folder, device=resolve_device(cfg.device), require_checksums=True)
+    return TrainRun(
+        name=name,
+        config=cfg,
+        path=folder,
+        sae=sae,
+        report=fsutil.read_json(folder / "eval.json"),
+        n_steps=cfg.n_steps,
     )
 
 

@@ -74,6 +74,12 @@ def group_configs(configs: list[TrainConfig], names: list[str]) -> list[list[int
     return list(groups.values())
 
 
+def training_cost(cfg: TrainConfig) -> float:
+    """What training ``cfg`` costs, for balancing SAEs over ranks: d_sae x batch x steps (the step's dense
+    products scale with each; d_in is the store's, shared by a sweep)."""
+    return float(cfg.sae.d_sae) * cfg.rows_per_step * cfg.n_steps
+
+
 def _difference(a: TrainConfig, b: TrainConfig) -> str:
     if store_key(a.store) != store_key(b.store):
         return f"store {a.store} vs {b.store}"
