@@ -10,7 +10,7 @@ implements it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
@@ -160,10 +160,47 @@ class ActivationStoreReader(Protocol):
         """Batches of rows in store order."""
         ...
 
-    def shuffled(self, site: str, batch_size: int, **kwargs: Any) -> Iterator[torch.Tensor]:
-        """Shuffled training batches of ``site``."""
+    def row_range(self, start_row: int, stop_row: int | None) -> tuple[int, int]:
+        """``(start, stop)`` of a row range (``stop_row=None``: to the end), checked against the store."""
         ...
 
-    def statistics(self, site: str, **kwargs: Any) -> dict[str, Any]:
-        """Mean, norm and scale of ``site`` (for normalisation)."""
+    def shuffled(
+        self,
+        site: str,
+        batch_size: int,
+        *,
+        seed: int = 0,
+        start_row: int = 0,
+        stop_row: int | None = None,
+        epochs: int = 1,
+        drop_last: bool = True,
+        buffer_rows: int | None = None,
+        block_rows: int | None = None,
+        labels: Iterable[int] | None = None,
+        token_types: Iterable[str] | None = None,
+        subtract_mean: bool = False,
+        scale_norm: bool = False,
+        device: str | torch.device | None = None,
+        prefetch: int = 4,
+        skip_batches: int = 0,
+        exclude_images: Iterable[int] | None = None,
+        part: tuple[int, int] = (0, 1),
+    ) -> Iterator[torch.Tensor]:
+        """Shuffled (batch_size, d) float32 training batches of ``site`` (the options:
+        ``vision_sae_lens.store.shuffle.shuffled_batches``)."""
+        ...
+
+    def statistics(
+        self,
+        site: str,
+        *,
+        start_row: int = 0,
+        stop_row: int | None = None,
+        max_rows: int = 262144,
+        labels: Iterable[int] | None = None,
+        token_types: Iterable[str] | None = None,
+        subtract_mean: bool = False,
+        exclude_images: Iterable[int] | None = None,
+    ) -> dict[str, Any]:
+        """Mean row, mean norm and scale of ``site`` over the rows ``shuffled`` would emit (for normalisation)."""
         ...

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from vision_sae_lens.benchmark.suite import BACKBONE_ID, DEFAULT_SITE
+from vision_sae_lens.benchmark.truth import BACKBONE_ID, DEFAULT_SITE
 from vision_sae_lens.data.shapes_captions import FACTOR_PHRASES
 from vision_sae_lens.data.synthetic import FACTOR_NAMES, ShapesWorld
 from vision_sae_lens.layout import TokenLayout

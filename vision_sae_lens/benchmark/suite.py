@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from vision_sae_lens.benchmark.scoring import ScoreConfig, score_rows
-from vision_sae_lens.benchmark.truth import SyntheticTruth
+from vision_sae_lens.benchmark.truth import BACKBONE_ID, DEFAULT_SITE, SyntheticTruth
 from vision_sae_lens.data.synthetic import ShapesWorld
 from vision_sae_lens.errors import ConfigError, SAEMismatchError, StoreMismatchError, close_matches
 
@@ -32,9 +32,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 SUITES = ("synthetic",)
-BACKBONE_ID = "demo:shapes-vit"
-DEFAULT_SITE = "blocks.2.hook_resid_post"
-"""Residual stream after 3 of the shapes ViT's 4 blocks."""
 
 
 def score(
@@ -100,7 +97,7 @@ def score(
         store = ActivationStore(store)
     try:
         world = _check_store(store, site)
-        check_recorded_weights(model, getattr(store, "metadata", {}), what=f"store {store.path}")
+        check_recorded_weights(model, store.metadata, what=f"store {store.path}")
         truth = SyntheticTruth(world, patch_size=store.layout.patch_size[0])
         report = score_rows(
             sae, lambda: store.ordered(site, cfg.batch_size), truth,

@@ -21,7 +21,7 @@ from PIL import Image
 
 from vision_sae_lens.contracts import StreamedImageSource
 from vision_sae_lens.errors import escape_control
-from vision_sae_lens.store.shuffle import prefetched
+from vision_sae_lens.store.prefetch import prefetched
 from vision_sae_lens.store.transfer import pinned
 
 if TYPE_CHECKING:

@@ -29,6 +29,7 @@ from vision_sae_lens.errors import (
 from vision_sae_lens.layout import Layout, layout_from_dict
 from vision_sae_lens.store import checks, integrity
 from vision_sae_lens.store import format as fmt
+from vision_sae_lens.store.shuffle import shuffled_batches, site_statistics
 
 _PROVENANCE_CHUNK = 2**22  # rows of provenance read at a time when counting rows per image
 
@@ -175,11 +176,19 @@ class ActivationStore:
         )
 
     # ----------------------------------------------------------------------------------- reading
+    def row_range(self, start_row: int, stop_row: int | None) -> tuple[int, int]:
+        """``(start, stop)`` of a row range (``stop_row=None``: to the end); ConfigError outside the store."""
+        stop = self.n_rows if stop_row is None else int(stop_row)
+        start = int(start_row)
+        if start < 0 or stop > self.n_rows or start > stop:
+            raise ConfigError(f"row range [{start}, {stop}) is outside the store's {self.n_rows} rows")
+        return start, stop
+
     def read_rows(self, site: str, start: int, stop: int) -> torch.Tensor:
         """Rows ``start..stop-1`` of ``site`` as a float32 (n, d) tensor."""
         self._check_site(site)
         width, storage = self.site_dim(site), fmt.NUMPY_STORAGE[self.dtype]
-        start, stop = self._range(start, stop)
+        start, stop = self.row_range(start, stop)
         out = torch.empty((stop - start, width), dtype=torch.float32)
         # One pass per piece: the memory map's rows are converted while they are copied out.
         for filled, part in self._pieces(site, start, stop, width, storage):
@@ -193,7 +202,7 @@ class ActivationStore:
 
     def provenance(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
         """``(image_idx, token_idx)`` int64 arrays of rows ``start..stop-1``."""
-        start, stop = self._range(start, stop)
+        start, stop = self.row_range(start, stop)
         image_n, token_n = np.empty(stop - start, dtype=np.int64), np.empty(stop - start, dtype=np.int64)
         for filled, part in self._pieces(fmt.PROVENANCE, start, stop, 2, fmt.PROVENANCE_DTYPE):
             image_n[filled : filled + len(part)] = part[:, 0]
@@ -224,7 +233,7 @@ class ActivationStore:
     ) -> Iterator[Rows]:
         """Rows in (image, token) order with provenance, ``batch_size`` at a time (the last may be smaller)."""
         self._check_site(site)
-        start, stop = self._range(start_row, stop_row)
+        start, stop = self.row_range(start_row, stop_row)
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         for lo in range(start, stop, batch_size):
@@ -232,27 +241,10 @@ class ActivationStore:
             image_n, token_n = self.provenance(lo, hi)
             yield Rows(self.read_rows(site, lo, hi), torch.from_numpy(image_n), torch.from_numpy(token_n))
 
-    def shuffled(self, site: str, batch_size: int, **kwargs: Any) -> Iterator[torch.Tensor]:
-        """Training batches: block-shuffled, buffer-mixed (batch_size, d) float32 tensors.
-
-        See :func:`vision_sae_lens.store.shuffle.shuffled_batches` for every option (seed, start_row,
-        stop_row, epochs, drop_last, buffer_rows, block_rows, labels, token_types, subtract_mean,
-        scale_norm, device).
-        """
-        from vision_sae_lens.store.shuffle import shuffled_batches
-
-        return shuffled_batches(self, site, batch_size, **kwargs)
-
-    def statistics(self, site: str, **kwargs: Any) -> dict[str, Any]:
-        """Mean row (d,) and mean L2 norm of ``site`` over (an evenly strided sample of) a row range.
-
-        ``scale`` is ``sqrt(d) / mean_norm``, SAELens' normalisation to an expected norm of ``sqrt(d)``;
-        with ``subtract_mean=True`` the norm is of the centred rows. Options (start_row, stop_row,
-        max_rows, labels, token_types, subtract_mean): :func:`vision_sae_lens.store.shuffle.site_statistics`.
-        """
-        from vision_sae_lens.store.shuffle import site_statistics
-
-        return site_statistics(self, site, **kwargs)
+    # The training reader and the normalisation statistics live in ``store/shuffle.py``; bound here as methods,
+    # so their options are spelled out once, in those functions' signatures.
+    shuffled = shuffled_batches
+    statistics = site_statistics
 
     # ------------------------------------------------------------------------------------ checks
     def verify(self, *, progress: bool = False) -> dict[str, Any]:
@@ -339,13 +331,6 @@ class ActivationStore:
                 f"store {self.path} has no site {site!r}.{close_matches(site, self.sites)} Sites: {self.sites}"
             )
 
-    def _range(self, start_row: int, stop_row: int | None) -> tuple[int, int]:
-        stop = self.n_rows if stop_row is None else int(stop_row)
-        start = int(start_row)
-        if start < 0 or stop > self.n_rows or start > stop:
-            raise ConfigError(f"row range [{start}, {stop}) is outside the store's {self.n_rows} rows")
-        return start, stop
-
     def _map(self, key: str, shard_pos: int, width: int, dtype: np.dtype) -> np.ndarray:
         cached = self._maps.get((key, shard_pos))
         if cached is None:
@@ -359,7 +344,7 @@ class ActivationStore:
         return cached
 
     def _gather(self, key: str, start: int, stop: int, width: int, dtype: np.dtype) -> np.ndarray:
-        start, stop = self._range(start, stop)
+        start, stop = self.row_range(start, stop)
         out = np.empty((stop - start, width), dtype=dtype)
         for filled, part in self._pieces(key, start, stop, width, dtype):
             out[filled : filled + len(part)] = part
@@ -399,7 +384,7 @@ class ActivationStore:
         if not hasattr(os, "posix_fadvise"):
             return
         row_bytes = self.site_dim(site) * fmt.NUMPY_STORAGE[self.dtype].itemsize
-        start, stop = self._range(start, stop)
+        start, stop = self.row_range(start, stop)
         pos = bisect.bisect_right(self._starts, start) - 1
         while start < stop:
             shard = self.shards[pos]
@@ -425,7 +410,7 @@ class ActivationStore:
 
     def _pieces(self, key: str, start: int, stop: int, width: int, dtype: np.dtype):
         """``(offset, memory-mapped rows)`` of each shard's part of rows ``start..stop-1``."""
-        start, stop = self._range(start, stop)
+        start, stop = self.row_range(start, stop)
         pos = bisect.bisect_right(self._starts, start) - 1
         filled = 0
         while filled < stop - start:

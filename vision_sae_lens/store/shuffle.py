@@ -12,10 +12,9 @@ one batch plus the window's row numbers, never set by the store's size.
 from __future__ import annotations
 
 import math
-import queue
-import threading
-from collections.abc import Generator, Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -23,16 +22,38 @@ import torch
 from vision_sae_lens.errors import ConfigError
 from vision_sae_lens.layout import check_token_selection
 from vision_sae_lens.store import format as fmt
+from vision_sae_lens.store.prefetch import prefetched
 
 if TYPE_CHECKING:
-    from vision_sae_lens.store.reader import ActivationStore
+    from vision_sae_lens.layout import Layout
 
 DEFAULT_BUFFER_BYTES = 256 * 2**20
 BLOCKS_PER_BUFFER = 64
 
 
+class RowSource(Protocol):
+    """What the readers here use of a store (:class:`~vision_sae_lens.store.reader.ActivationStore` is one):
+    stated here so that this module needs nothing of the reader, which binds these functions as its
+    ``shuffled`` and ``statistics`` methods."""
+
+    @property
+    def path(self) -> Path: ...
+    @property
+    def dtype(self) -> str: ...
+    @property
+    def layout(self) -> Layout: ...
+    @property
+    def labels(self) -> np.ndarray | None: ...
+    def site_dim(self, site: str) -> int: ...
+    def row_range(self, start_row: int, stop_row: int | None) -> tuple[int, int]: ...
+    def read_rows(self, site: str, start: int, stop: int) -> torch.Tensor: ...
+    def gather(self, site: str, rows_n: np.ndarray) -> torch.Tensor: ...
+    def provenance(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]: ...
+    def advise_willneed(self, site: str, start: int, stop: int) -> None: ...
+
+
 def shuffled_batches(
-    store: ActivationStore,
+    store: RowSource,
     site: str,
     batch_size: int,
     *,
@@ -70,7 +91,7 @@ def shuffled_batches(
     ``part=(i, n)`` yields only the i-th of n equal slices of every batch (``batch_size`` must divide by n): n
     data-parallel readers with the same seed together read exactly the batches of one reader, each row once.
     """
-    start, stop = store._range(start_row, stop_row)
+    start, stop = store.row_range(start_row, stop_row)
     dim = store.site_dim(site)
     if batch_size < 1 or epochs < 1 or prefetch < 0:
         raise ConfigError(
@@ -162,7 +183,7 @@ def shuffled_batches(
 
 
 def site_statistics(
-    store: ActivationStore,
+    store: RowSource,
     site: str,
     *,
     start_row: int = 0,
@@ -183,7 +204,7 @@ def site_statistics(
     norm of ``sqrt(d)``); ``raw_mean_norm`` the mean norm of the rows as stored; ``rows`` how many
     rows were read.
     """
-    start, stop = store._range(start_row, stop_row)
+    start, stop = store.row_range(start_row, stop_row)
     if stop - start == 0:
         raise ConfigError("cannot compute statistics of an empty row range")
     keep = _row_filter(store, labels, token_types, exclude_images)
@@ -234,7 +255,7 @@ def _sample_spans(start: int, stop: int, max_rows: int, chunk: int = 4096) -> li
     return [(int(lo), int(lo) + chunk) for lo in starts]
 
 
-def _row_filter(store: ActivationStore, labels, token_types, exclude_images=None):
+def _row_filter(store: RowSource, labels, token_types, exclude_images=None):
     """A function (lo, hi) -> boolean mask of the rows to keep, or None to keep all."""
     excluded = None if exclude_images is None else np.unique(np.asarray(list(exclude_images), dtype=np.int64))
     if labels is None and token_types is None and (excluded is None or not len(excluded)):
@@ -265,52 +286,3 @@ def _row_filter(store: ActivationStore, labels, token_types, exclude_images=None
         return mask
 
     return keep
-
-
-_END = object()
-
-
-def prefetched(source: Iterator[Any], depth: int) -> Generator[Any, None, None]:
-    """Iterate ``source`` on a background thread, ``depth`` items ahead.
-
-    Exceptions of the source are re-raised here; when the consumer stops early, the thread is stopped
-    and the source closed (its ``finally`` blocks run, on that thread). A queue and a thread, not
-    SAELens' ``PrefetchingIterator``: importing SAELens costs seconds, and reading a store must not.
-    """
-    ahead: queue.Queue = queue.Queue(maxsize=max(1, depth))
-    stop = threading.Event()
-
-    def offer(item: tuple[Any, BaseException | None]) -> bool:
-        while not stop.is_set():
-            try:
-                ahead.put(item, timeout=0.05)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce() -> None:
-        try:
-            for item in source:
-                if not offer((item, None)):
-                    return
-            offer((_END, None))
-        except BaseException as exc:
-            offer((_END, exc))
-        finally:
-            if hasattr(source, "close"):
-                source.close()
-
-    thread = threading.Thread(target=produce, name="vsl-prefetch", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item, exc = ahead.get()
-            if exc is not None:
-                raise exc
-            if item is _END:
-                return
-            yield item
-    finally:
-        stop.set()
-        thread.join()

@@ -116,7 +116,7 @@ def visaebench_inputs(
     expected_t = np.tile(np.arange(layout.n_prefix, layout.n_tokens), len(chosen))
     if not np.array_equal(token_n[rows_n], expected_t):
         raise StoreCorruptError(
-            f"store {getattr(reader, 'path', '')}: rows are not in (image, token) order; re-record the store."
+            f"store {reader.path}: rows are not in (image, token) order; re-record the store."
         )
     acts = reader.gather(site, rows_n).float().reshape(len(chosen), layout.n_patches, -1)
     match = _RESID_POST.fullmatch(site)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from vision_sae_lens.contracts import ActivationStoreReader
 from vision_sae_lens.data.subsets import subset_indices
 from vision_sae_lens.errors import (
     NonFiniteError,
@@ -36,9 +38,10 @@ logger = logging.getLogger(__name__)
 _EPOCH_SEED_STRIDE = 1_000_003
 
 
-def open_store(store: Any) -> Any:
-    """An ``ActivationStore`` from a path; an object that already looks like a store is returned as is."""
-    if hasattr(store, "shuffled") and hasattr(store, "ordered"):
+def open_store(store: ActivationStoreReader | str | os.PathLike[str]) -> ActivationStoreReader:
+    """An ``ActivationStore`` from a path; a store object (an ``ActivationStore`` or a user's object with its
+    members) is returned as is."""
+    if not isinstance(store, (str, os.PathLike)):
         return store
     from vision_sae_lens.store import ActivationStore
 
@@ -50,20 +53,19 @@ def open_store(store: Any) -> Any:
     return ActivationStore(path)
 
 
-def store_key(store: Any) -> str:
+def store_key(store: ActivationStoreReader | str | os.PathLike[str]) -> str:
     """Identity of a store for grouping runs into one data pass."""
-    if hasattr(store, "shuffled") and hasattr(store, "ordered"):
-        path = getattr(store, "path", None)
-        return str(Path(path).resolve()) if path is not None else f"<store object {id(store)}>"
-    return str(Path(store).resolve())
+    if isinstance(store, (str, os.PathLike)):
+        return str(Path(store).resolve())
+    return str(Path(store.path).resolve()) if store.path is not None else f"<store object {id(store)}>"
 
 
-def site_width(store: Any, site: str) -> int:
+def site_width(store: ActivationStoreReader, site: str) -> int:
     """Width (d_in) of a site's rows in the store."""
     return int(store.site_dim(site))
 
 
-def check_store_for(store: Any, site: str, d_in: int, name: str) -> None:
+def check_store_for(store: ActivationStoreReader, site: str, d_in: int, name: str) -> None:
     """Clear errors for an unknown site, an empty store and a d_in that does not match."""
     sites = list(store.sites)
     if site not in sites:
@@ -121,7 +123,7 @@ class Split:
 
 
 def split_store(
-    store: Any, *, eval_fraction: float, max_eval_rows: int, batch_size: int, seed: int = 0
+    store: ActivationStoreReader, *, eval_fraction: float, max_eval_rows: int, batch_size: int, seed: int = 0
 ) -> Split:
     """Hold out a seeded random ``eval_fraction`` of the store's images (at most ``max_eval_rows``
     rows), stratified by the store's labels when it has them; one training batch must remain."""
@@ -136,7 +138,7 @@ def split_store(
     n_eval = min(max(n_eval, 1), len(images) - 1)
     if n_eval < 1:
         return _checked_split(Split(n_rows, empty, empty, seed), batch_size)
-    per_image = getattr(store, "labels", None)
+    per_image = store.labels
     labels = None
     if per_image is not None:
         lab = np.asarray(per_image, dtype=np.int64)[images]
@@ -147,7 +149,7 @@ def split_store(
     )
 
 
-def split_from_record(store: Any, record: dict[str, Any]) -> Split:
+def split_from_record(store: ActivationStoreReader, record: dict[str, Any]) -> Split:
     """The :class:`Split` a ``split.json`` record describes, on ``store``."""
     n_rows = int(store.n_rows)
     chosen = np.unique(np.asarray(record.get("eval_images", []), dtype=np.int64))
@@ -187,7 +189,7 @@ def _checked_split(split: Split, batch_size: int) -> Split:
 
 
 def batch_stream(
-    store: Any,
+    store: ActivationStoreReader,
     site: str,
     *,
     batch_size: int,
@@ -196,7 +198,7 @@ def batch_stream(
     skip_batches: int = 0,
     token_types: list[str] | None = None,
     normalization: InputNormalization | None = None,
-    prefetch: int | None = None,
+    prefetch: int = 4,
     part: tuple[int, int] = (0, 1),
 ) -> Iterator[torch.Tensor]:
     """Endless (batch_size, d_in) float32 batches over the training rows of ``split``, epoch after epoch.
@@ -214,7 +216,6 @@ def batch_stream(
             f"the training rows of {site} hold {n_rows} rows of tokens {token_types}, fewer than one batch of "
             f"{batch_size}; record more images or lower batch_size / eval_fraction."
         )
-    held_out = {"exclude_images": split.eval_images} if split.n_eval else {}
     first_epoch, skip_in_epoch = divmod(skip_batches, per_epoch)
     for epoch in itertools.count(first_epoch):
         if epoch > 0:
@@ -225,10 +226,10 @@ def batch_stream(
             seed=seed + epoch * _EPOCH_SEED_STRIDE,
             drop_last=True,
             skip_batches=skip_in_epoch if epoch == first_epoch else 0,
-            **({"token_types": token_types} if token_types is not None else {}),
-            **held_out,
-            **({"prefetch": prefetch} if prefetch is not None else {}),
-            **({"part": part} if part != (0, 1) else {}),
+            token_types=token_types,
+            exclude_images=split.eval_images if split.n_eval else None,
+            prefetch=prefetch,
+            part=part,
         )
         if normalization is None:
             yield from batches
@@ -244,7 +245,7 @@ def _normalised(norm: InputNormalization, batch: torch.Tensor) -> torch.Tensor:
 
 
 def estimation_batches(
-    store: Any,
+    store: ActivationStoreReader,
     site: str,
     *,
     batch_size: int,
@@ -268,12 +269,12 @@ def estimation_batches(
     return itertools.islice(stream, n)
 
 
-def token_filter(store: Any, tokens: str | None) -> list[str] | None:
+def token_filter(store: ActivationStoreReader, tokens: str | None) -> list[str] | None:
     """The ``token_types`` filter that keeps the rows of selection ``tokens`` (None: keep every row).
 
     Raises a clear error when the store did not record those tokens.
     """
-    recorded = str(getattr(store, "tokens", "all"))
+    recorded = store.tokens
     if tokens is None or tokens == recorded:
         return None
     layout = store.layout
@@ -288,7 +289,7 @@ def token_filter(store: Any, tokens: str | None) -> list[str] | None:
     return ["cls", "registers", "patches"] if tokens == "all" else [tokens]
 
 
-def count_selected_rows(store: Any, token_types: list[str] | None, split: Split) -> int:
+def count_selected_rows(store: ActivationStoreReader, token_types: list[str] | None, split: Split) -> int:
     """Training rows of ``split`` that are tokens of ``token_types`` (None: every token).
 
     Every image contributes the same stored tokens, so this is (training images) x (kept tokens per image).
@@ -315,7 +316,7 @@ def check_finite_batch(batch: torch.Tensor, *, step: int, site: str) -> None:
         )
 
 
-def store_preprocessing(store: Any) -> dict:
+def store_preprocessing(store: ActivationStoreReader) -> dict:
     """The backbone preprocessing recorded with the store (empty when unknown)."""
     return dict(store.metadata.get("preprocessing") or {})
 
@@ -332,7 +333,7 @@ class RunInputs:
     """``subtract_mean`` / ``scale_norm`` statistics of the training rows, or None."""
 
 
-def prepare_inputs(store: Any, cfg: Any, *, split: Split) -> RunInputs:
+def prepare_inputs(store: ActivationStoreReader, cfg: Any, *, split: Split) -> RunInputs:
     """Token filter and input normalisation of ``cfg`` over the training rows of ``split``.
 
     The statistics are computed once, deterministically, so every epoch and a resumed run see the same

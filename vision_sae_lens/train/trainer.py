@@ -34,7 +34,6 @@ from tqdm.auto import tqdm
 from vision_sae_lens import fsutil
 from vision_sae_lens.compat import PrefetchingIterator
 from vision_sae_lens.errors import ConfigError, TrainingError
-from vision_sae_lens.store.reader import ActivationStore
 from vision_sae_lens.store.transfer import device_batches, pins_for
 from vision_sae_lens.train import checkpoint as ckpt
 from vision_sae_lens.train.build import build_trainer, estimate_scaler, init_b_dec, needs_scaler_estimate
@@ -179,7 +178,7 @@ class _GroupTrainer:
         small_cpu = self.device == "cpu" and torch.get_num_threads() <= SMALL_CPU_THREADS
         default = CPU_CONCURRENT_STEPS if small_cpu and not self.data_parallel else 1
         self.concurrent_steps = 1 if self.data_parallel else min(len(members), concurrent_steps or default)
-        self.fingerprint = str(getattr(self.store, "fingerprint", ""))
+        self.fingerprint = self.store.fingerprint
         self.inputs = prepare_inputs(self.store, lead, split=self.split)
         self.token_types, self.normalization = self.inputs.token_types, self.inputs.normalization
         self.context = RunContext(
@@ -248,7 +247,7 @@ class _GroupTrainer:
             token_types=self.token_types,
             normalization=self.normalization,
             # One read-ahead queue: the store's reader runs inside the prefetch thread below.
-            prefetch=0 if isinstance(self.store, ActivationStore) else None,
+            prefetch=0,
             part=(self.ranks.rank, self.ranks.world_size) if self.data_parallel else (0, 1),
         )
         source = itertools.islice(source, n_steps - start)  # read ahead, never past the last step
