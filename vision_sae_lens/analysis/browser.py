@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from vision_sae_lens.analysis._common import check_latents
+from vision_sae_lens.analysis.browser_names import BrowserNames, browser_names, save_names
 from vision_sae_lens.analysis.browser_pages import copy_assets, write_index, write_latent_pages
 from vision_sae_lens.analysis.explain import SampleAccumulator, interest_scores
 from vision_sae_lens.analysis.scan import ImageReduction, scan
@@ -60,6 +61,9 @@ def build_browser(
     ablation_images: int = 8,
     progress: bool = True,
     overwrite: bool = False,
+    names: Any = None,
+    namer: Any = None,
+    concepts: Any = None,
 ) -> BrowserSite:
     """Write the feature browser for ``sae`` over an activation ``store`` into the folder ``out_dir``.
 
@@ -78,6 +82,11 @@ def build_browser(
     are missing and heatmaps are drawn on a blank canvas. ``latents``: which latents get a page
     (default: the ``max_pages`` with the highest interest score). ``model``: the backbone, to show the
     effect of ablating each paged latent on its ``ablation_images`` top images.
+
+    Latent names (see :mod:`~vision_sae_lens.analysis.browser_names`): ``names`` (a names.json, its
+    document or a ``LatentNames``), checked against the SAE and store before the scan, or ``namer`` and
+    ``concepts`` to name the latents while building (kept as ``out_dir/names.json``); the index then
+    shows and searches each latent's name with its detection AUROC, and each page its runner-ups.
     """
     if getattr(store.layout, "kind", None) == "rows":  # before any file is written
         raise ConfigError(
@@ -88,6 +97,9 @@ def build_browser(
         for sub in ("assets", "data", "latents", "img"):
             (out / sub).mkdir()
         source, missing = store_images(store, images)  # a refused dataset description fails before the scan
+        shown_names = browser_names(
+            sae, store, names, namer=namer, concepts=concepts, images=source, progress=progress
+        )
         labels = getattr(store, "labels", None)
         d_sae = int(sae.cfg.d_sae)
         stats_acc = StatsAccumulator(
@@ -108,6 +120,9 @@ def build_browser(
         pages = _pick_pages(sae, stats, interest, latents, max_pages)
         ctx = _Context(sae, store, view, stats, top, source, out, title or _default_title(sae, store))
         ctx.add_scan(interest=interest, samples=samples, missing=missing, patch_tokens=patch_tokens)
+        ctx.names = shown_names
+        if shown_names is not None:
+            save_names(shown_names, out)
         copy_assets(out)
         write_latent_pages(
             ctx, pages, starts, model=model, ablation_images=ablation_images, progress=progress
@@ -153,6 +168,7 @@ class _Context:
     def __init__(self, sae, store, view, stats: FeatureStats, top: TopActivations, source, out: Path, title):
         self.sae, self.store, self.view, self.stats, self.top = sae, store, view, stats, top
         self.source, self.out, self.title = source, out, title
+        self.names: BrowserNames | None = None
         self.labels = getattr(store, "labels", None)
         self.label_names = stats.label_names
         self.preprocessing = dict(getattr(store, "metadata", {}).get("preprocessing") or {})

@@ -82,12 +82,20 @@ def write_index(ctx: Any, pages: list[int]) -> dict[str, Any]:
                 flag=flag,
                 page=f"latents/{j}.html" if j in has_page else None,
                 thumb=f"img/thumb_{j}.png" if (ctx.out / "img" / f"thumb_{j}.png").exists() else None,
+                **(ctx.names.index_fields(j) if ctx.names is not None else {}),
             )
         )
     summary = {**s.summary(), "positional": int(positional.sum()), "pages": len(pages)}
-    payload = {"summary": summary, "latents": rows}
-    (ctx.out / "data" / "index.js").write_text("window.VSL_INDEX = " + json.dumps(payload) + ";\n", "utf-8")
-    page = _env().get_template("index.html").render(title=ctx.title, meta=ctx.meta, missing=ctx.missing)
+    if ctx.names is not None:
+        summary.update(ctx.names.summary())
+    payload = {"summary": summary, "latents": rows, "names": ctx.names is not None}
+    (ctx.out / "data" / "index.js").write_text(f"window.VSL_INDEX = {script_json(payload)};\n", "utf-8")
+    page = _env().get_template("index.html").render(
+        title=ctx.title,
+        meta=ctx.meta,
+        missing=ctx.missing,
+        names=ctx.names.method() if ctx.names is not None else None,
+    )
     # Last and atomic: a browser folder with an index.html is a finished one (pages, data, images).
     write_atomic(ctx.out / "index.html", page.encode("utf-8"))
     return summary
@@ -148,8 +156,18 @@ def write_latent_pages(
             by=ctx.top.by,
             top_cards=[c for _, c in sorted(cards.get((j, "top"), []), key=lambda rc: rc[0])],
             low_cards=[c for _, c in sorted(cards.get((j, "low"), []), key=lambda rc: rc[0])],
+            name=ctx.names.page(j) if ctx.names is not None else None,
+            names_method=ctx.names.method() if ctx.names is not None else None,
         )
         (ctx.out / "latents" / f"{j}.html").write_text(page, "utf-8")
+
+
+def script_json(obj: Any) -> str:
+    """``obj`` as JSON that is also safe inside an HTML ``<script>``: non-ASCII characters (the line
+    separators U+2028/9 among them) and ``<``, ``>``, ``&`` are written as ``\\u`` escapes, so no string
+    in it (a latent's name, a label) can close the script or start markup."""
+    text = json.dumps(obj)  # ensure_ascii: JSON's own syntax never uses < > &, only strings can
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
 def _ablation_effects(ctx: Any, pages: list[int], model: Any, n: int, progress: bool) -> dict[int, dict]:

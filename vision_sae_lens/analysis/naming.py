@@ -30,7 +30,13 @@ import numpy as np
 import torch
 
 from vision_sae_lens.analysis.concepts import Concepts, load_concepts
-from vision_sae_lens.analysis.names_file import NAMES_FORMAT, NAMES_VERSION, read_names, write_names
+from vision_sae_lens.analysis.names_file import (
+    NAMES_FORMAT,
+    NAMES_VERSION,
+    read_names,
+    sae_weights_sha256,
+    write_names,
+)
 from vision_sae_lens.analysis.naming_probe import (
     LabelTable,
     ProbeCollector,
@@ -352,7 +358,8 @@ def _context(sae: SAE, store: ActivationStoreReader, vocab: Concepts | None) -> 
     facts = vision_facts_of(sae)
     return {
         "sae": {"hook_name": sae.cfg.metadata.hook_name, "d_sae": int(sae.cfg.d_sae),
-                "architecture": sae.cfg.architecture(), "backbone": facts.backbone if facts else None},
+                "architecture": sae.cfg.architecture(), "backbone": facts.backbone if facts else None,
+                "weights_sha256": sae_weights_sha256(sae)},
         "store": {"backbone": store.backbone_id, "fingerprint": store.fingerprint, "images": int(store.n_images),
                   "dataset": dict(store.dataset or {})},
         "concepts": vocab.describe() if vocab is not None else {"source": "labels"},
