@@ -50,7 +50,9 @@ def check_names_doc(doc: Any, *, where: str) -> dict[str, Any]:
         raise ConfigError(f"{where} has names format version {version!r}; upgrade vision_sae_lens to read it")
     bad = _entries_problem(doc.get("latents"))
     if bad:
-        raise ConfigError(f"{where} is not a valid names file: {bad}. Write it again (vision-sae-lens explain).")
+        raise ConfigError(
+            f"{where} is not a valid names file: {bad}. Write it again (vision-sae-lens explain)."
+        )
     return doc
 
 

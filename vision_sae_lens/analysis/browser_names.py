@@ -23,7 +23,7 @@ import statistics
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vision_sae_lens.analysis.names_file import sae_weights_sha256, write_names
+from vision_sae_lens.analysis.names_file import write_names
 from vision_sae_lens.errors import ConfigError, SAEMismatchError, escape_control
 from vision_sae_lens.names_format import (
     NAMES_FILE,
@@ -67,11 +67,15 @@ class BrowserNames:
         rows = [("score", _fmt(e.get("score"))), ("detection AUROC", _fmt(e.get("auroc")))]
         if e.get("precision") is not None:
             rows.append(("precision / recall", f"{_fmt(e.get('precision'))} / {_fmt(e.get('recall'))}"))
-        rows.append(("fires on naming / held-out images", f"{e.get('fires_naming')} / {e.get('fires_heldout')}"))
+        rows.append(
+            ("fires on naming / held-out images", f"{e.get('fires_naming')} / {e.get('fires_heldout')}")
+        )
         return {
             **self.index_fields(j),
             "rows": rows,
-            "runner_up": [(display_name(r.get("name")), _fmt(r.get("score"))) for r in e.get("runner_up", [])],
+            "runner_up": [
+                (display_name(r.get("name")), _fmt(r.get("score"))) for r in e.get("runner_up", [])
+            ],
         }
 
     def method(self) -> str:
@@ -137,7 +141,9 @@ def browser_names(
             "Name this SAE on this store: vision-sae-lens explain SAE --store STORE."
         )
     if not (doc.get("sae") or {}).get("weights_sha256"):
-        logger.warning("%s records no weights hash of its SAE: checked on hook and width only", escape_control(source))
+        logger.warning(
+            "%s records no weights hash of its SAE: checked on hook and width only", escape_control(source)
+        )
     return BrowserNames(doc, source=source)
 
 
@@ -168,9 +174,11 @@ def save_names(names: BrowserNames, out: Path) -> None:
 
 
 def _problems(doc: dict[str, Any], sae: SAE, store: Any, *, need_hash: bool = False) -> list[str]:
+    from vision_sae_lens.backbones.recorded import weights_sha256
+
     problems = names_problems(
         doc, hook_name=sae.cfg.metadata.hook_name, d_sae=int(sae.cfg.d_sae),
-        weights_sha256=sae_weights_sha256(sae), store_fingerprint=getattr(store, "fingerprint", None),
+        weights_sha256=weights_sha256(sae), store_fingerprint=getattr(store, "fingerprint", None),
     )  # fmt: skip
     if need_hash and not (doc.get("sae") or {}).get("weights_sha256"):
         problems.append("it records no weights hash of the SAE it names")

@@ -90,11 +90,15 @@ def write_index(ctx: Any, pages: list[int]) -> dict[str, Any]:
         summary.update(ctx.names.summary())
     payload = {"summary": summary, "latents": rows, "names": ctx.names is not None}
     (ctx.out / "data" / "index.js").write_text(f"window.VSL_INDEX = {script_json(payload)};\n", "utf-8")
-    page = _env().get_template("index.html").render(
-        title=ctx.title,
-        meta=ctx.meta,
-        missing=ctx.missing,
-        names=ctx.names.method() if ctx.names is not None else None,
+    page = (
+        _env()
+        .get_template("index.html")
+        .render(
+            title=ctx.title,
+            meta=ctx.meta,
+            missing=ctx.missing,
+            names=ctx.names.method() if ctx.names is not None else None,
+        )
     )
     # Last and atomic: a browser folder with an index.html is a finished one (pages, data, images).
     write_atomic(ctx.out / "index.html", page.encode("utf-8"))

@@ -68,7 +68,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--namer", metavar="ID", help="name the latents while building (see `explain`)")
     parser.add_argument(
-        "--concepts", default="builtin:general", metavar="FILE|labels|builtin:NAME", help="vocabulary of --namer"
+        "--concepts",
+        default="builtin:general",
+        metavar="FILE|labels|builtin:NAME",
+        help="vocabulary of --namer",
     )
     parser.set_defaults(func=run_analyze)
 

@@ -17,7 +17,7 @@ from typing import Any
 from vision_sae_lens.errors import SAEFolderError, UnsafePathError
 from vision_sae_lens.names_format import NAMES_FILE, NAMES_FORMAT, NAMES_VERSION, names_problems, read_names
 
-__all__ = ["NAMES_FILE", "NAMES_FORMAT", "NAMES_VERSION", "read_names", "sae_weights_sha256", "write_names"]
+__all__ = ["NAMES_FILE", "NAMES_FORMAT", "NAMES_VERSION", "read_names", "write_names"]
 
 
 def write_names(names: Any, path: str | Path) -> Path:
@@ -48,21 +48,17 @@ def write_names(names: Any, path: str | Path) -> Path:
     return target
 
 
-def sae_weights_sha256(sae: Any) -> str:
-    """The SAE's fingerprint recorded in names.json: sha256 over its state dict (names, shapes, dtypes,
-    bytes), so names are shown only beside the SAE they name."""
-    from vision_sae_lens.backbones.recorded import weights_sha256
-
-    return weights_sha256(sae)
-
-
 def _check_own_sae(doc: dict[str, Any], folder: Path) -> None:
     """Refuse names of another SAE in the sealed SAE ``folder`` (its seal would then vouch for them)."""
+    from vision_sae_lens.backbones.recorded import weights_sha256
     from vision_sae_lens.train.checkpoint import open_sae_folder
 
     sae = open_sae_folder(folder)  # also checks the folder against its seal
     problems = names_problems(
-        doc, hook_name=sae.cfg.metadata.hook_name, d_sae=int(sae.cfg.d_sae), weights_sha256=sae_weights_sha256(sae)
+        doc,
+        hook_name=sae.cfg.metadata.hook_name,
+        d_sae=int(sae.cfg.d_sae),
+        weights_sha256=weights_sha256(sae),
     )
     if not (doc.get("sae") or {}).get("weights_sha256"):
         problems.append("it records no weights_sha256 of the SAE it names")
