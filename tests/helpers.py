@@ -155,7 +155,14 @@ def reseal_store(path: Path, *, metadata: dict | None = None, rows: dict | None 
         file = path / entry["path"]
         data = edit(np.fromfile(file, dtype=storage).reshape(-1, width).copy())
         file.write_bytes(np.ascontiguousarray(data, dtype=storage).tobytes())
-        entry["sha256"] = fmt.sha256_file(file)
+        if "block_sha256" in entry:  # format 2: a sha256 per block
+            from vision_sae_lens.store.integrity import BlockHasher
+
+            hasher = BlockHasher(int(manifest["block_bytes"]))
+            hasher.update(file.read_bytes())
+            entry["block_sha256"] = hasher.hexdigests()
+        else:
+            entry["sha256"] = fmt.sha256_file(file)
     text = fmt.canonical_json(manifest)
     (path / fmt.MANIFEST_FILE).write_text(text)
     meta["manifest_sha256"] = hashlib.sha256(text.encode()).hexdigest()

@@ -146,6 +146,10 @@ class ActivationStoreReader(Protocol):
         """``(image_idx, token_idx)`` of rows ``start..stop-1``."""
         ...
 
+    def image_offsets(self) -> np.ndarray:
+        """``(n_images + 1,)`` row offsets: image ``i``'s rows are ``offsets[i]..offsets[i+1]-1``."""
+        ...
+
     def gather(self, site: str, rows_n: np.ndarray) -> torch.Tensor:
         """The rows at the (sorted) indices ``rows_n`` of ``site``."""
         ...

@@ -7,7 +7,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import re
 import shutil
 from pathlib import Path
 
@@ -56,8 +55,14 @@ def test_index_and_pages_show_the_names_and_their_evidence(named, tmp_path):
     data = read_index(tmp_path / "site")
     weak = 0
     for row, entry in zip(data["latents"], doc["latents"], strict=True):
-        assert (row["name"], row["name_score"], row["auroc"]) == (entry["name"], entry["score"], entry["auroc"])
-        assert row["weak"] == (entry["auroc"] is None or entry["auroc"] < WEAK_AUROC) == is_weak(entry["auroc"])
+        assert (row["name"], row["name_score"], row["auroc"]) == (
+            entry["name"],
+            entry["score"],
+            entry["auroc"],
+        )
+        assert (
+            row["weak"] == (entry["auroc"] is None or entry["auroc"] < WEAK_AUROC) == is_weak(entry["auroc"])
+        )
         weak += row["weak"]
     assert 0 < weak < N_FACTORS, "the oracle named by shapes has both strong and weak names"
     assert site.summary["named"] == N_FACTORS and site.summary["weak_names"] == weak
@@ -117,15 +122,23 @@ def test_names_of_another_sae_or_store_are_refused_before_the_scan(named, tmp_pa
 
 def test_analyze_uses_the_sae_folders_matching_names_or_names_while_building(named, tmp_path, caplog):
     world, store, sae_dir, doc = named
-    common = ["analyze", "--sae", str(sae_dir), "--images", "synthetic:shapes:test", "-k", "2", "--max-pages", "3"]
+    common = [
+        "analyze",
+        "--sae",
+        str(sae_dir),
+        "--images",
+        "synthetic:shapes:test",
+        "-k",
+        "2",
+        "--max-pages",
+        "3",
+    ]
     assert cli.main([*common, "--store", str(store.path), "--out", str(tmp_path / "own")]) == 0
     assert [r["name"] for r in read_index(tmp_path / "own")["latents"]] == [e["name"] for e in doc["latents"]]
     # The SAE folder's names were made on another store: not shown, and the log says why.
     other_store = write_oracle_store(ShapesWorld("test", n_images=40), tmp_path / "store40")
     with caplog.at_level(logging.WARNING):
-        code = cli.main(
-            [*common, "--store", str(other_store.path), "--out", str(tmp_path / "other")]
-        )
+        code = cli.main([*common, "--store", str(other_store.path), "--out", str(tmp_path / "other")])
     assert code == 0 and read_index(tmp_path / "other")["names"] is False
     assert "not showing the names" in caplog.text and "fingerprint" in caplog.text
     # An explicit names file that does not fit fails before the scan.
@@ -158,7 +171,13 @@ def test_names_in_headless_chromium(named, tmp_path):
     build_browser(oracle_sae(), store, out_dir=tmp_path / "site", images=world, names=evil, latents=[0, 7],
                   k=2, progress=False)  # fmt: skip
     opts = webdriver.ChromeOptions()
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1400,900"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1400,900",
+    ):
         opts.add_argument(arg)
     opts.binary_location = CHROMIUM
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
@@ -176,11 +195,20 @@ def test_names_in_headless_chromium(named, tmp_path):
         shown = {int(r.find_elements(By.TAG_NAME, "td")[0].text) for r in rows}
         want = set()
         for r in read_index(tmp_path / "site")["latents"]:
-            text = " ".join([r["name"] or "", "weak" if r["weak"] else "", r["label"] or "", r["labels"], r["flag"]])
+            text = " ".join(
+                [r["name"] or "", "weak" if r["weak"] else "", r["label"] or "", r["labels"], r["flag"]]
+            )
             if all(w in text.lower() for w in query.lower().split()):
                 want.add(r["id"])
-        assert want and shown == want and any(r["name"] == evil["latents"][7]["name"] for r in
-                                              read_index(tmp_path / "site")["latents"] if r["id"] in shown)
+        assert (
+            want
+            and shown == want
+            and any(
+                r["name"] == evil["latents"][7]["name"]
+                for r in read_index(tmp_path / "site")["latents"]
+                if r["id"] in shown
+            )
+        )
         driver.get((tmp_path / "site" / "latents" / "0.html").resolve().as_uri())
         assert driver.find_element(By.CSS_SELECTOR, ".latent-name").text.startswith(HOSTILE)
         assert [e for e in driver.get_log("browser") if e["level"] == "SEVERE"] == []

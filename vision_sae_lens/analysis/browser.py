@@ -30,12 +30,12 @@ from vision_sae_lens.analysis._common import check_latents
 from vision_sae_lens.analysis.browser_names import BrowserNames, browser_names, save_names
 from vision_sae_lens.analysis.browser_pages import copy_assets, write_index, write_latent_pages
 from vision_sae_lens.analysis.explain import SampleAccumulator, interest_scores
-from vision_sae_lens.analysis.scan import ImageReduction, scan
+from vision_sae_lens.analysis.scan import scan
 from vision_sae_lens.analysis.stats import FeatureStats, StatsAccumulator
 from vision_sae_lens.analysis.topk import TopActivations, TopKAccumulator
 from vision_sae_lens.errors import ConfigError, escape_control
 from vision_sae_lens.fsutil import building_folder
-from vision_sae_lens.train.evaluate import DENSE_THRESHOLD
+from vision_sae_lens.train.evaluate import DENSE_THRESHOLD, DENSITY_MAX_ROWS
 
 if TYPE_CHECKING:
     from vision_sae_lens.backbones import HookedSAEViT
@@ -61,6 +61,8 @@ def build_browser(
     ablation_images: int = 8,
     progress: bool = True,
     overwrite: bool = False,
+    max_rows: int | None = DENSITY_MAX_ROWS,
+    render_workers: int | None = None,
     names: Any = None,
     namer: Any = None,
     concepts: Any = None,
@@ -81,7 +83,10 @@ def build_browser(
     the store or the working directory with the recorded file list), else every page says the images
     are missing and heatmaps are drawn on a blank canvas. ``latents``: which latents get a page
     (default: the ``max_pages`` with the highest interest score). ``model``: the backbone, to show the
-    effect of ablating each paged latent on its ``ablation_images`` top images.
+    effect of ablating each paged latent on its ``ablation_images`` top images. ``max_rows``: a store with
+    more rows is scanned on a seeded random, label-stratified sample of whole images holding at most that
+    many rows (default: the rows evaluation counts dead and dense latents on; None scans every row).
+    ``render_workers``: processes that render heatmaps (default: one per core, at most 8).
 
     Latent names (see :mod:`~vision_sae_lens.analysis.browser_names`): ``names`` (a names.json, its
     document or a ``LatentNames``), checked against the SAE and store before the scan, or ``namer`` and
@@ -107,10 +112,10 @@ def build_browser(
         )
         topk_acc = TopKAccumulator(d_sae, k, by=by)
         samples = SampleAccumulator(d_sae)
-        starts = _ImageStarts()
         view = scan(
-            sae, store, [stats_acc, topk_acc, samples, starts], batch_size=batch_size, progress=progress
-        )
+            sae, store, [stats_acc, topk_acc, samples], batch_size=batch_size, progress=progress,
+            max_rows=max_rows,
+        )  # fmt: skip
         stats = stats_acc.result(
             dense_threshold=DENSE_THRESHOLD, label_names=getattr(store, "label_names", None)
         )
@@ -125,8 +130,9 @@ def build_browser(
             save_names(shown_names, out)
         copy_assets(out)
         write_latent_pages(
-            ctx, pages, starts, model=model, ablation_images=ablation_images, progress=progress
-        )
+            ctx, pages, model=model, ablation_images=ablation_images, progress=progress,
+            workers=render_workers,
+        )  # fmt: skip
         summary = write_index(ctx, pages)
     index = Path(os.path.abspath(out_dir)) / "index.html"
     logger.info("feature browser written to %s (%d latent pages)", index, len(pages))
@@ -143,25 +149,6 @@ class BrowserSite:
     """The figures the index shows: latents, dead, dense, positional, pages, the dead/dense definition."""
     pages: list[int]
     """Latents that got a page, in page order."""
-
-
-class _ImageStarts:
-    """Scan consumer: the first row of every image, so an image's rows can be re-read later."""
-
-    def __init__(self) -> None:
-        self.row = 0
-        self.start: dict[int, tuple[int, int]] = {}
-
-    def rows(self, feats_ns: torch.Tensor, image_n: torch.Tensor, token_n: torch.Tensor) -> None:
-        images, counts = torch.unique_consecutive(image_n, return_counts=True)
-        offsets = torch.cumsum(counts, 0) - counts
-        for img, off, n in zip(images.tolist(), offsets.tolist(), counts.tolist(), strict=True):
-            lo, hi = self.start.get(img, (self.row + off, self.row + off))
-            self.start[img] = (lo, hi + n)
-        self.row += image_n.numel()
-
-    def images(self, red: ImageReduction) -> None:
-        pass
 
 
 class _Context:

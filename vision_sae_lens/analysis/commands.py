@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -50,6 +51,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="comma-separated latents to give pages (default: the highest interest scores; see docs/analysis.md)",
     )
     parser.add_argument("--max-pages", type=int, default=200, help="latent pages when --latents is not given")
+    parser.add_argument(
+        "--max-rows",
+        type=int,
+        metavar="N",
+        help="scan a seeded random, label-stratified sample of whole images holding at most N rows (default: "
+        "evaluate's density budget, 10,000,000 rows, so both count dead/dense latents on the same rows); 0 scans "
+        "every row",
+    )
     parser.add_argument("--batch-size", type=int, default=4096, help="store rows per batch")
     parser.add_argument("--device", default="cpu", help="device for the SAE (default cpu)")
     parser.add_argument("--title", help="page title")
@@ -98,6 +107,8 @@ def run_analyze(args: argparse.Namespace) -> int:
 
         # checked against the store's recorded weights before the scan
         model = backbone_for(args.model, store.metadata, weights=args.weights, what=f"store {args.store}")
+    # no --max-rows: build_browser's default budget; 0: every row
+    budget: dict[str, Any] = {} if args.max_rows is None else {"max_rows": args.max_rows or None}
     site = build_browser(
         sae,
         store,
@@ -108,6 +119,7 @@ def run_analyze(args: argparse.Namespace) -> int:
         latents=latents,
         max_pages=args.max_pages,
         batch_size=args.batch_size,
+        **budget,
         title=args.title,
         model=model,
         overwrite=args.overwrite,

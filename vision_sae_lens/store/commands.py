@@ -116,8 +116,8 @@ def run_store(args: argparse.Namespace) -> int:
     meta = store.metadata
     print(f"images: {meta['n_images']} ({meta['n_skipped']} skipped), dataset: {json.dumps(meta['dataset'])}")
     if args.verify:
-        store.verify(progress=True)
-        print("verify: ok")
+        stats = store.verify(progress=True)
+        print(f"verify: ok (hashed {stats['bytes'] / 1e6:,.0f} MB at {stats['mb_per_s']:,.0f} MB/s)")
     return 0
 
 

@@ -174,8 +174,12 @@ def _shard_done(root: Path, k: int) -> bool:
         return False
     record = fmt.read_json(record_path)
     entries = (*record["files"].values(), record["provenance"])
+    # A record without block checksums was written by format-1 code: that shard is recorded again.
     return all(
-        (root / e["path"]).is_file() and (root / e["path"]).stat().st_size == e["bytes"] for e in entries
+        "block_sha256" in e
+        and (root / e["path"]).is_file()
+        and (root / e["path"]).stat().st_size == e["bytes"]
+        for e in entries
     )
 
 

@@ -12,13 +12,14 @@ one batch plus the window's row numbers, never set by the store's size.
 from __future__ import annotations
 
 import math
+import queue
+import threading
 from collections.abc import Generator, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from vision_sae_lens.compat import PrefetchingIterator
 from vision_sae_lens.errors import ConfigError
 from vision_sae_lens.layout import check_token_selection
 from vision_sae_lens.store import format as fmt
@@ -256,16 +257,50 @@ def _row_filter(store: ActivationStore, labels, token_types, exclude_images=None
     return keep
 
 
+_END = object()
+
+
 def prefetched(source: Iterator[Any], depth: int) -> Generator[Any, None, None]:
-    """Iterate ``source`` on a background thread, ``depth`` items ahead (SAELens' PrefetchingIterator).
+    """Iterate ``source`` on a background thread, ``depth`` items ahead.
 
     Exceptions of the source are re-raised here; when the consumer stops early, the thread is stopped
-    and the source closed (its ``finally`` blocks run).
+    and the source closed (its ``finally`` blocks run, on that thread). A queue and a thread, not
+    SAELens' ``PrefetchingIterator``: importing SAELens costs seconds, and reading a store must not.
     """
-    ahead = PrefetchingIterator(source, prefetch=depth)
+    ahead: queue.Queue = queue.Queue(maxsize=max(1, depth))
+    stop = threading.Event()
+
+    def offer(item: tuple[Any, BaseException | None]) -> bool:
+        while not stop.is_set():
+            try:
+                ahead.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in source:
+                if not offer((item, None)):
+                    return
+            offer((_END, None))
+        except BaseException as exc:
+            offer((_END, exc))
+        finally:
+            if hasattr(source, "close"):
+                source.close()
+
+    thread = threading.Thread(target=produce, name="vsl-prefetch", daemon=True)
+    thread.start()
     try:
-        yield from ahead
+        while True:
+            item, exc = ahead.get()
+            if exc is not None:
+                raise exc
+            if item is _END:
+                return
+            yield item
     finally:
-        ahead.close()
-        if hasattr(source, "close"):
-            source.close()
+        stop.set()
+        thread.join()

@@ -25,7 +25,7 @@ from vision_sae_lens.data.files import ImageFolder, PathList, image_files
 from vision_sae_lens.data.subsets import Subset
 from vision_sae_lens.errors import ConfigError, NonFiniteError, StoreError, StoreMismatchError
 from vision_sae_lens.layout import Layout, check_token_selection
-from vision_sae_lens.store import checks
+from vision_sae_lens.store import checks, integrity
 from vision_sae_lens.store import format as fmt
 
 if TYPE_CHECKING:
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
 
 class ShardBuilder:
-    """The files of one shard being written: one per site plus provenance, hashed on the fly."""
+    """The files of one shard being written: one per site plus provenance, hashed block by block on the fly."""
 
     def __init__(self, root: Path, index: int, site_dims: Mapping[str, int], dtype: str) -> None:
         self.root, self.index, self.dtype = Path(root), int(index), dtype
@@ -50,7 +50,7 @@ class ShardBuilder:
             tmp = fsutil.temp_name(self.root / rel)
             tmp.parent.mkdir(parents=True, exist_ok=True)
             f = open(tmp, "wb")  # noqa: SIM115 - closed in commit/abort
-            self._files[key] = (rel, tmp, f, hashlib.sha256())
+            self._files[key] = (rel, tmp, f, integrity.BlockHasher(integrity.BLOCK_BYTES))
 
     def add(self, site_rows: Mapping[str, np.ndarray], provenance_n2: np.ndarray) -> None:
         """Append rows (storage dtype, (n, d) per site) and their (n, 2) int32 [image_idx, token_idx]."""
@@ -73,7 +73,7 @@ class ShardBuilder:
             size = f.tell()
             f.close()
             os.replace(tmp, self.root / rel)
-            files[key] = {"path": rel, "bytes": size, "sha256": digest.hexdigest()}
+            files[key] = {"path": rel, "bytes": size, "block_sha256": digest.hexdigests()}
         provenance = files.pop(fmt.PROVENANCE)
         record = {"index": self.index, "n_rows": self.n_rows, "files": files, "provenance": provenance}
         record.update(extra or {})
@@ -112,7 +112,8 @@ def finalize_store(
         row += rec["n_rows"]
     manifest: dict[str, Any] = {
         "format": fmt.FORMAT_NAME,
-        "format_version": fmt.version_for(settings["layout"]),
+        "format_version": fmt.FORMAT_VERSION,
+        "block_bytes": integrity.BLOCK_BYTES,
         "n_rows": row,
         "shards": shards,
     }
@@ -131,7 +132,7 @@ def finalize_store(
     metadata = {
         **settings,
         "format": fmt.FORMAT_NAME,
-        "format_version": fmt.version_for(settings["layout"]),
+        "format_version": fmt.FORMAT_VERSION,
         "n_images": int(n_images),
         "n_recorded_images": int(recorded),
         "n_rows": row,

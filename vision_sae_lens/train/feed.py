@@ -129,8 +129,8 @@ def split_store(
     empty = np.empty(0, dtype=np.int64)
     if eval_fraction <= 0:
         return _checked_split(Split(n_rows, empty, empty, seed), batch_size)
-    image_n = np.asarray(store.provenance(0, n_rows)[0], dtype=np.int64)
-    images = np.unique(image_n)
+    offsets = store.image_offsets()
+    images = np.flatnonzero(np.diff(offsets))  # images with rows (skipped ones have none)
     rows_per_image = n_rows / max(len(images), 1)
     n_eval = min(int(round(len(images) * eval_fraction)), int(max_eval_rows // max(rows_per_image, 1)))
     n_eval = min(max(n_eval, 1), len(images) - 1)
@@ -141,20 +141,40 @@ def split_store(
     if per_image is not None:
         lab = np.asarray(per_image, dtype=np.int64)[images]
         labels = None if bool((lab < 0).all()) else [None if v < 0 else int(v) for v in lab]
-    chosen = images[subset_indices(len(images), n_eval, labels=labels, seed=seed)]
-    rows = np.flatnonzero(np.isin(image_n, chosen)).astype(np.int64)
-    return _checked_split(Split(n_rows, chosen, rows, seed, labels is not None), batch_size)
+    chosen = np.sort(images[subset_indices(len(images), n_eval, labels=labels, seed=seed)])
+    return _checked_split(
+        Split(n_rows, chosen, rows_of_images(offsets, chosen), seed, labels is not None), batch_size
+    )
 
 
 def split_from_record(store: Any, record: dict[str, Any]) -> Split:
     """The :class:`Split` a ``split.json`` record describes, on ``store``."""
     n_rows = int(store.n_rows)
-    chosen = np.asarray(record.get("eval_images", []), dtype=np.int64)
+    chosen = np.unique(np.asarray(record.get("eval_images", []), dtype=np.int64))
     if not len(chosen):
         return Split(n_rows, chosen, chosen, int(record.get("seed", 0)))
-    image_n = np.asarray(store.provenance(0, n_rows)[0], dtype=np.int64)
-    rows = np.flatnonzero(np.isin(image_n, chosen)).astype(np.int64)
+    offsets = store.image_offsets()
+    if chosen[0] < 0 or chosen[-1] >= len(offsets) - 1:
+        raise TrainingError(
+            f"split.json holds image indices outside the store's {len(offsets) - 1} images; it was written "
+            "for another store. Evaluate with the store the SAE was trained on."
+        )
+    rows = rows_of_images(offsets, chosen)
     return Split(n_rows, chosen, rows, int(record.get("seed", 0)), "stratified" in record.get("method", ""))
+
+
+def rows_of_images(offsets: np.ndarray, images: np.ndarray) -> np.ndarray:
+    """Sorted int64 row numbers of the sorted ``images``, from the store's per-image row ``offsets``
+    (:meth:`ActivationStore.image_offsets`): one run per image, never a pass over every row."""
+    return rows_of_runs(offsets[images], offsets[images + 1])
+
+
+def rows_of_runs(starts: np.ndarray, stops: np.ndarray) -> np.ndarray:
+    """The row numbers of the runs ``starts[i]..stops[i]-1``, run after run, as one int64 array."""
+    lengths = np.asarray(stops, dtype=np.int64) - np.asarray(starts, dtype=np.int64)
+    # output position j belongs to run i: its row is starts[i] + (j - first position of run i)
+    firsts = np.cumsum(lengths) - lengths
+    return (np.repeat(starts - firsts, lengths) + np.arange(lengths.sum())).astype(np.int64)
 
 
 def _checked_split(split: Split, batch_size: int) -> Split:
