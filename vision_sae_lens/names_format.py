@@ -23,6 +23,9 @@ NAMES_FORMAT = "vision_sae_lens.latent_names"
 NAMES_VERSION = 1
 MAX_DISPLAY_CHARS = 120
 """Longest name shown in a browser or model card (a longer one is cut, with an ellipsis)."""
+MAX_NAMES_BYTES = 512 * 2**20
+"""Largest names.json read: 65,536 latents with six names of 200 characters (a concept's limit) take
+about 100 MB, the 64 MiB cap of other JSON files would refuse them."""
 WEAK_AUROC = 0.7
 """Detection AUROC below which a name is shown as weak: it predicts poorly where the latent fires."""
 
@@ -34,7 +37,7 @@ def read_names(path: str | Path) -> dict[str, Any]:
     if target.is_dir():
         target = target / NAMES_FILE
     try:
-        doc = read_json(target)
+        doc = read_json(target, max_bytes=MAX_NAMES_BYTES)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot read latent names from {target}: {exc}") from exc
     return check_names_doc(doc, where=str(target))

@@ -17,9 +17,9 @@ from naming_oracle import N_FACTORS, oracle_sae, write_oracle_store
 from vision_sae_lens import cli
 from vision_sae_lens.analysis import build_browser, name_latents, write_names
 from vision_sae_lens.data.synthetic import ShapesWorld
-from vision_sae_lens.errors import SAEMismatchError
-from vision_sae_lens.fsutil import seal_sae_folder, verify_sae_folder
-from vision_sae_lens.names_format import MAX_DISPLAY_CHARS, WEAK_AUROC, is_weak
+from vision_sae_lens.errors import ConfigError, SAEMismatchError
+from vision_sae_lens.fsutil import MAX_JSON_BYTES, seal_sae_folder, verify_sae_folder
+from vision_sae_lens.names_format import MAX_DISPLAY_CHARS, MAX_NAMES_BYTES, WEAK_AUROC, is_weak, read_names
 
 N_IMAGES = 120
 HOSTILE = "</script><img src=x onerror=alert(1)>"
@@ -101,6 +101,20 @@ def test_hostile_names_are_escaped_and_bounded(named, tmp_path):
     page0 = (tmp_path / "site" / "latents" / "0.html").read_text()
     assert "&lt;/script&gt;&lt;img src=x onerror=alert(1)&gt;" in page0
     assert "&amp;amp;" in (tmp_path / "site" / "latents" / "1.html").read_text()
+
+
+def test_a_names_file_larger_than_other_json_files_is_read_up_to_its_own_limit(named, tmp_path):
+    # 65,536 latents with six names of 200 characters: ~100 MB, above the 64 MiB of config files.
+    _, _, _, doc = named
+    big = tmp_path / "names.json"
+    big.write_text(json.dumps({**doc, "padding": "x" * (MAX_JSON_BYTES + 1)}))  # readers skip unknown keys
+    assert read_names(big)["latents"] == doc["latents"]
+    huge = tmp_path / "huge" / "names.json"
+    huge.parent.mkdir()
+    with open(huge, "wb") as fh:
+        fh.truncate(MAX_NAMES_BYTES + 1)  # sparse: no disk used
+    with pytest.raises(ConfigError, match="larger than"):
+        read_names(huge.parent)
 
 
 def test_names_of_another_sae_or_store_are_refused_before_the_scan(named, tmp_path):

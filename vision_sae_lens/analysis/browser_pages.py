@@ -31,6 +31,7 @@ from vision_sae_lens.analysis.stats import BIN_EDGES
 from vision_sae_lens.analysis.svg import histogram_svg, label_bars_svg, spatial_svg
 from vision_sae_lens.errors import StoreError
 from vision_sae_lens.fsutil import write_atomic
+from vision_sae_lens.names_format import WEAK_AUROC
 
 logger = logging.getLogger(__name__)
 _TEMPLATES = "templates"
@@ -52,11 +53,13 @@ def copy_assets(out: Path) -> None:
 
 
 def _env() -> jinja2.Environment:
-    return jinja2.Environment(
+    env = jinja2.Environment(
         loader=jinja2.PackageLoader("vision_sae_lens.analysis", _TEMPLATES),
         autoescape=jinja2.select_autoescape(["html"]),
         undefined=jinja2.StrictUndefined,
     )
+    env.globals["weak_auroc"] = WEAK_AUROC
+    return env
 
 
 def write_index(ctx: Any, pages: list[int]) -> dict[str, Any]:
@@ -93,7 +96,7 @@ def write_index(ctx: Any, pages: list[int]) -> dict[str, Any]:
     summary = {**s.summary(), "positional": int(positional.sum()), "pages": len(pages)}
     if ctx.names is not None:
         summary.update(ctx.names.summary())
-    payload = {"summary": summary, "latents": rows, "names": ctx.names is not None}
+    payload = {"summary": summary, "latents": rows, "names": ctx.names is not None, "weak_auroc": WEAK_AUROC}
     (ctx.out / "data" / "index.js").write_text(f"window.VSL_INDEX = {script_json(payload)};\n", "utf-8")
     page = (
         _env()

@@ -24,6 +24,9 @@ from vision_sae_lens.analysis.naming_probe import ProbeSplit
 from vision_sae_lens.analysis.stats import best_f1_labels
 from vision_sae_lens.errors import ConfigError
 
+_FLOAT_CHUNK = 2**24
+"""Float32 elements (64 MiB) of one (rows x latents) slice multiplied with the masks."""
+
 PatchLabels = Callable[[int], Any]
 """``patch_labels(image)`` -> ``(n_patches, L)`` bool masks of store image ``image``."""
 
@@ -66,10 +69,13 @@ class PatchLabelCounts:
         for p in (0, 1):
             keep = part_n == p
             if bool(keep.any()):
-                f, lab = fires_ns[keep].float(), labels_nl[keep].float()
-                # float32 products of 0/1 are exact below 2**24 patches per batch
-                self.both_psl[p] += (f.T @ lab).round().long()
-                self.fires_ps[p] += fires_ns[keep].sum(0)
+                fires, lab = fires_ns[keep], labels_nl[keep].float()
+                # float32 products of 0/1 are exact below 2**24 patches per batch; a float copy of a
+                # slice of latents at a time (the batch's bool firing is already rows x latents)
+                step = max(1, _FLOAT_CHUNK // len(fires))
+                for a in range(0, fires.shape[1], step):
+                    self.both_psl[p, a : a + step] += (fires[:, a : a + step].T.float() @ lab).round().long()
+                self.fires_ps[p] += fires.sum(0)
                 self.label_pl[p] += labels_nl[keep].sum(0)
                 self.patches_p[p] += int(keep.sum())
 

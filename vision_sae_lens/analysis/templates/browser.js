@@ -91,7 +91,7 @@
           var badge = document.createElement("span");
           badge.className = "badge";
           badge.textContent = "weak";
-          badge.title = "detection AUROC below 0.7: the name predicts poorly where the latent fires";
+          badge.title = "detection AUROC below " + data.weak_auroc + ": the name predicts poorly where the latent fires";
           name.appendChild(badge);
         }
         cell(tr, fmt(r.name_score, 3));
