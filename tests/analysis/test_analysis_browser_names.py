@@ -49,8 +49,8 @@ def read_index(site: Path) -> dict:
 def test_index_and_pages_show_the_names_and_their_evidence(named, tmp_path):
     world, store, sae_dir, doc = named
     site = build_browser(
-        oracle_sae(), store, out_dir=tmp_path / "site", images=world, names=sae_dir / "names.json",
-        max_pages=N_FACTORS, k=3, progress=False,
+        oracle_sae(), store, out_dir=tmp_path / "site", names=sae_dir / "names.json", max_pages=N_FACTORS, k=1,
+        render_workers=1, progress=False,
     )  # fmt: skip
     data = read_index(tmp_path / "site")
     weak = 0
@@ -71,10 +71,11 @@ def test_index_and_pages_show_the_names_and_their_evidence(named, tmp_path):
         page = (tmp_path / "site" / "latents" / f"{entry['latent']}.html").read_text()
         assert f"<title>Latent {entry['latent']} &middot; {entry['name']}" in page
         assert f"<dd>{entry['auroc']:.3f}</dd>" in page and "runner-up names" in page
+        assert f"<dt>F1</dt><dd>{entry['score']:.3f}</dd>" in page and "need not descend" not in page
         assert all(f"<td>{r['name']}</td>" in page for r in entry["runner_up"])
         assert ('class="badge"' in page) == is_weak(entry["auroc"])
     # without names the index has no name columns (and the data says so)
-    build_browser(oracle_sae(), store, out_dir=tmp_path / "plain", images=world, max_pages=2, progress=False)
+    build_browser(oracle_sae(), store, out_dir=tmp_path / "plain", max_pages=1, k=1, progress=False)
     assert read_index(tmp_path / "plain")["names"] is False
     assert 'data-key="name"' not in (tmp_path / "plain" / "index.html").read_text()
 
@@ -86,7 +87,7 @@ def test_hostile_names_are_escaped_and_bounded(named, tmp_path):
     evil["latents"][1]["runner_up"][0]["name"] = HOSTILE + "&amp;"
     evil["latents"][2]["name"] = "x" * 5000
     build_browser(
-        oracle_sae(), store, out_dir=tmp_path / "site", images=world, names=evil, latents=[0, 1, 2], k=2,
+        oracle_sae(), store, out_dir=tmp_path / "site", names=evil, latents=[0, 1, 2], k=1, render_workers=1,
         progress=False,
     )  # fmt: skip
     script = (tmp_path / "site" / "data" / "index.js").read_text()
@@ -143,9 +144,9 @@ def test_analyze_uses_the_sae_folders_matching_names_or_names_while_building(nam
         "--images",
         "synthetic:shapes:test",
         "-k",
-        "2",
+        "1",
         "--max-pages",
-        "3",
+        "1",
     ]
     assert cli.main([*common, "--store", str(store.path), "--out", str(tmp_path / "own")]) == 0
     assert [r["name"] for r in read_index(tmp_path / "own")["latents"]] == [e["name"] for e in doc["latents"]]
@@ -167,6 +168,8 @@ def test_analyze_uses_the_sae_folders_matching_names_or_names_while_building(nam
     assert rows[7]["name"] == "a red shape"
     kept = json.loads((tmp_path / "namer" / "names.json").read_text())
     assert kept["method"]["namer"] == "demo:shapes-clip" and kept["latents"][7]["name"] == "a red shape"
+    page = next((tmp_path / "namer" / "latents").glob("*.html")).read_text()
+    assert "<dt>contrast score</dt>" in page and "need not descend" in page  # re-ranked best 3
     assert json.loads((sae_dir / "names.json").read_text()) == doc and verify_sae_folder(sae_dir)
 
 

@@ -63,8 +63,10 @@ class BrowserNames:
 
     def page(self, j: int) -> dict[str, Any]:
         """What latent ``j``'s page shows: the name and its evidence, the runner-ups, the method."""
-        e = self.entries[j]
-        rows = [("score", _fmt(e.get("score"))), ("detection AUROC", _fmt(e.get("auroc")))]
+        e, m = self.entries[j], self.doc.get("method") or {}
+        image_text = m.get("kind") == "image_text"
+        score = f"{m.get('similarity')} score" if image_text else "F1"
+        rows = [(score, _fmt(e.get("score"))), ("detection AUROC", _fmt(e.get("auroc")))]
         if e.get("precision") is not None:
             rows.append(("precision / recall", f"{_fmt(e.get('precision'))} / {_fmt(e.get('recall'))}"))
         rows.append(
@@ -73,9 +75,12 @@ class BrowserNames:
         return {
             **self.index_fields(j),
             "rows": rows,
+            "score_label": score,
             "runner_up": [
                 (display_name(r.get("name")), _fmt(r.get("score"))) for r in e.get("runner_up", [])
             ],
+            # the re-ranked shortlist comes first in detection order: its scores need not descend
+            "reranked": int(m.get("rerank") or 1) if image_text and (m.get("rerank") or 1) > 1 else None,
         }
 
     def method(self) -> str:
