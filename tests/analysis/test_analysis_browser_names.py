@@ -7,11 +7,10 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import shutil
-from pathlib import Path
 
 import pytest
 import torch
+from analysis_helpers import headless_chromium, needs_chromium, read_index
 from naming_oracle import N_FACTORS, oracle_sae, write_oracle_store
 
 from vision_sae_lens import cli
@@ -23,8 +22,6 @@ from vision_sae_lens.names_format import MAX_DISPLAY_CHARS, MAX_NAMES_BYTES, WEA
 
 N_IMAGES = 120
 HOSTILE = "</script><img src=x onerror=alert(1)>"
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
 
 
 @pytest.fixture(scope="module")
@@ -39,11 +36,6 @@ def named(tmp_path_factory):
     names = name_latents(sae, store, max_images=None, progress=False)  # the store's labels: main shapes
     write_names(names, root / "sae")
     return world, store, root / "sae", json.loads((root / "sae" / "names.json").read_text())
-
-
-def read_index(site: Path) -> dict:
-    text = (site / "data" / "index.js").read_text()
-    return json.loads(text.removeprefix("window.VSL_INDEX = ").rstrip().rstrip(";"))
 
 
 def test_index_and_pages_show_the_names_and_their_evidence(named, tmp_path):
@@ -173,13 +165,8 @@ def test_analyze_uses_the_sae_folders_matching_names_or_names_while_building(nam
     assert json.loads((sae_dir / "names.json").read_text()) == doc and verify_sae_folder(sae_dir)
 
 
-@pytest.mark.skipif(
-    not (CHROMIUM and CHROMEDRIVER),
-    reason="chromium / chromedriver not installed (apt-get install chromium chromium-driver; .ci/run does)",
-)
+@needs_chromium
 def test_names_in_headless_chromium(named, tmp_path):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
 
     world, store, _, doc = named
@@ -187,18 +174,7 @@ def test_names_in_headless_chromium(named, tmp_path):
     evil["latents"][0]["name"] = HOSTILE
     build_browser(oracle_sae(), store, out_dir=tmp_path / "site", images=world, names=evil, latents=[0, 7],
                   k=2, progress=False)  # fmt: skip
-    opts = webdriver.ChromeOptions()
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--window-size=1400,900",
-    ):
-        opts.add_argument(arg)
-    opts.binary_location = CHROMIUM
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    driver = headless_chromium(1400, 900)
     try:
         driver.get((tmp_path / "site" / "index.html").resolve().as_uri())
         cells = driver.find_elements(By.CSS_SELECTOR, "#latents tbody td span.name")
