@@ -9,19 +9,26 @@ times, in a fresh child process per case (so peaks do not mix):
 * choosing every latent's best names with each similarity (``rank_concepts``: contrast, soft-WPMI);
 * re-ranking each latent's best 3 names by detection on 1,000 of the naming images (``rerank_by_detection``);
 * the detection AUROC of the best names on the held-out images (in the package's chunks);
+* ``browser``: what the feature browser does with the names.json of that many latents (best name and
+  ``--runner-ups`` from the vocabulary, every name ``--name-chars`` characters long): read and check it,
+  every latent's index row, the index data as script-safe JSON, ``--pages`` latent pages (the last
+  column then gives the size of names.json);
 
 and samples the peak anonymous memory (RssAnon every 5 ms) each adds over the process holding the
 inputs, next to what one dense ``latents x concepts`` float32 matrix would take.
 
     .venv/bin/python scripts/bench/naming.py [--latents 4096] [--concepts 1000 20000] [--embed 512]
-        [--steps contrast soft_wpmi rerank auroc]
+        [--steps contrast soft_wpmi rerank auroc browser] [--name-chars 40] [--runner-ups 5]
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import multiprocessing
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -50,7 +57,12 @@ def main() -> None:
     parser.add_argument("--heldout-images", type=int, default=1000)
     parser.add_argument("--top-k", type=int, default=50)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--steps", nargs="+", default=[*SIMILARITIES, "rerank", "auroc"])
+    parser.add_argument("--steps", nargs="+", default=[*SIMILARITIES, "rerank", "auroc", "browser"])
+    parser.add_argument(
+        "--name-chars", type=int, default=40, help="browser: characters per name (concepts: <= 200)"
+    )
+    parser.add_argument("--runner-ups", type=int, default=5, help="browser: runner-up names per latent")
+    parser.add_argument("--pages", type=int, default=200, help="browser: latent pages")
     args = parser.parse_args()
     print(
         f"{args.latents} latents, {args.naming_images} naming + {args.heldout_images} held-out images, "
@@ -64,16 +76,20 @@ def main() -> None:
     for c in args.concepts:
         for step in args.steps:
             with ctx.Pool(1) as pool:
-                seconds, peak = pool.apply(_measure, (args, c, step))
+                seconds, peak, file_bytes = pool.apply(_measure, (args, c, step))
             dense = 4 * args.latents * c / 2**20
             chunks = chunk_sizes(
                 n_images=args.naming_images, d_sae=args.latents, n_concepts=c, top_k=args.top_k
             )
+            if step == "browser":
+                chunks = f"names.json: {file_bytes / 2**20:.1f} MiB"
             print(f"| {c:,} | {step} | {seconds:.1f} | {peak / 2**20:.0f} | {dense:.0f} | {chunks} |")
 
 
-def _measure(args: argparse.Namespace, n_concepts: int, step: str) -> tuple[float, int]:
+def _measure(args: argparse.Namespace, n_concepts: int, step: str) -> tuple[float, int, int]:
     torch.set_num_threads(args.threads)
+    if step == "browser":
+        return _measure_browser(args, n_concepts)
     gen = torch.Generator().manual_seed(0)
     s, k = args.latents, args.top_k
     naming = F.normalize(torch.randn(args.naming_images, args.embed, generator=gen), dim=-1)
@@ -99,7 +115,42 @@ def _measure(args: argparse.Namespace, n_concepts: int, step: str) -> tuple[floa
         else:
             rank_concepts(top_image, top_value, naming, text, similarity=step, n_best=6)
         seconds = time.perf_counter() - start
-    return seconds, peak.peak_delta
+    return seconds, peak.peak_delta, 0
+
+
+def _measure_browser(args: argparse.Namespace, n_concepts: int) -> tuple[float, int, int]:
+    """The browser's use of a names.json written beforehand (by the package's writer), measured alone."""
+    from vision_sae_lens.analysis.browser_names import BrowserNames
+    from vision_sae_lens.analysis.browser_pages import script_json
+    from vision_sae_lens.analysis.names_file import NAMES_FORMAT, NAMES_VERSION, write_names
+    from vision_sae_lens.names_format import read_names
+
+    gen = torch.Generator().manual_seed(0)
+    vocab = [(f"concept {i} " + "x" * args.name_chars)[: args.name_chars] for i in range(n_concepts)]
+    picks = torch.randint(0, n_concepts, (args.latents, args.runner_ups + 1), generator=gen).tolist()
+    latents = [
+        {"latent": j, "name": vocab[p[0]], "score": 0.5, "auroc": 0.75, "fires_naming": 40, "fires_heldout": 9,
+         "runner_up": [{"name": vocab[c], "score": 0.4} for c in p[1:]]}
+        for j, p in enumerate(picks)
+    ]  # fmt: skip
+    doc = {
+        "format": NAMES_FORMAT, "version": NAMES_VERSION, "method": {"kind": "image_text", "namer": "bench"},
+        "sae": {"hook_name": "blocks.0.hook_resid_post", "d_sae": args.latents}, "store": {},
+        "concepts": {"source": "bench", "count": n_concepts}, "split": {"heldout_images": 1000}, "latents": latents,
+    }  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        path = write_names(doc, Path(tmp) / "names.json")
+        del doc, latents, picks, vocab
+        gc.collect()
+        with PeakAnon(rss_anon()) as peak:
+            start = time.perf_counter()
+            names = BrowserNames(read_names(path), source="names.json")
+            rows = [names.index_fields(j) for j in range(args.latents)]
+            script_json({"summary": names.summary(), "latents": rows})
+            for j in range(min(args.pages, args.latents)):
+                names.page(j)
+            seconds = time.perf_counter() - start
+        return seconds, peak.peak_delta, path.stat().st_size
 
 
 if __name__ == "__main__":

@@ -33,14 +33,22 @@ def test_oracle_naming_accuracy(oracle):
     naming = oracle["naming"]
     assert naming["recovered_factors"] == naming["factors"] == len(FACTOR_NAMES)
     methods = naming["methods"]
-    assert set(methods) == {"namer (contrast, re-ranked)", "namer (soft-WPMI)", "labels", "shuffled"}
+    assert set(methods) == {
+        "namer (contrast, re-ranked)", "namer (soft-WPMI)", "labels", "labels (patch masks)", "shuffled"
+    }  # fmt: skip
     # The labels are the factors and each latent fires exactly on its factor's patches.
     assert methods["labels"]["accuracy"] == 1.0 and methods["labels"]["top3"] == 1.0
+    # ... so at patch level each latent's firing patches are its factor's mask: detected perfectly.
+    assert (
+        methods["labels (patch masks)"]["accuracy"] == 1.0
+        and methods["labels (patch masks)"]["median_auroc"] == 1.0
+    )
     assert methods["shuffled"]["accuracy"] < 0.2 and methods["shuffled"]["permutations"] == 1000
     # The namer knows colours, sizes and textures (recorded concept AUROC > 0.9): at least those 8.
     for method in ("namer (contrast, re-ranked)", "namer (soft-WPMI)"):
         assert methods[method]["accuracy"] >= 8 / 19 > methods["shuffled"]["accuracy"]
     assert naming["per_factor"]["color=red"]["labels"] == "color=red"
+    assert naming["per_factor"]["shape=ring"]["labels (patch masks)"] == "shape=ring"
     assert naming["per_factor"]["color=red"]["namer (contrast, re-ranked)"] == "color=red"
 
 
@@ -49,7 +57,9 @@ def test_naming_in_the_report(oracle, tmp_path):
     oracle["reconstruction"].setdefault("l0", 0.0)
     caption, header, rows = naming_table(oracle)
     assert "19 recovered factors of 19" in caption and header[1] == "accuracy (recovered)"
-    assert [r[0] for r in rows] == ["namer (contrast, re-ranked)", "namer (soft-WPMI)", "labels", "shuffled"]
+    assert [r[0] for r in rows] == [
+        "namer (contrast, re-ranked)", "namer (soft-WPMI)", "labels", "labels (patch masks)", "shuffled"
+    ]  # fmt: skip
     assert naming_headline(oracle) == oracle["naming"]["methods"]["namer (contrast, re-ranked)"]["accuracy"]
     write_report(oracle, tmp_path)
     assert "Naming accuracy" in (tmp_path / "report.md").read_text()

@@ -17,7 +17,6 @@ a lock (:func:`~vision_sae_lens.fsutil.building_folder`): it never writes into a
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -27,10 +26,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from vision_sae_lens.analysis._common import check_latents
+from vision_sae_lens.analysis.browser_names import BrowserNames, browser_names, save_names
 from vision_sae_lens.analysis.browser_pages import copy_assets, write_index, write_latent_pages
 from vision_sae_lens.analysis.explain import SampleAccumulator, interest_scores
 from vision_sae_lens.analysis.scan import scan
 from vision_sae_lens.analysis.stats import FeatureStats, StatsAccumulator
+from vision_sae_lens.analysis.store_images import store_images
 from vision_sae_lens.analysis.topk import TopActivations, TopKAccumulator
 from vision_sae_lens.errors import ConfigError, escape_control
 from vision_sae_lens.fsutil import building_folder
@@ -62,6 +63,9 @@ def build_browser(
     overwrite: bool = False,
     max_rows: int | None = DENSITY_MAX_ROWS,
     render_workers: int | None = None,
+    names: Any = None,
+    namer: Any = None,
+    concepts: Any = None,
 ) -> BrowserSite:
     """Write the feature browser for ``sae`` over an activation ``store`` into the folder ``out_dir``.
 
@@ -83,6 +87,11 @@ def build_browser(
     more rows is scanned on a seeded random, label-stratified sample of whole images holding at most that
     many rows (default: the rows evaluation counts dead and dense latents on; None scans every row).
     ``render_workers``: processes that render heatmaps (default: one per core, at most 8).
+
+    Latent names (see :mod:`~vision_sae_lens.analysis.browser_names`): ``names`` (a names.json, its
+    document or a ``LatentNames``), checked against the SAE and store before the scan, or ``namer`` and
+    ``concepts`` to name the latents while building (kept as ``out_dir/names.json``); the index then
+    shows and searches each latent's name with its detection AUROC, and each page its runner-ups.
     """
     if getattr(store.layout, "kind", None) == "rows":  # before any file is written
         raise ConfigError(
@@ -93,6 +102,14 @@ def build_browser(
         for sub in ("assets", "data", "latents", "img"):
             (out / sub).mkdir()
         source, missing = store_images(store, images)  # a refused dataset description fails before the scan
+        if missing:
+            logger.warning(
+                "%s; pass images=... (--images) to show them (heatmaps are drawn on a blank canvas).",
+                escape_control(missing),
+            )
+        shown_names = browser_names(
+            sae, store, names, namer=namer, concepts=concepts, images=source, progress=progress
+        )
         labels = getattr(store, "labels", None)
         d_sae = int(sae.cfg.d_sae)
         stats_acc = StatsAccumulator(
@@ -113,6 +130,9 @@ def build_browser(
         pages = _pick_pages(sae, stats, interest, latents, max_pages)
         ctx = _Context(sae, store, view, stats, top, source, out, title or _default_title(sae, store))
         ctx.add_scan(interest=interest, samples=samples, missing=missing, patch_tokens=patch_tokens)
+        ctx.names = shown_names
+        if shown_names is not None:
+            save_names(shown_names, out)
         copy_assets(out)
         write_latent_pages(
             ctx, pages, model=model, ablation_images=ablation_images, progress=progress,
@@ -140,6 +160,7 @@ class _Context:
     def __init__(self, sae, store, view, stats: FeatureStats, top: TopActivations, source, out: Path, title):
         self.sae, self.store, self.view, self.stats, self.top = sae, store, view, stats, top
         self.source, self.out, self.title = source, out, title
+        self.names: BrowserNames | None = None
         self.labels = getattr(store, "labels", None)
         self.label_names = stats.label_names
         self.preprocessing = dict(getattr(store, "metadata", {}).get("preprocessing") or {})
@@ -181,47 +202,6 @@ def _pick_pages(sae: SAE, stats: FeatureStats, interest: dict, latents: Any, max
     key = interest["score"][alive].double() * 2 + stats.image_frequency[alive].double() * 1e-6
     order = torch.sort(key, descending=True, stable=True).indices
     return alive[order[:max_pages]].tolist()
-
-
-def store_images(store: Any, images: Any) -> tuple[Any, str | None]:
-    """The images a store was recorded from: ``images`` when given (a source, or anything ``open_images``
-    opens), else re-opened from the store's dataset description where that is safe; ``(source or None, why
-    the images are missing or None)``."""
-    from vision_sae_lens.data import open_images
-
-    if images is not None:
-        plain = isinstance(images, (str, Path)) or (
-            isinstance(images, (list, tuple)) and not any(isinstance(x, tuple) for x in images)
-        )
-        return (open_images(images) if plain or not hasattr(images, "__getitem__") else images), None
-    desc = dict(getattr(store, "dataset", None) or {})
-    spec = _spec_from_description(desc, store)
-    why = f"the store's images cannot be re-opened from its description {json.dumps(desc)}"
-    if spec is not None:
-        try:
-            source = open_images(spec)
-            if "subset" in desc:
-                from vision_sae_lens.data import redraw_subset
-
-                source = redraw_subset(source, desc["subset"])
-            if len(source) >= getattr(store, "n_images", 0):
-                return source, None
-            why = f"{spec} holds {len(source)} images, fewer than the store's {store.n_images}"
-        except Exception as exc:  # the dataset may be gone or need a download: heatmaps still work
-            why = f"re-opening {spec} failed: {exc}"
-    logger.warning(
-        "%s; pass images=... (--images) to show them (heatmaps are drawn on a blank canvas).",
-        escape_control(why),
-    )
-    return None, why
-
-
-def _spec_from_description(desc: dict[str, Any], store: Any = None) -> str | None:
-    from vision_sae_lens.data.described import spec_from_description
-
-    # Only a folder's name is recorded (no absolute paths): look beside the store and here.
-    root = Path(getattr(store, "path", ".") or ".")
-    return spec_from_description(desc, search=(root.parent, root.parent.parent, Path.cwd()))
 
 
 def _default_title(sae: SAE, store: Any) -> str:

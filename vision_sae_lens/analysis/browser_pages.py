@@ -31,6 +31,7 @@ from vision_sae_lens.analysis.stats import BIN_EDGES
 from vision_sae_lens.analysis.svg import histogram_svg, label_bars_svg, spatial_svg
 from vision_sae_lens.errors import StoreError
 from vision_sae_lens.fsutil import write_atomic
+from vision_sae_lens.names_format import WEAK_AUROC
 
 logger = logging.getLogger(__name__)
 _TEMPLATES = "templates"
@@ -52,11 +53,13 @@ def copy_assets(out: Path) -> None:
 
 
 def _env() -> jinja2.Environment:
-    return jinja2.Environment(
+    env = jinja2.Environment(
         loader=jinja2.PackageLoader("vision_sae_lens.analysis", _TEMPLATES),
         autoescape=jinja2.select_autoescape(["html"]),
         undefined=jinja2.StrictUndefined,
     )
+    env.globals["weak_auroc"] = WEAK_AUROC
+    return env
 
 
 def write_index(ctx: Any, pages: list[int]) -> dict[str, Any]:
@@ -87,12 +90,24 @@ def write_index(ctx: Any, pages: list[int]) -> dict[str, Any]:
                 flag=flag,
                 page=f"latents/{j}.html" if j in has_page else None,
                 thumb=f"img/thumb_{j}.png" if (ctx.out / "img" / f"thumb_{j}.png").exists() else None,
+                **(ctx.names.index_fields(j) if ctx.names is not None else {}),
             )
         )
     summary = {**s.summary(), "positional": int(positional.sum()), "pages": len(pages)}
-    payload = {"summary": summary, "latents": rows}
-    (ctx.out / "data" / "index.js").write_text("window.VSL_INDEX = " + json.dumps(payload) + ";\n", "utf-8")
-    page = _env().get_template("index.html").render(title=ctx.title, meta=ctx.meta, missing=ctx.missing)
+    if ctx.names is not None:
+        summary.update(ctx.names.summary())
+    payload = {"summary": summary, "latents": rows, "names": ctx.names is not None, "weak_auroc": WEAK_AUROC}
+    (ctx.out / "data" / "index.js").write_text(f"window.VSL_INDEX = {script_json(payload)};\n", "utf-8")
+    page = (
+        _env()
+        .get_template("index.html")
+        .render(
+            title=ctx.title,
+            meta=ctx.meta,
+            missing=ctx.missing,
+            names=ctx.names.method() if ctx.names is not None else None,
+        )
+    )
     # Last and atomic: a browser folder with an index.html is a finished one (pages, data, images).
     write_atomic(ctx.out / "index.html", page.encode("utf-8"))
     return summary
@@ -166,8 +181,18 @@ def write_latent_pages(
             by=ctx.top.by,
             top_cards=[c for _, c in sorted(cards.get((j, "top"), []), key=lambda rc: rc[0])],
             low_cards=[c for _, c in sorted(cards.get((j, "low"), []), key=lambda rc: rc[0])],
+            name=ctx.names.page(j) if ctx.names is not None else None,
+            names_method=ctx.names.method() if ctx.names is not None else None,
         )
         (ctx.out / "latents" / f"{j}.html").write_text(page, "utf-8")
+
+
+def script_json(obj: Any) -> str:
+    """``obj`` as JSON that is also safe inside an HTML ``<script>``: non-ASCII characters (the line
+    separators U+2028/9 among them) and ``<``, ``>``, ``&`` are written as ``\\u`` escapes, so no string
+    in it (a latent's name, a label) can close the script or start markup."""
+    text = json.dumps(obj)  # ensure_ascii: JSON's own syntax never uses < > &, only strings can
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
 def _ablation_effects(ctx: Any, pages: list[int], model: Any, n: int, progress: bool) -> dict[int, dict]:

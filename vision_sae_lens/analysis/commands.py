@@ -70,12 +70,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--weights",
         help="local weights file of --model (needed to rebuild a store's non-pretrained backbone)",
     )
+    parser.add_argument(
+        "--names",
+        metavar="FILE",
+        help="names.json of this SAE on this store to show (default: the SAE folder's own, when it matches)",
+    )
+    parser.add_argument("--namer", metavar="ID", help="name the latents while building (see `explain`)")
+    parser.add_argument(
+        "--concepts",
+        default="builtin:general",
+        metavar="FILE|labels|builtin:NAME",
+        help="vocabulary of --namer",
+    )
     parser.set_defaults(func=run_analyze)
 
 
 def run_analyze(args: argparse.Namespace) -> int:
     """Load the SAE and store, build the browser, print where it is and the SAE summary."""
     from vision_sae_lens.analysis.browser import build_browser
+    from vision_sae_lens.analysis.browser_names import names_beside
     from vision_sae_lens.fsutil import check_output_folder
     from vision_sae_lens.store import ActivationStore
     from vision_sae_lens.train.checkpoint import open_sae_folder
@@ -87,6 +100,7 @@ def run_analyze(args: argparse.Namespace) -> int:
     sae = open_sae_folder(args.sae, device=args.device or "cpu")
     store = ActivationStore(args.store)
     latents = [int(x) for x in args.latents.split(",") if x.strip()] if args.latents else None
+    names = args.names or (None if args.namer else names_beside(args.sae, sae, store))
     model = None
     if args.model:
         from vision_sae_lens.backbones.recorded import backbone_for
@@ -109,6 +123,9 @@ def run_analyze(args: argparse.Namespace) -> int:
         title=args.title,
         model=model,
         overwrite=args.overwrite,
+        names=names,
+        namer=args.namer,
+        concepts=args.concepts if args.namer else None,
     )
     print(json.dumps(site.summary, indent=2))
     print(f"feature browser: {site.index.resolve().as_uri()}")

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from vision_sae_lens.backbones.recorded import portable_backbone_id
 from vision_sae_lens.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -59,7 +60,7 @@ class ImageTextNamer:
                 "demo:shapes-clip)"
             )
         self.model, self.templates, self.weights = model.eval(), tuple(templates), weights
-        self.id = model.backbone_id
+        self.id = portable_backbone_id(model.backbone_id)  # it is written to names.json and model cards
 
     @torch.no_grad()
     def image_embeddings(

@@ -30,7 +30,13 @@ import numpy as np
 import torch
 
 from vision_sae_lens.analysis.concepts import Concepts, load_concepts
-from vision_sae_lens.analysis.names_file import NAMES_FORMAT, NAMES_VERSION, read_names, write_names
+from vision_sae_lens.analysis.names_file import (
+    NAMES_FORMAT,
+    NAMES_VERSION,
+    read_names,
+    write_names,
+)
+from vision_sae_lens.analysis.naming_patches import PatchLabelCounts, PatchLabels
 from vision_sae_lens.analysis.naming_probe import (
     LabelTable,
     ProbeCollector,
@@ -164,6 +170,7 @@ def name_latents(
     image_batch_size: int = 64,
     budget_bytes: int = DEFAULT_BUDGET_BYTES,
     progress: bool = True,
+    patch_labels: PatchLabels | None = None,
 ) -> LatentNames:
     """Name every latent of ``sae`` on the images of ``store`` (see the module docstring).
 
@@ -177,6 +184,10 @@ def name_latents(
     its ``max`` or ``mean`` activation over their tokens; ``top_k`` images name it; ``runner_ups`` more
     names are kept. ``max_images``: probe images drawn from the store (None: all), ``heldout_fraction``
     of them measure the names. ``budget_bytes`` bounds each working tensor (see ``naming_scores``).
+    ``patch_labels``: where per-patch masks exist, ``patch_labels(image)`` gives an image's
+    ``(n_patches, L)`` bool masks (``label_names``: one per column), and latents are named by the mask
+    their firing patches match with the best F1, measured on held-out patches
+    (:mod:`~vision_sae_lens.analysis.naming_patches`).
     """
     if by not in ("max", "mean"):
         raise ConfigError(f"by must be 'max' or 'mean', got {by!r}")
@@ -186,6 +197,14 @@ def name_latents(
         )
     check_sae_matches_store(sae, store)
     n_images = int(store.n_images)
+    mask_names = None
+    if patch_labels is not None:
+        if namer is not None or labels is not None or not label_names:
+            raise ConfigError(
+                "patch_labels names latents by per-patch masks: pass label_names (one per mask column), "
+                "and neither a namer nor image labels"
+            )
+        mask_names, label_names = list(label_names), None  # the store's labels still stratify the split
     if labels is None and store.labels is not None:
         labels, label_names = store.labels, label_names or store.label_names
     table = None if labels is None else LabelTable(labels, label_names, n_images)
@@ -209,9 +228,20 @@ def name_latents(
     probe_images = np.concatenate([split.naming, split.heldout])
     view = store if len(probe_images) == n_images else StoreImages(store, probe_images)
     collector = ProbeCollector(
-        int(sae.cfg.d_sae), split, k=top_k, by=by, labels=table if namer is None else None
+        int(sae.cfg.d_sae),
+        split,
+        k=top_k,
+        by=by,
+        labels=table if namer is None and mask_names is None else None,
     )
-    scan(sae, view, [collector], batch_size=batch_size, progress=progress)
+    consumers: list[Any] = [collector]
+    if patch_labels is not None and mask_names is not None:
+        lay = store.layout
+        consumers.append(PatchLabelCounts(
+            int(sae.cfg.d_sae), split, patch_labels, n_labels=len(mask_names), n_prefix=lay.n_prefix,
+            n_patches=lay.n_patches,
+        ))  # fmt: skip
+    scan(sae, view, consumers, batch_size=batch_size, progress=progress)
     heldout_fires = torch.cat(
         [collector.heldout_fires.get(slice(a, a + 4096)).sum(0) for a in range(0, int(sae.cfg.d_sae), 4096)]
     )
@@ -228,6 +258,15 @@ def name_latents(
         method = {"kind": "image_text", "namer": text_namer.id, "similarity": similarity, "rerank": rerank,
                   "by": by, "top_k": top_k, "templates": list(text_namer.templates)}  # fmt: skip
         return LatentNames(vocab.names, concept_sr, score_sr, auroc_s, method=method, **common)
+    if mask_names is not None:
+        best = consumers[1].names(runner_ups + 1)
+        method = {"kind": "labels", "level": "patch", "namer": None, "similarity": "best F1 of the patch mask",
+                  "by": by, "top_k": top_k}  # fmt: skip
+        common["context"]["concepts"] = {"source": "patch masks", "count": len(mask_names)}
+        return LatentNames(
+            mask_names, best["label_sr"], best["f1_sr"], best["auroc_s"], method=method,
+            precision_sr=best["precision_sr"], recall_sr=best["recall_sr"], **common,
+        )  # fmt: skip
     assert table is not None  # checked above
     return _name_with_labels(
         collector,
@@ -318,7 +357,8 @@ def _name_with_labels(
     held_labels = torch.from_numpy(table.rows(probe.heldout).astype(np.float32))
     auroc = _detection_auroc(lambda a, b: held_labels[:, label_s[a:b].clamp(min=0)], collector, budget_bytes)
     auroc[label_s < 0] = math.nan
-    method = {"kind": "labels", "namer": None, "similarity": "best F1 of the label", "by": by, "top_k": top_k}
+    method = {"kind": "labels", "level": "image", "namer": None, "similarity": "best F1 of the label", "by": by,
+              "top_k": top_k}  # fmt: skip
     return LatentNames(
         table.names, best["label_sr"], best["f1_sr"], auroc, method=method, precision_sr=best["precision_sr"],
         recall_sr=best["recall_sr"], **common,
@@ -334,9 +374,9 @@ def _as_namer(namer: Any, templates: tuple[str, ...] | None) -> ImageTextNamer:
 
 
 def _image_source(store: ActivationStoreReader, images: Any) -> Any:
-    from vision_sae_lens.analysis.browser import store_images as reopen
+    from vision_sae_lens.analysis.store_images import store_images
 
-    source, why = reopen(store, images)
+    source, why = store_images(store, images)
     if source is None:
         raise ImageInputError(
             f"naming with an image-text model needs the store's images: {why}; pass images=..."
@@ -347,12 +387,14 @@ def _image_source(store: ActivationStoreReader, images: Any) -> Any:
 
 
 def _context(sae: SAE, store: ActivationStoreReader, vocab: Concepts | None) -> dict[str, Any]:
+    from vision_sae_lens.backbones.recorded import weights_sha256
     from vision_sae_lens.metadata import vision_facts_of
 
     facts = vision_facts_of(sae)
     return {
         "sae": {"hook_name": sae.cfg.metadata.hook_name, "d_sae": int(sae.cfg.d_sae),
-                "architecture": sae.cfg.architecture(), "backbone": facts.backbone if facts else None},
+                "architecture": sae.cfg.architecture(), "backbone": facts.backbone if facts else None,
+                "weights_sha256": weights_sha256(sae)},
         "store": {"backbone": store.backbone_id, "fingerprint": store.fingerprint, "images": int(store.n_images),
                   "dataset": dict(store.dataset or {})},
         "concepts": vocab.describe() if vocab is not None else {"source": "labels"},

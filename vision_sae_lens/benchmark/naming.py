@@ -9,6 +9,10 @@ counts as right when the latent's name is the factor's phrase (:data:`FACTOR_PHR
   re-ranked by detection) and with CLIP-Dissect's soft-WPMI alone (the baseline);
 - **labels**: the factor whose image-level labels the latent's firing matches with the best F1 (the
   world's exact labels: what naming by labels gives when the labels are the concepts);
+- **labels (patch masks)**: the factor whose patch masks (the world's pixel masks on the store's patch
+  grid, as the benchmark's truth) the latent's firing *patches* match with the best F1: naming at
+  patch level where masks exist (:mod:`vision_sae_lens.analysis.naming_patches`). The recovered pairs
+  are chosen by patch-level F1 too, so this method shares the benchmark's own yardstick;
 - **shuffled**: the namer's names dealt to the pairs' latents at random (mean over seeded permutations):
   the accuracy names would have if they said nothing about their own latent.
 
@@ -24,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from vision_sae_lens.benchmark.truth import BACKBONE_ID, DEFAULT_SITE
+from vision_sae_lens.benchmark.truth import BACKBONE_ID, DEFAULT_SITE, SyntheticTruth
 from vision_sae_lens.data.shapes_captions import FACTOR_PHRASES
 from vision_sae_lens.data.synthetic import FACTOR_NAMES, ShapesWorld
 from vision_sae_lens.layout import TokenLayout
@@ -42,6 +46,8 @@ DEFAULT_METHOD = "namer (contrast, re-ranked)"
 """``name_latents``' defaults: the contrast similarity, the best 3 re-ranked by detection."""
 BASELINE_METHOD = "namer (soft-WPMI)"
 """CLIP-Dissect's soft-WPMI alone."""
+PATCH_METHOD = "labels (patch masks)"
+"""The factor whose patch masks the latent's firing patches match best (patch-level naming)."""
 
 
 def naming_accuracy(
@@ -74,6 +80,10 @@ def naming_accuracy(
     }
     image_labels = np.stack([world.image_factors(i) for i in range(len(world))])
     methods["labels"] = name_latents(sae, store, labels=image_labels, label_names=factors, **common)
+    truth = SyntheticTruth(world, patch_size=store.layout.patch_size[0])  # the masks recovery is scored on
+    methods[PATCH_METHOD] = name_latents(
+        sae, store, patch_labels=truth.patch_factors, label_names=factors, **common
+    )
     out: dict[str, Any] = {
         "namer": text_namer.id, "recovered_factors": len(recovered), "factors": len(every), "methods": {},
         "per_factor": {},

@@ -9,16 +9,14 @@ forward pass of a blank image, run only as deep as the recording will (``stop_at
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from vision_sae_lens import fsutil
-from vision_sae_lens.backbones.recorded import weights_sha256
+from vision_sae_lens.backbones.recorded import portable_backbone_id, weights_sha256
 from vision_sae_lens.errors import ConfigError, ImageInputError
 from vision_sae_lens.store import format as fmt
 
@@ -95,7 +93,7 @@ def make_plan(
         shard_images if shard_images is not None else max(1, round(TARGET_SHARD_ROWS / len(token_idx)))
     )
     settings = {
-        "backbone_id": _portable_id(model.backbone_id),
+        "backbone_id": portable_backbone_id(model.backbone_id),
         "backbone_weights_sha256": weights_sha256(model.backbone),
         "backbone_weights_file": model.spec.weights,
         "backbone_build": model.spec.build,
@@ -158,8 +156,3 @@ def _site_dims(model: HookedSAEViT, sites: list[str], stop_at: int | None, chann
             )
         site_dims[site] = int(shape[2])
     return site_dims
-
-
-def _portable_id(backbone_id: str) -> str:
-    # A local directory id would put an absolute path into the metadata; keep only its name.
-    return f"local-dir:{Path(backbone_id).name}" if os.path.isabs(backbone_id) else backbone_id
