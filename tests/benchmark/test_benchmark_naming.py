@@ -65,3 +65,18 @@ def test_naming_in_the_report(oracle, tmp_path):
     assert "Naming accuracy" in (tmp_path / "report.md").read_text()
     assert "naming acc." in format_table([oracle])
     assert naming_table({"factors": []}) is None and naming_headline({}) is None
+
+
+def test_report_files_replace_a_planted_symlink_and_never_write_through_it(oracle, tmp_path):
+    oracle.update(suite="synthetic", name="oracle", sae={"architecture": "standard"})
+    oracle["reconstruction"].setdefault("l0", 0.0)
+    precious = tmp_path / "precious.txt"
+    precious.write_text("the user's own file")
+    out = tmp_path / "report"
+    out.mkdir()
+    for name in ("report.json", "report.md", "report.html", "recovery_per_factor.png"):
+        (out / name).symlink_to(precious)
+    write_report(oracle, out)
+    assert precious.read_text() == "the user's own file"
+    assert not (out / "report.md").is_symlink() and "Naming accuracy" in (out / "report.md").read_text()
+    assert (out / "recovery_per_factor.png").read_bytes().startswith(b"\x89PNG")

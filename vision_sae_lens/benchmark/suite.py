@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from vision_sae_lens import fsutil
 from vision_sae_lens.benchmark.scoring import ScoreConfig, score_rows
 from vision_sae_lens.benchmark.truth import BACKBONE_ID, DEFAULT_SITE, SyntheticTruth
 from vision_sae_lens.data.synthetic import ShapesWorld
@@ -163,9 +164,8 @@ def _build_browser(
     # Link back from the browser's front page to the report (after its title; the page is ours to edit).
     index = out / "index.html"
     page = index.read_text("utf-8")
-    index.write_text(
-        page.replace("</h1>", '</h1>\n  <p><a href="../report.html">benchmark report</a></p>', 1), "utf-8"
-    )
+    linked = page.replace("</h1>", '</h1>\n  <p><a href="../report.html">benchmark report</a></p>', 1)
+    fsutil.write_atomic(index, linked.encode())
     return "browser/index.html"
 
 
