@@ -270,6 +270,11 @@ def report(results: dict[tuple[str, str], dict], args: argparse.Namespace) -> No
         f"{noise / (rows['2N'] - rows['N']):.0f} B/row, i.e. {noise / (rows['2N'] - rows['N']) * IMAGENET['rows'] / GIB:.0f} "
         "GiB at ImageNet: the bench cannot see a per-row cost below that (the code holds none, see the tests)."
     )
+    print(
+        "score: its latents x labels slope comes from sizes far below ImageNet's and overstates it there (the "
+        "candidate-pair histograms are capped by FactorRecovery's pair_budget_bytes, 256 MiB); "
+        "scripts/bench/benchmark_scoring.py measures 65,536 latents x 1,000 labels directly."
+    )
 
 
 def _line(stage: str, base: dict, other: dict, slopes: dict, est: float) -> str:
