@@ -16,6 +16,18 @@ from helpers import build_tiny
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory):
+    """Stores' verified records (vision_sae_lens.store.integrity) go to a temp folder, never ~/.cache."""
+    old = os.environ.get("VISION_SAE_LENS_CACHE")
+    os.environ["VISION_SAE_LENS_CACHE"] = str(tmp_path_factory.mktemp("vsl-cache"))
+    yield
+    if old is None:
+        os.environ.pop("VISION_SAE_LENS_CACHE", None)
+    else:
+        os.environ["VISION_SAE_LENS_CACHE"] = old
+
+
 @pytest.fixture(scope="session")
 def tiny_model():
     """The suite's tiny timm ViT (3 blocks, see ``helpers.build_tiny``), built once per session."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ from PIL import Image
 from sae_lens import StandardSAE, StandardSAEConfig, TopKSAE, TopKSAEConfig
 
 from vision_sae_lens.backbones import HookedSAEViT
-from vision_sae_lens.fsutil import seal_sae_folder
+from vision_sae_lens.fsutil import MAX_JSON_BYTES, seal_sae_folder
 from vision_sae_lens.layout import TokenLayout
 from vision_sae_lens.metadata import VisionFacts, apply_vision_facts
 from vision_sae_lens.store import StoreWriter
@@ -154,7 +155,14 @@ def reseal_store(path: Path, *, metadata: dict | None = None, rows: dict | None 
         file = path / entry["path"]
         data = edit(np.fromfile(file, dtype=storage).reshape(-1, width).copy())
         file.write_bytes(np.ascontiguousarray(data, dtype=storage).tobytes())
-        entry["sha256"] = fmt.sha256_file(file)
+        if "block_sha256" in entry:  # format 2: a sha256 per block
+            from vision_sae_lens.store.integrity import BlockHasher
+
+            hasher = BlockHasher(int(manifest["block_bytes"]))
+            hasher.update(file.read_bytes())
+            entry["block_sha256"] = hasher.hexdigests()
+        else:
+            entry["sha256"] = fmt.sha256_file(file)
     text = fmt.canonical_json(manifest)
     (path / fmt.MANIFEST_FILE).write_text(text)
     meta["manifest_sha256"] = hashlib.sha256(text.encode()).hexdigest()
@@ -208,3 +216,28 @@ def make_checkpoint(
         (folder / "eval.json").write_text(json.dumps(eval_json))
     seal_sae_folder(folder)  # what train_sae and the importers write last (eval.json is sealed too)
     return folder
+
+
+# --- files a reader of regular files must refuse ----------------------------------------------------
+
+SPECIAL_FILES = {
+    "fifo": "not a regular file",
+    "/dev/zero": "not a regular file",
+    "folder": "not a regular file",
+    "huge": "larger than",
+}
+"""What :func:`plant_special_file` can put at a name, and the words of the error a reader must raise."""
+
+
+def plant_special_file(path: Path, kind: str) -> None:
+    """Put at ``path`` a FIFO (an open that waits for a writer would hang), a link to ``/dev/zero``, a folder,
+    or a sparse file one byte over ``MAX_JSON_BYTES`` (no disk used)."""
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "folder":
+        path.mkdir()
+    elif kind == "huge":
+        with open(path, "wb") as f:
+            f.truncate(MAX_JSON_BYTES + 1)
+    else:
+        path.symlink_to(kind)

@@ -112,3 +112,20 @@ def tree_bytes(root: Path, *, skip: tuple[str, ...] = ()) -> dict[str, bytes]:
         for p in sorted(root.rglob("*"))
         if p.is_file() and p.name not in skip
     }
+
+
+def cli_killed_at_step(step: int, argv: list[str]) -> int:
+    """Run ``vision-sae-lens argv`` in this process and SIGKILL it as training step ``step`` begins (a rank of a
+    data-parallel job dying mid-run, at a step the test knows)."""
+    from vision_sae_lens.cli import main
+    from vision_sae_lens.train.fast_trainer import FastSAETrainer
+
+    real_step = FastSAETrainer.step
+
+    def step_or_die(self, batch):
+        if self.n_training_steps == step:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real_step(self, batch)
+
+    FastSAETrainer.step = step_or_die  # type: ignore[method-assign]
+    return main(argv)

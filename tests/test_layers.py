@@ -8,6 +8,7 @@ run too) and those under ``TYPE_CHECKING`` (a type is a dependency).
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 import vision_sae_lens
@@ -69,3 +70,54 @@ def test_the_check_catches_upward_imports_and_allows_downward_ones():
     assert not upward_imports(
         "vision_sae_lens.store.reader", "from vision_sae_lens.layout import TokenLayout\n"
     )
+
+
+def _imported_modules(path: Path) -> set[str]:
+    """The package modules ``path`` imports, by any import (module level, in a function, for types only)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found |= {_module_or_parent(f"{node.module}.{a.name}") for a in node.names}
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+    return {name for name in found if name.startswith(vision_sae_lens.__name__)}
+
+
+def import_circles(stage: str) -> list[list[str]]:
+    """Every circle of imports among the modules of ``stage`` (its ``__init__`` left out: it re-exports)."""
+    folder = PACKAGE / stage
+    edges = {
+        _module_name(p): _imported_modules(p) for p in sorted(folder.glob("*.py")) if p.name != "__init__.py"
+    }
+    circles, done = [], set()
+
+    def visit(module: str, path: list[str]) -> None:
+        for target in sorted(edges.get(module, ())):
+            if target in path:
+                circles.append([*path[path.index(target) :], target])
+            elif target in edges and target not in done:
+                visit(target, [*path, target])
+        done.add(module)
+
+    for module in edges:
+        if module not in done:
+            visit(module, [module])
+    return circles
+
+
+def test_the_store_stage_has_no_import_circle():
+    # The readers (reader.py) bind shuffle.py's functions as methods; shuffle.py states what it needs of a
+    # store as a Protocol, so neither imports the other both ways, not even for types.
+    assert import_circles("store") == []
+
+
+def test_the_circle_check_finds_a_circle(tmp_path, monkeypatch):
+    stage = tmp_path / "vision_sae_lens" / "loop"
+    stage.mkdir(parents=True)
+    (stage / "a.py").write_text("from vision_sae_lens.loop import b\n")
+    (stage / "b.py").write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from vision_sae_lens.loop.a import X\n"
+    )
+    monkeypatch.setattr(sys.modules[__name__], "PACKAGE", tmp_path / "vision_sae_lens")
+    circles = import_circles("loop")
+    assert circles and {"vision_sae_lens.loop.a", "vision_sae_lens.loop.b"} <= set(circles[0])

@@ -16,6 +16,7 @@ STAGES: tuple[tuple[str, ...], ...] = (
         "_layers",
         "layout",
         "metadata",
+        "names_format",
         "contracts",
         "fsutil",
         "compat",

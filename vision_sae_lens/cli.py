@@ -1,8 +1,9 @@
-"""Command line: ``vision-sae-lens {demo,cache,train,evaluate,analyze,publish,import-saev,backbones}``.
+"""Command line: ``vision-sae-lens {demo,cache,train,evaluate,analyze,explain,publish,import-saev,backbones}``.
 
-Each pipeline stage registers its own sub-commands (``<stage>/commands.py: register(subparsers)``);
-this module only builds the parser, dispatches, and turns errors into a one-line reason and a
-non-zero exit code.
+Each pipeline stage registers its own sub-commands (``<stage>/commands.py: register(subparsers)``), each
+handled by a function named after it (``import-saev``: ``run_import_saev``, ``bench score``:
+``run_bench_score``); this module only builds the parser, dispatches, and turns errors into a one-line
+reason and a non-zero exit code.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 from vision_sae_lens.errors import escape_control
@@ -21,6 +23,7 @@ COMMAND_MODULES = (
     "train.verify",
     "hub.commands",
     "analysis.commands",
+    "analysis.naming_commands",
     "benchmark.commands",
     "demo.commands",
 )
@@ -39,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
+    parser.set_defaults(func=None)  # no command given: print the help
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in COMMAND_MODULES:
         importlib.import_module(f"vision_sae_lens.{module}").register(subparsers)
@@ -80,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     handler = logging.StreamHandler()
     handler.setFormatter(EscapingFormatter(LOG_FORMAT, datefmt=LOG_DATE_FORMAT))
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, handlers=[handler])
-    if not getattr(args, "func", None):
+    if args.func is None:
         parser.print_help()
         return 2
     try:
@@ -89,10 +93,21 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # one-line reason for people; --verbose shows the traceback
+        _tell_torchrun(exc)
         if args.verbose:
             raise
         print(f"error: {type(exc).__name__}: {escape_control(exc)}", file=sys.stderr)
         return 1
+
+
+def _tell_torchrun(exc: Exception) -> None:
+    """Under ``torchrun``, record the error in the file its agent reads, so its failure summary names this
+    error instead of ``error_file: <N/A>``."""
+    if "TORCHELASTIC_ERROR_FILE" not in os.environ:
+        return
+    from torch.distributed.elastic.multiprocessing.errors import ErrorHandler
+
+    ErrorHandler().record_exception(exc)
 
 
 if __name__ == "__main__":

@@ -39,7 +39,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from sae_lens import SAE, MatryoshkaBatchTopKTrainingSAE, SAETrainer
+
+# SynthSAEBench (generator and metrics): public, but below SAELens' top level; the benchmark uses it as ``synthetic.X``
+from sae_lens import SAE, MatryoshkaBatchTopKTrainingSAE, SAETrainer, synthetic
 from sae_lens.analysis.hooked_sae_transformer import (
     HookedSAETransformer,
     _SAEWrapper,
@@ -652,6 +654,39 @@ def _probe_named_loaders() -> None:
     )
 
 
+SYNTHETIC_NAMES = (
+    "ClassificationMetricsCalculator",
+    "DeadLatentsCalculator",
+    "FoldedNormalMagnitudeConfig",
+    "HierarchyConfig",
+    "L0Calculator",
+    "LinearMagnitudeConfig",
+    "LowRankCorrelationConfig",
+    "OrthogonalizationConfig",
+    "ShrinkageCalculator",
+    "SyntheticDataEvalResult",
+    "SyntheticModel",
+    "SyntheticModelConfig",
+    "ZipfianFiringProbabilityConfig",
+    "eval_sae_on_synthetic_data",
+    "feature_uniqueness",
+    "mean_correlation_coefficient",
+)
+"""The names of ``sae_lens.synthetic`` the benchmark uses (its SynthSAEBench metrics equal SAELens' own)."""
+
+
+def _probe_synthetic() -> None:
+    seam = "sae_lens.synthetic (SynthSAEBench)"
+    missing = [name for name in SYNTHETIC_NAMES if not hasattr(synthetic, name)]
+    require(not missing, seam, f"sae_lens.synthetic no longer has {missing}")
+    require(
+        {"sae", "feature_dict", "activations_generator"}
+        <= set(_params(synthetic.eval_sae_on_synthetic_data)),
+        seam,
+        "eval_sae_on_synthetic_data changed its parameters",
+    )
+
+
 # ============================================================================================== SEAMS
 SEAMS: dict[str, Callable[[], None]] = {
     "sae_lens _SAEWrapper": _probe_wrapper_contract,
@@ -675,6 +710,7 @@ SEAMS: dict[str, Callable[[], None]] = {
     "sae_lens SAETrainer trainer state": _probe_trainer_state,
     "sae_lens pretrained SAE directory": _probe_pretrained_directory,
     "sae_lens named-loader tables": _probe_named_loaders,
+    "sae_lens.synthetic (SynthSAEBench)": _probe_synthetic,
 }
 """Seam name -> probe that raises :class:`CompatError` naming the seam when an upgrade changed it."""
 
@@ -715,4 +751,5 @@ __all__ = [
     "require",
     "require_sources",
     "set_deep_attr",
+    "synthetic",
 ]

@@ -10,7 +10,7 @@ implements it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
@@ -23,20 +23,42 @@ if TYPE_CHECKING:
 
 @runtime_checkable
 class ImageSource(Protocol):
-    """What the recorder reads: ``len``, ``source[i] -> (PIL.Image, label | None)``, labels, description."""
+    """What the recorder reads: ``len``, ``source[i] -> (PIL.Image, label | None)``, labels, names,
+    description. ``data.open_images`` returns one for any input it takes."""
 
     @property
     def label_names(self) -> list[str] | None:
         """Class names, indexed by label (None when the source has no labels)."""
         ...
 
+    @property
+    def labels(self) -> Sequence[int | None] | None:
+        """The label of every image, known without decoding one (None when unknown or unlabelled)."""
+        ...
+
     def __len__(self) -> int: ...
 
     def __getitem__(self, i: int) -> tuple[Image.Image, int | None]: ...
 
+    def name_of(self, i: int) -> str:
+        """A short, portable name of image ``i`` (a relative path, ``row 12``) for messages and skip lists."""
+        ...
+
     @property
     def description(self) -> dict[str, Any]:
         """JSON-ready provenance (kind, name, split, count, ...), never an absolute path."""
+        ...
+
+
+@runtime_checkable
+class StreamedImageSource(Protocol):
+    """What an :class:`ImageSource` read in order (a stream) offers besides: random access would re-read it
+    from the start. (Only ``iter_range`` is checked by ``isinstance``, so the check reads no property.)"""
+
+    def iter_range(
+        self, start: int, stop: int
+    ) -> Iterator[tuple[int, tuple[Image.Image, int | None] | Exception]]:
+        """``(index, (image, label))`` for ``start..stop-1``; a row that cannot be read gives ``(index, error)``."""
         ...
 
 
@@ -61,6 +83,11 @@ class ActivationStoreReader(Protocol):
     @property
     def path(self) -> Any:
         """Folder of the store."""
+        ...
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """The store's ``metadata.json`` (settings, dataset, preprocessing, counts, fingerprint)."""
         ...
 
     @property
@@ -119,6 +146,10 @@ class ActivationStoreReader(Protocol):
         """``(image_idx, token_idx)`` of rows ``start..stop-1``."""
         ...
 
+    def image_offsets(self) -> np.ndarray:
+        """``(n_images + 1,)`` row offsets: image ``i``'s rows are ``offsets[i]..offsets[i+1]-1``."""
+        ...
+
     def gather(self, site: str, rows_n: np.ndarray) -> torch.Tensor:
         """The rows at the (sorted) indices ``rows_n`` of ``site``."""
         ...
@@ -129,10 +160,47 @@ class ActivationStoreReader(Protocol):
         """Batches of rows in store order."""
         ...
 
-    def shuffled(self, site: str, batch_size: int, **kwargs: Any) -> Iterator[torch.Tensor]:
-        """Shuffled training batches of ``site``."""
+    def row_range(self, start_row: int, stop_row: int | None) -> tuple[int, int]:
+        """``(start, stop)`` of a row range (``stop_row=None``: to the end), checked against the store."""
         ...
 
-    def statistics(self, site: str, **kwargs: Any) -> dict[str, Any]:
-        """Mean, norm and scale of ``site`` (for normalisation)."""
+    def shuffled(
+        self,
+        site: str,
+        batch_size: int,
+        *,
+        seed: int = 0,
+        start_row: int = 0,
+        stop_row: int | None = None,
+        epochs: int = 1,
+        drop_last: bool = True,
+        buffer_rows: int | None = None,
+        block_rows: int | None = None,
+        labels: Iterable[int] | None = None,
+        token_types: Iterable[str] | None = None,
+        subtract_mean: bool = False,
+        scale_norm: bool = False,
+        device: str | torch.device | None = None,
+        prefetch: int = 4,
+        skip_batches: int = 0,
+        exclude_images: Iterable[int] | None = None,
+        part: tuple[int, int] = (0, 1),
+    ) -> Iterator[torch.Tensor]:
+        """Shuffled (batch_size, d) float32 training batches of ``site`` (the options:
+        ``vision_sae_lens.store.shuffle.shuffled_batches``)."""
+        ...
+
+    def statistics(
+        self,
+        site: str,
+        *,
+        start_row: int = 0,
+        stop_row: int | None = None,
+        max_rows: int = 262144,
+        labels: Iterable[int] | None = None,
+        token_types: Iterable[str] | None = None,
+        subtract_mean: bool = False,
+        exclude_images: Iterable[int] | None = None,
+    ) -> dict[str, Any]:
+        """Mean row, mean norm and scale of ``site`` over the rows ``shuffled`` would emit (for normalisation)."""
         ...

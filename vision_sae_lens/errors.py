@@ -100,6 +100,10 @@ class TrainingError(VisionSAELensError, RuntimeError):
     """Training that cannot start or had to stop (bad config, NaN loss, ...)."""
 
 
+class RankFailedError(TrainingError):
+    """Another rank of a ``torchrun`` training job failed, died or stopped answering; this one stopped too."""
+
+
 class CheckpointCorruptError(TrainingError):
     """A training checkpoint whose files are missing, unreadable or do not match its checksums."""
 

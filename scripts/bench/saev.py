@@ -85,6 +85,10 @@ def main() -> None:
         action="store_true",
         help="train our side without cpu_memory.return_freed_memory() (the train command applies it)",
     )
+    parser.add_argument("--device", default="cpu", help="torch device of both sides (cpu, cuda, cuda:N)")
+    parser.add_argument(
+        "--json", help="also write the measurements to this file (scripts/bench/gpu.py reads it)"
+    )
     parser.add_argument("--only", choices=["record", "train"], help="run one part")
     parser.add_argument("--keep", action="store_true", help="keep the temp folder (printed)")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
@@ -128,10 +132,10 @@ def _side_by_side(args: argparse.Namespace, tmp: Path, refpkgs: Path | None) -> 
     if args.lr_warmup is None:
         args.lr_warmup = args.steps // 10
     print(
-        f"open_clip ViT-B-32 random init (seed 0), {SITE} (saev layer -2), CPU, {args.threads} threads; "
+        f"open_clip ViT-B-32 random init (seed 0), {SITE} (saev layer -2), {args.device}, {args.threads} threads; "
         f"{args.n_images} training + {args.n_eval_images} held-out images of 224 px ({source})"
     )
-    common = {"weights": str(weights), "threads": args.threads}
+    common = {"weights": str(weights), "threads": args.threads, "device": args.device}
     rec: dict[str, dict] = {}
     if True:  # training reads the stores recorded here
         print(f"\n1. recording (batch {args.record_batch}, float32; saev workers {args.saev_workers})")
@@ -147,6 +151,7 @@ def _side_by_side(args: argparse.Namespace, tmp: Path, refpkgs: Path | None) -> 
             {**common, "image_root": str(train_dir / "all"), "out": str(tmp / "ours_acts"), "batch": args.record_batch},
         )  # fmt: skip
         _print_sides(rec, "img/s", "images/s")
+        _write_json(args, {"record": rec})
         if "saev" in rec:
             same = _child(
                 "compare", {"threads": args.threads, "saev": rec["saev"]["shard_dir"], "ours": str(tmp / "ours_acts")}
@@ -164,6 +169,7 @@ def _side_by_side(args: argparse.Namespace, tmp: Path, refpkgs: Path | None) -> 
         "threads": args.threads, "batch_size": args.batch_size, "n_patches": n_patches, "lr": args.lr,
         "lr_warmup": args.lr_warmup, "sparsity_coeff": args.sparsity_coeff, "d_sae": d_sae,
         "eval_npy": str(tmp / "eval_rows.npy"), "return_freed_memory": not args.no_return_freed_memory,
+        "device": args.device,
     }  # fmt: skip
     print(
         f"\n2. training ReLU/L1 SAE d_sae {d_sae}, batch {args.batch_size}, {args.steps} steps ({n_patches:,} patches), "
@@ -181,6 +187,7 @@ def _side_by_side(args: argparse.Namespace, tmp: Path, refpkgs: Path | None) -> 
         "ours-train", {**hyper, "store": str(tmp / "ours_acts"), "eval_store": str(tmp / "eval_acts"), "out": str(tmp / "ours_sae")}
     )  # fmt: skip
     _print_sides(trn, "patches/s", "patches/s")
+    _write_json(args, {"record": rec, "train": trn})
     for side, r in trn.items():
         print(
             f"    {side}: FVU {r['fvu']:.4f}, L0 {r['l0']:.1f} on {r['eval_rows']:,} held-out patches; "
@@ -193,6 +200,11 @@ def _side_by_side(args: argparse.Namespace, tmp: Path, refpkgs: Path | None) -> 
             f"    peak RSS at the end of the loop ours/saev {o['loop_rss_mib'] / s['loop_rss_mib']:.2f}; "
             f"FVU ours/saev {o['fvu'] / s['fvu']:.2f} (L0 {o['l0']:.1f} vs {s['l0']:.1f})"
         )
+
+
+def _write_json(args: argparse.Namespace, results: dict) -> None:
+    if args.json:
+        Path(args.json).write_text(json.dumps({"device": args.device, **results}, indent=1))
 
 
 def _print_sides(res: dict[str, dict], unit: str, label: str) -> None:
@@ -325,6 +337,8 @@ def _run_child(kind: str, p: dict) -> None:
     torch.set_num_threads(int(p["threads"]))
     result = CHILDREN[kind](p)
     result["peak_rss_mib"] = result.get("peak_rss_mib") or _peak_rss_mib()
+    if str(p.get("device", "cpu")).startswith("cuda"):
+        result["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
     print("@@ " + json.dumps(result), flush=True)
 
 
@@ -391,7 +405,7 @@ def _saev_record(p: dict) -> dict:
         n_patches_per_img=N_PATCHES,
         cls_token=True,
         n_patches_per_shard=(p["n_images"] + 1) * (N_PATCHES + 1),  # one shard holds every image
-        device="cpu",
+        device=p.get("device", "cpu"),
     )
     activations.main(cfg)
     seconds, cpu = time.perf_counter() - marks["start"], time.process_time() - marks["cpu"]
@@ -415,7 +429,7 @@ def _ours_record(p: dict) -> dict:
     t0, cpu0 = time.perf_counter(), time.process_time()
     store = cache_activations(
         model, paths, sites=[SITE], tokens="patches", dtype="float32", out_dir=p["out"],
-        batch_size=p["batch"], progress=False,
+        batch_size=p["batch"], device=p.get("device", "cpu"), progress=False,
     )  # fmt: skip
     seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     peak = _peak_rss_mib()
@@ -465,13 +479,13 @@ def _saev_train(p: dict) -> dict:
         sae_batch_size=p["batch_size"],
         track=False,
         ckpt_path=p["ckpt"],
-        device="cpu",
+        device=p.get("device", "cpu"),
     )
     saes, run, steps = training.train([cfg])
     training.evaluate([cfg], saes)  # saev's end-of-training pass, as training.main runs it
     peak = _peak_rss_mib()
     tree_peak = tree.stop() if tree else None
-    sae = saes[0].eval()
+    sae = saes[0].eval().to("cpu")  # scored on the CPU, both sides alike
     dataset = activations.Dataset(cfg.data)  # its normalisation: (x - act_mean) / scalar
 
     def reconstruct(x):
@@ -531,11 +545,11 @@ def _ours_train(p: dict) -> dict:
         scale_norm=True,
         eval_fraction=0.0,
         eval_store=p["eval_store"],
-        device="cpu",
+        device=p.get("device", "cpu"),
     )
     run = train_sae(cfg, out_dir=p["out"], progress=False)
     peak = _peak_rss_mib()
-    sae = run.sae  # normalisation folded in: takes and returns raw activations
+    sae = run.sae.to("cpu")  # normalisation folded in: takes and returns raw activations; scored on the CPU
 
     def reconstruct(x):
         f_x = sae.encode(x)

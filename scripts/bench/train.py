@@ -25,6 +25,10 @@
    (``ru_maxrss``) over the steps, its growth during them, and the median step time; ratios lean / dense
    (SAELens' own ``SAETrainer.step`` is printed beside them).
 
+5. ``--only ranks`` (also run by default): the same four SAEs as one sweep through ``vision-sae-lens train
+   --config``, in one process and as a sweep over 2 ranks (``torchrun --nproc_per_node 2``, gloo on a CPU: each
+   rank trains the two SAEs dealt to it); the ratio of the wall times, start-up included.
+
 Times are those of the training loops (``TrainRun.train_seconds``), evaluation excluded, except the
 wall-time ratios, which include everything.
 """
@@ -315,7 +319,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=4096)
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--only", choices=["step", "feed-and-sweep", "cli", "aux"], help="run one part")
+    ap.add_argument("--only", choices=["step", "feed-and-sweep", "cli", "aux", "ranks"], help="run one part")
     ap.add_argument("--repeats", type=int, default=2, help="interleaved repeats (step, sweep and aux parts)")
     ap.add_argument(
         "--expansions",
@@ -344,6 +348,9 @@ def main() -> None:
     print(f"store: {store.n_rows} rows x {d} fp16 written in {time.perf_counter() - t:.1f}s ({tmp})")
     if args.only == "cli":
         bench_cli(args, tmp)
+        return
+    if args.only == "ranks":
+        bench_ranks(args, tmp)
         return
     memory = InMemoryStore(store, store.read_rows(SITE, 0, store.n_rows))
 
@@ -416,6 +423,7 @@ def main() -> None:
     print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in results.items()}, indent=1))
     if args.only is None:
         bench_cli(args, tmp)
+        bench_ranks(args, tmp)
 
 
 CLI_SAES = {
@@ -426,8 +434,8 @@ CLI_SAES = {
 }
 
 
-def bench_cli(args, tmp: Path) -> None:
-    """The four SAEs of the sweep part through the ``train`` command: one sweep process vs four processes."""
+def sweep_toml(args, tmp: Path, saes: dict[str, dict]) -> str:
+    """A sweep file over the part-2 store: one [[sae]] per entry of ``saes``."""
     defaults = {
         "store": str(tmp / "acts"),
         "site": SITE,
@@ -438,17 +446,19 @@ def bench_cli(args, tmp: Path) -> None:
         "eval_fraction": 0.01,
         "max_eval_rows": args.batch_size,
     }
+    lines = ["[defaults]", *(f"{k} = {json.dumps(v)}" for k, v in defaults.items())]
+    for name, fields in saes.items():
+        lines += ["[[sae]]", f'name = "{name}"', f"d_sae = {args.d_in * args.expansion}"]
+        lines += [f"{k} = {json.dumps(v)}" for k, v in fields.items()]
+    return "\n".join(lines) + "\n"
 
-    def toml(saes: dict[str, dict]) -> str:
-        lines = ["[defaults]", *(f"{k} = {json.dumps(v)}" for k, v in defaults.items())]
-        for name, fields in saes.items():
-            lines += ["[[sae]]", f'name = "{name}"', f"d_sae = {args.d_in * args.expansion}"]
-            lines += [f"{k} = {json.dumps(v)}" for k, v in fields.items()]
-        return "\n".join(lines) + "\n"
+
+def bench_cli(args, tmp: Path) -> None:
+    """The four SAEs of the sweep part through the ``train`` command: one sweep process vs four processes."""
 
     def train(name: str, saes: dict[str, dict]) -> float:
         config = tmp / f"cli_{name}.toml"
-        config.write_text(toml(saes))
+        config.write_text(sweep_toml(args, tmp, saes))
         cmd = [sys.executable, "-m", "vision_sae_lens", "train", "--config", str(config)]
         cmd += ["--out-dir", str(tmp / f"cli_{name}"), "--no-progress"]
         t = time.perf_counter()
@@ -464,6 +474,35 @@ def bench_cli(args, tmp: Path) -> None:
     }
     print("(cli) vision-sae-lens train: one sweep process vs four processes, wall time of the processes:")
     print(json.dumps(results, indent=1))
+
+
+def bench_ranks(args, tmp: Path) -> None:
+    """The four SAEs as one sweep: one ``train`` process vs a sweep over 2 torchrun ranks; wall-time ratio."""
+    config = tmp / "ranks.toml"
+    config.write_text(sweep_toml(args, tmp, CLI_SAES))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    train = ["-m", "vision_sae_lens", "train", "--config", str(config), "--no-progress"]
+    torchrun = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    walls: dict[str, list[float]] = {"one_process": [], "two_ranks": []}
+    for rep in range(args.repeats):  # interleaved, the order alternating
+        for kind in ("one_process", "two_ranks") if rep % 2 == 0 else ("two_ranks", "one_process"):
+            cmd = [
+                sys.executable,
+                *(torchrun if kind == "two_ranks" else []),
+                *train,
+                "--out",
+                str(tmp / f"ranks_{kind}_{rep}"),
+            ]
+            t = time.perf_counter()
+            subprocess.run(cmd, check=True, capture_output=True, env=env)
+            walls[kind].append(time.perf_counter() - t)
+    one, two = statistics.median(walls["one_process"]), statistics.median(walls["two_ranks"])
+    print(
+        "(ranks) the four SAEs as one sweep, wall time of the command: one process vs 2 torchrun ranks (gloo):"
+    )
+    print(json.dumps({"one_process_wall_s": round(one, 2), "two_ranks_wall_s": round(two, 2),
+                      "two_ranks_over_one_process_wall": round(two / one, 3), "repeats": args.repeats,
+                      "cpu_cores": os.cpu_count()}, indent=1))  # fmt: skip
 
 
 if __name__ == "__main__":

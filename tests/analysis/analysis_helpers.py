@@ -1,8 +1,14 @@
-"""Helpers for the analysis tests: random SAEs, noise images, a labelled image source."""
+"""Helpers for the analysis tests: random SAEs, noise images, a labelled image source, a browser's index
+data and headless Chromium."""
 
 from __future__ import annotations
 
+import json
+import shutil
+from pathlib import Path
+
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 from sae_lens import StandardSAE, StandardSAEConfig
@@ -10,6 +16,14 @@ from sae_lens import StandardSAE, StandardSAEConfig
 from vision_sae_lens.metadata import VisionFacts, apply_vision_facts
 
 SITE = "blocks.0.hook_resid_post"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver") or (
+    "/usr/bin/chromedriver" if Path("/usr/bin/chromedriver").exists() else None
+)
+needs_chromium = pytest.mark.skipif(
+    not (CHROMIUM and CHROMEDRIVER),
+    reason="chromium / chromedriver not installed (apt-get install chromium chromium-driver; .ci/run does)",
+)
 
 
 def make_sae(model, *, d_sae: int = 48, tokens: str | None = "patches", site: str = SITE, seed: int = 1):
@@ -47,3 +61,25 @@ class LabelledImages:
 
     def __getitem__(self, i: int):
         return self.images[i], self.labels[i]
+
+
+def read_index(site: Path) -> dict:
+    """The data of a browser's index (``data/index.js``); ``site``: its folder or its ``index.html``."""
+    folder = site.parent if site.suffix == ".html" else site
+    text = (folder / "data" / "index.js").read_text()
+    return json.loads(text.removeprefix("window.VSL_INDEX = ").rstrip().rstrip(";"))
+
+
+def headless_chromium(width: int = 1200, height: int = 900):
+    """A Selenium driver of headless Chromium that keeps the console log (quit it when done)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
+        opts.add_argument(arg)
+    opts.add_argument(f"--window-size={width},{height}")
+    opts.binary_location = CHROMIUM
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    # An explicit driver path: Selenium Manager must not try to download one.
+    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)

@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
-from pathlib import Path
 
 import pytest
-from analysis_helpers import SITE, LabelledImages, make_sae
+from analysis_helpers import SITE, LabelledImages, headless_chromium, make_sae, needs_chromium, read_index
 from PIL import Image
 
 from vision_sae_lens import cli
 from vision_sae_lens.analysis import build_browser
 from vision_sae_lens.store import cache_activations
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver") or (
-    "/usr/bin/chromedriver" if Path("/usr/bin/chromedriver").exists() else None
-)
 
 
 @pytest.fixture(scope="module")
@@ -38,11 +31,6 @@ def built(vit, tmp_path_factory):
 def browser_site(built):
     sae, store, site = built
     return sae, store, site.index
-
-
-def read_index(index: Path) -> dict:
-    text = (index.parent / "data" / "index.js").read_text()
-    return json.loads(text.removeprefix("window.VSL_INDEX = ").rstrip().rstrip(";"))
 
 
 def test_build_browser_returns_what_the_index_shows(built):
@@ -125,30 +113,13 @@ def test_analyze_command_writes_a_browser(browser_site, tmp_path, capsys):
     )
 
 
-@pytest.mark.skipif(
-    not (CHROMIUM and CHROMEDRIVER),
-    reason="chromium / chromedriver not installed (apt-get install chromium chromium-driver; .ci/run does)",
-)
+@needs_chromium
 def test_browser_in_headless_chromium(browser_site, tmp_path):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
     _, _, index = browser_site
-    opts = webdriver.ChromeOptions()
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--window-size=1200,900",
-    ):
-        opts.add_argument(arg)
-    opts.binary_location = CHROMIUM
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    # An explicit driver path: Selenium Manager must not try to download one.
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    driver = headless_chromium()
     try:
         driver.get(index.resolve().as_uri())
         rows = driver.find_elements(By.CSS_SELECTOR, "#latents tbody tr")

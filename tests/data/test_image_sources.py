@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vision_sae_lens.data import open_images, to_standard_mode
+from vision_sae_lens.data import open_images
 from vision_sae_lens.errors import ImageInputError
 
 
@@ -52,16 +52,6 @@ def test_lists_of_paths_and_pil_images(tmp_path):
     assert len(open_images(paths, limit=2)) == 2
     with pytest.raises(ImageInputError):
         open_images(tmp_path / "nope")
-
-
-def test_odd_modes_convert(tmp_path):
-    arr16 = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000).astype(np.uint16)
-    img16 = Image.fromarray(arr16)
-    out = to_standard_mode(img16, 3)
-    assert out.mode == "RGB" and np.asarray(out)[..., 0].max() == 255 and np.asarray(out)[..., 0].min() == 0
-    rgba = Image.new("RGBA", (4, 4), (10, 20, 30, 0))
-    assert np.asarray(to_standard_mode(rgba, 3)).tolist()[0][0] == [255, 255, 255]  # transparent -> white
-    assert to_standard_mode(Image.new("CMYK", (4, 4)), 1).mode == "L"
 
 
 def test_hf_dataset_from_disk_and_streamed(tmp_path):

@@ -23,9 +23,25 @@ SMALL = DemoConfig(
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
+def planted(tmp_path_factory):
+    """A file of the user's, and the demo's output folder with a link to it planted at ``summary.json``."""
+    victim = tmp_path_factory.mktemp("user") / "precious.txt"
+    victim.write_text("keep me")
     out = tmp_path_factory.mktemp("demo")
+    (out / "summary.json").symlink_to(victim)
+    return victim, out
+
+
+@pytest.fixture(scope="module")
+def demo(planted):
+    _, out = planted
     return run_demo(out, config=SMALL, progress=False), out
+
+
+def test_demo_replaces_a_planted_link_instead_of_writing_through_it(demo, planted):
+    victim, out = planted
+    assert victim.read_text() == "keep me"
+    assert not (out / "summary.json").is_symlink() and (out / "summary.json").is_file()
 
 
 def test_demo_writes_every_output(demo):

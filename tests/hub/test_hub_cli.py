@@ -47,3 +47,21 @@ def test_import_saev_cli(tmp_path):
     x = torch.randn(10, 16)
     ref = saev_forward_latents(x, state, activation="BatchTopK", subtract_b_dec=False)
     torch.testing.assert_close(sae.encode(x), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_printed_paths_have_control_characters_escaped(tmp_path, capsys):
+    state = make_weights(seed=3)
+    write_saev(tmp_path / "ckpt" / "sae.pt", header_for("5", "Relu"), state)
+    out = tmp_path / "out\x1b[2J\nforged"
+    assert run(["import-saev", str(tmp_path / "ckpt" / "sae.pt"), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "\x1b" not in printed and printed.count("\n") == 1, printed
+    assert "out\\x1b[2J\\nforged" in printed
+    assert SAE.load_from_disk(str(out / "ckpt")).cfg.d_sae == state["W_enc"].shape[1]
+
+
+def test_the_publish_plan_shows_folder_names_escaped(tmp_path, capsys):
+    run1 = make_checkpoint(tmp_path / "run\x1b[8m\rhidden")
+    assert run(["publish", str(run1), "--repo-id", "cli-org/saes", "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    assert "\x1b" not in printed and "\r" not in printed and "run\\x1b[8m\\rhidden" in printed

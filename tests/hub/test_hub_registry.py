@@ -19,7 +19,7 @@ from saev_fixtures import header_for, make_weights, saev_forward_latents, write_
 
 import vision_sae_lens.hub as hub_api
 from vision_sae_lens.errors import HubError
-from vision_sae_lens.hub.wiring import SAEV_CONVERSION
+from vision_sae_lens.hub.registry import SAEV_CONVERSION
 
 CLIP = "saev-clip-vit-b-16-in1k"
 

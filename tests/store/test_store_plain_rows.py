@@ -35,7 +35,7 @@ def rows_store(tmp_path_factory):
 
 def test_plain_rows_are_written_as_format_version_2_and_read_back(rows_store):
     meta = json.loads((rows_store.path / fmt.METADATA_FILE).read_text())
-    assert meta["format_version"] == fmt.ROWS_FORMAT_VERSION == 2
+    assert meta["format_version"] == fmt.MIN_ROWS_VERSION == 2
     assert meta["layout"] == {"kind": "rows", "n_prefix": 0, "n_tokens": 1} and meta["token_indices"] == [0]
     assert isinstance(rows_store.layout, RowLayout) and rows_store.n_images == N
     rows_store.verify()
@@ -44,14 +44,15 @@ def test_plain_rows_are_written_as_format_version_2_and_read_back(rows_store):
     assert next(rows_store.shuffled("activations", 64)).shape == (64, D)
 
 
-def test_image_stores_keep_format_version_1(tmp_path):
+def test_image_stores_are_written_at_the_current_version_without_a_layout_kind(tmp_path):
     layout = TokenLayout(image_size=(8, 8), patch_size=(4, 4), has_cls=True)
     w = StoreWriter(
         tmp_path / "img", backbone_id="x", sites=["s"], d_model=2, layout=layout, tokens="patches"
     )
     w.append({"s": np.zeros((4, 2), np.float32)}, np.zeros(4, int), np.arange(1, 5))
     store = w.finish()
-    assert store.metadata["format_version"] == 1 and "kind" not in store.metadata["layout"]
+    assert store.metadata["format_version"] == fmt.FORMAT_VERSION
+    assert "kind" not in store.metadata["layout"]
 
 
 def test_a_reader_refuses_an_unknown_version(rows_store, tmp_path):

@@ -44,3 +44,21 @@ def test_prefetch_zero_gives_the_same_batches_without_a_thread(store, monkeypatc
 def test_negative_prefetch_is_refused(store):
     with pytest.raises(ValueError, match="prefetch >= 0"):
         store.shuffled(SITE, 32, prefetch=-1)
+
+
+def test_reading_a_store_imports_no_sae_lens(store):
+    """The read path (open, ordered, shuffled with its prefetch thread, gather) never imports SAELens,
+    whose import alone takes seconds."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from vision_sae_lens.store import ActivationStore\n"
+        f"s = ActivationStore({str(store.path)!r})\n"
+        f"assert sum(len(b) for b in s.shuffled({SITE!r}, 32, seed=1)) == 384\n"
+        f"assert sum(len(r.acts) for r in s.ordered({SITE!r}, 64)) == 400\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('sae_lens', 'transformer_lens')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -9,7 +9,13 @@ from helpers import D_IN, SITE, CountingStore, synthetic_rows, write_store
 from sae_lens import SAE, BatchTopKTrainingSAEConfig, TopKTrainingSAEConfig
 from safetensors.torch import load_file
 
-from vision_sae_lens.errors import SAEMismatchError, StoreNotFoundError, TrainingError, UnknownSiteError
+from vision_sae_lens.errors import (
+    NonFiniteError,
+    SAEMismatchError,
+    StoreNotFoundError,
+    TrainingError,
+    UnknownSiteError,
+)
 from vision_sae_lens.store import ActivationStore
 from vision_sae_lens.train import TrainConfig, train_sae
 from vision_sae_lens.train.checkpoint import list_checkpoints
@@ -102,8 +108,10 @@ def test_store_smaller_than_a_batch_is_refused(tmp_path):
 
 
 def test_nan_activations_stop_with_a_clear_message(store, tmp_path):
-    with pytest.raises(TrainingError, match="NaN/inf in 1 of 128 rows"):
+    # The package's one error for NaN/Inf in data (the reader, recorder and analysis raise it too).
+    with pytest.raises(NonFiniteError, match="NaN/inf in 1 of 128 rows") as raised:
         train_sae(_cfg(CountingStore(store, corrupt_at=70)), out_dir=tmp_path, progress=False)
+    assert isinstance(raised.value, ValueError) and not isinstance(raised.value, TrainingError)
     assert list_checkpoints(tmp_path / "checkpoints" / "run") == [25, 50]
 
 

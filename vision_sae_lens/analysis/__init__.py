@@ -7,6 +7,9 @@
 - :func:`ablate` / :func:`steer` / :func:`edit_latents`: edit latents in the forward pass (error term kept)
   and measure the change in the model's output.
 - :func:`build_browser`: a static HTML feature browser (``vision-sae-lens analyze``).
+- :func:`name_latents`: a name, runner-ups and a detection AUROC for every latent, from an image-text
+  model or the labels; :func:`write_names` / :func:`read_names` for ``names.json``
+  (``vision-sae-lens explain``).
 """
 
 from typing import TYPE_CHECKING
@@ -24,6 +27,10 @@ __all__ = [
     "steer",
     "edit_latents",
     "build_browser",
+    "name_latents",
+    "write_names",
+    "read_names",
+    "LatentNames",
     "ImageFeatures",
     "TopActivations",
     "FeatureStats",
@@ -39,6 +46,8 @@ if TYPE_CHECKING:
     from vision_sae_lens.analysis.geometry import InputGeometry, grid_to_image, input_geometry, overlay
     from vision_sae_lens.analysis.images import ImageFeatures, decode, encode_images, heatmap, heatmap_array
     from vision_sae_lens.analysis.interventions import InterventionResult, ablate, edit_latents, steer
+    from vision_sae_lens.analysis.names_file import read_names, write_names
+    from vision_sae_lens.analysis.naming import LatentNames, name_latents
     from vision_sae_lens.analysis.stats import FeatureStats, feature_stats
     from vision_sae_lens.analysis.topk import TopActivations, top_activating
 
@@ -55,6 +64,10 @@ __getattr__, __dir__ = lazy_exports(
         "steer": "vision_sae_lens.analysis.interventions",
         "edit_latents": "vision_sae_lens.analysis.interventions",
         "build_browser": "vision_sae_lens.analysis.browser",
+        "name_latents": "vision_sae_lens.analysis.naming",
+        "write_names": "vision_sae_lens.analysis.names_file",
+        "read_names": "vision_sae_lens.analysis.names_file",
+        "LatentNames": "vision_sae_lens.analysis.naming",
         "ImageFeatures": "vision_sae_lens.analysis.images",
         "TopActivations": "vision_sae_lens.analysis.topk",
         "FeatureStats": "vision_sae_lens.analysis.stats",

@@ -17,7 +17,6 @@ a lock (:func:`~vision_sae_lens.fsutil.building_folder`): it never writes into a
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -27,14 +26,16 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from vision_sae_lens.analysis._common import check_latents
+from vision_sae_lens.analysis.browser_names import BrowserNames, browser_names, save_names
 from vision_sae_lens.analysis.browser_pages import copy_assets, write_index, write_latent_pages
 from vision_sae_lens.analysis.explain import SampleAccumulator, interest_scores
-from vision_sae_lens.analysis.scan import ImageReduction, scan
+from vision_sae_lens.analysis.scan import scan
 from vision_sae_lens.analysis.stats import FeatureStats, StatsAccumulator
+from vision_sae_lens.analysis.store_images import store_images
 from vision_sae_lens.analysis.topk import TopActivations, TopKAccumulator
 from vision_sae_lens.errors import ConfigError, escape_control
 from vision_sae_lens.fsutil import building_folder
-from vision_sae_lens.train.evaluate import DENSE_THRESHOLD
+from vision_sae_lens.train.evaluate import DENSE_THRESHOLD, DENSITY_MAX_ROWS
 
 if TYPE_CHECKING:
     from vision_sae_lens.backbones import HookedSAEViT
@@ -60,6 +61,11 @@ def build_browser(
     ablation_images: int = 8,
     progress: bool = True,
     overwrite: bool = False,
+    max_rows: int | None = DENSITY_MAX_ROWS,
+    render_workers: int | None = None,
+    names: Any = None,
+    namer: Any = None,
+    concepts: Any = None,
 ) -> BrowserSite:
     """Write the feature browser for ``sae`` over an activation ``store`` into the folder ``out_dir``.
 
@@ -77,7 +83,15 @@ def build_browser(
     the store or the working directory with the recorded file list), else every page says the images
     are missing and heatmaps are drawn on a blank canvas. ``latents``: which latents get a page
     (default: the ``max_pages`` with the highest interest score). ``model``: the backbone, to show the
-    effect of ablating each paged latent on its ``ablation_images`` top images.
+    effect of ablating each paged latent on its ``ablation_images`` top images. ``max_rows``: a store with
+    more rows is scanned on a seeded random, label-stratified sample of whole images holding at most that
+    many rows (default: the rows evaluation counts dead and dense latents on; None scans every row).
+    ``render_workers``: processes that render heatmaps (default: one per core, at most 8).
+
+    Latent names (see :mod:`~vision_sae_lens.analysis.browser_names`): ``names`` (a names.json, its
+    document or a ``LatentNames``), checked against the SAE and store before the scan, or ``namer`` and
+    ``concepts`` to name the latents while building (kept as ``out_dir/names.json``); the index then
+    shows and searches each latent's name with its detection AUROC, and each page its runner-ups.
     """
     if getattr(store.layout, "kind", None) == "rows":  # before any file is written
         raise ConfigError(
@@ -87,7 +101,15 @@ def build_browser(
     with building_folder(out_dir, kind="browser", overwrite=overwrite, what="feature browser") as out:
         for sub in ("assets", "data", "latents", "img"):
             (out / sub).mkdir()
-        source, missing = _image_source(store, images)  # a refused dataset description fails before the scan
+        source, missing = store_images(store, images)  # a refused dataset description fails before the scan
+        if missing:
+            logger.warning(
+                "%s; pass images=... (--images) to show them (heatmaps are drawn on a blank canvas).",
+                escape_control(missing),
+            )
+        shown_names = browser_names(
+            sae, store, names, namer=namer, concepts=concepts, images=source, progress=progress
+        )
         labels = getattr(store, "labels", None)
         d_sae = int(sae.cfg.d_sae)
         stats_acc = StatsAccumulator(
@@ -95,10 +117,10 @@ def build_browser(
         )
         topk_acc = TopKAccumulator(d_sae, k, by=by)
         samples = SampleAccumulator(d_sae)
-        starts = _ImageStarts()
         view = scan(
-            sae, store, [stats_acc, topk_acc, samples, starts], batch_size=batch_size, progress=progress
-        )
+            sae, store, [stats_acc, topk_acc, samples], batch_size=batch_size, progress=progress,
+            max_rows=max_rows,
+        )  # fmt: skip
         stats = stats_acc.result(
             dense_threshold=DENSE_THRESHOLD, label_names=getattr(store, "label_names", None)
         )
@@ -108,10 +130,14 @@ def build_browser(
         pages = _pick_pages(sae, stats, interest, latents, max_pages)
         ctx = _Context(sae, store, view, stats, top, source, out, title or _default_title(sae, store))
         ctx.add_scan(interest=interest, samples=samples, missing=missing, patch_tokens=patch_tokens)
+        ctx.names = shown_names
+        if shown_names is not None:
+            save_names(shown_names, out)
         copy_assets(out)
         write_latent_pages(
-            ctx, pages, starts, model=model, ablation_images=ablation_images, progress=progress
-        )
+            ctx, pages, model=model, ablation_images=ablation_images, progress=progress,
+            workers=render_workers,
+        )  # fmt: skip
         summary = write_index(ctx, pages)
     index = Path(os.path.abspath(out_dir)) / "index.html"
     logger.info("feature browser written to %s (%d latent pages)", index, len(pages))
@@ -130,29 +156,11 @@ class BrowserSite:
     """Latents that got a page, in page order."""
 
 
-class _ImageStarts:
-    """Scan consumer: the first row of every image, so an image's rows can be re-read later."""
-
-    def __init__(self) -> None:
-        self.row = 0
-        self.start: dict[int, tuple[int, int]] = {}
-
-    def rows(self, feats_ns: torch.Tensor, image_n: torch.Tensor, token_n: torch.Tensor) -> None:
-        images, counts = torch.unique_consecutive(image_n, return_counts=True)
-        offsets = torch.cumsum(counts, 0) - counts
-        for img, off, n in zip(images.tolist(), offsets.tolist(), counts.tolist(), strict=True):
-            lo, hi = self.start.get(img, (self.row + off, self.row + off))
-            self.start[img] = (lo, hi + n)
-        self.row += image_n.numel()
-
-    def images(self, red: ImageReduction) -> None:
-        pass
-
-
 class _Context:
     def __init__(self, sae, store, view, stats: FeatureStats, top: TopActivations, source, out: Path, title):
         self.sae, self.store, self.view, self.stats, self.top = sae, store, view, stats, top
         self.source, self.out, self.title = source, out, title
+        self.names: BrowserNames | None = None
         self.labels = getattr(store, "labels", None)
         self.label_names = stats.label_names
         self.preprocessing = dict(getattr(store, "metadata", {}).get("preprocessing") or {})
@@ -194,45 +202,6 @@ def _pick_pages(sae: SAE, stats: FeatureStats, interest: dict, latents: Any, max
     key = interest["score"][alive].double() * 2 + stats.image_frequency[alive].double() * 1e-6
     order = torch.sort(key, descending=True, stable=True).indices
     return alive[order[:max_pages]].tolist()
-
-
-def _image_source(store: Any, images: Any) -> tuple[Any, str | None]:
-    """(image source or None, why the images are missing or None)."""
-    from vision_sae_lens.data import open_images
-
-    if images is not None:
-        plain = isinstance(images, (str, Path)) or (
-            isinstance(images, (list, tuple)) and not any(isinstance(x, tuple) for x in images)
-        )
-        return (open_images(images) if plain or not hasattr(images, "__getitem__") else images), None
-    desc = dict(getattr(store, "dataset", None) or {})
-    spec = _spec_from_description(desc, store)
-    why = f"the store's images cannot be re-opened from its description {json.dumps(desc)}"
-    if spec is not None:
-        try:
-            source = open_images(spec)
-            if "subset" in desc:
-                from vision_sae_lens.data import redraw_subset
-
-                source = redraw_subset(source, desc["subset"])
-            if len(source) >= getattr(store, "n_images", 0):
-                return source, None
-            why = f"{spec} holds {len(source)} images, fewer than the store's {store.n_images}"
-        except Exception as exc:  # the dataset may be gone or need a download: heatmaps still work
-            why = f"re-opening {spec} failed: {exc}"
-    logger.warning(
-        "%s; pass images=... (--images) to show them (heatmaps are drawn on a blank canvas).",
-        escape_control(why),
-    )
-    return None, why
-
-
-def _spec_from_description(desc: dict[str, Any], store: Any = None) -> str | None:
-    from vision_sae_lens.data.described import spec_from_description
-
-    # Only a folder's name is recorded (no absolute paths): look beside the store and here.
-    root = Path(getattr(store, "path", ".") or ".")
-    return spec_from_description(desc, search=(root.parent, root.parent.parent, Path.cwd()))
 
 
 def _default_title(sae: SAE, store: Any) -> str:

@@ -7,9 +7,13 @@ passed in is the SVG of :mod:`~vision_sae_lens.analysis.svg`, built from numbers
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
+import multiprocessing
+import os
 import shutil
+from concurrent.futures import Future, ProcessPoolExecutor
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -27,6 +31,7 @@ from vision_sae_lens.analysis.stats import BIN_EDGES
 from vision_sae_lens.analysis.svg import histogram_svg, label_bars_svg, spatial_svg
 from vision_sae_lens.errors import StoreError
 from vision_sae_lens.fsutil import write_atomic
+from vision_sae_lens.names_format import WEAK_AUROC
 
 logger = logging.getLogger(__name__)
 _TEMPLATES = "templates"
@@ -36,6 +41,7 @@ PAGE_LABELS = 20
 """Labels a latent page charts; with more, the highest firing rates and a line for the rest."""
 INDEX_LABELS = 5
 """Firing labels per latent in the index's search data (``data/index.js``)."""
+_PARALLEL_MIN_IMAGES = 16  # below this, starting worker processes costs more than the rendering
 
 
 def copy_assets(out: Path) -> None:
@@ -47,11 +53,13 @@ def copy_assets(out: Path) -> None:
 
 
 def _env() -> jinja2.Environment:
-    return jinja2.Environment(
+    env = jinja2.Environment(
         loader=jinja2.PackageLoader("vision_sae_lens.analysis", _TEMPLATES),
         autoescape=jinja2.select_autoescape(["html"]),
         undefined=jinja2.StrictUndefined,
     )
+    env.globals["weak_auroc"] = WEAK_AUROC
+    return env
 
 
 def write_index(ctx: Any, pages: list[int]) -> dict[str, Any]:
@@ -82,21 +90,40 @@ def write_index(ctx: Any, pages: list[int]) -> dict[str, Any]:
                 flag=flag,
                 page=f"latents/{j}.html" if j in has_page else None,
                 thumb=f"img/thumb_{j}.png" if (ctx.out / "img" / f"thumb_{j}.png").exists() else None,
+                **(ctx.names.index_fields(j) if ctx.names is not None else {}),
             )
         )
     summary = {**s.summary(), "positional": int(positional.sum()), "pages": len(pages)}
-    payload = {"summary": summary, "latents": rows}
-    (ctx.out / "data" / "index.js").write_text("window.VSL_INDEX = " + json.dumps(payload) + ";\n", "utf-8")
-    page = _env().get_template("index.html").render(title=ctx.title, meta=ctx.meta, missing=ctx.missing)
+    if ctx.names is not None:
+        summary.update(ctx.names.summary())
+    payload = {"summary": summary, "latents": rows, "names": ctx.names is not None, "weak_auroc": WEAK_AUROC}
+    (ctx.out / "data" / "index.js").write_text(f"window.VSL_INDEX = {script_json(payload)};\n", "utf-8")
+    page = (
+        _env()
+        .get_template("index.html")
+        .render(
+            title=ctx.title,
+            meta=ctx.meta,
+            missing=ctx.missing,
+            names=ctx.names.method() if ctx.names is not None else None,
+        )
+    )
     # Last and atomic: a browser folder with an index.html is a finished one (pages, data, images).
     write_atomic(ctx.out / "index.html", page.encode("utf-8"))
     return summary
 
 
 def write_latent_pages(
-    ctx: Any, pages: list[int], starts: Any, *, model: Any, ablation_images: int, progress: bool
+    ctx: Any,
+    pages: list[int],
+    *,
+    model: Any,
+    ablation_images: int,
+    progress: bool,
+    workers: int | None = None,
 ) -> None:
-    """``latents/<id>.html`` for each paged latent, with its heatmaps under ``img/``."""
+    """``latents/<id>.html`` for each paged latent, with its heatmaps under ``img/``, rendered on ``workers``
+    processes (default: :func:`render_workers`; in this process for a handful of images)."""
     wanted: dict[int, list[tuple[int, str, int]]] = {}
     lower = {j: ctx.samples.lower_quantile_samples(j) for j in pages}
     for j in pages:
@@ -105,28 +132,34 @@ def write_latent_pages(
         for rank, entry in enumerate(lower[j]):
             wanted.setdefault(entry["image"], []).append((j, "low", rank))
     cards: dict[tuple[int, str], list[tuple[int, dict]]] = {}
-    for image in tqdm(sorted(wanted), desc="heatmaps", unit="img", disable=not progress):
-        grid_hs = _image_grids(ctx, image, starts, [j for j, _, _ in wanted[image]])
-        for j, kind, rank in wanted[image]:
-            if kind == "top":
-                entry = ctx.top.for_latent(j)[rank]
-                patch, caption = entry["patch"], f"image {image}"
-            else:
-                entry = lower[j][rank]
-                patch, caption = (
-                    int(np.argmax(grid_hs[j])),
-                    f"q{int(100 * entry['quantile'])} · image {image}",
+    workers = render_workers() if workers is None else max(1, int(workers))
+    bar = tqdm(total=len(wanted), desc="heatmaps", unit="img", disable=not progress)
+    with _Renderer(workers if len(wanted) >= _PARALLEL_MIN_IMAGES else 1, bar) as renderer:
+        for image in sorted(wanted):
+            grid_hs = _image_grids(ctx, image, [j for j, _, _ in wanted[image]])
+            jobs = []
+            for j, kind, rank in wanted[image]:
+                if kind == "top":
+                    entry = ctx.top.for_latent(j)[rank]
+                    patch, caption = entry["patch"], f"image {image}"
+                else:
+                    entry = lower[j][rank]
+                    patch, caption = (
+                        int(np.argmax(grid_hs[j])),
+                        f"q{int(100 * entry['quantile'])} · image {image}",
+                    )
+                name = f"img/{j}_{kind}{rank}.png"
+                thumb = ctx.out / "img" / f"thumb_{j}.png" if kind == "top" and rank == 0 else None
+                jobs.append((ctx.out / name, grid_hs[j], float(ctx.stats.max_activation[j]), patch, thumb))
+                card = dict(
+                    src=f"../{name}", value=entry["value"], caption=caption, label=ctx.label_of(image)
                 )
-            name = f"img/{j}_{kind}{rank}.png"
-            pic = _render(ctx, image, grid_hs[j], float(ctx.stats.max_activation[j]), patch)
-            pic.save(ctx.out / name)
-            if kind == "top" and rank == 0:
-                pic.resize((_THUMB_PX, _THUMB_PX), Image.Resampling.BILINEAR).save(
-                    ctx.out / "img" / f"thumb_{j}.png"
-                )
-            card = dict(src=f"../{name}", value=entry["value"], caption=caption, label=ctx.label_of(image))
-            card["where"] = f"patch {patch}" if patch >= 0 else f"token {entry.get('token', '')}"
-            cards.setdefault((j, kind), []).append((rank, card))
+                card["where"] = f"patch {patch}" if patch >= 0 else f"token {entry.get('token', '')}"
+                cards.setdefault((j, kind), []).append((rank, card))
+            original = ctx.source[image][0].convert("RGB") if ctx.source is not None else None
+            prep = ctx.preprocessing if ctx.source is not None else {}
+            renderer.submit(render_heatmaps, original, ctx.view.layout, prep, jobs)
+    bar.close()
     neighbours = nearest_latents(ctx.sae, pages)
     effects = _ablation_effects(ctx, pages, model, ablation_images, progress) if model is not None else {}
     tpl = _env().get_template("latent.html")
@@ -148,8 +181,18 @@ def write_latent_pages(
             by=ctx.top.by,
             top_cards=[c for _, c in sorted(cards.get((j, "top"), []), key=lambda rc: rc[0])],
             low_cards=[c for _, c in sorted(cards.get((j, "low"), []), key=lambda rc: rc[0])],
+            name=ctx.names.page(j) if ctx.names is not None else None,
+            names_method=ctx.names.method() if ctx.names is not None else None,
         )
         (ctx.out / "latents" / f"{j}.html").write_text(page, "utf-8")
+
+
+def script_json(obj: Any) -> str:
+    """``obj`` as JSON that is also safe inside an HTML ``<script>``: non-ASCII characters (the line
+    separators U+2028/9 among them) and ``<``, ``>``, ``&`` are written as ``\\u`` escapes, so no string
+    in it (a latent's name, a label) can close the script or start markup."""
+    text = json.dumps(obj)  # ensure_ascii: JSON's own syntax never uses < > &, only strings can
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
 def _ablation_effects(ctx: Any, pages: list[int], model: Any, n: int, progress: bool) -> dict[int, dict]:
@@ -228,11 +271,12 @@ def _label_rates(s: Any, j: int) -> torch.Tensor | None:
     return s.label_counts[j].double() / s.label_images[:n].double().clamp(min=1)
 
 
-def _image_grids(ctx: Any, image: int, starts: Any, latents: list[int]) -> dict[int, np.ndarray]:
+def _image_grids(ctx: Any, image: int, latents: list[int]) -> dict[int, np.ndarray]:
     """Per latent, the (grid_h, grid_w) activations of one image, from its rows in the store."""
-    if image not in starts.start:
+    offsets = ctx.store.image_offsets()
+    lo, hi = int(offsets[image]), int(offsets[image + 1])
+    if hi <= lo:
         raise StoreError(f"image {image} has no rows in the store")
-    lo, hi = starts.start[image]
     acts = torch.as_tensor(ctx.store.read_rows(ctx.view.site, lo, hi))
     _, token_n = ctx.store.provenance(lo, hi)
     feats_ns = encode_acts(ctx.sae, acts).float().cpu()
@@ -247,13 +291,65 @@ def _image_grids(ctx: Any, image: int, starts: Any, latents: list[int]) -> dict[
     return out
 
 
-def _render(ctx: Any, image: int, grid_hw: np.ndarray, vmax: float, patch: int) -> Image.Image:
-    lay = ctx.view.layout
-    if ctx.source is not None:
-        original = ctx.source[image][0].convert("RGB")
-    else:
+def render_heatmaps(
+    original: Image.Image | None, layout: Any, preprocessing: dict, jobs: list[tuple]
+) -> None:
+    """Write the heatmap PNGs of one image: ``jobs`` of (path, grid_hw, vmax, patch, thumbnail path or None).
+
+    A module-level function of picklable arguments: it runs in a worker process."""
+    for path, grid_hw, vmax, patch, thumb in jobs:
+        pic = _render(original, layout, preprocessing, grid_hw, vmax, patch)
+        pic.save(path)
+        if thumb is not None:
+            pic.resize((_THUMB_PX, _THUMB_PX), Image.Resampling.BILINEAR).save(thumb)
+
+
+def render_workers() -> int:
+    """Rendering processes: one per core this process may use, at most 8 (each holds a few hundred MB of
+    imported libraries)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(8, cores))
+
+
+class _Renderer:
+    """Runs rendering calls on a pool of worker processes (or here, for one worker), a bounded number in
+    flight so memory stays flat, ticking ``bar`` as each finishes; errors surface at the next submit or exit."""
+
+    def __init__(self, workers: int, bar: Any) -> None:
+        # spawn, not fork: the parent holds threads (prefetch, hashing) whose locks a fork would copy.
+        ctx = multiprocessing.get_context("spawn")
+        self.pool = ProcessPoolExecutor(workers, mp_context=ctx) if workers > 1 else None
+        self.limit, self.bar = 2 * workers, bar
+        self.pending: collections.deque[Future] = collections.deque()
+
+    def submit(self, fn: Any, *args: Any) -> None:
+        if self.pool is None:
+            fn(*args)
+            self.bar.update()
+            return
+        while len(self.pending) >= self.limit:
+            self.pending.popleft().result()
+        future = self.pool.submit(fn, *args)
+        future.add_done_callback(lambda _: self.bar.update())
+        self.pending.append(future)
+
+    def __enter__(self) -> _Renderer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            while self.pending and exc[0] is None:
+                self.pending.popleft().result()
+        finally:
+            if self.pool is not None:
+                self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _render(
+    original: Image.Image | None, lay: Any, prep: dict, grid_hw: np.ndarray, vmax: float, patch: int
+) -> Image.Image:
+    if original is None:  # no image source: the heatmap on a blank canvas
         original = Image.new("RGB", (lay.image_size[1], lay.image_size[0]), (128, 128, 128))
-    prep = ctx.preprocessing if ctx.source is not None else {}
     geometry = input_geometry(prep, lay, original.size)
     pic = overlay(original, grid_to_image(grid_hw, lay, geometry, original.size), vmax=vmax)
     factor = max(1, -(-_MIN_DISPLAY_PX // max(1, min(pic.size))))

@@ -165,14 +165,20 @@ def scan(
     batch_size: int = 2048,
     progress: bool = True,
     labels_out: list | None = None,
+    max_rows: int | None = None,
+    seed: int = 0,
 ) -> SAEView:
     """Encode every row of ``source`` with ``sae`` and feed ``consumers``; returns the SAE's view.
 
     ``source`` is an ``ActivationStore`` (anything with ``ordered``), raw images (with ``model``), or an
     iterable of ``(acts_nd, image_n, token_n)`` batches in (image, token) order (with ``model`` or SAE
-    vision metadata for the layout).
+    vision metadata for the layout). ``max_rows``: a store with more rows is sampled, a seeded random
+    draw of whole images (stratified by label) holding at most that many rows
+    (:func:`vision_sae_lens.train.evaluate.sampled_runs`, the rows evaluation counts firing on).
     """
-    src = open_source(sae, source, model=model, batch_size=batch_size, labels_out=labels_out)
+    src = open_source(
+        sae, source, model=model, batch_size=batch_size, labels_out=labels_out, max_rows=max_rows, seed=seed
+    )
     reducer = _PerImageReducer()
     bar = tqdm(total=src.total_rows, desc="scan", unit="row", unit_scale=True, disable=not progress)
     for acts_nd, image_n, token_n in src.batches:
@@ -212,10 +218,13 @@ def open_source(
     model: HookedSAEViT | None = None,
     batch_size: int = 2048,
     labels_out: list | None = None,
+    max_rows: int | None = None,
+    seed: int = 0,
 ) -> Source:
-    """Turn a store, images or a batch iterable into a :class:`Source` for ``sae``."""
+    """Turn a store, images or a batch iterable into a :class:`Source` for ``sae`` (a store with more than
+    ``max_rows`` rows: a seeded random sample of its images, see :func:`scan`)."""
     if hasattr(source, "ordered"):
-        return _store_source(sae, source, batch_size)
+        return _store_source(sae, source, batch_size, max_rows, seed)
     if isinstance(source, (list, tuple, torch.Tensor)) or hasattr(source, "__getitem__"):
         if model is None:
             raise ConfigError("top-k / statistics over raw images need the hooked model: pass model=...")
@@ -224,7 +233,9 @@ def open_source(
     return Source(view, iter(source), None, None, None)
 
 
-def _store_source(sae: SAE, store: ActivationStoreReader, batch_size: int) -> Source:
+def _store_source(
+    sae: SAE, store: ActivationStoreReader, batch_size: int, max_rows: int | None, seed: int
+) -> Source:
     site = sae.cfg.metadata.hook_name
     sites = list(store.sites)
     if site not in sites:
@@ -253,16 +264,62 @@ def _store_source(sae: SAE, store: ActivationStoreReader, batch_size: int) -> So
     per_image = len(store.layout.token_indices(store_tokens))
     batch_size = max(per_image, batch_size // per_image * per_image)
 
-    def batches():
-        for rows in store.ordered(site, batch_size):
-            acts, image_n, token_n = (torch.as_tensor(x) for x in (rows.acts, rows.image_idx, rows.token_idx))
+    runs = None
+    if max_rows is not None and int(store.n_rows) > max_rows:
+        from vision_sae_lens.train.evaluate import sampled_runs
+
+        runs = sampled_runs(store, max_rows, seed)
+        logger.info(
+            "scanning a seeded random sample of %d images (%d of the store's %d rows; raise max_rows to scan more)",
+            len(runs), int((runs[:, 1] - runs[:, 0]).sum()), int(store.n_rows),
+        )  # fmt: skip
+
+    def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        rows_iter: Iterator[Any]
+        if runs is None:
+            rows_iter = ((r.acts, r.image_idx, r.token_idx) for r in store.ordered(site, batch_size))
+        else:
+            rows_iter = _run_batches(store, site, runs, batch_size)
+        for rows in rows_iter:
+            acts, image_n, token_n = (torch.as_tensor(x) for x in rows)
             if keep_t is not None:
                 m = keep_t[token_n.long()]
                 acts, image_n, token_n = acts[m], image_n[m], token_n[m]
             if acts.shape[0]:
                 yield acts, image_n, token_n
 
-    return Source(view, batches(), int(store.n_rows), store.labels, store.label_names)
+    total = int(store.n_rows) if runs is None else int((runs[:, 1] - runs[:, 0]).sum())
+    return Source(view, batches(), total, store.labels, store.label_names)
+
+
+def _run_batches(
+    store: ActivationStoreReader, site: str, runs: np.ndarray, batch_size: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """``(acts, image_idx, token_idx)`` of the row runs ``runs`` (sorted, whole images) in order, batches of
+    up to ``batch_size`` rows, each read piece by piece (only the rows asked for)."""
+    pieces: list[tuple[int, int]] = []
+    filled = 0
+    for lo, hi in runs.tolist():
+        while lo < hi:
+            take = min(hi - lo, batch_size - filled)
+            pieces.append((lo, lo + take))
+            filled, lo = filled + take, lo + take
+            if filled == batch_size:
+                yield _read_pieces(store, site, pieces)
+                pieces, filled = [], 0
+    if pieces:
+        yield _read_pieces(store, site, pieces)
+
+
+def _read_pieces(
+    store: ActivationStoreReader, site: str, pieces: list[tuple[int, int]]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    provenance = [store.provenance(lo, hi) for lo, hi in pieces]
+    return (
+        torch.cat([store.read_rows(site, lo, hi) for lo, hi in pieces]),
+        torch.from_numpy(np.concatenate([p[0] for p in provenance])),
+        torch.from_numpy(np.concatenate([p[1] for p in provenance])),
+    )
 
 
 def _image_source(

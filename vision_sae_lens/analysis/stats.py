@@ -230,15 +230,34 @@ def _label(value: Any) -> int:
 
 
 def _add_selectivity(stats: FeatureStats, counts_sl: torch.Tensor, labels: torch.Tensor) -> None:
-    fires_s = counts_sl.sum(1, keepdim=True).double()
-    per_label = torch.bincount(labels[labels >= 0], minlength=counts_sl.shape[1]).double()
-    precision_sl = counts_sl.double() / fires_s.clamp(min=1)
-    recall_sl = counts_sl.double() / per_label.clamp(min=1)
-    f1_sl = 2 * precision_sl * recall_sl / (precision_sl + recall_sl).clamp(min=1e-12)
-    best = f1_sl.argmax(1)
-    never = fires_s.squeeze(1) == 0
-    stats.best_label = torch.where(never, -1, best)
-    stats.precision = precision_sl.gather(1, best[:, None]).squeeze(1).float()
-    stats.recall = recall_sl.gather(1, best[:, None]).squeeze(1).float()
+    fires_s = counts_sl.sum(1)
+    per_label = torch.bincount(labels[labels >= 0], minlength=counts_sl.shape[1])
+    best = best_f1_labels(counts_sl, fires_s, per_label, n_best=1)
+    stats.best_label = best["label_sr"][:, 0]
+    stats.precision = best["precision_sr"][:, 0]
+    stats.recall = best["recall_sr"][:, 0]
     stats.label_counts = counts_sl
     stats.label_images = per_label.long()
+
+
+def best_f1_labels(
+    counts_sl: torch.Tensor, fires_s: torch.Tensor, per_label_l: torch.Tensor, *, n_best: int
+) -> dict[str, torch.Tensor]:
+    """Each latent's ``n_best`` labels by the F1 of "fires on the image" for "the image has the label".
+
+    ``counts_sl``: images where latent s fires that carry label l; ``fires_s``: images where it fires
+    (with one label per image, ``counts_sl.sum(1)``); ``per_label_l``: images carrying the label.
+    Returns ``f1_sr``, ``label_sr`` (best first, ties to the lower label; NaN and -1 for a latent that
+    never fires) and those labels' ``precision_sr`` / ``recall_sr``.
+    """
+    precision_sl = counts_sl.double() / fires_s.double().clamp(min=1)[:, None]
+    recall_sl = counts_sl.double() / per_label_l.double().clamp(min=1)[None, :]
+    f1_sl = 2 * precision_sl * recall_sl / (precision_sl + recall_sl).clamp(min=1e-12)
+    order = f1_sl.sort(dim=1, descending=True, stable=True).indices[:, :n_best]
+    never = (fires_s == 0)[:, None]
+    return {
+        "f1_sr": torch.where(never, torch.nan, f1_sl.gather(1, order)).float(),
+        "label_sr": torch.where(never, -1, order),
+        "precision_sr": precision_sl.gather(1, order).float(),
+        "recall_sr": recall_sl.gather(1, order).float(),
+    }

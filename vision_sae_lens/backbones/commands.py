@@ -16,10 +16,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--random-init", action="store_true", help="build --sites ID with random weights (no download)"
     )
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run_backbones)
 
 
-def run(args: argparse.Namespace) -> int:
+def run_backbones(args: argparse.Namespace) -> int:
     """Print the table of families, or the sites and token layout of ``args.sites``."""
     if args.sites:
         from vision_sae_lens.backbones import HookedSAEViT

@@ -1,6 +1,7 @@
 """The embedded ViTs' common loader: a timm ViT rebuilt from a shipped safetensors file's own metadata.
 
-Each embedded backbone (``demo:mnist-vit``, ``demo:shapes-vit``) ships fp16 weights in ``assets/`` with
+Each embedded backbone (``demo:mnist-vit``, ``demo:shapes-vit``, and the weights of the open_clip model
+``demo:shapes-clip``) ships fp16 weights in ``assets/`` with
 the timm model name and kwargs, the normalisation it was trained with and what it measured, written by
 its training script. :func:`build_embedded_vit` returns a plain timm ``VisionTransformer`` whose
 ``pretrained_cfg`` makes timm's own ``create_transform(**resolve_data_config(model=model))`` reproduce the
@@ -18,9 +19,15 @@ from torch import nn
 from vision_sae_lens.errors import ConfigError, DataFileNotFoundError
 
 ASSETS_DIR = Path(__file__).resolve().parent / "assets"
-_JSON_KEYS = {"model_kwargs", "split", "mean", "std", "preprocessing", "label_names"}
-_INT_KEYS = {"seed", "epochs", "batch_size", "threads"}
-_FLOAT_KEYS = {"test_accuracy", "test_exact_match", "train_accuracy", "training_seconds", "lr"}
+_JSON_KEYS = {
+    "model_kwargs", "model_cfg", "split", "mean", "std", "preprocessing", "label_names", "concept_phrases",
+    "concept_auroc_per_factor",
+}  # fmt: skip
+_INT_KEYS = {"seed", "epochs", "batch_size", "threads", "train_images"}
+_FLOAT_KEYS = {
+    "test_accuracy", "test_exact_match", "train_accuracy", "training_seconds", "lr", "image_to_text_top1",
+    "text_to_image_top1", "concept_auroc", "concept_auroc_min",
+}  # fmt: skip
 # The architecture's ImageNet-era config entries: nothing of an embedded model comes from the Hub.
 _HUB_KEYS = ("hf_hub_id", "url", "file", "test_input_size", "test_crop_pct", "license", "tag")
 

@@ -107,12 +107,15 @@ def to_model_mode(img: Image.Image, channels: int = 3) -> Image.Image:
 
     Transparent images (RGBA, LA, PA, P with transparency) are composited on white, as transformers'
     ``convert_rgb`` does: dropping alpha would show whatever colour the transparent pixels happen to
-    hold. 16-bit images are scaled to 8 bits (value / 257) and float images ("F", taken in [0, 1]) by
-    255, where PIL's own ``convert`` would clip them to white.
+    hold. A 16-bit value (0..65535, full scale) keeps its high byte (``value >> 8``): that is how PIL
+    itself decodes a 16-bit RGB PNG and how torchvision's ``to_dtype(uint16 -> uint8, scale=True)``
+    converts, so a 16-bit grey PNG gives the pixels of the same picture saved as 16-bit RGB. Mode "I"
+    (what older PIL gives a 16-bit grey PNG) is read the same way, clipped to 0..65535. Float images
+    ("F", taken in [0, 1]) are scaled by 255. PIL's own ``convert`` would clip both to white.
     """
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        arr = np.asarray(img, dtype=np.float64) / 257.0
-        img = Image.fromarray(np.clip(arr.round(), 0, 255).astype(np.uint8))
+        high_byte = np.clip(np.asarray(img, dtype=np.int64), 0, 65535) >> 8
+        img = Image.fromarray(high_byte.astype(np.uint8))
     elif img.mode == "F":
         arr = np.asarray(img, dtype=np.float64) * 255.0
         img = Image.fromarray(np.clip(arr.round(), 0, 255).astype(np.uint8))

@@ -35,7 +35,9 @@ def load_open_clip(
     (the id is then ``open_clip:ARCH``, without the path)."""
     import open_clip
 
-    arch, _, tag = arch_and_tag.partition("/")
+    schema = arch_and_tag.startswith(("hf-hub:", "local-dir:"))
+    # A schema id carries a repo or a path, whose "/" is not the ARCH/TAG separator.
+    arch, _, tag = (arch_and_tag, "", "") if schema else arch_and_tag.partition("/")
     if weights is not None:
         tag, arch_and_tag = weights, arch
     if not arch.startswith(("hf-hub:", "local-dir:")) and arch not in open_clip.list_models():
@@ -58,6 +60,11 @@ def load_open_clip(
             tower = _tagged_tower_alone(arch, tag)
         if tower is not None:
             return open_clip_spec(tower, backbone_id=backbone_id)
+    if not pretrained and arch.startswith(("hf-hub:", "local-dir:")):
+        kwargs = {
+            "load_weights": False,
+            **kwargs,
+        }  # these schemas load the folder's weights unless told not to
     model, _, preprocess = open_clip.create_model_and_transforms(
         arch, pretrained=(tag or None) if pretrained else None, **kwargs
     )

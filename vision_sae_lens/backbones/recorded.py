@@ -12,6 +12,7 @@ says to pass the weights file (``--weights FILE``).
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,6 +28,12 @@ SAVE_HINT = (
     "Pass --weights FILE (weights=FILE) holding the weights it was recorded from, e.g. saved where it was "
     "recorded with torch.save(model.backbone.state_dict(), FILE) (timm: and open_clip: ids)."
 )
+
+
+def portable_backbone_id(backbone_id: str) -> str:
+    """``backbone_id`` as files others may read record it: a local directory's id keeps only the folder's name
+    (``local-dir:NAME``), never the absolute path."""
+    return f"local-dir:{Path(backbone_id).name}" if os.path.isabs(backbone_id) else backbone_id
 
 
 def weights_sha256(module: torch.nn.Module) -> str:

@@ -7,6 +7,7 @@ Id syntax (``library:rest``):
 * ``open_clip:ARCH/TAG`` — an open_clip model and pretrained tag (``open_clip:ViT-B-16/openai``);
 * ``hf:MODEL_ID_OR_DIR`` — a transformers model (``hf:facebook/dinov2-small``, ``hf:openai/clip-vit-base-patch16``);
 * ``demo:mnist-vit`` — the small MNIST ViT shipped in the package; ``demo:shapes-vit`` — the benchmark's ViT;
+  ``demo:shapes-clip`` — an open_clip CLIP of the benchmark's shapes world (the offline namer of its latents);
 * a local directory: saved by ``timm.models.save_for_hf`` or transformers' ``save_pretrained``.
 
 Weights from a local file: ``weights="/path/to/file.pt"`` (CLI ``--weights PATH``) with a ``timm:`` or
@@ -113,10 +114,11 @@ def list_backbones() -> list[dict[str, str]]:
         },
         {
             "family": "demo",
-            "id": "demo:mnist-vit | demo:shapes-vit",
-            "examples": "demo:mnist-vit, demo:shapes-vit",
-            "sites": "all block sites (4-block timm ViTs shipped in the package: 28x28 digits; the 32x32 "
-            "synthetic shapes world of the benchmark, multi-label)",
+            "id": "demo:mnist-vit | demo:shapes-vit | demo:shapes-clip",
+            "examples": "demo:mnist-vit, demo:shapes-vit, demo:shapes-clip",
+            "sites": "all block sites (4-block ViTs shipped in the package: 28x28 digits; the 32x32 "
+            "synthetic shapes world of the benchmark, multi-label; an open_clip CLIP of that world, the "
+            "offline namer of its latents)",
         },
         {
             "family": "module",
@@ -174,6 +176,14 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def open_clip_alias(backbone_id: str) -> str:
+    """The open_clip id an embedded image-text model stands for (``demo:shapes-clip`` ->
+    ``open_clip:local-dir:<its folder>``); any other id unchanged."""
+    from vision_sae_lens.backbones.shapes_clip import SHAPES_CLIP_ID, shapes_clip_open_clip_id
+
+    return shapes_clip_open_clip_id() if backbone_id == SHAPES_CLIP_ID else backbone_id
+
+
 def local_dir_family(path: Path) -> str | None:
     """Which library saved the model folder ``path``: ``open_clip``, ``timm``, ``hf`` (transformers), or None."""
     if (path / "open_clip_config.json").is_file():
@@ -207,14 +217,17 @@ def _load_local_dir(path: Path, *, pretrained: bool, **kwargs: Any) -> BackboneS
 
 def _load_demo(name: str, *, pretrained: bool) -> BackboneSpec:
     from vision_sae_lens.backbones.mnist_vit import DEMO_BACKBONE_ID, demo_backbone
+    from vision_sae_lens.backbones.shapes_clip import SHAPES_CLIP_ID, load_shapes_clip
     from vision_sae_lens.backbones.shapes_vit import SHAPES_BACKBONE_ID, shapes_backbone
     from vision_sae_lens.backbones.timm_adapter import timm_spec
 
     if f"demo:{name}" == SHAPES_BACKBONE_ID:
         return timm_spec(shapes_backbone(pretrained=pretrained), backbone_id=SHAPES_BACKBONE_ID)
+    if f"demo:{name}" == SHAPES_CLIP_ID:
+        return load_shapes_clip(pretrained=pretrained)
     if f"demo:{name}" != DEMO_BACKBONE_ID:
         raise UnknownBackboneError(
-            f"unknown demo backbone 'demo:{name}'; the shipped ones are {DEMO_BACKBONE_ID!r} and "
-            f"{SHAPES_BACKBONE_ID!r}"
+            f"unknown demo backbone 'demo:{name}'; the shipped ones are {DEMO_BACKBONE_ID!r}, "
+            f"{SHAPES_BACKBONE_ID!r} and {SHAPES_CLIP_ID!r}"
         )
     return timm_spec(demo_backbone(pretrained=pretrained), backbone_id=DEMO_BACKBONE_ID)

@@ -50,6 +50,7 @@ def class_text_embeddings(
     templates: Sequence[str] | None = None,
     device: str | torch.device | None = None,
     classes_per_batch: int = 32,
+    progress: bool = False,
 ) -> torch.Tensor | None:
     """(classes, d_embed) L2-normalised text embeddings of ``class_names``, or None without a text tower.
 
@@ -58,7 +59,8 @@ def class_text_embeddings(
     CLIP model object. Class ``i`` of the result is ``class_names[i]``; ``templates`` (``str.format``
     strings with one ``{}``) default to :func:`zero_shot_prompts`. A text tower the model holds runs
     where the model is; a rebuilt one runs on ``device`` (default: the hooked model's device, else CPU)
-    and is freed before returning. The result is float32 on that device.
+    and is freed before returning. The result is float32 on that device. ``progress``: a progress bar over
+    the batches of classes.
 
     Raises ``ConfigError`` when the text tower cannot be shown to belong to the image tower (random
     weights, ``pretrained=False``, a weights file whose path was not given) and the loading libraries'
@@ -77,6 +79,7 @@ def class_text_embeddings(
         list(templates),
         num_classes_per_batch=classes_per_batch,
         device=text.device,
+        use_tqdm=progress,
     )
     return weights_ec.T.float().contiguous()
 
@@ -109,11 +112,12 @@ def _text_side(
     backbone: Any, *, pretrained: bool, weights: str | Path | None, device: Any
 ) -> _TextSide | None:
     from vision_sae_lens.backbones.hooked import HookedSAEViT
+    from vision_sae_lens.backbones.registry import open_clip_alias
 
     if isinstance(backbone, str):
-        return _from_id(backbone, pretrained=pretrained, weights=weights, device=device)
+        return _from_id(open_clip_alias(backbone), pretrained=pretrained, weights=weights, device=device)
     if isinstance(backbone, HookedSAEViT):
-        module, backbone_id = backbone.backbone, backbone.backbone_id
+        module, backbone_id = backbone.backbone, open_clip_alias(backbone.backbone_id)
         recorded = backbone.spec.weights
     elif isinstance(backbone, nn.Module):
         module, backbone_id, recorded = backbone, "", None

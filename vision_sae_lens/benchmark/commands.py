@@ -32,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--downstream-images", type=int, default=256, help="images of the spliced metric (0: skip)"
     )
     syn.add_argument("--no-browser", dest="browser", action="store_false", help="skip the feature browsers")
-    syn.set_defaults(func=run_synthetic)
+    syn.set_defaults(func=run_bench_synthetic)
 
     sc = sub.add_parser("score", help="score SAE checkpoint folders trained on demo:shapes-vit activations")
     sc.add_argument("saes", nargs="+", type=Path, metavar="SAE_DIR", help="SAELens checkpoint folders")
@@ -49,7 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sc.add_argument(
         "--browser", action="store_true", help="also build a feature browser of each factor's best latents"
     )
-    sc.set_defaults(func=run_score)
+    sc.set_defaults(func=run_bench_score)
 
     syn2 = sub.add_parser(
         "synthsae",
@@ -60,11 +60,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     syn2.add_argument("--train-rows", type=int, default=None, help="training rows (default 262,144)")
     syn2.add_argument("--test-rows", type=int, default=None, help="scored rows (default 32,768)")
     syn2.add_argument("--seed", type=int, default=0, help="seed of the training rows (test rows: seed + 1)")
-    syn2.set_defaults(func=run_synthsae)
+    syn2.set_defaults(func=run_bench_synthsae)
     bench.set_defaults(func=lambda args: bench.print_help() or 2)
 
 
-def run_synthetic(args: argparse.Namespace) -> int:
+def run_bench_synthetic(args: argparse.Namespace) -> int:
     """Handler of ``bench synthetic``."""
     from vision_sae_lens.benchmark.suite import DEFAULT_SITE
     from vision_sae_lens.benchmark.sweep import run_synthetic_benchmark
@@ -86,7 +86,7 @@ def run_synthetic(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_synthsae(args: argparse.Namespace) -> int:
+def run_bench_synthsae(args: argparse.Namespace) -> int:
     """Handler of ``bench synthsae``."""
     from dataclasses import replace
 
@@ -100,7 +100,7 @@ def run_synthsae(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_score(args: argparse.Namespace) -> int:
+def run_bench_score(args: argparse.Namespace) -> int:
     """Handler of ``bench score``."""
     from vision_sae_lens.benchmark.report import format_table, write_comparison
     from vision_sae_lens.benchmark.suite import score

@@ -31,13 +31,7 @@ class SynthSAEBenchMetrics:
     """Streaming SynthSAEBench metrics of one SAE against ``directions`` ``(F, d)``."""
 
     def __init__(self, sae: SAE, directions: torch.Tensor) -> None:
-        from sae_lens.evals import ExplainedVarianceCalculator
-        from sae_lens.synthetic import (
-            ClassificationMetricsCalculator,
-            DeadLatentsCalculator,
-            L0Calculator,
-            ShrinkageCalculator,
-        )
+        from vision_sae_lens.compat import ExplainedVarianceCalculator, synthetic
 
         decoder = getattr(sae, "W_dec", None)
         if not isinstance(decoder, torch.Tensor) or decoder.shape[-1] != directions.shape[1]:
@@ -47,12 +41,12 @@ class SynthSAEBenchMetrics:
             )
         self.decoder = decoder.detach().float().cpu()
         self.directions = directions.float().cpu()
-        self.true_l0 = L0Calculator()
-        self.sae_l0 = L0Calculator()
-        self.dead = DeadLatentsCalculator(self.decoder.shape[0])
-        self.shrinkage = ShrinkageCalculator()
+        self.true_l0 = synthetic.L0Calculator()
+        self.sae_l0 = synthetic.L0Calculator()
+        self.dead = synthetic.DeadLatentsCalculator(self.decoder.shape[0])
+        self.shrinkage = synthetic.ShrinkageCalculator()
         self.explained_variance = ExplainedVarianceCalculator()
-        self.classification = ClassificationMetricsCalculator(self.decoder, self.directions)
+        self.classification = synthetic.ClassificationMetricsCalculator(self.decoder, self.directions)
 
     def add(
         self,
@@ -72,19 +66,15 @@ class SynthSAEBenchMetrics:
     def result(self) -> dict[str, Any]:
         """``SyntheticDataEvalResult.to_dict()``: true_l0, sae_l0, dead_latents, shrinkage,
         explained_variance, mcc, uniqueness, classification {precision, recall, f1_score, accuracy}."""
-        from sae_lens.synthetic import (
-            SyntheticDataEvalResult,
-            feature_uniqueness,
-            mean_correlation_coefficient,
-        )
+        from vision_sae_lens.compat import synthetic
 
-        return SyntheticDataEvalResult(
+        return synthetic.SyntheticDataEvalResult(
             true_l0=self.true_l0.compute(),
             sae_l0=self.sae_l0.compute(),
             dead_latents=self.dead.compute(),
             shrinkage=self.shrinkage.compute(),
             explained_variance=self.explained_variance.compute(),
-            mcc=mean_correlation_coefficient(self.decoder, self.directions),
-            uniqueness=feature_uniqueness(self.decoder, self.directions),
+            mcc=synthetic.mean_correlation_coefficient(self.decoder, self.directions),
+            uniqueness=synthetic.feature_uniqueness(self.decoder, self.directions),
             classification=self.classification.compute(),
         ).to_dict()

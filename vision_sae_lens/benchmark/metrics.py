@@ -134,9 +134,11 @@ class ReconstructionAccumulator:
         self.l0 = 0.0
         self.fired_s = torch.zeros(s, dtype=torch.float64)
         self.max_s = torch.zeros(s, dtype=torch.float64)
-        from sae_lens.synthetic import ShrinkageCalculator
+        from vision_sae_lens.compat import synthetic
 
-        self.shrinkage = ShrinkageCalculator()  # SynthSAEBench's: mean ||x_hat|| / ||x|| over ||x|| > 1e-6
+        self.shrinkage = (
+            synthetic.ShrinkageCalculator()
+        )  # SynthSAEBench's: mean ||x_hat|| / ||x|| over ||x|| > 1e-6
 
     def add(self, acts_nd: torch.Tensor, recon_nd: torch.Tensor, feats_ns: torch.Tensor) -> None:
         """Count a batch of inputs, reconstructions and latents."""

@@ -14,6 +14,10 @@ from typing import Any
 
 from jinja2 import Environment
 
+from vision_sae_lens import fsutil
+from vision_sae_lens.benchmark.naming import naming_headline, naming_table
+from vision_sae_lens.train.plots import save_figure
+
 COLUMNS = (
     ("SAE", lambda r: r["name"]),
     ("arch", lambda r: r["sae"]["architecture"]),
@@ -35,6 +39,7 @@ COLUMNS = (
     ("probe k=1 SAE", lambda r: _probe(r, "sae", 0)),
     ("probe k=1 raw", lambda r: _probe(r, "raw", 0)),
     ("loss rec.", lambda r: r.get("downstream", {}).get("sae", {}).get("loss_recovered")),
+    ("naming acc.", lambda r: naming_headline(r)),
 )
 """The image benchmark's table. "factor-F1" is factor-centric (each factor's best latent at its best
 threshold), not SynthSAEBench's latent-centric F1."""
@@ -80,11 +85,14 @@ def write_report(report: dict[str, Any], out_dir: str | Path, *, browser: str | 
     relative link to its feature browser's ``index.html``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "report.json").write_text(json.dumps(report, indent=1, default=_json_default))
+    fsutil.write_atomic(out / "report.json", json.dumps(report, indent=1, default=_json_default).encode())
     columns = columns_for([report])
     tables = [("Summary", [c for c, _ in columns], [[_fmt(fn(report)) for _, fn in columns]])]
     if "patch" in report["recovery"]:
         tables.append(_factor_table(report, browser))
+    naming = naming_table(report)
+    if naming is not None:
+        tables.append(naming)
     probing = report.get("probing", {})
     if probing.get("available"):
         header = ["features", *(f"k={k}" for k in probing["ks"])]
@@ -100,12 +108,11 @@ def write_report(report: dict[str, Any], out_dir: str | Path, *, browser: str | 
     images = _plot_factors(report, out / "recovery_per_factor.png") if "patch" in report["recovery"] else []
     images += _plot_probing(report, out / "probing.png")
     title = f"{report['suite']} benchmark: {report['name']}"
-    (out / "report.md").write_text(
-        _markdown(title, [(c, h, [[str(x) for x in r] for r in rows]) for c, h, rows in tables])
-    )
+    markdown = _markdown(title, [(c, h, [[str(x) for x in r] for r in rows]) for c, h, rows in tables])
+    fsutil.write_atomic(out / "report.md", markdown.encode())
     links = [(browser, "feature browser")] if browser else []
     html = out / "report.html"
-    html.write_text(_render(title, tables, images, links))
+    fsutil.write_atomic(html, _render(title, tables, images, links).encode())
     return html
 
 
@@ -124,10 +131,13 @@ def write_comparison(
                           f"{level} factor-F1 of the best latent (mean over factors)",
                           lambda r: r["recovery"][level]["mean_factor_f1"])  # fmt: skip
     title = f"{reports[0]['suite'] if reports else ''} benchmark: comparison"
-    (out / "comparison.md").write_text(_markdown(title, [table]))
-    (out / "comparison.json").write_text(json.dumps(reports, indent=1, default=_json_default))
+    fsutil.write_atomic(out / "comparison.md", _markdown(title, [table]).encode())
+    fsutil.write_atomic(
+        out / "comparison.json", json.dumps(reports, indent=1, default=_json_default).encode()
+    )
     html = out / "comparison.html"
-    html.write_text(_render(title, [table], images, sorted((links or {}).items(), key=lambda kv: kv[0])))
+    page = _render(title, [table], images, sorted((links or {}).items(), key=lambda kv: kv[0]))
+    fsutil.write_atomic(html, page.encode())
     return html
 
 
@@ -196,7 +206,7 @@ def _plot_factors(report: dict[str, Any], path: Path) -> list[str]:
     ax.set_title(f"{report['name']}: best single latent per factor (patch level)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
     return [path.name]
 
@@ -216,7 +226,7 @@ def _plot_probing(report: dict[str, Any], path: Path) -> list[str]:
     ax.set_title("k-sparse probing", fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
     return [path.name]
 
@@ -232,7 +242,7 @@ def _plot_sweep(reports: list[dict[str, Any]], path: Path, ylabel: str, y_of) ->
     ax.set_ylabel(ylabel, fontsize=8)
     ax.set_title(f"L0 vs {ylabel.split(' (')[0]}", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
     return [path.name]
 

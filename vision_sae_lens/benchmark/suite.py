@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from vision_sae_lens import fsutil
 from vision_sae_lens.benchmark.scoring import ScoreConfig, score_rows
-from vision_sae_lens.benchmark.truth import SyntheticTruth
+from vision_sae_lens.benchmark.truth import BACKBONE_ID, DEFAULT_SITE, SyntheticTruth
 from vision_sae_lens.data.synthetic import ShapesWorld
 from vision_sae_lens.errors import ConfigError, SAEMismatchError, StoreMismatchError, close_matches
 
@@ -32,9 +33,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 SUITES = ("synthetic",)
-BACKBONE_ID = "demo:shapes-vit"
-DEFAULT_SITE = "blocks.2.hook_resid_post"
-"""Residual stream after 3 of the shapes ViT's 4 blocks."""
 
 
 def score(
@@ -48,6 +46,7 @@ def score(
     downstream_images: int = 256,
     browser: bool = False,
     name: str | None = None,
+    naming: bool = True,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Score ``sae`` (a SAELens SAE or checkpoint folder) on a ground-truth suite; returns the report.
@@ -57,7 +56,9 @@ def score(
     ``n_images``: test images to record (default all 1,000). ``downstream_images``: images of the
     spliced downstream metric (0 skips it). With ``out_dir`` the report files and plots are written;
     ``browser=True`` also builds the feature browser of every factor's best latents into
-    ``out_dir/browser`` and links them from the report.
+    ``out_dir/browser`` and links them from the report. ``naming``: name the latents with
+    ``demo:shapes-clip`` and by labels, and report how often the names name the recovered factors
+    (:mod:`vision_sae_lens.benchmark.naming`).
     """
     from sae_lens import SAE
 
@@ -97,7 +98,7 @@ def score(
         store = ActivationStore(store)
     try:
         world = _check_store(store, site)
-        check_recorded_weights(model, getattr(store, "metadata", {}), what=f"store {store.path}")
+        check_recorded_weights(model, store.metadata, what=f"store {store.path}")
         truth = SyntheticTruth(world, patch_size=store.layout.patch_size[0])
         report = score_rows(
             sae, lambda: store.ordered(site, cfg.batch_size), truth,
@@ -114,6 +115,10 @@ def score(
                 [world[int(i)][0] for i in idx],
                 np.stack([world.image_factors(int(i)) for i in idx]),
             )
+        if naming:
+            from vision_sae_lens.benchmark.naming import naming_accuracy
+
+            report["naming"] = naming_accuracy(sae, store, world, report, seed=cfg.seed, progress=progress)
     finally:
         if tmp is not None:
             tmp.cleanup()
@@ -159,9 +164,8 @@ def _build_browser(
     # Link back from the browser's front page to the report (after its title; the page is ours to edit).
     index = out / "index.html"
     page = index.read_text("utf-8")
-    index.write_text(
-        page.replace("</h1>", '</h1>\n  <p><a href="../report.html">benchmark report</a></p>', 1), "utf-8"
-    )
+    linked = page.replace("</h1>", '</h1>\n  <p><a href="../report.html">benchmark report</a></p>', 1)
+    fsutil.write_atomic(index, linked.encode())
     return "browser/index.html"
 
 

@@ -75,28 +75,20 @@ QUICK = SynthSAESize(n_features=256, d=32, roots=4, orthogonalization_steps=10, 
 
 def synthsae_world(size: SynthSAESize = QUARTER, *, seed: int = 42) -> Any:
     """SynthSAEBench-16k's ``SyntheticModelConfig`` at ``size`` (every other setting as SAELens ships it)."""
-    from sae_lens.synthetic import (
-        FoldedNormalMagnitudeConfig,
-        HierarchyConfig,
-        LinearMagnitudeConfig,
-        LowRankCorrelationConfig,
-        OrthogonalizationConfig,
-        SyntheticModelConfig,
-        ZipfianFiringProbabilityConfig,
-    )
+    from vision_sae_lens.compat import synthetic
 
-    return SyntheticModelConfig(
+    return synthetic.SyntheticModelConfig(
         num_features=size.n_features,
         hidden_dim=size.d,
-        firing_probability=ZipfianFiringProbabilityConfig(max_prob=0.4, min_prob=5e-4, exponent=0.5),
-        hierarchy=HierarchyConfig(
+        firing_probability=synthetic.ZipfianFiringProbabilityConfig(max_prob=0.4, min_prob=5e-4, exponent=0.5),
+        hierarchy=synthetic.HierarchyConfig(
             total_root_nodes=size.roots, branching_factor=4, max_depth=3, mutually_exclusive_portion=1.0,
             mutually_exclusive_min_depth=0, compensate_probabilities=True, scale_children_by_parent=True,
         ),
-        mean_firing_magnitudes=LinearMagnitudeConfig(start=5.0, end=4.0),
-        std_firing_magnitudes=FoldedNormalMagnitudeConfig(mean=0.5, std=0.5),
-        correlation=LowRankCorrelationConfig(correlation_scale=0.1, rank=25),
-        orthogonalization=OrthogonalizationConfig(num_steps=size.orthogonalization_steps, lr=3e-4),
+        mean_firing_magnitudes=synthetic.LinearMagnitudeConfig(start=5.0, end=4.0),
+        std_firing_magnitudes=synthetic.FoldedNormalMagnitudeConfig(mean=0.5, std=0.5),
+        correlation=synthetic.LowRankCorrelationConfig(correlation_scale=0.1, rank=25),
+        orthogonalization=synthetic.OrthogonalizationConfig(num_steps=size.orthogonalization_steps, lr=3e-4),
         bias=0.5,
         seed=seed,
     )  # fmt: skip
@@ -132,20 +124,19 @@ def run_synthsae_benchmark(
 
 
 def _world(folder: Path, size: SynthSAESize, *, progress: bool) -> Any:
-    from sae_lens.synthetic import SyntheticModel
-
     from vision_sae_lens import fsutil
+    from vision_sae_lens.compat import synthetic
 
     cfg = synthsae_world(size)
     if (folder / "synthetic_model_config.json").is_file():
-        model = SyntheticModel.load_from_disk(folder)
+        model = synthetic.SyntheticModel.load_from_disk(folder)
         if model.cfg.to_dict() != cfg.to_dict():
             raise ConfigError(f"{folder} holds another SynthSAEBench world; use another --out")
         return model
     if folder.exists():
         raise ConfigError(f"{folder} exists but holds no SynthSAEBench world; use another --out")
     logger.info("building the SynthSAEBench world (%d features, d %d)", size.n_features, size.d)
-    model = SyntheticModel(cfg)
+    model = synthetic.SyntheticModel(cfg)
     tmp = fsutil.temp_folder(folder)
     model.save(tmp)
     fsutil.replace_folder(tmp, folder)  # complete or absent: a killed run leaves only a temp folder

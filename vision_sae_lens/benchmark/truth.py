@@ -22,9 +22,15 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import torch
 
+from vision_sae_lens.contracts import ActivationStoreReader
 from vision_sae_lens.data.synthetic import ShapesWorld, patch_coverage
 from vision_sae_lens.errors import ConfigError, DataFileNotFoundError, StoreMismatchError
+from vision_sae_lens.layout import RowLayout
 
+BACKBONE_ID = "demo:shapes-vit"
+"""The backbone the synthetic suite records its shapes images with."""
+DEFAULT_SITE = "blocks.2.hook_resid_post"
+"""Residual stream after 3 of the shapes ViT's 4 blocks."""
 TRUTH_FORMAT = "vision_sae_lens.activation_truth"
 
 
@@ -218,7 +224,7 @@ class ActivationTruth:
         return path
 
     @classmethod
-    def load(cls, path: str | Path, *, store: object | None = None) -> ActivationTruth:
+    def load(cls, path: str | Path, *, store: ActivationStoreReader | None = None) -> ActivationTruth:
         """Read :meth:`save`'s file; with ``store``, check it describes that store's rows."""
         import json
 
@@ -240,16 +246,16 @@ class ActivationTruth:
             truth.check_store(store)
         return truth
 
-    def check_store(self, store: object) -> None:
+    def check_store(self, store: ActivationStoreReader) -> None:
         """Refuse a store whose rows this truth does not describe (fingerprint or row count)."""
-        fingerprint, n_rows = getattr(store, "fingerprint", None), int(getattr(store, "n_rows", -1))
+        fingerprint, n_rows = store.fingerprint, store.n_rows
         if self.store_fingerprint and fingerprint != self.store_fingerprint:
             raise StoreMismatchError(
                 f"this truth describes the store with fingerprint {self.store_fingerprint}, not {fingerprint}"
             )
         if n_rows != self.n_rows:
             raise StoreMismatchError(f"this truth describes {self.n_rows} rows; the store holds {n_rows}")
-        if getattr(getattr(store, "layout", None), "kind", None) != "rows":
+        if not isinstance(store.layout, RowLayout):
             raise StoreMismatchError("an activation truth describes a store of plain rows (RowLayout)")
 
     def _check_rows(self, rows: torch.Tensor) -> torch.Tensor:

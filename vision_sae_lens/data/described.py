@@ -48,7 +48,7 @@ def _refuse(description: Mapping[str, Any], why: str) -> UnsafePathError:
     )
 
 
-def _hub_id(name: Any, description: Mapping[str, Any]) -> str:
+def _hub_id(name: object, description: Mapping[str, Any]) -> str:
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
     if not isinstance(name, str):
@@ -63,7 +63,7 @@ def _hub_id(name: Any, description: Mapping[str, Any]) -> str:
     return name
 
 
-def _bare_name(name: Any, description: Mapping[str, Any]) -> str:
+def _bare_name(name: object, description: Mapping[str, Any]) -> str:
     from vision_sae_lens.fsutil import check_name
 
     try:
@@ -76,7 +76,7 @@ def _matches(folder: Path, kind: str, description: Mapping[str, Any]) -> bool:
     """Whether ``folder`` holds the recorded dataset (same file list, or same HF fingerprint)."""
     try:
         if kind == "imagefolder":
-            from vision_sae_lens.data.sources import ImageFolder
+            from vision_sae_lens.data.files import ImageFolder
 
             recorded, key = description.get("files_sha256"), "files_sha256"
             return recorded is not None and ImageFolder(folder).description.get(key) == recorded
@@ -89,6 +89,6 @@ def _matches(folder: Path, kind: str, description: Mapping[str, Any]) -> bool:
         if isinstance(ds, datasets.DatasetDict):
             split = description.get("split")
             ds = ds.get(split)
-        return ds is not None and getattr(ds, "_fingerprint", None) == recorded
+        return ds is not None and ds._fingerprint == recorded
     except Exception:  # noqa: BLE001 - an unreadable candidate is simply not the dataset
         return False

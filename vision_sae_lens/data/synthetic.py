@@ -114,6 +114,7 @@ class ShapesWorld:
     """The images of one split of the shapes world, with their masks and factor labels."""
 
     label_names: list[str] = list(SHAPES)
+    labels = None  # an image's label (its most visible shape) is known only once it is rendered
 
     def __init__(self, split: str = "train", *, n_images: int | None = None, seed: int = 0) -> None:
         if split not in SPLITS:

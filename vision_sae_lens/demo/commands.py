@@ -26,10 +26,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--site", default="blocks.1.hook_resid_post", help="site to study")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run_demo)
 
 
-def run(args: argparse.Namespace) -> int:
+def run_demo(args: argparse.Namespace) -> int:
     """Run the demo with the budget from the command line."""
     from vision_sae_lens.demo.pipeline import DemoConfig, run_demo
 

@@ -7,16 +7,20 @@ ablated) -> top images, heatmaps and the HTML feature browser -> a summary table
 
 from __future__ import annotations
 
-import json
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
+from vision_sae_lens import fsutil
 from vision_sae_lens.errors import ConfigError
+
+if TYPE_CHECKING:
+    from vision_sae_lens.train import TrainRun
 
 logger = logging.getLogger(__name__)
 
@@ -147,7 +151,8 @@ def run_demo(out_dir: str | Path, *, config: DemoConfig | None = None, progress:
         "saes": rows,
         "seconds": time.perf_counter() - started,
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    # write_json_atomic: never through a link planted at the name; no NaN (an undefined ratio is null)
+    fsutil.write_json_atomic(out / "summary.json", _finite_or_none(summary), indent=2)
     print(format_summary(result))
     print(f"\nfeature browser: {index.resolve().as_uri()}")
     return result
@@ -180,7 +185,7 @@ def format_summary(result: DemoResult) -> str:
     return "\n".join(lines)
 
 
-def _accuracies(runs: list[Any]) -> dict[str, float]:
+def _accuracies(runs: list[TrainRun]) -> dict[str, float]:
     """Held-out digit accuracy from the runs' evaluation reports: clean, zero- and mean-ablation of
     the site's patch tokens (CLS passes through), and each SAE spliced in without its error term."""
     down = runs[0].report["downstream"]
@@ -193,7 +198,7 @@ def _accuracies(runs: list[Any]) -> dict[str, float]:
     return out
 
 
-def _summary_row(run: Any, accuracy: dict[str, float]) -> dict[str, Any]:
+def _summary_row(run: TrainRun, accuracy: dict[str, float]) -> dict[str, Any]:
     report = run.report
     spliced = accuracy[run.name]
     clean, zero = accuracy["clean"], accuracy["zero_ablation"]
@@ -207,3 +212,14 @@ def _summary_row(run: Any, accuracy: dict[str, float]) -> dict[str, Any]:
         "spliced_accuracy": spliced,
         "accuracy_recovered": (spliced - zero) / (clean - zero) if clean != zero else float("nan"),
     }
+
+
+def _finite_or_none(value: object) -> object:
+    """``value`` with every NaN / Inf float replaced by None (JSON has no NaN)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite_or_none(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_none(item) for item in value]
+    return value

@@ -21,9 +21,10 @@ deletes what it created itself.
 - :func:`check_name` / :func:`check_inside`: user-supplied names that become paths stay inside
   their parent.
 - :func:`seal_sae_folder` / :func:`verify_sae_folder`: ``checksums.json`` of an SAE folder (weights,
-  config, ``eval.json``, ``train_config.json``, ``split.json``), written last (it doubles as the
+  config, ``eval.json``, ``train_config.json``, ``split.json``, ``names.json``), written last (it doubles as the
   folder's completion marker) and checked before an SAE is used or published;
-  :func:`update_seal` re-records one file that this package rewrote (``evaluate`` over ``eval.json``).
+  :func:`update_seal` re-records one file that this package rewrote (``evaluate`` over ``eval.json``,
+  ``explain`` over ``names.json``).
 
 One submodule per idea (``writing``, ``reading``, ``locking``, ``folders``, ``names``, ``sealing``);
 callers use the names below from ``vision_sae_lens.fsutil``.

@@ -34,8 +34,8 @@ def read_capped(path: str | os.PathLike, *, max_bytes: int = MAX_JSON_BYTES) -> 
         data = f.read(max_bytes + 1)  # never more, even if the file grows while being read
     if len(data) > max_bytes:
         raise UnsafePathError(
-            f"{path} is larger than {max_bytes:,} bytes, far more than this package's JSON files hold; "
-            "refusing to read it (check that it is the file you meant)."
+            f"{path} is larger than {max_bytes:,} bytes, far more than the configuration and metadata files "
+            "this package reads hold; refusing to read it (check that it is the file you meant)."
         )
     return data
 

@@ -21,9 +21,10 @@ SAE_SEALED_FILES = (
     "eval.json",
     "train_config.json",
     "split.json",
+    "names.json",
 )
 """Files of an SAE folder that ``checksums.json`` covers when present: what loads the SAE and what
-describes its result (a forged ``eval.json`` would otherwise reach the model card)."""
+describes its result (a forged ``eval.json`` or ``names.json`` would otherwise reach the model card)."""
 
 
 def sha256_file(path: Path, chunk: int = 2**20) -> str:
@@ -59,7 +60,8 @@ def seal_sae_folder(folder: str | os.PathLike) -> dict[str, Any]:
 
 def update_seal(folder: str | os.PathLike, name: str) -> bool:
     """Re-record file ``name`` in a sealed SAE folder's ``checksums.json`` after this package rewrote it
-    (``evaluate`` writing ``eval.json``); the other entries stay as they are. False if not sealed."""
+    (``evaluate`` writing ``eval.json``, ``explain`` writing ``names.json``); the other entries stay as
+    they are. False if not sealed."""
     folder = Path(folder)
     path = folder / SAE_CHECKSUMS_FILE
     doc = read_json(path) if path.is_file() and not path.is_symlink() else None

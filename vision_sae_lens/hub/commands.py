@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from vision_sae_lens.errors import escape_control
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the Hub sub-commands."""
@@ -22,11 +24,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--dry-run", action="store_true", help="validate and list what would be uploaded; send nothing"
     )
     p.add_argument("--token", help="Hub token (default: huggingface_hub's usual lookup)")
-    p.set_defaults(func=_publish)
+    p.set_defaults(func=run_publish)
 
     r = subparsers.add_parser("releases", help="list the vision SAE releases registered with SAELens")
     r.add_argument("--json", action="store_true", help="one JSON object per SAE instead of the table")
-    r.set_defaults(func=_releases)
+    r.set_defaults(func=run_releases)
 
     s = subparsers.add_parser(
         "import-saev",
@@ -50,7 +52,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--shards", action="store_true", help="PATH is a saev shard directory: convert the activations"
     )
     s.add_argument("--layer", type=int, help="with --shards: the saev layer to convert (default: all)")
-    s.set_defaults(func=_import_saev)
+    s.set_defaults(func=run_import_saev)
 
     m = subparsers.add_parser(
         "import-prisma", help="convert a ViT-Prisma SAE (.pt pickle) to a SAELens folder"
@@ -66,10 +68,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="fully unpickle the file (can execute code from it); default is a restricted unpickler",
     )
-    m.set_defaults(func=_import_prisma)
+    m.set_defaults(func=run_import_prisma)
 
 
-def _publish(args: argparse.Namespace) -> int:
+def run_publish(args: argparse.Namespace) -> int:
+    """Handler of ``publish``: validate the folders, upload (or list, with --dry-run) them."""
     from vision_sae_lens.hub.publish import push_to_hub
 
     plan = push_to_hub(
@@ -81,11 +84,12 @@ def _publish(args: argparse.Namespace) -> int:
         token=args.token,
     )
     print(plan.describe())
-    print("dry run: nothing uploaded" if args.dry_run else f"published: {plan.commit_url}")
+    print("dry run: nothing uploaded" if args.dry_run else f"published: {escape_control(plan.commit_url)}")
     return 0
 
 
-def _releases(args: argparse.Namespace) -> int:
+def run_releases(args: argparse.Namespace) -> int:
+    """Handler of ``releases``: the registered vision releases as a table (or JSON lines)."""
     from vision_sae_lens.hub.registry import format_release_table, list_vision_releases
 
     rows = list_vision_releases()
@@ -97,12 +101,13 @@ def _releases(args: argparse.Namespace) -> int:
     return 0
 
 
-def _import_saev(args: argparse.Namespace) -> int:
+def run_import_saev(args: argparse.Namespace) -> int:
+    """Handler of ``import-saev``: convert saev checkpoints (or, with --shards, activation shards)."""
     if args.shards:
         from vision_sae_lens.hub.saev_shards import convert_saev_shards
 
         out = convert_saev_shards(args.source, out_dir=args.out, layer=args.layer)
-        print(f"wrote {out}")
+        print(f"wrote {escape_control(out)}")
         return 0
     from vision_sae_lens.hub.saev_hub import import_saev
 
@@ -114,11 +119,12 @@ def _import_saev(args: argparse.Namespace) -> int:
         input_scalar=args.input_scalar,
         overwrite=args.overwrite,
     ):
-        print(path)
+        print(escape_control(path))
     return 0
 
 
-def _import_prisma(args: argparse.Namespace) -> int:
+def run_import_prisma(args: argparse.Namespace) -> int:
+    """Handler of ``import-prisma``: convert one ViT-Prisma SAE to a SAELens folder."""
     from vision_sae_lens.hub.prisma import import_prisma
 
     sae = import_prisma(
@@ -129,6 +135,7 @@ def _import_prisma(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
     )
     print(
-        f"{args.out}: {sae.cfg.architecture()} d_in={sae.cfg.d_in} d_sae={sae.cfg.d_sae} hook={sae.cfg.metadata.hook_name}"
+        f"{escape_control(args.out)}: {sae.cfg.architecture()} d_in={sae.cfg.d_in} d_sae={sae.cfg.d_sae} "
+        f"hook={escape_control(sae.cfg.metadata.hook_name)}"
     )
     return 0

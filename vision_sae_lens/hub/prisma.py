@@ -47,7 +47,7 @@ PRISMA_CONFIG_CLASSES = (
 class PrismaConfigStandIn:
     """Inert stand-in for Prisma's config dataclasses: it only stores the pickled attributes."""
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, **kwargs: object) -> None:
         self.__dict__.update(kwargs)
 
 
@@ -161,7 +161,7 @@ def _architecture(cfg: dict[str, Any]) -> tuple[type[SAE], type, dict[str, Any]]
     )
 
 
-def _check_state(expected: dict[str, torch.Tensor], state_dict: Any) -> None:
+def _check_state(expected: dict[str, torch.Tensor], state_dict: object) -> None:
     if not isinstance(state_dict, dict):
         raise ConversionError(
             f"the Prisma state_dict is a {type(state_dict).__name__}, expected a dict of tensors"
@@ -170,7 +170,7 @@ def _check_state(expected: dict[str, torch.Tensor], state_dict: Any) -> None:
     if missing:
         raise ConversionError(f"Prisma state dict lacks {sorted(missing)} (has {sorted(state_dict)})")
     wrong = [
-        f"{k} is {tuple(getattr(state_dict[k], 'shape', ()))}, the config implies {tuple(v.shape)}"
+        f"{k} is {_shape(state_dict[k])}, the config implies {tuple(v.shape)}"
         for k, v in expected.items()
         if not isinstance(state_dict[k], torch.Tensor) or tuple(state_dict[k].shape) != tuple(v.shape)
     ]
@@ -178,7 +178,7 @@ def _check_state(expected: dict[str, torch.Tensor], state_dict: Any) -> None:
         raise ConversionError(f"the Prisma config does not match its tensors: {'; '.join(wrong)}")
 
 
-def _is_count(value: Any) -> TypeGuard[int]:
+def _is_count(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
@@ -201,21 +201,28 @@ def _locate(local: Path, spec: str, filename: str | None) -> tuple[Path, Path | 
     return candidates[0], cfg if cfg.exists() else None
 
 
-def _config_dict(cfg_obj: Any, config_json: Path | None) -> dict[str, Any]:
+def _config_dict(cfg_obj: object, config_json: Path | None) -> dict[str, Any]:
     if config_json is not None:
         data = read_json(config_json)
         if not isinstance(data, dict):
             raise ConversionError(f"{config_json} holds a {type(data).__name__}, expected a JSON object")
     elif isinstance(cfg_obj, dict):
         data = dict(cfg_obj)
-    elif cfg_obj is not None and hasattr(cfg_obj, "__dict__"):
-        data = dict(vars(cfg_obj))
     else:
-        raise ConversionError("the checkpoint has no 'cfg' and there is no config.json beside it")
+        try:  # a config object (Prisma's dataclass, or its stand-in): its attributes
+            data = dict(vars(cfg_obj))
+        except TypeError:  # None, or an object without attributes
+            raise ConversionError(
+                "the checkpoint has no 'cfg' and there is no config.json beside it"
+            ) from None
     return {k: _plain(v) for k, v in data.items()}
 
 
-def _plain(value: Any) -> Any:
+def _shape(value: object) -> str:
+    return str(tuple(value.shape)) if isinstance(value, torch.Tensor) else f"a {type(value).__name__}"
+
+
+def _plain(value: object) -> object:
     if isinstance(value, dict) and "__type__" in value:
         return value.get("value")
     if isinstance(value, torch.device | torch.dtype):

@@ -2,8 +2,10 @@
 
 ``push_to_hub(dirs, repo_id=...)`` checks every folder before the first byte is sent (it has its
 ``checksums.json`` completion marker and matches it, it loads with ``SAE.load_from_disk``, its vision metadata is complete, ids are unique), then uploads
-``<sae_id>/cfg.json``, ``sae_weights.safetensors``, ``sparsity.safetensors`` and ``eval.json``
-plus a ``README.md`` model card in a single commit, so the repo is never half-published and
+``<sae_id>/cfg.json``, ``sae_weights.safetensors``, ``sparsity.safetensors``, ``eval.json`` and
+``names.json`` (the latent names of ``explain``, checked to name that SAE) plus a ``README.md`` model
+card in a single commit (its own commit, not SAELens' ``upload_saes_to_huggingface``, which uploads
+only the files SAELens loads and would drop the rest), so the repo is never half-published and
 ``SAE.from_pretrained(repo_id, sae_id)`` works with SAELens' default loader. Authentication is
 huggingface_hub's (``token=``, ``HF_TOKEN``, ``huggingface-cli login``); the token is never logged
 and is scrubbed from error messages.
@@ -18,13 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vision_sae_lens.errors import HubError, NonFiniteError, SAEFolderError, UnsafePathError
+from vision_sae_lens.errors import HubError, NonFiniteError, SAEFolderError, UnsafePathError, escape_control
 from vision_sae_lens.fsutil import check_name, read_json
 from vision_sae_lens.hub.model_card import build_model_card
+from vision_sae_lens.names_format import NAMES_FILE, names_problems, read_names
 
 logger = logging.getLogger(__name__)
 
-SAE_FILES = ("cfg.json", "sae_weights.safetensors", "sparsity.safetensors", "eval.json")
+SAE_FILES = ("cfg.json", "sae_weights.safetensors", "sparsity.safetensors", "eval.json", NAMES_FILE)
 REQUIRED_METADATA = ("backbone", "hook_name", "tokens", "image_size", "patch_size", "has_cls")
 _SAE_ID_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]*")
 
@@ -46,8 +49,11 @@ class PublishPlan:
 
     def describe(self) -> str:
         """Human-readable listing of what is (or would be) uploaded."""
-        lines = [f"repo {self.repo_id}: {len(self.saes)} SAE(s), {len(self.files)} file(s)"]
-        lines += [f"  {repo_path}  <-  {local}" for repo_path, local in self.files]
+        # Folder names and ids come from the user and from files: control characters are shown escaped.
+        lines = [f"repo {escape_control(self.repo_id)}: {len(self.saes)} SAE(s), {len(self.files)} file(s)"]
+        lines += [
+            f"  {escape_control(repo_path)}  <-  {escape_control(local)}" for repo_path, local in self.files
+        ]
         return "\n".join(lines)
 
 
@@ -147,7 +153,32 @@ def _validate_folder(folder: Path) -> dict[str, Any]:
         "d_in": sae.cfg.d_in,
         "d_sae": sae.cfg.d_sae,
         "eval": evals,
+        "names": _names_of(folder, sae),
     }
+
+
+def _names_of(folder: Path, sae: Any) -> dict[str, Any] | None:
+    """The folder's names.json (sealed with it) when it names this very SAE; None without one."""
+    from vision_sae_lens.backbones.recorded import weights_sha256
+
+    if not (folder / NAMES_FILE).exists():
+        return None
+    try:
+        doc = read_names(folder / NAMES_FILE)
+    except ValueError as exc:  # ConfigError: not a names file, or malformed
+        raise HubError(f"refusing to publish: {exc}") from exc
+    problems = names_problems(
+        doc,
+        hook_name=sae.cfg.metadata.hook_name,
+        d_sae=int(sae.cfg.d_sae),
+        weights_sha256=weights_sha256(sae),
+    )
+    if problems:
+        raise HubError(
+            f"refusing to publish {folder}: its {NAMES_FILE} does not name its SAE ({'; '.join(problems)}). Name "
+            f"it again (vision-sae-lens explain {folder} --store ...) or move {NAMES_FILE} out and re-seal."
+        )
+    return doc
 
 
 def _refuse_links(folder: Path) -> None:

@@ -8,12 +8,13 @@ Putting the releases into SAELens' own directory is :mod:`vision_sae_lens.hub.wi
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from importlib.resources import files
-from pathlib import Path
 from typing import Any
 
-from vision_sae_lens.errors import HubError, ReleaseNotFoundError, close_matches
+from vision_sae_lens.errors import ConfigError, HubError, ReleaseNotFoundError, close_matches, escape_control
+from vision_sae_lens.fsutil import read_capped
 
 logger = logging.getLogger(__name__)
 
@@ -70,15 +71,25 @@ def vision_releases() -> dict[str, VisionRelease]:
     """Every known vision release by name: the shipped ones, then any added with :func:`add_releases`."""
     global _SHIPPED_LOADED
     if not _SHIPPED_LOADED:
-        shipped = _read_releases(files("vision_sae_lens.hub").joinpath(_SHIPPED_FILE).read_text())
+        text = files("vision_sae_lens.hub").joinpath(_SHIPPED_FILE).read_text()
+        shipped = _read_releases(text, where="the shipped vision release registry")
         _RELEASES.update({k: v for k, v in shipped.items() if k not in _RELEASES})
         _SHIPPED_LOADED = True
     return _RELEASES
 
 
-def add_releases(path: str | Path) -> list[str]:
-    """Add the releases of a YAML file in the shipped file's format; returns their names."""
-    added = _read_releases(Path(path).read_text())
+def add_releases(path: str | os.PathLike[str]) -> list[str]:
+    """Add the releases of a YAML file in the shipped file's format; returns their names.
+
+    The file must be a regular file of at most :data:`~vision_sae_lens.fsutil.MAX_JSON_BYTES` (a FIFO,
+    a device or a huge file is refused with UnsafePathError before it is parsed).
+    """
+    where = escape_control(path)
+    try:
+        text = read_capped(path).decode()
+    except UnicodeDecodeError:
+        raise ConfigError(f"{where} is not a UTF-8 text file; pass a YAML release file") from None
+    added = _read_releases(text, where=where)
     vision_releases().update(added)
     return list(added)
 
@@ -147,16 +158,15 @@ def format_release_table(rows: list[dict[str, Any]]) -> str:
         sites = sorted({r["site"] for r in group}, key=lambda s: (len(s), s))
         site_txt = sites[0] if len(sites) == 1 else f"{sites[0]} .. {sites[-1]} ({len(group)} SAEs)"
         d_sae = {r["d_sae"] for r in group}
-        lines.append(
-            [
-                name,
-                group[0]["backbone"],
-                site_txt,
-                str(group[0]["architecture"]),
-                str(d_sae.pop()) if len(d_sae) == 1 else "varies",
-                group[0]["source"],
-            ]
-        )
+        cells = [
+            name,
+            group[0]["backbone"],
+            site_txt,
+            group[0]["architecture"],
+            d_sae.pop() if len(d_sae) == 1 else "varies",
+            group[0]["source"],
+        ]
+        lines.append([escape_control(cell) for cell in cells])  # a release file may name anything
     widths = [max(len(c), *(len(line[i]) for line in lines)) for i, c in enumerate(cols)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     return "\n".join([fmt.format(*cols), *(fmt.format(*line) for line in lines)])
@@ -165,18 +175,25 @@ def format_release_table(rows: list[dict[str, Any]]) -> str:
 # --- helpers -------------------------------------------------------------------------------------
 
 
-def _read_releases(text: str) -> dict[str, VisionRelease]:
+def _read_releases(text: str, *, where: str) -> dict[str, VisionRelease]:
     import yaml  # only when releases are first read: keeps `import vision_sae_lens` cheap
 
-    data = yaml.safe_load(text) or {}
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{where} is not valid YAML: {escape_control(exc)}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must map release names to releases, not hold a {type(data).__name__}")
     releases = {}
     known = {"repo_id", "model", "conversion_func", "source", "vision", "saes", "manifest"}
     for name, value in data.items():
+        if not isinstance(value, dict):
+            raise ConfigError(f"release {name!r} in {where} is a {type(value).__name__}, not a mapping")
         missing = [k for k in ("repo_id", "model", "saes") if k not in value]
         if missing:
-            raise HubError(f"release {name!r} in the vision release registry lacks {missing}")
-        releases[name] = VisionRelease(
-            name=name,
+            raise HubError(f"release {name!r} in {where} lacks {missing}")
+        releases[str(name)] = VisionRelease(
+            name=str(name),
             repo_id=value["repo_id"],
             model=value["model"],
             conversion_func=value.get("conversion_func"),

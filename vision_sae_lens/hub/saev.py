@@ -295,7 +295,7 @@ def _field(header: dict[str, Any], key: str, path: Path) -> dict[str, Any]:
     return value
 
 
-def _check_state(state: Any, d_model: int, d_sae: int, path: Path) -> None:
+def _check_state(state: object, d_model: int, d_sae: int, path: Path) -> None:
     if not isinstance(state, dict):
         raise ConversionError(f"{path}: the payload is a {type(state).__name__}, expected a state dict.")
     missing = STATE_KEYS - set(state)

@@ -126,22 +126,26 @@ LIMITS = {"n_images": 10**10, "n_patches": 2**16, "d_model": 2**16, "layers": 10
 """Largest values read from a saev header (far above any real one: a bigger one is a damaged header)."""
 
 
-def _count(value: Any, field: str, limit: int) -> int:
+def _count(value: object, field: str, limit: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= limit:
         raise ConversionError(f"{field} must be a positive integer of at most {limit:,}, got {value!r}")
     return value
 
 
-def _layers(value: Any, field: str) -> tuple[int, ...]:
-    ok = isinstance(value, list) and value and len(set(value)) == len(value)
-    if not ok or any(isinstance(x, bool) or not isinstance(x, int) for x in value):
+def _layers(value: object, field: str) -> tuple[int, ...]:
+    if (
+        not isinstance(value, list)
+        or not value
+        or any(isinstance(x, bool) or not isinstance(x, int) for x in value)
+        or len(set(value)) != len(value)
+    ):
         raise ConversionError(f"{field} must be a non-empty list of distinct integers, got {value!r}")
     if any(abs(x) >= LIMITS["layers"] for x in value):
         raise ConversionError(f"{field} holds a layer beyond {LIMITS['layers']} blocks: {value!r}")
     return tuple(value)
 
 
-def _text(value: Any, field: str) -> str:
+def _text(value: object, field: str) -> str:
     if not isinstance(value, str) or not value or any(unicodedata.category(c) == "Cc" for c in value):
         raise ConversionError(f"{field} must be a non-empty string without control characters, got {value!r}")
     return value

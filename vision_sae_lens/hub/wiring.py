@@ -19,15 +19,14 @@ import importlib.abc
 import importlib.util
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from importlib.machinery import ModuleSpec
+from types import ModuleType
 from typing import Any
 
-from vision_sae_lens.hub.registry import VisionRelease, add_releases, vision_releases
+from vision_sae_lens.hub.registry import SAEV_CONVERSION, VisionRelease, add_releases, vision_releases
 
 logger = logging.getLogger(__name__)
-
-SAEV_CONVERSION = "vision_sae_lens.saev"
-"""Name of the saev converter in SAELens' named-loader tables."""
 
 _WARNED: set[str] = set()
 
@@ -129,7 +128,9 @@ class _AfterImport(importlib.abc.MetaPathFinder):
         self.name = name
         self.callback = callback
 
-    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None = None, target: ModuleType | None = None
+    ) -> ModuleSpec | None:
         if fullname != self.name:
             return None
         sys.meta_path.remove(self)  # find the real spec with the other finders, and fire only once
@@ -139,7 +140,7 @@ class _AfterImport(importlib.abc.MetaPathFinder):
         exec_module = spec.loader.exec_module
         callback = self.callback
 
-        def exec_then_wire(module: Any) -> None:
+        def exec_then_wire(module: ModuleType) -> None:
             exec_module(module)
             callback()
 

@@ -76,10 +76,10 @@ def check_metadata(root: Path, metadata: dict[str, Any]) -> None:
                 problems.append(f"site name {site!r} starts with '_' (reserved for {fmt.PROVENANCE})")
             integer(f"site_dims[{site!r}]", 1, MAX_WIDTH, width)
     layout = _layout(meta.get("layout"), problems)
-    if isinstance(meta.get("layout"), dict) and meta.get("format_version") != fmt.version_for(meta["layout"]):
+    version = meta.get("format_version")
+    if isinstance(layout, RowLayout) and not (isinstance(version, int) and version >= fmt.MIN_ROWS_VERSION):
         problems.append(
-            f"format_version {meta.get('format_version')!r} is not the one its layout is written as "
-            f"({fmt.version_for(meta['layout'])}: image stores are version 1, plain rows version 2)"
+            f"format_version {version!r} cannot hold plain rows (they came with version {fmt.MIN_ROWS_VERSION})"
         )
     n_tokens = _token_count(meta, layout, problems)
     n_images = integer("n_images", 0, MAX_IMAGES)
@@ -297,58 +297,73 @@ def _is_count(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-def scan_files(
+def scan_contents(
     root: Path, metadata: dict[str, Any], manifest: dict[str, Any], *, progress: bool = False
 ) -> list[str]:
-    """Read every file the manifest lists once and return what is wrong with each (empty: nothing).
+    """Read every shard file the manifest lists and return what is wrong with its content (empty: nothing):
+    no row holds NaN or Inf (a diverging backbone, or float16 overflow), and provenance names images
+    ``0..n_images-1`` and the recorded tokens in strictly increasing (image, token) order, across shards too.
 
-    Size and sha256 against the manifest, and the content: no row holds NaN or Inf (a diverging
-    backbone, or float16 overflow), and provenance names images ``0..n_images-1`` and the recorded
-    tokens in strictly increasing (image, token) order.
+    Checksums are :class:`~vision_sae_lens.store.integrity.Verifier`'s job; files that are missing or of the
+    wrong size are skipped here (the caller reports them). Files are scanned side by side on the hash threads
+    (numpy releases the GIL).
     """
     from tqdm.auto import tqdm
+
+    from vision_sae_lens.store.integrity import hash_pool
 
     dtype, n_images = metadata["dtype"], int(metadata["n_images"])
     tokens = np.asarray(metadata["token_indices"], dtype=np.int64)
     files = [(shard, site, entry) for shard in manifest["shards"] for site, entry in shard["files"].items()]
-    files += [(shard, None, shard["provenance"]) for shard in manifest["shards"]]  # in shard order
-    if "labels" in manifest:
-        files.append((None, None, manifest["labels"]))
-    problems: list[str] = []
-    last_key = -1
-    for shard, site, entry in tqdm(files, desc="verify", unit="file", disable=not progress):
+    files += [(shard, None, shard["provenance"]) for shard in manifest["shards"]]
+
+    def scan(
+        item: tuple[dict[str, Any], str | None, dict[str, Any]],
+    ) -> tuple[list[str], int | None, int | None]:
+        shard, site, entry = item
         path = root / entry["path"]
-        if not path.is_file():
-            problems.append(f"{entry['path']}: missing")
-            continue
-        if path.stat().st_size != entry["bytes"]:
-            problems.append(f"{entry['path']}: {path.stat().st_size} bytes, manifest says {entry['bytes']}")
-            continue
-        if shard is None:  # labels.bin: int32 per image
-            width, storage = 1, fmt.PROVENANCE_DTYPE
-        elif site is None:
+        if not path.is_file() or path.stat().st_size != entry["bytes"]:
+            return [], None, None
+        if site is None:
             width, storage = 2, fmt.PROVENANCE_DTYPE
         else:
             width, storage = int(metadata["site_dims"][site]), fmt.NUMPY_STORAGE[dtype]
-        digest, bad_rows, first_bad = hashlib.sha256(), 0, -1
+        problems: list[str] = []
+        bad_rows, first_bad, first_key, last_key = 0, -1, None, -1
         for first, rows in _row_blocks(path, width, storage):
-            digest.update(rows.data)
             if site is not None:
                 bad = np.flatnonzero(nonfinite_rows(rows, dtype))
                 first_bad = int(first + bad[0]) if len(bad) and first_bad < 0 else first_bad
                 bad_rows += len(bad)
-            elif shard is not None:
-                last_key, problem = _check_provenance(rows, n_images, tokens, last_key)
-                if problem:
-                    problems.append(f"{entry['path']}: {problem}")
-        if digest.hexdigest() != entry["sha256"]:
-            problems.append(f"{entry['path']}: checksum mismatch")
+                continue
+            if first_key is None and len(rows):
+                first_key = int(rows[0, 0]) * (1 << 32) + int(rows[0, 1])
+            last_key, problem = _check_provenance(rows, n_images, tokens, last_key)
+            if problem:
+                problems.append(f"{entry['path']}: {problem}")
+                break
         if bad_rows:
-            assert shard is not None  # only site files are scanned for NaN / Inf
             problems.append(
                 f"{entry['path']}: {bad_rows} of {shard['n_rows']} rows hold NaN or Inf (first: row "
                 f"{shard['row_start'] + first_bad} of the store); the backbone diverged or float16 overflowed"
             )
+        return problems, first_key, (last_key if site is None and last_key >= 0 else None)
+
+    problems: list[str] = []
+    previous_last = -1
+    results = hash_pool().map(scan, files)
+    for (_, site, entry), (found, first_key, last_key) in tqdm(
+        zip(files, results, strict=True),
+        total=len(files),
+        desc="verify rows",
+        unit="file",
+        disable=not progress,
+    ):
+        problems += found
+        if site is None and first_key is not None:  # provenance files come in shard order
+            if first_key <= previous_last:
+                problems.append(f"{entry['path']}: rows not in strictly increasing (image, token) order")
+            previous_last = last_key if last_key is not None else previous_last
     return problems
 
 

@@ -26,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     info.add_argument("path", help="store directory")
     info.add_argument("--verify", action="store_true", help="check every shard's size and sha256")
-    info.set_defaults(func=run_store_info)
+    info.set_defaults(func=run_store)
 
 
 def add_cache_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,6 +45,11 @@ def add_cache_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output store directory")
     parser.add_argument("--tokens", default="patches", choices=["patches", "cls", "registers", "all"])
     parser.add_argument("--dtype", default="float16", choices=["float32", "float16", "bfloat16"])
+    parser.add_argument(
+        "--autocast",
+        choices=["bfloat16", "float16"],
+        help="run the backbone under torch.autocast in this precision (faster on a GPU; default: the model's own)",
+    )
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--shard-images", type=int, default=None, help="images per shard (default ~65k rows)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda:LOCAL_RANK if available)")
@@ -97,6 +102,7 @@ def run_cache(args: argparse.Namespace) -> int:
         limit=args.limit,
         streaming=args.streaming,
         loader_threads=args.loader_threads,
+        autocast=args.autocast,
         progress=not args.no_progress,
     )
     if int(os.environ.get("RANK", "0")) == 0:
@@ -107,7 +113,7 @@ def run_cache(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_store_info(args: argparse.Namespace) -> int:
+def run_store(args: argparse.Namespace) -> int:
     """Handler of ``store``: print the metadata summary; with --verify, check every file."""
     from vision_sae_lens.store.reader import ActivationStore
 
@@ -116,12 +122,12 @@ def run_store_info(args: argparse.Namespace) -> int:
     meta = store.metadata
     print(f"images: {meta['n_images']} ({meta['n_skipped']} skipped), dataset: {json.dumps(meta['dataset'])}")
     if args.verify:
-        store.verify(progress=True)
-        print("verify: ok")
+        stats = store.verify(progress=True)
+        print(f"verify: ok (hashed {stats['bytes'] / 1e6:,.0f} MB at {stats['mb_per_s']:,.0f} MB/s)")
     return 0
 
 
-def _model_kwargs(args: argparse.Namespace) -> dict | None:
+def _model_kwargs(args: argparse.Namespace) -> dict[str, object] | None:
     kwargs = json.loads(args.model_kwargs) if args.model_kwargs else {}
     if args.weights:
         kwargs["weights"] = args.weights

@@ -1,9 +1,10 @@
-"""torch.distributed for recording: which rank records what, and the few CPU collectives we need.
+"""torch.distributed for recording (and training): joining the job, and the few CPU collectives we need.
 
 Under ``torchrun`` (``WORLD_SIZE`` > 1) the recorder joins a process group; coordination (settings
 check, "all shards done", merge) only moves small Python objects, so it always runs on a gloo group,
 also when the model runs on CUDA. Shard k belongs to rank ``k % world_size``: the slice is a pure
-function of the shard index, so the merged store equals a single-process one byte for byte.
+function of the shard index, so the merged store equals a single-process one byte for byte. Training
+joins the same way (``train/ranks.py``), with a default group that reduces CUDA tensors over NCCL.
 """
 
 from __future__ import annotations
@@ -47,6 +48,14 @@ class DistContext:
         if self.distributed:
             dist.barrier(group=self.group)
 
+    def all_gather(self, obj: Any) -> list[Any]:
+        """Every rank's ``obj``, in rank order, on every rank."""
+        if not self.distributed:
+            return [obj]
+        box: list[Any] = [None] * self.world_size
+        dist.all_gather_object(box, obj, group=self.group)
+        return box
+
     def broadcast(self, obj: Any) -> Any:
         """Rank 0's ``obj`` on every rank."""
         if not self.distributed:
@@ -60,17 +69,21 @@ class DistContext:
             dist.destroy_process_group()
 
 
-def join_distributed(timeout_hours: float = 12.0) -> DistContext:
-    """Join (or reuse) the torchrun process group; a single-process context outside torchrun."""
+def join_distributed(timeout_hours: float = 12.0, *, backend: str = "gloo") -> DistContext:
+    """Join (or reuse) the torchrun process group; a single-process context outside torchrun.
+
+    ``timeout_hours`` bounds every collective (recording's ranks meet only at the end, which can take
+    hours); ``backend`` is the default group's (``"cpu:gloo,cuda:nccl"`` also reduces CUDA tensors).
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1 and not (dist.is_available() and dist.is_initialized()):
         return DistContext()
     owns = False
+    timeout = timedelta(hours=timeout_hours)
     if not dist.is_initialized():
-        # Long timeout: ranks meet only at the end of recording, which can take hours.
-        dist.init_process_group(backend="gloo", timeout=timedelta(hours=timeout_hours))
+        dist.init_process_group(backend=backend, timeout=timeout)
         owns = True
-    group = None if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
+    group = None if dist.get_backend() == "gloo" else dist.new_group(backend="gloo", timeout=timeout)
     ctx = DistContext(
         rank=dist.get_rank(),
         world_size=dist.get_world_size(),
@@ -78,7 +91,7 @@ def join_distributed(timeout_hours: float = 12.0) -> DistContext:
         group=group,
         owns_default_group=owns,
     )
-    logger.info("recording as rank %d of %d", ctx.rank, ctx.world_size)
+    logger.info("joined torch.distributed as rank %d of %d", ctx.rank, ctx.world_size)
     return ctx
 
 

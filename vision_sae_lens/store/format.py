@@ -1,9 +1,9 @@
-"""The on-disk store format, version 1 (normative text: docs/shard_format.md).
+"""The on-disk store format, version 2 (normative text: docs/shard_format.md; version 1 is still read).
 
 ::
 
     DIR/metadata.json                       canonical JSON; written last: its presence means "complete"
-    DIR/manifest.json                       per-shard row counts, image ranges, sizes and sha256 checksums
+    DIR/manifest.json                       per-shard row counts, image ranges, sizes, per-block sha256
     DIR/recording.json                      the settings the store was recorded with (resume / mismatch check)
     DIR/labels.bin                          int32 label per source image (-1: none or skipped), if labelled
     DIR/shards/<site>/<k:06d>.bin           raw little-endian (rows, d) rows of one site, storage dtype
@@ -29,12 +29,13 @@ from vision_sae_lens import fsutil
 from vision_sae_lens.errors import ConfigError, StoreError
 
 FORMAT_NAME = "vision_sae_lens.activation_store"
-FORMAT_VERSION = 1
-ROWS_FORMAT_VERSION = 2
-"""Version 2 is version 1 plus the plain-row layout (``layout == {"kind": "rows", ...}``). Stores of image
-tokens are still written as version 1, byte for byte as before, so earlier readers keep reading them;
-only plain-row stores carry version 2, which earlier readers refuse instead of misreading."""
-READABLE_VERSIONS = (FORMAT_VERSION, ROWS_FORMAT_VERSION)
+FORMAT_VERSION = 2
+"""Version written. 2 lists a sha256 per 1 MiB block of each shard file (1: one sha256 per file) and is the
+first that may hold the plain-row layout (``layout == {"kind": "rows", ...}``), so earlier readers refuse a
+plain-row store instead of misreading it as image patches."""
+READABLE_VERSIONS = (1, 2)
+MIN_ROWS_VERSION = 2
+"""The first version whose stores may hold plain rows."""
 METADATA_FILE = "metadata.json"
 MANIFEST_FILE = "manifest.json"
 RECORDING_FILE = "recording.json"
@@ -58,11 +59,6 @@ def check_dtype(dtype: str) -> str:
     if dtype not in DTYPES:
         raise ConfigError(f"unknown storage dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     return dtype
-
-
-def version_for(layout: dict[str, Any]) -> int:
-    """The format version a store with this ``layout`` entry is written as (see ROWS_FORMAT_VERSION)."""
-    return ROWS_FORMAT_VERSION if layout.get("kind") == "rows" else FORMAT_VERSION
 
 
 def site_file(site: str, shard: int) -> str:

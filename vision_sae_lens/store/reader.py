@@ -10,6 +10,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -26,8 +27,11 @@ from vision_sae_lens.errors import (
     close_matches,
 )
 from vision_sae_lens.layout import Layout, layout_from_dict
-from vision_sae_lens.store import checks
+from vision_sae_lens.store import checks, integrity
 from vision_sae_lens.store import format as fmt
+from vision_sae_lens.store.shuffle import shuffled_batches, site_statistics
+
+_PROVENANCE_CHUNK = 2**22  # rows of provenance read at a time when counting rows per image
 
 
 class Rows(NamedTuple):
@@ -42,9 +46,10 @@ class ActivationStore:
     """A complete activation store on disk (see docs/store.md).
 
     Opening checks the format version and that every shard file exists with the size the manifest
-    says. With ``check_checksums=True`` (default) each shard file's sha256 is checked the first time it
-    is read in this process, so a corrupted shard fails with an error naming it; :meth:`verify` checks
-    every file at once.
+    says. With ``check_checksums=True`` (default) the blocks of shard files a read touches are checked
+    against their sha256 before they are used, once per process and, through the verified record, once
+    per file until it changes (:mod:`vision_sae_lens.store.integrity`), so a corrupted shard fails with an
+    error naming it; :meth:`verify` checks every file at once.
     """
 
     def __init__(self, path: str | os.PathLike, *, check_checksums: bool = True) -> None:
@@ -74,8 +79,13 @@ class ActivationStore:
         self.shards: list[dict[str, Any]] = [s for s in self.manifest["shards"] if s["n_rows"] > 0]
         self._starts = [s["row_start"] for s in self.shards]
         self._maps: dict[tuple[str, int], np.ndarray] = {}
+        self._image_offsets: np.ndarray | None = None
         checks.check_shapes(self.path, self.metadata, self.manifest)
+        integrity.check_block_lists(self.path, self.manifest)
         self._check_files_present()
+        self._verifier = (
+            integrity.Verifier(self.path, self.manifest, self.fingerprint) if check_checksums else None
+        )
 
     # ------------------------------------------------------------------------------- metadata
     @property
@@ -166,10 +176,24 @@ class ActivationStore:
         )
 
     # ----------------------------------------------------------------------------------- reading
+    def row_range(self, start_row: int, stop_row: int | None) -> tuple[int, int]:
+        """``(start, stop)`` of a row range (``stop_row=None``: to the end); ConfigError outside the store."""
+        stop = self.n_rows if stop_row is None else int(stop_row)
+        start = int(start_row)
+        if start < 0 or stop > self.n_rows or start > stop:
+            raise ConfigError(f"row range [{start}, {stop}) is outside the store's {self.n_rows} rows")
+        return start, stop
+
     def read_rows(self, site: str, start: int, stop: int) -> torch.Tensor:
         """Rows ``start..stop-1`` of ``site`` as a float32 (n, d) tensor."""
-        # read_raw returns a fresh array, so viewing it and converting once is safe (no memmap alias).
-        return fmt.as_torch(self.read_raw(site, start, stop), self.dtype).float()
+        self._check_site(site)
+        width, storage = self.site_dim(site), fmt.NUMPY_STORAGE[self.dtype]
+        start, stop = self.row_range(start, stop)
+        out = torch.empty((stop - start, width), dtype=torch.float32)
+        # One pass per piece: the memory map's rows are converted while they are copied out.
+        for filled, part in self._pieces(site, start, stop, width, storage):
+            out[filled : filled + len(part)].copy_(fmt.as_torch(part, self.dtype))
+        return out
 
     def read_raw(self, site: str, start: int, stop: int) -> np.ndarray:
         """Rows ``start..stop-1`` of ``site`` in the storage dtype (bf16 as uint16), a new array."""
@@ -178,14 +202,38 @@ class ActivationStore:
 
     def provenance(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
         """``(image_idx, token_idx)`` int64 arrays of rows ``start..stop-1``."""
-        prov = self._gather(fmt.PROVENANCE, start, stop, 2, fmt.PROVENANCE_DTYPE)
-        return prov[:, 0].astype(np.int64), prov[:, 1].astype(np.int64)
+        start, stop = self.row_range(start, stop)
+        image_n, token_n = np.empty(stop - start, dtype=np.int64), np.empty(stop - start, dtype=np.int64)
+        for filled, part in self._pieces(fmt.PROVENANCE, start, stop, 2, fmt.PROVENANCE_DTYPE):
+            image_n[filled : filled + len(part)] = part[:, 0]
+            token_n[filled : filled + len(part)] = part[:, 1]
+        return image_n, token_n
+
+    def image_offsets(self) -> np.ndarray:
+        """``(n_images + 1,)`` int64 row offsets: the rows of image ``i`` are ``offsets[i]..offsets[i+1]-1``
+        (none for a skipped image). Counted once from the provenance, a chunk at a time: memory is per
+        image, never per row."""
+        if self._image_offsets is None:
+            counts = np.zeros(self.n_images, dtype=np.int64)
+            last = -1
+            for lo in range(0, self.n_rows, _PROVENANCE_CHUNK):
+                image_n, _ = self.provenance(lo, min(lo + _PROVENANCE_CHUNK, self.n_rows))
+                if image_n[0] < last or (image_n[1:] < image_n[:-1]).any() or image_n[-1] >= self.n_images:
+                    raise StoreCorruptError(
+                        f"store {self.path}: the provenance of rows {lo}.. is not in image order within "
+                        f"0..{self.n_images - 1}, as the format requires; re-record the store"
+                    )
+                counts += np.bincount(image_n, minlength=self.n_images)
+                last = int(image_n[-1])
+            self._image_offsets = np.concatenate([[0], np.cumsum(counts)])
+        return self._image_offsets
 
     def ordered(
         self, site: str, batch_size: int, *, start_row: int = 0, stop_row: int | None = None
     ) -> Iterator[Rows]:
         """Rows in (image, token) order with provenance, ``batch_size`` at a time (the last may be smaller)."""
-        start, stop = self._range(start_row, stop_row)
+        self._check_site(site)
+        start, stop = self.row_range(start_row, stop_row)
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         for lo in range(start, stop, batch_size):
@@ -193,35 +241,22 @@ class ActivationStore:
             image_n, token_n = self.provenance(lo, hi)
             yield Rows(self.read_rows(site, lo, hi), torch.from_numpy(image_n), torch.from_numpy(token_n))
 
-    def shuffled(self, site: str, batch_size: int, **kwargs: Any) -> Iterator[torch.Tensor]:
-        """Training batches: block-shuffled, buffer-mixed (batch_size, d) float32 tensors.
-
-        See :func:`vision_sae_lens.store.shuffle.shuffled_batches` for every option (seed, start_row,
-        stop_row, epochs, drop_last, buffer_rows, block_rows, labels, token_types, subtract_mean,
-        scale_norm, device).
-        """
-        from vision_sae_lens.store.shuffle import shuffled_batches
-
-        return shuffled_batches(self, site, batch_size, **kwargs)
-
-    def statistics(self, site: str, **kwargs: Any) -> dict[str, Any]:
-        """Mean row (d,) and mean L2 norm of ``site`` over (an evenly strided sample of) a row range.
-
-        ``scale`` is ``sqrt(d) / mean_norm``, SAELens' normalisation to an expected norm of ``sqrt(d)``;
-        with ``subtract_mean=True`` the norm is of the centred rows. Options (start_row, stop_row,
-        max_rows, labels, token_types, subtract_mean): :func:`vision_sae_lens.store.shuffle.site_statistics`.
-        """
-        from vision_sae_lens.store.shuffle import site_statistics
-
-        return site_statistics(self, site, **kwargs)
+    # The training reader and the normalisation statistics live in ``store/shuffle.py``; bound here as methods,
+    # so their options are spelled out once, in those functions' signatures.
+    shuffled = shuffled_batches
+    statistics = site_statistics
 
     # ------------------------------------------------------------------------------------ checks
-    def verify(self, *, progress: bool = False) -> None:
-        """Check the metadata's meaning and every file: size, sha256, rows free of NaN/Inf, provenance
-        inside the store's images and tokens, row counts against the manifest.
+    def verify(self, *, progress: bool = False) -> dict[str, Any]:
+        """Check the metadata's meaning and every file: size, checksums (hashed on every core, whatever the
+        verified record says), rows free of NaN/Inf, provenance inside the store's images and tokens in
+        order, row counts against the manifest.
 
-        Raises :class:`~vision_sae_lens.errors.StoreCorruptError` naming every problem.
+        Raises :class:`~vision_sae_lens.errors.StoreCorruptError` naming every problem; returns ``{"files",
+        "bytes", "seconds", "mb_per_s"}`` (the hashing throughput).
         """
+        from tqdm.auto import tqdm
+
         problems = []
         for check in (  # re-read: the files may have changed since open
             lambda: checks.check_metadata(self.path, fmt.read_json(self.path / fmt.METADATA_FILE)),
@@ -232,8 +267,37 @@ class ActivationStore:
                 check()
             except StoreCorruptError as exc:
                 problems.append(str(exc))
-        if not problems:
-            problems += checks.scan_files(self.path, self.metadata, self.manifest, progress=progress)
+        files = [e for s in self.manifest["shards"] for e in (*s["files"].values(), s["provenance"])]
+        sized = []
+        for entry in files:
+            path = self.path / entry["path"]
+            if not path.is_file():
+                problems.append(f"{entry['path']}: missing")
+            elif path.stat().st_size != entry["bytes"]:
+                problems.append(
+                    f"{entry['path']}: {path.stat().st_size} bytes, manifest says {entry['bytes']}"
+                )
+            else:
+                sized.append(entry["path"])
+        verifier = self._verifier or integrity.Verifier(self.path, self.manifest, self.fingerprint)
+        total = sum(e["bytes"] for e in files)
+        start = time.perf_counter()
+        with tqdm(total=total, desc="verify", unit="B", unit_scale=True, disable=not progress) as bar:
+            bad, hashed = verifier.verify_all(sized, progress=bar.update)
+        seconds = time.perf_counter() - start
+        problems += bad
+        if "labels" in self.manifest:
+            entry = self.manifest["labels"]
+            path = self.path / entry["path"]
+            if not path.is_file():
+                problems.append(f"{entry['path']}: missing")
+            elif fmt.sha256_file(path) != entry["sha256"]:
+                problems.append(f"{entry['path']}: checksum mismatch")
+        if not problems:  # the content of files whose bytes are the recorded ones
+            problems += checks.scan_contents(self.path, self.metadata, self.manifest, progress=progress)
+        counted = sum(s["n_rows"] for s in self.manifest["shards"])
+        if counted != self.n_rows or counted != self.manifest["n_rows"]:
+            problems.append(f"row counts disagree: shards {counted}, metadata {self.n_rows}")
         if problems:
             raise StoreCorruptError(
                 f"store {self.path} failed verification ({len(problems)} problem(s)): "
@@ -241,6 +305,12 @@ class ActivationStore:
                 + ". Re-record the affected shards (delete them and their _records entries, then re-run "
                 "the cache command) or the whole store."
             )
+        return {
+            "files": len(sized),
+            "bytes": hashed,
+            "seconds": seconds,
+            "mb_per_s": hashed / 1e6 / max(seconds, 1e-9),
+        }
 
     # ----------------------------------------------------------------------------------- helpers
     def _check_files_present(self) -> None:
@@ -261,23 +331,11 @@ class ActivationStore:
                 f"store {self.path} has no site {site!r}.{close_matches(site, self.sites)} Sites: {self.sites}"
             )
 
-    def _range(self, start_row: int, stop_row: int | None) -> tuple[int, int]:
-        stop = self.n_rows if stop_row is None else int(stop_row)
-        start = int(start_row)
-        if start < 0 or stop > self.n_rows or start > stop:
-            raise ConfigError(f"row range [{start}, {stop}) is outside the store's {self.n_rows} rows")
-        return start, stop
-
     def _map(self, key: str, shard_pos: int, width: int, dtype: np.dtype) -> np.ndarray:
         cached = self._maps.get((key, shard_pos))
         if cached is None:
             shard = self.shards[shard_pos]
-            entry = shard["provenance"] if key == fmt.PROVENANCE else shard["files"][key]
-            if self.check_checksums and fmt.sha256_file(self.path / entry["path"]) != entry["sha256"]:
-                raise StoreCorruptError(
-                    f"shard file {entry['path']} of store {self.path} does not match its checksum in the "
-                    "manifest (corrupted); run store.verify() to list every bad file, and re-record it"
-                )
+            entry = self._entry(key, shard_pos)
             # mode "c" (private copy-on-write) gives writable arrays torch can wrap; nothing is ever written.
             cached = np.memmap(
                 self.path / entry["path"], dtype=dtype, mode="c", shape=(shard["n_rows"], width)
@@ -286,7 +344,7 @@ class ActivationStore:
         return cached
 
     def _gather(self, key: str, start: int, stop: int, width: int, dtype: np.dtype) -> np.ndarray:
-        start, stop = self._range(start, stop)
+        start, stop = self.row_range(start, stop)
         out = np.empty((stop - start, width), dtype=dtype)
         for filled, part in self._pieces(key, start, stop, width, dtype):
             out[filled : filled + len(part)] = part
@@ -300,21 +358,23 @@ class ActivationStore:
         if rows_n.size and (rows_n.min() < 0 or rows_n.max() >= self.n_rows):
             raise ConfigError(f"row numbers must lie in [0, {self.n_rows}) for store {self.path}")
         width, storage = self.site_dim(site), fmt.NUMPY_STORAGE[self.dtype]
+        if not rows_n.size:
+            return torch.empty((0, width), dtype=fmt.TORCH_DTYPES[self.dtype])
         shard_n = np.searchsorted(self._starts, rows_n, side="right") - 1
-        first, last = (int(shard_n.min()), int(shard_n.max())) if rows_n.size else (0, 0)
+        first, last = int(shard_n.min()), int(shard_n.max())
         if first == last:  # the usual case for big shards: one index_select, no scatter
-            local = (
-                torch.from_numpy(rows_n - self._starts[first])
-                if rows_n.size
-                else torch.empty(0, dtype=torch.long)
-            )
-            return self._tensor(site, first, width, storage).index_select(0, local)
+            local_n = rows_n - self._starts[first]
+            self._check_rows(site, first, local_n, width * storage.itemsize)
+            return self._tensor(site, first, width, storage).index_select(0, torch.from_numpy(local_n))
         out = torch.empty((len(rows_n), width), dtype=fmt.TORCH_DTYPES[self.dtype])
         for pos in np.unique(shard_n):
             sel = np.flatnonzero(shard_n == pos)
-            local = torch.from_numpy(rows_n[sel] - self._starts[pos])
+            local_n = rows_n[sel] - self._starts[pos]
+            self._check_rows(site, int(pos), local_n, width * storage.itemsize)
             out.index_copy_(
-                0, torch.from_numpy(sel), self._tensor(site, int(pos), width, storage).index_select(0, local)
+                0,
+                torch.from_numpy(sel),
+                self._tensor(site, int(pos), width, storage).index_select(0, torch.from_numpy(local_n)),
             )
         return out
 
@@ -324,7 +384,7 @@ class ActivationStore:
         if not hasattr(os, "posix_fadvise"):
             return
         row_bytes = self.site_dim(site) * fmt.NUMPY_STORAGE[self.dtype].itemsize
-        start, stop = self._range(start, stop)
+        start, stop = self.row_range(start, stop)
         pos = bisect.bisect_right(self._starts, start) - 1
         while start < stop:
             shard = self.shards[pos]
@@ -336,19 +396,32 @@ class ActivationStore:
                 os.close(fd)
             start, pos = shard["row_start"] + hi, pos + 1
 
+    def _entry(self, key: str, shard_pos: int) -> dict[str, Any]:
+        shard = self.shards[shard_pos]
+        return shard["provenance"] if key == fmt.PROVENANCE else shard["files"][key]
+
+    def _check_rows(self, key: str, shard_pos: int, local_n: np.ndarray, row_bytes: int) -> None:
+        if self._verifier is not None:
+            self._verifier.check_rows(self._entry(key, shard_pos)["path"], local_n, row_bytes)
+
     def _tensor(self, key: str, shard_pos: int, width: int, dtype: np.dtype) -> torch.Tensor:
         """The memory map of one shard file as a torch tensor (bf16 bit patterns viewed as bfloat16)."""
         return fmt.as_torch(self._map(key, shard_pos, width, dtype), self.dtype)
 
     def _pieces(self, key: str, start: int, stop: int, width: int, dtype: np.dtype):
         """``(offset, memory-mapped rows)`` of each shard's part of rows ``start..stop-1``."""
-        start, stop = self._range(start, stop)
+        start, stop = self.row_range(start, stop)
         pos = bisect.bisect_right(self._starts, start) - 1
         filled = 0
         while filled < stop - start:
             shard = self.shards[pos]
             lo = start + filled - shard["row_start"]
             take = min(shard["n_rows"] - lo, stop - start - filled)
+            if self._verifier is not None:
+                row_bytes = width * dtype.itemsize
+                self._verifier.check_bytes(
+                    self._entry(key, pos)["path"], lo * row_bytes, (lo + take) * row_bytes
+                )
             yield filled, self._map(key, pos, width, dtype)[lo : lo + take]
             filled += take
             pos += 1

@@ -12,26 +12,48 @@ one batch plus the window's row numbers, never set by the store's size.
 from __future__ import annotations
 
 import math
-from collections.abc import Generator, Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
 
-from vision_sae_lens.compat import PrefetchingIterator
 from vision_sae_lens.errors import ConfigError
 from vision_sae_lens.layout import check_token_selection
 from vision_sae_lens.store import format as fmt
+from vision_sae_lens.store.prefetch import prefetched
 
 if TYPE_CHECKING:
-    from vision_sae_lens.store.reader import ActivationStore
+    from vision_sae_lens.layout import Layout
 
 DEFAULT_BUFFER_BYTES = 256 * 2**20
 BLOCKS_PER_BUFFER = 64
 
 
+class RowSource(Protocol):
+    """What the readers here use of a store (:class:`~vision_sae_lens.store.reader.ActivationStore` is one):
+    stated here so that this module needs nothing of the reader, which binds these functions as its
+    ``shuffled`` and ``statistics`` methods."""
+
+    @property
+    def path(self) -> Path: ...
+    @property
+    def dtype(self) -> str: ...
+    @property
+    def layout(self) -> Layout: ...
+    @property
+    def labels(self) -> np.ndarray | None: ...
+    def site_dim(self, site: str) -> int: ...
+    def row_range(self, start_row: int, stop_row: int | None) -> tuple[int, int]: ...
+    def read_rows(self, site: str, start: int, stop: int) -> torch.Tensor: ...
+    def gather(self, site: str, rows_n: np.ndarray) -> torch.Tensor: ...
+    def provenance(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]: ...
+    def advise_willneed(self, site: str, start: int, stop: int) -> None: ...
+
+
 def shuffled_batches(
-    store: ActivationStore,
+    store: RowSource,
     site: str,
     batch_size: int,
     *,
@@ -50,6 +72,7 @@ def shuffled_batches(
     prefetch: int = 4,
     skip_batches: int = 0,
     exclude_images: Iterable[int] | None = None,
+    part: tuple[int, int] = (0, 1),
 ) -> Iterator[torch.Tensor]:
     """Yield ``(batch_size, d)`` float32 tensors of ``site`` rows ``start_row..stop_row-1`` in a seeded
     shuffled order, ``epochs`` times.
@@ -65,8 +88,10 @@ def shuffled_batches(
     ``skip_batches`` starts after that many batches of the same stream (counted over all epochs)
     without reading them: a resumed training run continues exactly where it stopped.
     ``exclude_images`` drops every row of those images (a held-out evaluation set).
+    ``part=(i, n)`` yields only the i-th of n equal slices of every batch (``batch_size`` must divide by n): n
+    data-parallel readers with the same seed together read exactly the batches of one reader, each row once.
     """
-    start, stop = store._range(start_row, stop_row)
+    start, stop = store.row_range(start_row, stop_row)
     dim = store.site_dim(site)
     if batch_size < 1 or epochs < 1 or prefetch < 0:
         raise ConfigError(
@@ -74,6 +99,13 @@ def shuffled_batches(
         )
     if skip_batches < 0:
         raise ConfigError(f"skip_batches must be >= 0, got {skip_batches}")
+    part_index, n_parts = part
+    if not 0 <= part_index < n_parts or batch_size % n_parts or (n_parts > 1 and not drop_last):
+        raise ConfigError(
+            f"part={part} must be (i, n) with 0 <= i < n, n dividing batch_size ({batch_size}) and, for n > 1, "
+            "drop_last=True (every slice the same size)"
+        )
+    part_rows = batch_size // n_parts
     n = stop - start
     if buffer_rows is None:
         itemsize = fmt.NUMPY_STORAGE[store.dtype].itemsize
@@ -122,9 +154,9 @@ def shuffled_batches(
                 rows_n = np.concatenate([left, *spans])
                 rows_n = rows_n[rng.permutation(len(rows_n))]
                 n_full = len(rows_n) // batch_size * batch_size
-                for j in range(0, n_full, batch_size):
+                for j in range(part_index * part_rows, n_full, batch_size):
                     if n_batches >= skip_batches:  # skipped batches cost no read
-                        yield store.gather(site, rows_n[j : j + batch_size])
+                        yield store.gather(site, rows_n[j : j + part_rows])
                     n_batches += 1
                 left = rows_n[n_full:]
             if len(left) and not drop_last:
@@ -151,7 +183,7 @@ def shuffled_batches(
 
 
 def site_statistics(
-    store: ActivationStore,
+    store: RowSource,
     site: str,
     *,
     start_row: int = 0,
@@ -172,7 +204,7 @@ def site_statistics(
     norm of ``sqrt(d)``); ``raw_mean_norm`` the mean norm of the rows as stored; ``rows`` how many
     rows were read.
     """
-    start, stop = store._range(start_row, stop_row)
+    start, stop = store.row_range(start_row, stop_row)
     if stop - start == 0:
         raise ConfigError("cannot compute statistics of an empty row range")
     keep = _row_filter(store, labels, token_types, exclude_images)
@@ -223,7 +255,7 @@ def _sample_spans(start: int, stop: int, max_rows: int, chunk: int = 4096) -> li
     return [(int(lo), int(lo) + chunk) for lo in starts]
 
 
-def _row_filter(store: ActivationStore, labels, token_types, exclude_images=None):
+def _row_filter(store: RowSource, labels, token_types, exclude_images=None):
     """A function (lo, hi) -> boolean mask of the rows to keep, or None to keep all."""
     excluded = None if exclude_images is None else np.unique(np.asarray(list(exclude_images), dtype=np.int64))
     if labels is None and token_types is None and (excluded is None or not len(excluded)):
@@ -254,18 +286,3 @@ def _row_filter(store: ActivationStore, labels, token_types, exclude_images=None
         return mask
 
     return keep
-
-
-def prefetched(source: Iterator[Any], depth: int) -> Generator[Any, None, None]:
-    """Iterate ``source`` on a background thread, ``depth`` items ahead (SAELens' PrefetchingIterator).
-
-    Exceptions of the source are re-raised here; when the consumer stops early, the thread is stopped
-    and the source closed (its ``finally`` blocks run).
-    """
-    ahead = PrefetchingIterator(source, prefetch=depth)
-    try:
-        yield from ahead
-    finally:
-        ahead.close()
-        if hasattr(source, "close"):
-            source.close()

@@ -14,20 +14,27 @@ import os
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
 from vision_sae_lens import fsutil
+from vision_sae_lens.data.files import ImageFolder, PathList, image_files
+from vision_sae_lens.data.subsets import Subset
 from vision_sae_lens.errors import ConfigError, NonFiniteError, StoreError, StoreMismatchError
 from vision_sae_lens.layout import Layout, check_token_selection
-from vision_sae_lens.store import checks
+from vision_sae_lens.store import checks, integrity
 from vision_sae_lens.store import format as fmt
+
+if TYPE_CHECKING:
+    from vision_sae_lens.contracts import ImageSource
+    from vision_sae_lens.store.reader import ActivationStore
 
 
 class ShardBuilder:
-    """The files of one shard being written: one per site plus provenance, hashed on the fly."""
+    """The files of one shard being written: one per site plus provenance, hashed block by block on the fly."""
 
     def __init__(self, root: Path, index: int, site_dims: Mapping[str, int], dtype: str) -> None:
         self.root, self.index, self.dtype = Path(root), int(index), dtype
@@ -43,7 +50,7 @@ class ShardBuilder:
             tmp = fsutil.temp_name(self.root / rel)
             tmp.parent.mkdir(parents=True, exist_ok=True)
             f = open(tmp, "wb")  # noqa: SIM115 - closed in commit/abort
-            self._files[key] = (rel, tmp, f, hashlib.sha256())
+            self._files[key] = (rel, tmp, f, integrity.BlockHasher(integrity.BLOCK_BYTES))
 
     def add(self, site_rows: Mapping[str, np.ndarray], provenance_n2: np.ndarray) -> None:
         """Append rows (storage dtype, (n, d) per site) and their (n, 2) int32 [image_idx, token_idx]."""
@@ -66,7 +73,7 @@ class ShardBuilder:
             size = f.tell()
             f.close()
             os.replace(tmp, self.root / rel)
-            files[key] = {"path": rel, "bytes": size, "sha256": digest.hexdigest()}
+            files[key] = {"path": rel, "bytes": size, "block_sha256": digest.hexdigests()}
         provenance = files.pop(fmt.PROVENANCE)
         record = {"index": self.index, "n_rows": self.n_rows, "files": files, "provenance": provenance}
         record.update(extra or {})
@@ -105,7 +112,8 @@ def finalize_store(
         row += rec["n_rows"]
     manifest: dict[str, Any] = {
         "format": fmt.FORMAT_NAME,
-        "format_version": fmt.version_for(settings["layout"]),
+        "format_version": fmt.FORMAT_VERSION,
+        "block_bytes": integrity.BLOCK_BYTES,
         "n_rows": row,
         "shards": shards,
     }
@@ -124,7 +132,7 @@ def finalize_store(
     metadata = {
         **settings,
         "format": fmt.FORMAT_NAME,
-        "format_version": fmt.version_for(settings["layout"]),
+        "format_version": fmt.FORMAT_VERSION,
         "n_images": int(n_images),
         "n_recorded_images": int(recorded),
         "n_rows": row,
@@ -179,7 +187,7 @@ def check_or_claim_directory(
 SOURCE_STATE_KEY = "source_state"
 
 
-def source_state(source: Any) -> str | None:
+def source_state(source: ImageSource) -> str | None:
     """Hash of (name, size, mtime) of every image file that decides the rows (None: not file-based)."""
     files = source_files(source)
     if files is None:
@@ -194,15 +202,13 @@ def source_state(source: Any) -> str | None:
     return digest.hexdigest()
 
 
-def source_files(source: Any) -> list[tuple[str, Path]] | None:
-    inner = getattr(source, "source", None)
-    if inner is not None and hasattr(source, "indices"):  # a Subset (--limit)
-        files = source_files(inner)
+def source_files(source: ImageSource) -> list[tuple[str, Path]] | None:
+    """``(name, path)`` of the image files behind ``source``, in source order (None: not file-based)."""
+    if isinstance(source, Subset):  # --limit
+        files = source_files(source.source)
         return None if files is None else [files[i] for i in source.indices]
-    if hasattr(source, "root") and hasattr(source, "files"):  # an image folder
-        return [(f, Path(source.root) / f) for f in source.files]
-    if hasattr(source, "paths"):  # a list of paths
-        return [(str(i), Path(p)) for i, p in enumerate(source.paths)]
+    if isinstance(source, (ImageFolder, PathList)):
+        return image_files(source)
     return None
 
 
@@ -224,7 +230,7 @@ def _ours_transient(name: str) -> bool:
     return name == fsutil.LOCK_FILE or fsutil.is_own_temp(name)
 
 
-def _short(value: Any) -> str:
+def _short(value: object) -> str:
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
 
@@ -294,7 +300,12 @@ class StoreWriter:
         self._last: tuple[int, int] = (-1, -1)
         self._max_image = -1
 
-    def append(self, site_arrays: Mapping[str, Any], image_idx: Any, token_idx: Any) -> None:
+    def append(
+        self,
+        site_arrays: Mapping[str, npt.ArrayLike | torch.Tensor],
+        image_idx: npt.ArrayLike,
+        token_idx: npt.ArrayLike,
+    ) -> None:
         """Add rows: ``site_arrays[site]`` (n, d) floats for every site, ``image_idx``/``token_idx`` (n,)."""
         if set(site_arrays) != set(self.site_dims):
             raise ConfigError(
@@ -348,7 +359,13 @@ class StoreWriter:
                 self._records.append(self._builder.commit())
                 self._builder = None
 
-    def finish(self, *, n_images: int | None = None, labels: Sequence[int] | None = None, skipped=()):
+    def finish(
+        self,
+        *,
+        n_images: int | None = None,
+        labels: Sequence[int] | None = None,
+        skipped: Sequence[dict[str, Any]] = (),
+    ) -> ActivationStore:
         """Write the last shard, the manifest and the metadata; returns the opened ActivationStore.
 
         ``n_images`` defaults to the largest image index + 1; ``labels`` holds one int per image

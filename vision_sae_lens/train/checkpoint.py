@@ -14,11 +14,12 @@ Resume reads trainer state with ``torch.load(weights_only=True)`` only.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sae_lens import SAE, SAETrainer, TrainingSAE
 from safetensors.torch import save_file
@@ -34,6 +35,9 @@ from vision_sae_lens.errors import (
 from vision_sae_lens.metadata import VisionFacts, apply_vision_facts
 from vision_sae_lens.normalization import InputNormalization, fold_input_normalization
 from vision_sae_lens.train.resume import check_resume_settings
+
+if TYPE_CHECKING:
+    from vision_sae_lens.train.config import TrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -76,8 +80,17 @@ def write_inference_folder(
     apply_vision_facts(sae, facts)
     path.mkdir(parents=True, exist_ok=True)
     sae.save_inference_model(path)
+    sort_cfg_keys(path)
     save_file({"sparsity": trainer.log_feature_sparsity}, path / SPARSITY_FILENAME)
     return sae
+
+
+def sort_cfg_keys(folder: Path) -> None:
+    """Rewrite SAELens' ``cfg.json`` in ``folder`` with its keys sorted. SAELens lists the config's fields from a
+    set, whose order changes with each process's string-hash seed; sorted, the same SAE gives the same bytes
+    in every process (a sweep over ranks writes the folders one process would)."""
+    path = folder / "cfg.json"
+    fsutil.write_atomic(path, json.dumps(json.loads(path.read_text()), sort_keys=True).encode())
 
 
 def save_resumable(
@@ -105,6 +118,7 @@ def save_resumable(
         write_inference_folder(trainer, tmp, facts, normalization=normalization)
         state_dir = tmp / TRAINER_SUBDIR
         trainer.sae.save_model(state_dir)
+        sort_cfg_keys(state_dir)
         trainer.save_trainer_state(state_dir)
         fsutil.write_json_atomic(state_dir / PROGRESS_FILENAME, progress)
         _write_checkpoint_manifest(tmp)
@@ -232,7 +246,7 @@ def remove_stale_temps(out: Path) -> None:
         fsutil.remove_stale_temps(parent, recursive=False)  # only our own temp names: never a user's .tmp
 
 
-def checkpoint_problem(path: Path, fingerprint: str, cfg: Any) -> str | None:
+def checkpoint_problem(path: Path, fingerprint: str, cfg: TrainConfig) -> str | None:
     """None when checkpoint ``path`` is intact and continues a run of ``cfg`` on store ``fingerprint``;
     what is damaged otherwise.
 
@@ -248,7 +262,7 @@ def checkpoint_problem(path: Path, fingerprint: str, cfg: Any) -> str | None:
     return None
 
 
-def check_finished_settings(folder: Path, cfg: Any, fingerprint: str) -> None:
+def check_finished_settings(folder: Path, cfg: TrainConfig, fingerprint: str) -> None:
     """Refuse to hand back a finished run in ``folder`` as the result of ``cfg`` when its settings differ."""
     path = folder / FINISHED_FILENAME
     try:
@@ -256,6 +270,39 @@ def check_finished_settings(folder: Path, cfg: Any, fingerprint: str) -> None:
     except (OSError, ValueError) as exc:
         raise CheckpointCorruptError(f"cannot read {path}: {exc}; pass --overwrite to train again") from exc
     check_resume_settings(state if isinstance(state, dict) else {}, cfg, fingerprint, folder)
+
+
+def resume_step(members: list[Any], fingerprint: str) -> int:
+    """Newest step at which every one of ``members`` (a group's unfinished runs, each with ``ckpt_root``,
+    ``cfg`` and ``name``) has an intact checkpoint of this run; 0 when there is none."""
+    available = [set(list_checkpoints(m.ckpt_root)) for m in members]
+    common = set.intersection(*available) if available else set()
+    names = [m.name for m in members]
+    if not common:
+        if any(available):
+            logger.warning("no checkpoint step common to all runs of this group; starting from step 0")
+        else:
+            logger.info("nothing to resume for %s; starting from step 0", names)
+        return 0
+    for step in sorted(common, reverse=True):  # newest first; a damaged one falls back to the one before
+        damaged = [
+            err for m in members if (err := checkpoint_problem(m.ckpt_root / str(step), fingerprint, m.cfg))
+        ]
+        if not damaged:
+            logger.info("resuming %s from step %d", names, step)
+            return step
+        logger.warning("skipping damaged checkpoint step %d: %s", step, "; ".join(damaged))
+    logger.warning("every checkpoint of %s is damaged; starting from step 0", names)
+    return 0
+
+
+def load_step(members: list[Any], step: int) -> None:
+    """Every member's trainer (``m.live``) from its checkpoint at ``step``."""
+    for m in members:
+        path = m.ckpt_root / str(step)
+        load_resumable(m.live, path)
+        if m.live.n_training_steps != step:
+            raise TrainingError(f"checkpoint {path} holds step {m.live.n_training_steps}, expected {step}")
 
 
 def disk_full_error(where: Path, exc: BaseException) -> TrainingError:

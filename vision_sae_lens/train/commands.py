@@ -5,11 +5,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vision_sae_lens._lazy import add_arguments_on_use
 from vision_sae_lens.errors import ConfigError, escape_control
+
+if TYPE_CHECKING:
+    from vision_sae_lens.backbones import HookedSAEViT
+    from vision_sae_lens.contracts import ImageSource
 
 logger = logging.getLogger(__name__)
 
@@ -45,11 +50,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="SAEs of a sweep stepping at the same time, each adding its step's memory (default: 2 on a CPU "
         "of up to 4 threads, else 1)",
     )
+    p.add_argument(
+        "--distributed",
+        choices=["auto", "sweep", "ddp"],
+        default="auto",
+        help="under torchrun: 'sweep' deals the SAEs to the ranks, 'ddp' trains each SAE on all ranks (its batch "
+        "split between them); 'auto' is ddp for one SAE, sweep for several (see docs/distributed.md)",
+    )
+    p.add_argument(
+        "--dist-timeout",
+        type=float,
+        default=1800.0,
+        help="under torchrun: seconds a rank waits for the others before it stops with an error",
+    )
     _add_downstream_args(p, n_images=False)
     # Every TrainConfig and SAELens SAE-config field, generated from the dataclasses: that imports
     # SAELens, so it happens only when `train` itself is parsed (or its --help shown).
     add_arguments_on_use(p, _add_config_fields)
-    p.set_defaults(func=_train)
+    p.set_defaults(func=run_train)
 
     e = subparsers.add_parser(
         "evaluate",
@@ -67,7 +85,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--out", help="folder for eval.json and density.png (default: print only)")
     _add_downstream_args(e)
     e.add_argument("--no-progress", action="store_true", help="no progress bars")
-    e.set_defaults(func=_evaluate)
+    e.set_defaults(func=run_evaluate)
 
 
 def _add_config_fields(p: argparse.ArgumentParser) -> None:
@@ -94,24 +112,24 @@ def _add_downstream_args(p: argparse.ArgumentParser, *, n_images: bool = True) -
     p.add_argument("--weights", help="local weights file of --model (a timm: or open_clip: architecture id)")
 
 
-def _downstream(args: argparse.Namespace, store_path: str | None):
+def _downstream(args: argparse.Namespace, store_path: str) -> tuple[HookedSAEViT | None, ImageSource | None]:
+    """The backbone and images of the downstream metric (None, None without --model)."""
     if not args.model:
         return None, None
     if not args.images:
         raise ConfigError("--model needs --images (the images to measure the downstream metric on)")
     from vision_sae_lens.backbones.recorded import backbone_for
-    from vision_sae_lens.train.feed import open_store
+    from vision_sae_lens.data import open_images
+    from vision_sae_lens.store import ActivationStore
 
     # 'store' rebuilds the store's backbone; the store's own id is checked against its recorded weights
-    store = open_store(store_path)
-    recorded = getattr(store, "metadata", {})
+    recorded = ActivationStore(store_path).metadata
     model = backbone_for(args.model, recorded, weights=args.weights, what=f"store {store_path}")
-    from vision_sae_lens.data import open_images
-
     return model, open_images(args.images)
 
 
-def _train(args: argparse.Namespace) -> int:
+def run_train(args: argparse.Namespace) -> int:
+    """Handler of ``train``: a sweep file or one SAE from flags; prints one line per trained SAE."""
     from vision_sae_lens.train.sweep import config_from_dict, load_sweep
     from vision_sae_lens.train.trainer import train_sae
 
@@ -142,21 +160,25 @@ def _train(args: argparse.Namespace) -> int:
         images=images,
         progress=not args.no_progress,
         concurrent_steps=args.concurrent_steps,
+        distributed=args.distributed,
+        dist_timeout=args.dist_timeout,
     )
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # under torchrun every rank returns every run: rank 0 prints them
     for run in runs if isinstance(runs, list) else [runs]:
         print(format_run(run.path, run.report))
     return 0
 
 
-def format_run(path: Any, r: dict[str, Any]) -> str:
+def format_run(path: str | os.PathLike[str], r: dict[str, Any]) -> str:
     """One line per trained SAE: held-out NMSE / L0, dead by the one definition, downstream recovery."""
-    path = escape_control(path)
+    shown = escape_control(path)
     if r.get("evaluated") is False:
-        return f"{path}: not evaluated on rows ({r['note']})"
+        return f"{shown}: not evaluated on rows ({r['note']})"
     down = r.get("downstream") or {}
     fr = down.get("fraction_recovered")
     text = (
-        f"{path}: L0 {r['l0']:.2f}  NMSE {r['nmse']:.4f}  explained variance {r['explained_variance']:.4f}"
+        f"{shown}: L0 {r['l0']:.2f}  NMSE {r['nmse']:.4f}  explained variance {r['explained_variance']:.4f}"
         f"  dead {r['dead_fraction']:.3f} (over {r.get('density_rows', 0):,} rows)"
     )
     if fr is not None:
@@ -184,13 +206,8 @@ def _coerce_sae_fields(architecture: str, d: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _with(cfg, **changes):
-    import dataclasses
-
-    return dataclasses.replace(cfg, **changes)
-
-
-def _evaluate(args: argparse.Namespace) -> int:
+def run_evaluate(args: argparse.Namespace) -> int:
+    """Handler of ``evaluate``: the evaluation report of an SAE folder, printed as JSON."""
     from vision_sae_lens.train.evaluate import evaluate_sae
 
     model, images = _downstream(args, args.store)

@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import logging
 import weakref
-from typing import TYPE_CHECKING, Any, Literal
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +35,17 @@ from vision_sae_lens.errors import ConfigError
 from vision_sae_lens.splice import sae_token_mask
 
 if TYPE_CHECKING:
+    from PIL import Image
+
     from vision_sae_lens.backbones import HookedSAEViT
+    from vision_sae_lens.compat import HookPoint
+    from vision_sae_lens.contracts import ImageSource
+
+DownstreamImages: TypeAlias = (
+    "torch.Tensor | Sequence[Image.Image | tuple[Image.Image, int | None]] | ImageSource"
+)
+"""Images for the downstream metric: uint8 / preprocessed pixels, a list of images or of ``(image, label)``
+pairs, or an image source (``data.open_images``)."""
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +60,7 @@ _TEXT_CACHE: weakref.WeakKeyDictionary[Any, dict[tuple[str, ...], tuple[Any, str
 def measure_downstream(
     model: HookedSAEViT,
     sae: SAE,
-    images: Any,
+    images: DownstreamImages,
     *,
     mean_d: torch.Tensor | None = None,
     n_images: int = 64,
@@ -180,11 +191,11 @@ def _accuracy(
     return (pred.cpu() == labels_n).float().mean().item()
 
 
-def zero_shot_text(model: HookedSAEViT, images: Any) -> tuple[torch.Tensor | None, str | None]:
+def zero_shot_text(model: HookedSAEViT, images: DownstreamImages) -> tuple[torch.Tensor | None, str | None]:
     """(class text embeddings for ``images.label_names`` through ``model``'s text tower, None) or
     (None, the reason there are none). Built once per model and class list; a failure to build the
     text tower is logged once and reported as a reason, never raised."""
-    names = getattr(images, "label_names", None)
+    names = _label_names(images)
     if not names:
         return None, "the images have no label_names to put into prompts"
     from vision_sae_lens.backbones.text_tower import class_text_embeddings
@@ -205,7 +216,11 @@ def zero_shot_text(model: HookedSAEViT, images: Any) -> tuple[torch.Tensor | Non
 
 
 def _zero_shot_setup(
-    model: HookedSAEViT, images: Any, kind: str, labels_n: torch.Tensor | None, text_embeddings: Any
+    model: HookedSAEViT,
+    images: DownstreamImages,
+    kind: str,
+    labels_n: torch.Tensor | None,
+    text_embeddings: torch.Tensor | Literal["auto"] | None,
 ) -> tuple[torch.Tensor | None, str | None, list[str] | None]:
     """(class text embeddings, reason when there are none, prompt templates when built here)."""
     if kind == "classifier":
@@ -222,7 +237,7 @@ def _zero_shot_setup(
             return None, reason, None
         from vision_sae_lens.backbones.text_tower import zero_shot_prompts
 
-        return text_cd, None, list(zero_shot_prompts(images.label_names)[1])
+        return text_cd, None, list(zero_shot_prompts(_label_names(images))[1])
     return F.normalize(text_embeddings.detach().float().cpu(), dim=-1), None, None
 
 
@@ -271,7 +286,7 @@ def _masked_mean(acts: torch.Tensor, mask_t: torch.Tensor | None) -> torch.Tenso
 
 
 def _replace_hook(mask_t: torch.Tensor | None, value_d: torch.Tensor):
-    def hook(acts: torch.Tensor, hook: Any) -> torch.Tensor:  # noqa: ARG001
+    def hook(acts: torch.Tensor, hook: HookPoint) -> torch.Tensor:  # noqa: ARG001
         out = acts.clone()
         if mask_t is None:
             out[...] = value_d
@@ -282,19 +297,27 @@ def _replace_hook(mask_t: torch.Tensor | None, value_d: torch.Tensor):
     return hook
 
 
-def _pick_images(images: Any, n_images: int, seed: int) -> list[int]:
+def _pick_images(images: DownstreamImages, n_images: int, seed: int) -> list[int]:
     """Indices of a seeded random draw of ``n_images`` (stratified by label when the source has labels)."""
-    from vision_sae_lens.data.sources import source_labels, subset_indices
+    from vision_sae_lens.data.subsets import source_labels, subset_indices
 
     total = images.shape[0] if isinstance(images, torch.Tensor) else len(images)
     n = min(n_images, total)
     if n >= total:
         return list(range(total))
-    labels = None if isinstance(images, torch.Tensor) else source_labels(images)
+    # Only an image source knows its labels before its images are read; a tensor or a list does not.
+    labels = None if isinstance(images, (torch.Tensor, Sequence)) else source_labels(images)
     return subset_indices(total, n, labels=labels, seed=seed).tolist()
 
 
-def _pixel_batches(model: HookedSAEViT, images: Any, picked: list[int], batch_size: int):
+def _label_names(images: DownstreamImages) -> list[str]:
+    names = None if isinstance(images, (torch.Tensor, Sequence)) else images.label_names
+    return list(names or [])
+
+
+def _pixel_batches(
+    model: HookedSAEViT, images: DownstreamImages, picked: list[int], batch_size: int
+) -> Iterator[tuple[torch.Tensor, list[int | None]]]:
     """(preprocessed pixels, labels) batches of the ``picked`` images (labels None if unknown)."""
     for i in range(0, len(picked), batch_size):
         idx = picked[i : i + batch_size]

@@ -116,7 +116,7 @@ def visaebench_inputs(
     expected_t = np.tile(np.arange(layout.n_prefix, layout.n_tokens), len(chosen))
     if not np.array_equal(token_n[rows_n], expected_t):
         raise StoreCorruptError(
-            f"store {getattr(reader, 'path', '')}: rows are not in (image, token) order; re-record the store."
+            f"store {reader.path}: rows are not in (image, token) order; re-record the store."
         )
     acts = reader.gather(site, rows_n).float().reshape(len(chosen), layout.n_patches, -1)
     match = _RESID_POST.fullmatch(site)
@@ -132,7 +132,7 @@ def visaebench_inputs(
 
 def _draw(images: np.ndarray, labels: np.ndarray | None, max_images: int | None, seed: int) -> np.ndarray:
     """Positions in ``images`` of a seeded random draw (label-stratified), all of them without a limit."""
-    from vision_sae_lens.data.sources import subset_indices
+    from vision_sae_lens.data.subsets import subset_indices
 
     if max_images is not None and max_images < 1:
         raise ConfigError(f"max_images must be at least 1 (or None for every image), got {max_images}")

@@ -47,6 +47,9 @@ DENSITY_BINS = torch.linspace(-8, 0, 33)
 """Edges of the log10 feature-density histogram (latents that never fire are counted apart)."""
 DENSE_THRESHOLD = 0.1
 """Token frequency above which a latent is *dense*."""
+ENCODE_ELEMENTS = 2**25
+"""Rows x latents encoded at a time: a wide SAE's batches shrink so that memory does not grow with its width
+(128 MiB per float32 latent tensor; 512 rows at 65,536 latents, the full batch up to 8,192)."""
 DENSITY_MAX_ROWS = 10_000_000
 """Rows over which firing is counted: the whole store, or a seeded random draw of its images
 holding at most this many rows."""
@@ -109,6 +112,8 @@ def evaluate_sae(
         )
     check_store_for(reader, site, sae.cfg.d_in, name=str(folder or "sae"))
     keep_t = _token_keep(sae, reader)
+    # (rows, d_sae) latents are the largest tensors: bound them, whatever the SAE's width
+    batch_size = max(1, min(batch_size, ENCODE_ELEMENTS // int(sae.cfg.d_sae)))
     rows_n, which = _eval_rows(folder, reader, split, start_row, stop_row, max_rows, seed)
     rows_n = _of_tokens(reader, rows_n, keep_t)
     recon = _reconstruction(sae, reader, site, rows_n, batch_size, progress=progress)
@@ -288,25 +293,46 @@ def _of_tokens(store: ActivationStoreReader, rows_n: np.ndarray, keep_t: torch.T
     """The rows among ``rows_n`` whose token is kept by ``keep_t`` (all of them when it is None)."""
     if keep_t is None or not len(rows_n):
         return rows_n
-    lo, hi = int(rows_n.min()), int(rows_n.max()) + 1
-    token_n = np.asarray(store.provenance(lo, hi)[1], dtype=np.int64)
-    return rows_n[keep_t.numpy()[token_n[rows_n - lo]]]
+    # The sorted rows come in runs (whole images): read the provenance of those runs only.
+    breaks = np.flatnonzero(np.diff(rows_n) != 1) + 1
+    token_n = np.concatenate(
+        [
+            np.asarray(store.provenance(int(run[0]), int(run[-1]) + 1)[1], dtype=np.int64)
+            for run in np.split(rows_n, breaks)
+        ]
+    )
+    return rows_n[keep_t.numpy()[token_n]]
 
 
-def _sampled_rows(store: ActivationStoreReader, max_rows: int, seed: int) -> np.ndarray:
-    """Every row of the store, or the rows of a seeded random draw of images holding at most ``max_rows``."""
-    from vision_sae_lens.data.sources import subset_indices
+def sampled_runs(store: ActivationStoreReader, max_rows: int, seed: int = 0) -> np.ndarray:
+    """``(n, 2)`` int64 ``[start, stop)`` row runs: the whole store when it holds at most ``max_rows`` rows,
+    else the rows of a seeded random draw of its images (stratified by label when it has labels), cut at
+    ``max_rows`` rows. Found from the per-image row offsets: memory per image, never per stored row. The
+    evaluation's density rows and the feature browser's scan are this draw (same rows, same counts)."""
+    from vision_sae_lens.data.subsets import subset_indices
 
     n_rows = int(store.n_rows)
     if n_rows <= max_rows:
-        return np.arange(n_rows, dtype=np.int64)
-    image_n = np.asarray(store.provenance(0, n_rows)[0], dtype=np.int64)
-    images = np.unique(image_n)
+        return np.asarray([[0, n_rows]], dtype=np.int64)
+    offsets = store.image_offsets()
+    images = np.flatnonzero(np.diff(offsets))
     n = max(1, int(max_rows // (n_rows / len(images))))
     labels = store.labels
     lab = None if labels is None else [None if v < 0 else int(v) for v in np.asarray(labels)[images]]
     chosen = images[subset_indices(len(images), n, labels=lab, seed=seed)]
-    return np.flatnonzero(np.isin(image_n, chosen)).astype(np.int64)[:max_rows]
+    starts, stops = offsets[chosen], offsets[chosen + 1]
+    ends = np.cumsum(stops - starts)
+    stops = np.minimum(stops, stops - (ends - max_rows).clip(min=0))  # the last run stops at max_rows rows
+    keep = stops > starts
+    return np.stack([starts[keep], stops[keep]], axis=1).astype(np.int64)
+
+
+def _sampled_rows(store: ActivationStoreReader, max_rows: int, seed: int) -> np.ndarray:
+    """The row numbers of :func:`sampled_runs` (at most ``max_rows`` of them)."""
+    from vision_sae_lens.train.feed import rows_of_runs
+
+    runs = sampled_runs(store, max_rows, seed)
+    return rows_of_runs(runs[:, 0], runs[:, 1])
 
 
 def _row_batches(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,8 +21,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from vision_sae_lens.data.sources import subset_indices
+from vision_sae_lens.contracts import ActivationStoreReader
+from vision_sae_lens.data.subsets import subset_indices
 from vision_sae_lens.errors import (
+    NonFiniteError,
     SAEMismatchError,
     StoreNotFoundError,
     TrainingError,
@@ -35,9 +38,10 @@ logger = logging.getLogger(__name__)
 _EPOCH_SEED_STRIDE = 1_000_003
 
 
-def open_store(store: Any) -> Any:
-    """An ``ActivationStore`` from a path; an object that already looks like a store is returned as is."""
-    if hasattr(store, "shuffled") and hasattr(store, "ordered"):
+def open_store(store: ActivationStoreReader | str | os.PathLike[str]) -> ActivationStoreReader:
+    """An ``ActivationStore`` from a path; a store object (an ``ActivationStore`` or a user's object with its
+    members) is returned as is."""
+    if not isinstance(store, (str, os.PathLike)):
         return store
     from vision_sae_lens.store import ActivationStore
 
@@ -49,20 +53,19 @@ def open_store(store: Any) -> Any:
     return ActivationStore(path)
 
 
-def store_key(store: Any) -> str:
+def store_key(store: ActivationStoreReader | str | os.PathLike[str]) -> str:
     """Identity of a store for grouping runs into one data pass."""
-    if hasattr(store, "shuffled") and hasattr(store, "ordered"):
-        path = getattr(store, "path", None)
-        return str(Path(path).resolve()) if path is not None else f"<store object {id(store)}>"
-    return str(Path(store).resolve())
+    if isinstance(store, (str, os.PathLike)):
+        return str(Path(store).resolve())
+    return str(Path(store.path).resolve()) if store.path is not None else f"<store object {id(store)}>"
 
 
-def site_width(store: Any, site: str) -> int:
+def site_width(store: ActivationStoreReader, site: str) -> int:
     """Width (d_in) of a site's rows in the store."""
     return int(store.site_dim(site))
 
 
-def check_store_for(store: Any, site: str, d_in: int, name: str) -> None:
+def check_store_for(store: ActivationStoreReader, site: str, d_in: int, name: str) -> None:
     """Clear errors for an unknown site, an empty store and a d_in that does not match."""
     sites = list(store.sites)
     if site not in sites:
@@ -120,7 +123,7 @@ class Split:
 
 
 def split_store(
-    store: Any, *, eval_fraction: float, max_eval_rows: int, batch_size: int, seed: int = 0
+    store: ActivationStoreReader, *, eval_fraction: float, max_eval_rows: int, batch_size: int, seed: int = 0
 ) -> Split:
     """Hold out a seeded random ``eval_fraction`` of the store's images (at most ``max_eval_rows``
     rows), stratified by the store's labels when it has them; one training batch must remain."""
@@ -128,32 +131,52 @@ def split_store(
     empty = np.empty(0, dtype=np.int64)
     if eval_fraction <= 0:
         return _checked_split(Split(n_rows, empty, empty, seed), batch_size)
-    image_n = np.asarray(store.provenance(0, n_rows)[0], dtype=np.int64)
-    images = np.unique(image_n)
+    offsets = store.image_offsets()
+    images = np.flatnonzero(np.diff(offsets))  # images with rows (skipped ones have none)
     rows_per_image = n_rows / max(len(images), 1)
     n_eval = min(int(round(len(images) * eval_fraction)), int(max_eval_rows // max(rows_per_image, 1)))
     n_eval = min(max(n_eval, 1), len(images) - 1)
     if n_eval < 1:
         return _checked_split(Split(n_rows, empty, empty, seed), batch_size)
-    per_image = getattr(store, "labels", None)
+    per_image = store.labels
     labels = None
     if per_image is not None:
         lab = np.asarray(per_image, dtype=np.int64)[images]
         labels = None if bool((lab < 0).all()) else [None if v < 0 else int(v) for v in lab]
-    chosen = images[subset_indices(len(images), n_eval, labels=labels, seed=seed)]
-    rows = np.flatnonzero(np.isin(image_n, chosen)).astype(np.int64)
-    return _checked_split(Split(n_rows, chosen, rows, seed, labels is not None), batch_size)
+    chosen = np.sort(images[subset_indices(len(images), n_eval, labels=labels, seed=seed)])
+    return _checked_split(
+        Split(n_rows, chosen, rows_of_images(offsets, chosen), seed, labels is not None), batch_size
+    )
 
 
-def split_from_record(store: Any, record: dict[str, Any]) -> Split:
+def split_from_record(store: ActivationStoreReader, record: dict[str, Any]) -> Split:
     """The :class:`Split` a ``split.json`` record describes, on ``store``."""
     n_rows = int(store.n_rows)
-    chosen = np.asarray(record.get("eval_images", []), dtype=np.int64)
+    chosen = np.unique(np.asarray(record.get("eval_images", []), dtype=np.int64))
     if not len(chosen):
         return Split(n_rows, chosen, chosen, int(record.get("seed", 0)))
-    image_n = np.asarray(store.provenance(0, n_rows)[0], dtype=np.int64)
-    rows = np.flatnonzero(np.isin(image_n, chosen)).astype(np.int64)
+    offsets = store.image_offsets()
+    if chosen[0] < 0 or chosen[-1] >= len(offsets) - 1:
+        raise TrainingError(
+            f"split.json holds image indices outside the store's {len(offsets) - 1} images; it was written "
+            "for another store. Evaluate with the store the SAE was trained on."
+        )
+    rows = rows_of_images(offsets, chosen)
     return Split(n_rows, chosen, rows, int(record.get("seed", 0)), "stratified" in record.get("method", ""))
+
+
+def rows_of_images(offsets: np.ndarray, images: np.ndarray) -> np.ndarray:
+    """Sorted int64 row numbers of the sorted ``images``, from the store's per-image row ``offsets``
+    (:meth:`ActivationStore.image_offsets`): one run per image, never a pass over every row."""
+    return rows_of_runs(offsets[images], offsets[images + 1])
+
+
+def rows_of_runs(starts: np.ndarray, stops: np.ndarray) -> np.ndarray:
+    """The row numbers of the runs ``starts[i]..stops[i]-1``, run after run, as one int64 array."""
+    lengths = np.asarray(stops, dtype=np.int64) - np.asarray(starts, dtype=np.int64)
+    # output position j belongs to run i: its row is starts[i] + (j - first position of run i)
+    firsts = np.cumsum(lengths) - lengths
+    return (np.repeat(starts - firsts, lengths) + np.arange(lengths.sum())).astype(np.int64)
 
 
 def _checked_split(split: Split, batch_size: int) -> Split:
@@ -166,7 +189,7 @@ def _checked_split(split: Split, batch_size: int) -> Split:
 
 
 def batch_stream(
-    store: Any,
+    store: ActivationStoreReader,
     site: str,
     *,
     batch_size: int,
@@ -175,7 +198,8 @@ def batch_stream(
     skip_batches: int = 0,
     token_types: list[str] | None = None,
     normalization: InputNormalization | None = None,
-    prefetch: int | None = None,
+    prefetch: int = 4,
+    part: tuple[int, int] = (0, 1),
 ) -> Iterator[torch.Tensor]:
     """Endless (batch_size, d_in) float32 batches over the training rows of ``split``, epoch after epoch.
 
@@ -183,6 +207,7 @@ def batch_stream(
     are skipped here, the rest by ``shuffled``). ``token_types`` keeps rows of those token kinds only
     (see :func:`token_filter`); ``normalization`` is applied to every batch. ``prefetch`` is passed to
     ``shuffled`` (0: no reader thread of its own, for a caller that prefetches the whole stream).
+    ``part=(i, n)``: only the i-th of n equal slices of every batch (a data-parallel rank's share).
     """
     n_rows = count_selected_rows(store, token_types, split)
     per_epoch = n_rows // batch_size
@@ -191,7 +216,6 @@ def batch_stream(
             f"the training rows of {site} hold {n_rows} rows of tokens {token_types}, fewer than one batch of "
             f"{batch_size}; record more images or lower batch_size / eval_fraction."
         )
-    held_out = {"exclude_images": split.eval_images} if split.n_eval else {}
     first_epoch, skip_in_epoch = divmod(skip_batches, per_epoch)
     for epoch in itertools.count(first_epoch):
         if epoch > 0:
@@ -202,9 +226,10 @@ def batch_stream(
             seed=seed + epoch * _EPOCH_SEED_STRIDE,
             drop_last=True,
             skip_batches=skip_in_epoch if epoch == first_epoch else 0,
-            **({"token_types": token_types} if token_types is not None else {}),
-            **held_out,
-            **({"prefetch": prefetch} if prefetch is not None else {}),
+            token_types=token_types,
+            exclude_images=split.eval_images if split.n_eval else None,
+            prefetch=prefetch,
+            part=part,
         )
         if normalization is None:
             yield from batches
@@ -220,7 +245,7 @@ def _normalised(norm: InputNormalization, batch: torch.Tensor) -> torch.Tensor:
 
 
 def estimation_batches(
-    store: Any,
+    store: ActivationStoreReader,
     site: str,
     *,
     batch_size: int,
@@ -244,12 +269,12 @@ def estimation_batches(
     return itertools.islice(stream, n)
 
 
-def token_filter(store: Any, tokens: str | None) -> list[str] | None:
+def token_filter(store: ActivationStoreReader, tokens: str | None) -> list[str] | None:
     """The ``token_types`` filter that keeps the rows of selection ``tokens`` (None: keep every row).
 
     Raises a clear error when the store did not record those tokens.
     """
-    recorded = str(getattr(store, "tokens", "all"))
+    recorded = store.tokens
     if tokens is None or tokens == recorded:
         return None
     layout = store.layout
@@ -264,7 +289,7 @@ def token_filter(store: Any, tokens: str | None) -> list[str] | None:
     return ["cls", "registers", "patches"] if tokens == "all" else [tokens]
 
 
-def count_selected_rows(store: Any, token_types: list[str] | None, split: Split) -> int:
+def count_selected_rows(store: ActivationStoreReader, token_types: list[str] | None, split: Split) -> int:
     """Training rows of ``split`` that are tokens of ``token_types`` (None: every token).
 
     Every image contributes the same stored tokens, so this is (training images) x (kept tokens per image).
@@ -285,13 +310,13 @@ def check_finite_batch(batch: torch.Tensor, *, step: int, site: str) -> None:
     """Stop with a clear message on NaN/inf activations (a corrupt or badly recorded store)."""
     if not torch.isfinite(batch).all():
         bad = int((~torch.isfinite(batch)).any(dim=-1).sum())
-        raise TrainingError(
+        raise NonFiniteError(
             f"activation batch {step} of {site} holds NaN/inf in {bad} of {batch.shape[0]} rows; the store is "
             "corrupt or was recorded from a diverging model. Run ActivationStore.verify() and re-record."
         )
 
 
-def store_preprocessing(store: Any) -> dict:
+def store_preprocessing(store: ActivationStoreReader) -> dict:
     """The backbone preprocessing recorded with the store (empty when unknown)."""
     return dict(store.metadata.get("preprocessing") or {})
 
@@ -308,7 +333,7 @@ class RunInputs:
     """``subtract_mean`` / ``scale_norm`` statistics of the training rows, or None."""
 
 
-def prepare_inputs(store: Any, cfg: Any, *, split: Split) -> RunInputs:
+def prepare_inputs(store: ActivationStoreReader, cfg: Any, *, split: Split) -> RunInputs:
     """Token filter and input normalisation of ``cfg`` over the training rows of ``split``.
 
     The statistics are computed once, deterministically, so every epoch and a resumed run see the same

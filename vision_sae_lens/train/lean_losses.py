@@ -209,13 +209,17 @@ class InPlaceBackwardReLU(torch.nn.Module):
     """``torch.nn.ReLU`` whose backward adds the L1 gradient rows :func:`standard_l1_loss` hands it into the
     incoming gradient and masks that in place (see ``_ReLUFunction``)."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def __init__(self) -> None:
+        super().__init__()
         self._rows: list[torch.Tensor] = []
+        self._out: weakref.ref[torch.Tensor] | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._rows = []
         out = _ReLUFunction.apply(x, self._rows)
         self._out = weakref.ref(out)
         return out
 
     def gradient_rows_for(self, acts: torch.Tensor) -> list[torch.Tensor] | None:
         """The list whose rows this ReLU's backward adds to its gradient, if ``acts`` is its last output."""
-        last = getattr(self, "_out", None)
-        return self._rows if last is not None and last() is acts else None
+        return self._rows if self._out is not None and self._out() is acts else None

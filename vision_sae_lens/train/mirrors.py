@@ -1,4 +1,5 @@
-"""Probes that the package's CPU training step still mirrors the SAELens code it replaces.
+"""Probes that the package's CPU training step (and its data-parallel BatchTopK) still mirror the SAELens code
+they replace.
 
 The lean training SAEs (:mod:`~vision_sae_lens.train.lean_saes`) override SAELens methods with code that
 does the same work with fewer dense matrices. Each probe in :data:`MIRRORS` checks one of them twice: the
@@ -25,6 +26,7 @@ from sae_lens import (
 )
 
 from vision_sae_lens.compat import BatchTopK, TrainStepInput, require, require_sources
+from vision_sae_lens.train.data_parallel import global_cut, keep_from_cut, largest_entries
 from vision_sae_lens.train.lean_losses import standard_l1_loss, topk_aux_loss
 from vision_sae_lens.train.lean_saes import LeanStandardTrainingSAE, LeanTopKTrainingSAE
 from vision_sae_lens.train.sparse_topk import FAST_BATCH_TOPK_MIN_ENTRIES, batch_topk
@@ -162,6 +164,39 @@ def _probe_aux_losses() -> None:
     )
 
 
+def _probe_batch_topk_across_ranks() -> None:
+    mirror = "BatchTopK choice and threshold over ranks"
+    require_sources(
+        mirror,
+        {
+            BatchTopK.forward: (
+                "acts = x.relu()",
+                "num_samples = acts.shape[:-1].numel()",
+                "torch.topk(flat_acts, int(self.k * num_samples), dim=-1)",
+            ),
+            BatchTopKTrainingSAE.update_topk_threshold: (
+                "positive_mask = acts_topk > 0",
+                "lr = self.cfg.topk_threshold_lr",
+                "torch.autocast(self.topk_threshold.device.type, enabled=False)",
+                "acts_topk[positive_mask].min().to(self.topk_threshold.dtype)",
+                "(1 - lr) * self.topk_threshold + lr * min_positive",
+            ),
+            BatchTopKTrainingSAE.training_forward_pass: ("self.update_topk_threshold(output.feature_acts)",),
+        },
+    )
+    # and the numbers: the choice made from two ranks' slices is SAELens' choice over the whole batch
+    x = torch.randn(12, 32, generator=torch.Generator().manual_seed(0))
+    wanted = int(3 * x.shape[0])
+    slices = [part.relu().flatten() for part in x.split(6)]
+    cut = global_cut([largest_entries(flat, wanted) for flat in slices], wanted)
+    ours = torch.cat([keep_from_cut(flat, cut).view(6, 32) for flat in slices])
+    require(
+        torch.equal(ours, BatchTopK(3)(x)),
+        mirror,
+        "the choice over slices no longer equals BatchTopK over the whole batch",
+    )
+
+
 def _same_loss_and_grads(loss_of: Callable, pair: tuple, params_of: Callable) -> bool:
     """``loss_of(x)`` for SAELens' ``pair[0]`` and ours ``pair[1]``: positive, equal, with equal gradients for
     ``params_of(x)``."""
@@ -179,5 +214,6 @@ def _same_loss_and_grads(loss_of: Callable, pair: tuple, params_of: Callable) ->
 MIRRORS: dict[str, Callable[[], None]] = {
     "TopK encode/decode (sparse forward)": _probe_sparse_topk_forward,
     "TopK AuxK loss and standard L1": _probe_aux_losses,
+    "BatchTopK choice and threshold over ranks": _probe_batch_topk_across_ranks,
 }
 """Mirror name -> probe that raises ``CompatError`` naming it when SAELens' mirrored code changed."""

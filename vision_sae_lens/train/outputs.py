@@ -13,7 +13,7 @@ import logging
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sae_lens import SAE, SAETrainer, TrainingSAE
 
@@ -22,10 +22,15 @@ from vision_sae_lens.errors import TrainingError
 from vision_sae_lens.metadata import VisionFacts
 from vision_sae_lens.normalization import InputNormalization
 from vision_sae_lens.train import checkpoint as ckpt
-from vision_sae_lens.train.config import TrainConfig
+from vision_sae_lens.train.config import TrainConfig, resolve_device
 from vision_sae_lens.train.evaluate import evaluate_run
 from vision_sae_lens.train.feed import Split, store_preprocessing
 from vision_sae_lens.train.resume import run_settings
+
+if TYPE_CHECKING:
+    from vision_sae_lens.backbones import HookedSAEViT
+    from vision_sae_lens.contracts import ActivationStoreReader
+    from vision_sae_lens.train.downstream import DownstreamImages
 
 logger = logging.getLogger(__name__)
 
@@ -85,16 +90,16 @@ class Member:
 class RunContext:
     """What the members of one group share."""
 
-    store: Any
+    store: ActivationStoreReader
     """The group's store (an ``ActivationStore``, or an object with its members: ``open_store``)."""
     split: Split
     fingerprint: str
     tokens: str
     normalization: InputNormalization | None
     device: str
-    model: Any = None
+    model: HookedSAEViT | None = None
     """A ``HookedSAEViT`` for the downstream metric (with ``images``), or None."""
-    images: Any = None
+    images: DownstreamImages | None = None
     progress: bool = True
 
 
@@ -102,7 +107,7 @@ def vision_facts(ctx: RunContext, m: Member) -> VisionFacts:
     """The vision facts written into ``m``'s ``cfg.json`` metadata (at a checkpoint or at the end)."""
     store = ctx.store
     return VisionFacts(
-        backbone=str(getattr(store, "backbone_id", "") or ""),
+        backbone=store.backbone_id,
         hook_name=m.cfg.site,
         tokens=ctx.tokens,
         layout=store.layout,
@@ -213,6 +218,20 @@ def load_result(
         n_steps=n_steps,
         history=m.history,
         train_seconds=m.train_seconds,
+    )
+
+
+def read_finished_run(cfg: TrainConfig, name: str, out: Path) -> TrainRun:
+    """The finished run ``name`` under ``out`` as a :class:`TrainRun` (one another rank of the job trained)."""
+    folder = out / name
+    sae = ckpt.open_sae_folder(folder, device=resolve_device(cfg.device), require_checksums=True)
+    return TrainRun(
+        name=name,
+        config=cfg,
+        path=folder,
+        sae=sae,
+        report=fsutil.read_json(folder / "eval.json"),
+        n_steps=cfg.n_steps,
     )
 
 

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vision_sae_lens.fsutil import write_atomic
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def _pyplot():
@@ -18,10 +21,11 @@ def _pyplot():
     return plt
 
 
-def _save(fig: Any, path: str | Path) -> None:
-    # Through a buffer and write_atomic: a symlink planted at the plot's name is replaced, not written through.
+def save_figure(fig: Figure, path: str | Path, *, dpi: int = 100) -> None:
+    """Save ``fig`` as a PNG at ``path``, atomically: a symlink planted at the name is replaced, not written
+    through."""
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
+    fig.savefig(buffer, format="png", dpi=dpi)
     write_atomic(path, buffer.getvalue())
 
 
@@ -37,7 +41,7 @@ def plot_density(histogram: dict[str, Any], path: str | Path, *, title: str = ""
     ax.set_ylabel("latents")
     ax.set_title(f"{title}  (never fired: {histogram['never_fired']})".strip())
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
     plt.close(fig)
     return Path(path)
 
@@ -57,6 +61,6 @@ def plot_sweep(summary: list[dict[str, Any]], path: str | Path) -> Path:
     ax.set_ylabel("NMSE (fraction of variance unexplained)")
     ax.set_title("sparsity vs reconstruction")
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
     plt.close(fig)
     return Path(path)

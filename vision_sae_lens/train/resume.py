@@ -15,9 +15,12 @@ import json
 import logging
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vision_sae_lens.errors import ConfigError
+
+if TYPE_CHECKING:
+    from vision_sae_lens.train.config import TrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +43,7 @@ _LEGACY_KEYS = ("store_fingerprint", "data_seed", "batch_size")
 """What checkpoints written before :func:`run_settings` existed recorded."""
 
 
-def run_settings(cfg: Any, store_fingerprint: str) -> dict[str, Any]:
+def run_settings(cfg: TrainConfig, store_fingerprint: str) -> dict[str, Any]:
     """The settings that decide a run's result: flat names (``lr``, ``sae.k``) to JSON values."""
     described = cfg.to_dict()
     sae = described.pop("sae")
@@ -50,7 +53,9 @@ def run_settings(cfg: Any, store_fingerprint: str) -> dict[str, Any]:
     return json.loads(json.dumps(flat, default=str, allow_nan=False))  # tuples -> lists, as read back
 
 
-def check_resume_settings(recorded: Mapping[str, Any], cfg: Any, store_fingerprint: str, where: Path) -> None:
+def check_resume_settings(
+    recorded: Mapping[str, Any], cfg: TrainConfig, store_fingerprint: str, where: Path
+) -> None:
     """Refuse (ConfigError) to continue the run recorded at ``where`` with other settings.
 
     ``recorded`` is the checkpoint's ``progress.json`` (or a finished run's ``train_state.json``).

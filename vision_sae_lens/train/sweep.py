@@ -33,8 +33,8 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from vision_sae_lens.errors import ConfigError
-from vision_sae_lens.fsutil import check_name
+from vision_sae_lens.errors import ConfigError, DataFileNotFoundError
+from vision_sae_lens.fsutil import check_name, read_capped
 from vision_sae_lens.train.config import TrainConfig, build_sae_config
 from vision_sae_lens.train.feed import open_store, site_width, store_key
 
@@ -74,6 +74,12 @@ def group_configs(configs: list[TrainConfig], names: list[str]) -> list[list[int
     return list(groups.values())
 
 
+def training_cost(cfg: TrainConfig) -> float:
+    """What training ``cfg`` costs, for balancing SAEs over ranks: d_sae x batch x steps (the step's dense
+    products scale with each; d_in is the store's, shared by a sweep)."""
+    return float(cfg.sae.d_sae) * cfg.rows_per_step * cfg.n_steps
+
+
 def _difference(a: TrainConfig, b: TrainConfig) -> str:
     if store_key(a.store) != store_key(b.store):
         return f"store {a.store} vs {b.store}"
@@ -96,7 +102,7 @@ def unique_names(configs: list[TrainConfig]) -> list[str]:
     return names
 
 
-def load_sweep(path: str | Path, **overrides: Any) -> tuple[list[TrainConfig], str | None]:
+def load_sweep(path: str | Path, **overrides: object) -> tuple[list[TrainConfig], str | None]:
     """Read a TOML sweep file into TrainConfigs (and its ``out_dir``, if it names one).
 
     ``overrides`` are TrainConfig fields applied to every run (e.g. ``device="cpu"``). Relative
@@ -104,7 +110,12 @@ def load_sweep(path: str | Path, **overrides: Any) -> tuple[list[TrainConfig], s
     """
     path = Path(path)
     try:
-        doc = tomllib.loads(path.read_text())
+        # A regular file of bounded size: a FIFO or /dev/zero behind the name is refused before reading.
+        doc = tomllib.loads(read_capped(path).decode())
+    except FileNotFoundError:
+        raise DataFileNotFoundError(f"sweep file not found: {path}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not a UTF-8 text file; pass a TOML sweep file") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
     unknown_top = sorted(set(doc) - {"out_dir", "defaults", "sae"})

@@ -12,6 +12,10 @@ shares one trainer config (one lr) across SAEs. What a finished run writes is in
 Output under ``out_dir``: ``<name>/`` (SAELens inference folder + ``eval.json`` + plots +
 ``train_config.json``), ``checkpoints/<name>/<step>/`` (resumable), and for sweeps
 ``sweep.json`` + ``sweep_l0_vs_nmse.png``.
+
+Under ``torchrun`` the same call is one rank's part of the job (:mod:`~vision_sae_lens.train.ranks`): in a
+sweep over ranks it trains the SAEs dealt to this rank; in a data-parallel job it steps every SAE on this
+rank's slice of each batch (:mod:`~vision_sae_lens.train.data_parallel`), and rank 0 alone writes.
 """
 
 from __future__ import annotations
@@ -19,21 +23,22 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, TypeVar
 
 import torch
 from tqdm.auto import tqdm
 
 from vision_sae_lens import fsutil
-from vision_sae_lens.compat import PrefetchingIterator, TrainStepOutput, quiet_norm_estimate
+from vision_sae_lens.compat import PrefetchingIterator
 from vision_sae_lens.errors import ConfigError, TrainingError
-from vision_sae_lens.store.reader import ActivationStore
+from vision_sae_lens.store.transfer import device_batches, pins_for
 from vision_sae_lens.train import checkpoint as ckpt
-from vision_sae_lens.train.build import build_trainer, init_b_dec
+from vision_sae_lens.train.build import build_trainer, estimate_scaler, init_b_dec, needs_scaler_estimate
 from vision_sae_lens.train.config import TrainConfig, resolve_device
+from vision_sae_lens.train.data_parallel import check_data_parallel
 from vision_sae_lens.train.feed import (
     Split,
     batch_stream,
@@ -49,16 +54,21 @@ from vision_sae_lens.train.outputs import (
     RunContext,
     TrainRun,
     finish_member,
+    load_result,
     prepare_folder,
     progress_record,
+    read_finished_run,
     sweep_summary,
     vision_facts,
     warn_short_window,
 )
 from vision_sae_lens.train.plots import plot_sweep
-from vision_sae_lens.train.sweep import group_configs, unique_names
+from vision_sae_lens.train.progress import postfix, start_wandb, step_metrics
+from vision_sae_lens.train.ranks import DEFAULT_TIMEOUT_S, Ranks, join_ranks, single_process, uses_cuda
+from vision_sae_lens.train.sweep import group_configs, training_cost, unique_names
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def train_sae(
@@ -71,6 +81,8 @@ def train_sae(
     images: Any = None,
     progress: bool = True,
     concurrent_steps: int | None = None,
+    distributed: str = "auto",
+    dist_timeout: float = DEFAULT_TIMEOUT_S,
 ) -> TrainRun | list[TrainRun]:
     """Train one SAE (a ``TrainConfig``) or a sweep (a list) and write SAELens checkpoint folders.
 
@@ -82,6 +94,11 @@ def train_sae(
     step on a batch at the same time (default :data:`CPU_CONCURRENT_STEPS` on a CPU of up to
     :data:`SMALL_CPU_THREADS` threads, else 1); each one stepping adds its own step's memory. Returns a
     ``TrainRun`` (or a list, for a list).
+
+    Under ``torchrun`` every rank makes the same call. ``distributed``: ``sweep`` deals the SAEs to the
+    ranks by cost, ``ddp`` trains each SAE on all ranks (the global batch ``batch_size`` split between
+    them), ``auto`` is ``ddp`` for one SAE and ``sweep`` for several. ``dist_timeout``: the longest any
+    rank waits for the others (seconds). Every rank returns every run.
     """
     if concurrent_steps is not None and concurrent_steps < 1:
         raise ConfigError(f"concurrent_steps must be at least 1, got {concurrent_steps}")
@@ -91,28 +108,41 @@ def train_sae(
         raise ConfigError("no configs to train")
     out = Path(out_dir)
     names = unique_names(cfgs)
-    ckpt.check_writable(out)
-    with fsutil.locked(out, what="train run"):  # a second train run into `out` is refused at once
-        ckpt.remove_stale_temps(out)
-        results: dict[int, TrainRun] = {}
-        for group in group_configs(cfgs, names):
-            members = [Member(cfgs[i], names[i], out) for i in group]
-            for i, run in zip(
-                group,
-                _GroupTrainer(members, resume, overwrite, model, images, progress, concurrent_steps).run(),
-                strict=True,
-            ):
-                results[i] = run
-        runs = [results[i] for i in range(len(cfgs))]
-        if len(runs) > 1:
-            summary = sweep_summary(runs)
-            fsutil.write_json_atomic(out / "sweep.json", summary)
-            plot_sweep(summary, out / "sweep_l0_vs_nmse.png")
+    ranks = join_ranks(
+        distributed, len(cfgs), timeout_s=dist_timeout, cuda=any(uses_cuda(c.device) for c in cfgs)
+    )
+    clean = False
+    try:
+        if ranks.data_parallel:
+            check_data_parallel(cfgs, names, ranks.world_size)
+        with ranks.holding_output(out):  # a second train run into `out` is refused at once
+            results: dict[int, TrainRun] = {}
+            mine = ranks.mine([training_cost(c) for c in cfgs])
+            for group in group_configs([cfgs[i] for i in mine], [names[i] for i in mine]):
+                members = [Member(cfgs[mine[j]], names[mine[j]], out) for j in group]
+                trainer = _GroupTrainer(
+                    members, resume, overwrite, model, images, progress, concurrent_steps, ranks
+                )
+                for j, run in zip(group, trainer.run(), strict=True):
+                    results[mine[j]] = run
+            ranks.finish()  # every rank's SAEs are written
+            runs = [results.get(i) or read_finished_run(cfgs[i], names[i], out) for i in range(len(cfgs))]
+            if len(runs) > 1 and ranks.lead:
+                summary = sweep_summary(runs)
+                fsutil.write_json_atomic(out / "sweep.json", summary)
+                plot_sweep(summary, out / "sweep_l0_vs_nmse.png")
+        clean = True
+    except BaseException as exc:
+        ranks.fail(exc)  # the other ranks stop with this error
+        raise
+    finally:
+        ranks.close(clean=clean)
     return runs[0] if single else runs
 
 
 class _GroupTrainer:
-    """Trains the members of one group in lockstep over one batch stream."""
+    """Trains the members of one group in lockstep over one batch stream (in a data-parallel job, this
+    rank's slice of it)."""
 
     def __init__(
         self,
@@ -123,7 +153,11 @@ class _GroupTrainer:
         images,
         progress,
         concurrent_steps: int | None = None,
+        ranks: Ranks | None = None,
     ) -> None:
+        self.ranks = ranks or single_process()
+        self.data_parallel = self.ranks.data_parallel
+        progress = progress and self.ranks.lead  # one progress bar per job: rank 0's
         self.members, self.resume, self.overwrite, self.progress = members, resume, overwrite, progress
         lead = members[0].cfg
         self.lead = lead
@@ -139,11 +173,12 @@ class _GroupTrainer:
         )
         self.device = resolve_device(lead.device)
         # measured on 2 cores; on a many-core CPU each step's own threads already fill the machine, and
-        # side-by-side steps would multiply the OpenMP threads
+        # side-by-side steps would multiply the OpenMP threads. Data-parallel steps take their collectives in
+        # one order on every rank: one at a time.
         small_cpu = self.device == "cpu" and torch.get_num_threads() <= SMALL_CPU_THREADS
-        default = CPU_CONCURRENT_STEPS if small_cpu else 1
-        self.concurrent_steps = min(len(members), concurrent_steps or default)
-        self.fingerprint = str(getattr(self.store, "fingerprint", ""))
+        default = CPU_CONCURRENT_STEPS if small_cpu and not self.data_parallel else 1
+        self.concurrent_steps = 1 if self.data_parallel else min(len(members), concurrent_steps or default)
+        self.fingerprint = self.store.fingerprint
         self.inputs = prepare_inputs(self.store, lead, split=self.split)
         self.token_types, self.normalization = self.inputs.token_types, self.inputs.normalization
         self.context = RunContext(
@@ -158,20 +193,33 @@ class _GroupTrainer:
             progress=progress,
         )
 
+    def _once(self, fn: Callable[[], T]) -> T:
+        """``fn()`` where it writes the group's files: here, or on rank 0 alone in a data-parallel job (its
+        value, or its error, on every rank)."""
+        return self.ranks.lead_only(fn) if self.data_parallel else fn()
+
     # ------------------------------------------------------------------------------------ driver
     def run(self) -> list[TrainRun]:
-        active = [
-            m
-            for m in self.members
-            if not prepare_folder(self.context, m, resume=self.resume, overwrite=self.overwrite)
-        ]
+        finished = self._once(
+            lambda: [
+                prepare_folder(self.context, m, resume=self.resume, overwrite=self.overwrite)
+                for m in self.members
+            ]
+        )
+        for m, done in zip(self.members, finished, strict=True):
+            if done and m.result is None:  # finished before: rank 0 checked and loaded it, the others load it
+                m.result = load_result(self.context, m, training_sae=None, n_steps=m.cfg.n_steps)
+        active = [m for m, done in zip(self.members, finished, strict=True) if not done]
         for m in active:
-            m.trainer = build_trainer(m.cfg, self.device)
-        start = self._resume_step(active) if self.resume else 0
+            m.trainer = build_trainer(m.cfg, self.device, ranks=self.ranks)
+        start = self._once(lambda: ckpt.resume_step(active, self.fingerprint)) if self.resume else 0
+        if start:
+            ckpt.load_step(active, start)
         for m in active:
             self._estimate_normalisation(m)
             warn_short_window(m)
-            self._start_wandb(m)
+            if self._writes:  # one W&B run per SAE, from the rank that trains (and writes) it
+                start_wandb(m)
         try:
             if active:
                 self._loop(active, start)
@@ -199,19 +247,21 @@ class _GroupTrainer:
             token_types=self.token_types,
             normalization=self.normalization,
             # One read-ahead queue: the store's reader runs inside the prefetch thread below.
-            prefetch=0 if isinstance(self.store, ActivationStore) else None,
+            prefetch=0,
+            part=(self.ranks.rank, self.ranks.world_size) if self.data_parallel else (0, 1),
         )
         source = itertools.islice(source, n_steps - start)  # read ahead, never past the last step
-        pin = self.device.startswith("cuda")
-        # Checking and pinning run in the prefetch thread, overlapped with the training steps.
-        stream = PrefetchingIterator(_checked(source, start=start, site=lead.site, pin=pin), prefetch=4)
+        # Checking and pinning run in the prefetch thread, overlapped with the training steps; the copy to the
+        # device is issued ahead, on its own stream (device_batches).
+        checked = _checked(source, start=start, site=lead.site, pin=pins_for(self.device))
+        stream = PrefetchingIterator(checked, prefetch=4)
         desc = active[0].name if len(active) == 1 else f"{len(active)} SAEs"
         pbar = tqdm(total=n_steps, initial=start, desc=desc, unit="step", disable=not self.progress)
         self._t0 = time.perf_counter()
         pool = ThreadPoolExecutor(self.concurrent_steps) if self.concurrent_steps > 1 else None
         try:
-            for step in range(start, n_steps):
-                batch = next(stream).to(self.device, non_blocking=True)
+            for step, batch in enumerate(device_batches(stream, self.device), start):
+                self.ranks.check()  # another rank failed: stop with its error
                 if step == 0:
                     for m in active:
                         init_b_dec(m.live, m.cfg, batch)
@@ -233,7 +283,7 @@ class _GroupTrainer:
                 for m in active:
                     if done == m.cfg.n_steps:
                         self._finish(m)
-                    elif every and done % every == 0 and done < m.cfg.n_steps:
+                    elif every and done % every == 0 and done < m.cfg.n_steps and self._writes:
                         ckpt.save_resumable(
                             m.live,
                             m.ckpt_root,
@@ -244,12 +294,17 @@ class _GroupTrainer:
                         )
                 pbar.update(1)
                 if done % lead.log_every == 0 or done == n_steps:
-                    pbar.set_postfix_str(_postfix(active))
+                    pbar.set_postfix_str(postfix(active))
         finally:
             if pool is not None:
                 pool.shutdown()
             stream.close()
             pbar.close()
+
+    @property
+    def _writes(self) -> bool:
+        """Whether this process writes the group's checkpoints (all but data-parallel ranks other than 0)."""
+        return not self.data_parallel or self.ranks.lead
 
     def _step(self, m: Member, batch: torch.Tensor, step: int) -> None:
         trainer = m.live
@@ -272,7 +327,7 @@ class _GroupTrainer:
             )
         trainer.n_training_steps += 1
         if trainer.n_training_steps % m.cfg.log_every == 0:
-            m.history.append({"step": trainer.n_training_steps, **_step_metrics(out)})
+            m.history.append({"step": trainer.n_training_steps, **step_metrics(out, trainer)})
             if m.wandb_run is not None:
                 log = trainer.build_train_step_log_dict(
                     output=out, n_training_samples=trainer.n_training_samples
@@ -280,80 +335,30 @@ class _GroupTrainer:
                 m.wandb_run.log(log, step=trainer.n_training_steps)
 
     # ------------------------------------------------------------------------------- set-up bits
-    def _resume_step(self, active: list[Member]) -> int:
-        """Newest step at which every unfinished member has a checkpoint; loads them there."""
-        available = [set(ckpt.list_checkpoints(m.ckpt_root)) for m in active]
-        common = set.intersection(*available) if available else set()
-        if not common:
-            if any(available):
-                logger.warning("no checkpoint step common to all runs of this group; starting from step 0")
-            else:
-                logger.info("nothing to resume for %s; starting from step 0", [m.name for m in active])
-            return 0
-        for step in sorted(common, reverse=True):  # newest first; a damaged one falls back to the one before
-            damaged = [
-                err
-                for m in active
-                if (err := ckpt.checkpoint_problem(m.ckpt_root / str(step), self.fingerprint, m.cfg))
-            ]
-            if damaged:
-                logger.warning("skipping damaged checkpoint step %d: %s", step, "; ".join(damaged))
-                continue
-            for m in active:
-                path = m.ckpt_root / str(step)
-                ckpt.load_resumable(m.trainer, path)
-                if m.live.n_training_steps != step:
-                    raise TrainingError(
-                        f"checkpoint {path} holds step {m.live.n_training_steps}, expected {step}"
-                    )
-            logger.info("resuming %s from step %d", [m.name for m in active], step)
-            return step
-        logger.warning("every checkpoint of %s is damaged; starting from step 0", [m.name for m in active])
-        for m in active:  # no state was loaded into the trainers, but rebuild them to be sure
-            m.trainer = build_trainer(m.cfg, self.device)
-        return 0
-
     def _estimate_normalisation(self, m: Member) -> None:
-        scaler, sae, cfg = m.live.activation_scaler, m.live.sae, m.cfg
-        norm = sae.cfg.normalize_activations
-        if norm not in ("expected_average_only_in", "covariance_whitening"):
+        trainer = m.live
+        if not needs_scaler_estimate(trainer):
             return
-        if scaler.scaling_factor is not None or scaler.whitening is not None:
-            return  # restored from a checkpoint: the weights were trained against these statistics
-        batches = estimation_batches(
+        batches = lambda: estimation_batches(  # noqa: E731
             self.store,
-            cfg.site,
-            n=cfg.n_batches_for_norm_estimate,
-            batch_size=cfg.rows_per_step,
-            seed=cfg.data_seed,
+            m.cfg.site,
+            n=m.cfg.n_batches_for_norm_estimate,
+            batch_size=m.cfg.rows_per_step,
+            seed=m.cfg.data_seed,
             split=self.split,
             token_types=self.token_types,
             normalization=self.normalization,
         )
-        batches = (b.to(self.device) for b in batches)
-        estimate = (
-            scaler.estimate_scaling_factor
-            if norm == "expected_average_only_in"
-            else scaler.estimate_whitening
-        )
-        with quiet_norm_estimate(self.progress):
-            estimate(
-                d_in=sae.cfg.d_in,
-                data_provider=batches,
-                n_batches_for_norm_estimate=cfg.n_batches_for_norm_estimate,
-            )
-
-    def _start_wandb(self, m: Member) -> None:
-        if not m.cfg.wandb_project or m.cfg.wandb_mode == "disabled":
+        if not self.data_parallel:
+            estimate_scaler(trainer, m.cfg, batches(), progress=self.progress)
             return
-        import wandb
-
-        m.wandb_run = wandb.init(
-            project=m.cfg.wandb_project,
-            name=m.name,
-            mode=cast(Literal["online", "offline", "disabled"], m.cfg.wandb_mode),
-            config=m.cfg.to_dict(),
-            reinit="create_new",
+        # rank 0 estimates from the batches one process reads; every rank scales by that
+        factor, whitening = self._once(
+            lambda: estimate_scaler(trainer, m.cfg, batches(), progress=self.progress)
+        )
+        trainer.activation_scaler.scaling_factor = factor
+        trainer.activation_scaler.whitening = (
+            None if whitening is None else whitening.to(torch.device(self.device))
         )
 
     # ------------------------------------------------------------------------------- finishing
@@ -361,7 +366,9 @@ class _GroupTrainer:
         if m.cfg.device.startswith("cuda") or self.device.startswith("cuda"):
             torch.cuda.synchronize()
         m.train_seconds = time.perf_counter() - self._t0
-        finish_member(self.context, m)
+        self._once(lambda: finish_member(self.context, m))
+        if m.result is None:  # a data-parallel rank other than 0: rank 0 wrote and evaluated the folder
+            m.result = load_result(self.context, m, training_sae=None, n_steps=m.cfg.n_steps)
         self._t0 += time.perf_counter() - self._t0 - m.train_seconds  # saving and evaluating are not training
 
 
@@ -380,23 +387,3 @@ def _checked(source: Iterator[torch.Tensor], *, start: int, site: str, pin: bool
     for step, batch in enumerate(source, start):
         check_finite_batch(batch, step=step, site=site)
         yield batch.pin_memory() if pin else batch
-
-
-@torch.no_grad()
-def _step_metrics(out: TrainStepOutput) -> dict[str, float]:
-    sae_in = out.sae_in.float()
-    err = (out.sae_out.float() - sae_in).pow(2).sum()
-    var = (sae_in - sae_in.mean(0)).pow(2).sum().clamp_min(1e-12)
-    acts = out.feature_acts.to_dense() if out.feature_acts.is_sparse else out.feature_acts
-    l0 = (acts != 0).sum(-1).float().mean()  # counted on a boolean mask: no float copy of the activations
-    return {"loss": float(out.loss), "l0": float(l0), "nmse": float(err / var)}
-
-
-def _postfix(active: list[Member]) -> str:
-    parts = []
-    for m in active:
-        if m.history:
-            h = m.history[-1]
-            label = "" if len(active) == 1 else f"{m.name[:16]} "
-            parts.append(f"{label}loss={h['loss']:.4g} L0={h['l0']:.1f} nmse={h['nmse']:.3f}")
-    return " | ".join(parts)

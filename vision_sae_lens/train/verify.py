@@ -48,8 +48,11 @@ def verify_path(path: str | os.PathLike, *, seal: bool = False) -> str:
     folder = Path(path)
     if (folder / fmt.METADATA_FILE).is_file() or (folder / fmt.RECORDING_FILE).is_file():
         store = ActivationStore(folder)
-        store.verify(progress=True)
-        return f"store ok ({store.n_rows} rows, {len(store.manifest['shards'])} shards, fingerprint {store.fingerprint})"
+        stats = store.verify(progress=True)
+        return (
+            f"store ok ({store.n_rows} rows, {len(store.manifest['shards'])} shards, fingerprint {store.fingerprint}; "
+            f"hashed {stats['bytes'] / 1e6:,.0f} MB at {stats['mb_per_s']:,.0f} MB/s)"
+        )
     if (folder / ckpt.CHECKPOINT_MANIFEST).is_file():
         ckpt.verify_checkpoint(folder)
         return "training checkpoint ok"

@@ -24,7 +24,10 @@
     Object.keys(data.summary).forEach(function (key) {
       var li = document.createElement("li");
       var v = data.summary[key];
-      li.innerHTML = key.replace(/_/g, " ") + ": <b>" + (typeof v === "number" ? fmt(v, Number.isInteger(v) ? 0 : 3) : v) + "</b>";
+      var b = document.createElement("b");
+      b.textContent = typeof v === "number" ? fmt(v, Number.isInteger(v) ? 0 : 3) : String(v);
+      li.appendChild(document.createTextNode(key.replace(/_/g, " ") + ": "));
+      li.appendChild(b);
       ul.appendChild(li);
     });
   }
@@ -43,8 +46,9 @@
       if (hideDead.checked && r.flag === "dead") return false;
       if (!q) return true;
       if (String(r.id) === q || String(r.id).indexOf(q) === 0) return true;
-      // Full text over the best label, every label it fires on, and the flag.
-      var text = ((r.label || "") + " " + (r.labels || "") + " " + (r.flag || "")).toLowerCase();
+      // Full text over the name (and "weak" for a weak one), the best label, every label it fires on, the flag.
+      var text = ((r.name || "") + " " + (r.weak ? "weak" : "") + " " + (r.label || "") + " " + (r.labels || "") +
+        " " + (r.flag || "")).toLowerCase();
       return q.split(/\s+/).every(function (w) { return text.indexOf(w) >= 0; });
     });
     rows.sort(function (a, b) {
@@ -76,12 +80,29 @@
       } else {
         td.appendChild(document.createTextNode(r.id));
       }
+      if (data.names) {
+        var name = cell(tr, "", "text" + (r.weak ? " weak" : ""));
+        var text = document.createElement("span");
+        text.className = "name";
+        text.textContent = r.name || "";
+        text.title = r.name || "";
+        name.appendChild(text);
+        if (r.weak) {
+          var badge = document.createElement("span");
+          badge.className = "badge";
+          badge.textContent = "weak";
+          badge.title = "detection AUROC below " + data.weak_auroc + ": the name predicts poorly where the latent fires";
+          name.appendChild(badge);
+        }
+        cell(tr, fmt(r.name_score, 3));
+        cell(tr, fmt(r.auroc, 3), r.weak ? "weak" : "");
+      }
       cell(tr, fmt(r.score, 3));
       cell(tr, fmt(r.freq, 4));
       cell(tr, fmt(r.img_freq, 3));
       cell(tr, fmt(r.mean_active, 3));
       cell(tr, fmt(r.max, 3));
-      cell(tr, r.label || "");
+      cell(tr, r.label || "", "text");
       cell(tr, fmt(r.precision, 2));
       cell(tr, fmt(r.recall, 2));
       cell(tr, r.flag || "", r.flag ? "flag-" + r.flag : "");
