@@ -38,6 +38,11 @@ training rows shows up as dead.
 ``--seeds`` (default 3) trains every implementation from that many initialisation seeds on the same
 batches and prints mean ± standard deviation: one seed is not enough to rank them (on this store the
 NMSE of one trainer can move by 10-20% from seed to seed).
+
+``--synthsae DIR`` runs the same comparison on the scaled SynthSAEBench world that
+``vision-sae-lens bench synthsae --out DIR`` generated: every implementation trains on its training rows
+(``DIR/acts-train``, one pass by default) with that command's width and k, and is scored on its test rows
+(``DIR/acts-test``, another seed of the generator); NMSE there is 1 - SynthSAEBench's explained variance.
 """
 
 from __future__ import annotations
@@ -45,11 +50,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib.util
+import json
 import os
 import sys
 import tempfile
 import time
 import types
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -57,18 +64,29 @@ import torch
 os.environ.setdefault("SPARSIFY_DISABLE_TRITON", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")  # sparsify's Triton kernels need a GPU
 
-SITE = "blocks.1.hook_resid_post"
-D_SAE, K = 512, 16
+
+@dataclass(frozen=True)
+class Setup:
+    """What every implementation trains: the site of the store, the SAE width and k."""
+
+    site: str = "blocks.1.hook_resid_post"
+    d_sae: int = 512
+    k: int = 16
+
+
+DEMO = Setup()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--tokens", type=int, default=1_000_000, help="training rows per SAE")
+    parser.add_argument("--tokens", type=int, help="training rows per SAE (default 1,000,000; --synthsae: "
+                        "its training rows)")  # fmt: skip
     parser.add_argument("--refpkgs", default="/tmp/refpkgs", help="folder holding the reference trainers")
     parser.add_argument("--store", help="existing demo store (default: record one into a temp folder)")
     parser.add_argument("--test-store", help="existing store of the test digits (default: record one)")
+    parser.add_argument("--synthsae", type=Path, help="a `bench synthsae --out` folder to compare on instead")
     parser.add_argument("--architectures", default="topk,batchtopk")
     parser.add_argument("--only", help="comma-separated implementations to run")
     parser.add_argument("--seeds", type=int, default=3, help="initialisation seeds per implementation")
@@ -78,30 +96,18 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
     refs = _import_references(args.refpkgs)
-
-    from vision_sae_lens.backbones import HookedSAEViT
-    from vision_sae_lens.data import open_images
-    from vision_sae_lens.demo import DEMO_BACKBONE_ID
-    from vision_sae_lens.store import ActivationStore, cache_activations
-
-    model = HookedSAEViT.from_pretrained(DEMO_BACKBONE_ID)
-    test_digits = open_images("demo:mnist:test")
     tmp = Path(tempfile.mkdtemp(prefix="vsl-quality-"))
-    if args.store:
-        store = ActivationStore(args.store)
+    if args.synthsae:
+        setup, store, test_store = _synthsae_stores(args.synthsae)
+        model = test_digits = None
+        tokens = args.tokens or store.n_rows
     else:
-        store = cache_activations(
-            model, open_images("demo:mnist:train"), sites=[SITE], tokens="patches", dtype="float32",
-            out_dir=tmp / "acts", batch_size=256, progress=False,
-        )  # fmt: skip
-    if args.test_store:
-        test_store = ActivationStore(args.test_store)
-    else:
-        test_store = cache_activations(
-            model, test_digits, sites=[SITE], tokens="patches", dtype="float32",
-            out_dir=tmp / "test-acts", batch_size=256, progress=False,
-        )  # fmt: skip
-    print(f"store: {store.n_rows:,} rows of {SITE} (d {store.site_dim(SITE)}), budget {args.tokens:,} rows")
+        setup, tokens = DEMO, args.tokens or 1_000_000
+        model, test_digits, store, test_store = _demo_stores(args, tmp)
+        if args.no_spliced:
+            model = None
+    site = setup.site
+    print(f"store: {store.n_rows:,} rows of {site} (d {store.site_dim(site)}), budget {tokens:,} rows")
     impls = {
         "vision_sae_lens": _train_package,
         "saelens-lm-defaults": _train_saelens_lm,
@@ -124,21 +130,56 @@ def main() -> None:
             started = time.perf_counter()
             reports = []
             for seed in range(args.seeds):
-                sae, info = fn(store, arch, args.tokens, tmp / f"{name}-{arch}-{seed}", template, seed)
+                sae, info = fn(setup, store, arch, tokens, tmp / f"{name}-{arch}-{seed}", template, seed)
                 sys.stdout.flush()
                 if template is None:
                     template = sae  # the package's run: its metadata and batch size are shared
-                reports.append(
-                    _score(sae, store, test_store, None if args.no_spliced else model, test_digits)
-                )
+                reports.append(_score(setup, sae, store, test_store, model, test_digits))
             note = f"{(time.perf_counter() - started) / args.seeds:.0f}s/seed {info}"
             rows.append((arch, name, reports, note))
             _print_table(rows[-1:], header=len(rows) == 1)  # as each finishes; the whole table at the end
     _print_table(rows)
 
 
+def _demo_stores(args, tmp):
+    """The demo backbone, the test digits and their stores (given, or recorded into ``tmp``)."""
+    from vision_sae_lens.backbones import HookedSAEViT
+    from vision_sae_lens.data import open_images
+    from vision_sae_lens.demo import DEMO_BACKBONE_ID
+    from vision_sae_lens.store import ActivationStore, cache_activations
+
+    model = HookedSAEViT.from_pretrained(DEMO_BACKBONE_ID)
+    test_digits = open_images("demo:mnist:test")
+
+    def record(images, folder):
+        return cache_activations(
+            model, images, sites=[DEMO.site], tokens="patches", dtype="float32", out_dir=tmp / folder,
+            batch_size=256, progress=False,
+        )  # fmt: skip
+
+    store = ActivationStore(args.store) if args.store else record(open_images("demo:mnist:train"), "acts")
+    test_store = ActivationStore(args.test_store) if args.test_store else record(test_digits, "test-acts")
+    return model, test_digits, store, test_store
+
+
+def _synthsae_stores(folder: Path):
+    """The setup, training store and test store of a ``bench synthsae --out`` folder (width and k: its
+    package SAE's)."""
+    from vision_sae_lens.benchmark.synthsae import SITE
+    from vision_sae_lens.store import ActivationStore
+
+    package_cfg = folder / "saes" / "package-topk" / "cfg.json"
+    if not package_cfg.is_file():
+        sys.exit(
+            f"{folder} holds no finished SynthSAEBench run: run `vision-sae-lens bench synthsae --out {folder}`"
+        )
+    cfg = json.loads(package_cfg.read_text())
+    setup = Setup(site=SITE, d_sae=cfg["d_sae"], k=cfg["k"])
+    return setup, ActivationStore(folder / "acts-train"), ActivationStore(folder / "acts-test")
+
+
 # ------------------------------------------------------------------------------ implementations
-def _package_config(store, arch, tokens, **overrides):
+def _package_config(setup, store, arch, tokens, **overrides):
     from vision_sae_lens.train import TrainConfig, build_sae_config
 
     sae_fields = {
@@ -146,26 +187,28 @@ def _package_config(store, arch, tokens, **overrides):
     }
     return TrainConfig(
         store=store,
-        site=SITE,
-        sae=build_sae_config(arch, d_in=store.site_dim(SITE), d_sae=D_SAE, k=K, **sae_fields),
+        site=setup.site,
+        sae=build_sae_config(
+            arch, d_in=store.site_dim(setup.site), d_sae=setup.d_sae, k=setup.k, **sae_fields
+        ),
         training_tokens=tokens,
         **overrides,
     )
 
 
-def _train_package(store, arch, tokens, out, template, seed):
+def _train_package(setup, store, arch, tokens, out, template, seed):
     from vision_sae_lens.train import train_sae
 
-    cfg = _package_config(store, arch, tokens, seed=seed)
+    cfg = _package_config(setup, store, arch, tokens, seed=seed)
     run = train_sae(cfg, out_dir=out, progress=False)
     return run.sae, f"batch {cfg.batch_size}, {cfg.n_steps} steps"
 
 
-def _train_saelens_lm(store, arch, tokens, out, template, seed):
+def _train_saelens_lm(setup, store, arch, tokens, out, template, seed):
     from vision_sae_lens.train import train_sae
 
     cfg = _package_config(
-        store, arch, tokens, batch_size=4096, lr=3e-4, lr_scheduler="constant", lr_warm_up_steps=0,
+        setup, store, arch, tokens, batch_size=4096, lr=3e-4, lr_scheduler="constant", lr_warm_up_steps=0,
         lr_decay_steps=0, dead_feature_window=1000, decoder_init_norm=0.1, b_dec_init="zeros", seed=seed,
         aux_loss_coefficient=1.0, auxk_relu=False,
     )  # fmt: skip
@@ -183,21 +226,21 @@ def _same_batches(store, template_cfg, tokens):
     )  # fmt: skip
     steps = tokens // template_cfg.batch_size
     stream = batch_stream(
-        store, SITE, batch_size=template_cfg.batch_size, seed=template_cfg.data_seed, split=split
+        store, template_cfg.site, batch_size=template_cfg.batch_size, seed=template_cfg.data_seed, split=split
     )
     return steps, (next(stream) for _ in range(steps))
 
 
-def _train_dictionary_learning(store, arch, tokens, out, template, seed):
+def _train_dictionary_learning(setup, store, arch, tokens, out, template, seed):
     from dictionary_learning.trainers.batch_top_k import BatchTopKTrainer
     from dictionary_learning.trainers.top_k import TopKTrainer
 
-    cfg = _package_config(store, arch, tokens)
+    cfg = _package_config(setup, store, arch, tokens)
     steps, batches = _same_batches(store, cfg, tokens)
     cls = TopKTrainer if arch == "topk" else BatchTopKTrainer
     clip = max(1, steps // 10)
     trainer = cls(
-        steps=steps, activation_dim=store.site_dim(SITE), dict_size=D_SAE, k=K, layer=0, lm_name="demo",
+        steps=steps, activation_dim=cfg.sae.d_in, dict_size=setup.d_sae, k=setup.k, layer=0, lm_name="demo",
         warmup_steps=min(1000, clip), threshold_start_step=min(1000, clip), seed=seed, device="cpu",
     )  # fmt: skip
     for step, x in enumerate(batches):
@@ -205,18 +248,18 @@ def _train_dictionary_learning(store, arch, tokens, out, template, seed):
     ae = trainer.ae
     w_enc, b_enc, w_dec, b_dec = ae.encoder.weight.T, ae.encoder.bias, ae.decoder.weight.T, ae.b_dec
     threshold = float(ae.threshold) if arch == "batchtopk" else None
-    return _as_saelens(w_enc, b_enc, w_dec, b_dec, template, threshold=threshold), f"{steps} steps"
+    return _as_saelens(setup, w_enc, b_enc, w_dec, b_dec, template, threshold=threshold), f"{steps} steps"
 
 
-def _train_sparsify(store, arch, tokens, out, template, seed):
+def _train_sparsify(setup, store, arch, tokens, out, template, seed):
     from sparsify import SparseCoder, SparseCoderConfig
     from transformers import get_linear_schedule_with_warmup
 
-    cfg = _package_config(store, arch, tokens)
+    cfg = _package_config(setup, store, arch, tokens)
     steps, batches = _same_batches(store, cfg, tokens)
     torch.manual_seed(seed)
-    sae = SparseCoder(store.site_dim(SITE), SparseCoderConfig(num_latents=D_SAE, k=K), device="cpu")
-    adam = torch.optim.Adam(sae.parameters(), lr=2e-4 / (D_SAE / 2**14) ** 0.5)
+    sae = SparseCoder(cfg.sae.d_in, SparseCoderConfig(num_latents=setup.d_sae, k=setup.k), device="cpu")
+    adam = torch.optim.Adam(sae.parameters(), lr=2e-4 / (setup.d_sae / 2**14) ** 0.5)
     schedule = get_linear_schedule_with_warmup(adam, min(1000, max(1, steps // 10)), steps)
     for step, x in enumerate(batches):
         if step == 0:
@@ -230,46 +273,52 @@ def _train_sparsify(store, arch, tokens, out, template, seed):
         schedule.step()
     sae.set_decoder_norm_to_unit_norm()
     return _as_saelens(
-        sae.encoder.weight.T, sae.encoder.bias, sae.W_dec, sae.b_dec, template
+        setup, sae.encoder.weight.T, sae.encoder.bias, sae.W_dec, sae.b_dec, template
     ), f"{steps} steps"
 
 
-def _train_overcomplete(store, arch, tokens, out, template, seed):
+def _train_overcomplete(setup, store, arch, tokens, out, template, seed):
     from overcomplete.sae import BatchTopKSAE, TopKSAE, train_sae
     from overcomplete.sae.losses import top_k_auxiliary_loss
 
-    cfg = _package_config(store, arch, tokens)
+    cfg = _package_config(setup, store, arch, tokens)
     steps, batches = _same_batches(store, cfg, tokens)
     torch.manual_seed(seed)
-    d_in = store.site_dim(SITE)
+    d_in = cfg.sae.d_in
     if arch == "topk":
-        sae = TopKSAE(d_in, nb_concepts=D_SAE, top_k=K)
+        sae = TopKSAE(d_in, nb_concepts=setup.d_sae, top_k=setup.k)
     else:  # its top_k is the number kept in the whole batch
-        sae = BatchTopKSAE(d_in, nb_concepts=D_SAE, top_k=K * cfg.batch_size)
+        sae = BatchTopKSAE(d_in, nb_concepts=setup.d_sae, top_k=setup.k * cfg.batch_size)
     adam = torch.optim.Adam(sae.parameters(), lr=5e-4)
     train_sae(sae, batches, top_k_auxiliary_loss, adam, nb_epochs=1, monitoring=0)
     sae.eval()  # fuses the normalised dictionary; BatchTopK switches to its running threshold
     linear = sae.encoder.final_block[0]
     threshold = float(sae.running_threshold) if arch == "batchtopk" else None
     return _as_saelens(
-        linear.weight.T, linear.bias, sae.get_dictionary(), torch.zeros(d_in), template, threshold=threshold
+        setup,
+        linear.weight.T,
+        linear.bias,
+        sae.get_dictionary(),
+        torch.zeros(d_in),
+        template,
+        threshold=threshold,
     ), f"{steps} steps"
 
 
-def _as_saelens(w_enc, b_enc, w_dec, b_dec, template, *, threshold=None):
+def _as_saelens(setup, w_enc, b_enc, w_dec, b_dec, template, *, threshold=None):
     """A SAELens inference SAE with the reference weights (TopK, or JumpReLU for a global threshold)."""
     from sae_lens import JumpReLUSAE, JumpReLUSAEConfig, TopKSAE, TopKSAEConfig
 
     d_in, d_sae = w_enc.shape
     if template is None:  # the package's run was left out (--only): no vision metadata to copy
-        template = TopKSAE(TopKSAEConfig(d_in=w_enc.shape[0], d_sae=w_enc.shape[1], k=K))
+        template = TopKSAE(TopKSAEConfig(d_in=w_enc.shape[0], d_sae=w_enc.shape[1], k=setup.k))
     meta = (
         dataclasses.replace(template.cfg.metadata)
         if dataclasses.is_dataclass(template.cfg.metadata)
         else None
     )
     if threshold is None:
-        sae = TopKSAE(TopKSAEConfig(d_in=d_in, d_sae=d_sae, k=K, rescale_acts_by_decoder_norm=False))
+        sae = TopKSAE(TopKSAEConfig(d_in=d_in, d_sae=d_sae, k=setup.k, rescale_acts_by_decoder_norm=False))
     else:
         sae = JumpReLUSAE(JumpReLUSAEConfig(d_in=d_in, d_sae=d_sae))
         sae.threshold.data[:] = threshold
@@ -283,27 +332,28 @@ def _as_saelens(w_enc, b_enc, w_dec, b_dec, template, *, threshold=None):
 
 
 # ------------------------------------------------------------------------------------- scoring
-def _score(sae, store, test_store, model, test_digits):
-    """The package's evaluation on the held-out split, plus the dead fraction over the test digits' rows."""
+def _score(setup, sae, store, test_store, model, test_digits):
+    """The package's evaluation on the held-out split, plus NMSE and dead fraction over the test rows."""
     from vision_sae_lens.train.evaluate import evaluate_sae
     from vision_sae_lens.train.feed import split_store
 
-    cfg = _package_config(store, "topk", 4096)
+    cfg = _package_config(setup, store, "topk", 4096)
     split = split_store(store, eval_fraction=cfg.eval_fraction, max_eval_rows=cfg.max_eval_rows, batch_size=1)
     report = evaluate_sae(
         sae,
         store,
-        site=SITE,
+        site=setup.site,
         split=split,
         model=model,
         images=test_digits,
-        n_images=len(test_digits),
+        n_images=len(test_digits) if test_digits is not None else 0,
         batch_size=4096,
         progress=False,
     )
     on_test = evaluate_sae(
-        sae, test_store, site=SITE, start_row=0, max_rows=test_store.n_rows, progress=False
+        sae, test_store, site=setup.site, start_row=0, max_rows=test_store.n_rows, progress=False
     )
+    report["nmse_test"] = on_test["nmse"]
     report["dead_fraction_test"] = on_test["dead_fraction"]
     return report
 
@@ -311,27 +361,31 @@ def _score(sae, store, test_store, model, test_digits):
 def _print_table(rows, *, header: bool = True) -> None:
     if header:
         print(
-            f"\n{'arch':<10}{'implementation':<22}{'NMSE':>16}{'L0':>7}{'dead store':>14}{'dead test':>14}"
-            f"{'spliced acc':>15}  notes"
+            f"\n{'arch':<10}{'implementation':<22}{'NMSE':>16}{'NMSE test':>16}{'L0':>7}{'dead store':>14}"
+            f"{'dead test':>14}{'spliced acc':>15}  notes"
         )
     for arch, name, reports, note in rows:
         if reports is None:
-            print(f"{arch:<10}{name:<22}{'-':>16}{'-':>7}{'-':>14}{'-':>14}{'-':>15}  {note}")
+            print(f"{arch:<10}{name:<22}{'-':>16}{'-':>16}{'-':>7}{'-':>14}{'-':>14}{'-':>15}  {note}")
             continue
         nmse = _mean_sd([r["nmse"] for r in reports], 4)
+        nmse_test = _mean_sd([r["nmse_test"] for r in reports], 4)
         dead = _mean_sd([r["dead_fraction"] for r in reports], 3)
         dead_test = _mean_sd([r["dead_fraction_test"] for r in reports], 3)
         acc = _mean_sd([(r.get("downstream") or {}).get("accuracy", float("nan")) for r in reports], 3)
         l0 = sum(r["l0"] for r in reports) / len(reports)
-        print(f"{arch:<10}{name:<22}{nmse:>16}{l0:>7.1f}{dead:>14}{dead_test:>14}{acc:>15}  {note}")
+        print(
+            f"{arch:<10}{name:<22}{nmse:>16}{nmse_test:>16}{l0:>7.1f}{dead:>14}{dead_test:>14}{acc:>15}  {note}"
+        )
     clean = next(
         (r[2][0]["downstream"]["clean_accuracy"] for r in rows if r[2] and "downstream" in r[2][0]), None
     )
-    if clean is not None and len(rows) > 1:
+    if len(rows) > 1 and any(r[2] for r in rows):
         n = len(next(r[2] for r in rows if r[2]))
         print(
-            f"clean accuracy {clean:.3f}; mean ± sd over {n} seeds; NMSE/L0 on held-out images' rows; "
-            "dead over the whole store and over the test digits' rows"
+            (f"clean accuracy {clean:.3f}; " if clean is not None else "")
+            + f"mean ± sd over {n} seeds; NMSE / L0 on the held-out rows of the training store, NMSE test on "
+            "the test store; dead over the whole training store and over the test store's rows"
         )
 
 
