@@ -35,6 +35,7 @@ from vision_sae_lens.analysis.store_images import store_images
 from vision_sae_lens.analysis.topk import TopActivations, TopKAccumulator
 from vision_sae_lens.errors import ConfigError, escape_control
 from vision_sae_lens.fsutil import building_folder
+from vision_sae_lens.layout import RowLayout
 from vision_sae_lens.train.evaluate import DENSE_THRESHOLD, DENSITY_MAX_ROWS
 
 if TYPE_CHECKING:
@@ -93,7 +94,7 @@ def build_browser(
     ``concepts`` to name the latents while building (kept as ``out_dir/names.json``); the index then
     shows and searches each latent's name with its detection AUROC, and each page its runner-ups.
     """
-    if getattr(store.layout, "kind", None) == "rows":  # before any file is written
+    if isinstance(store.layout, RowLayout):  # before any file is written
         raise ConfigError(
             "the feature browser shows image patches, but this store holds plain rows (RowLayout: one "
             "example per row, no image grid); use top_activating / feature_stats on it instead."
@@ -110,20 +111,16 @@ def build_browser(
         shown_names = browser_names(
             sae, store, names, namer=namer, concepts=concepts, images=source, progress=progress
         )
-        labels = getattr(store, "labels", None)
+        labels = store.labels
         d_sae = int(sae.cfg.d_sae)
-        stats_acc = StatsAccumulator(
-            d_sae, labels=labels, n_labels=len(getattr(store, "label_names", None) or [])
-        )
+        stats_acc = StatsAccumulator(d_sae, labels=labels, n_labels=len(store.label_names or []))
         topk_acc = TopKAccumulator(d_sae, k, by=by)
         samples = SampleAccumulator(d_sae)
         view = scan(
             sae, store, [stats_acc, topk_acc, samples], batch_size=batch_size, progress=progress,
             max_rows=max_rows,
         )  # fmt: skip
-        stats = stats_acc.result(
-            dense_threshold=DENSE_THRESHOLD, label_names=getattr(store, "label_names", None)
-        )
+        stats = stats_acc.result(dense_threshold=DENSE_THRESHOLD, label_names=store.label_names)
         top = topk_acc.result(view.layout)
         patch_tokens = torch.arange(view.layout.n_prefix, view.layout.n_tokens)
         interest = interest_scores(stats, patch_tokens)
@@ -157,15 +154,25 @@ class BrowserSite:
 
 
 class _Context:
-    def __init__(self, sae, store, view, stats: FeatureStats, top: TopActivations, source, out: Path, title):
+    def __init__(
+        self,
+        sae: SAE,
+        store: ActivationStoreReader,
+        view: Any,
+        stats: FeatureStats,
+        top: TopActivations,
+        source: Any,
+        out: Path,
+        title: str,
+    ) -> None:
         self.sae, self.store, self.view, self.stats, self.top = sae, store, view, stats, top
         self.source, self.out, self.title = source, out, title
         self.names: BrowserNames | None = None
-        self.labels = getattr(store, "labels", None)
+        self.labels = store.labels
         self.label_names = stats.label_names
-        self.preprocessing = dict(getattr(store, "metadata", {}).get("preprocessing") or {})
+        self.preprocessing = dict(store.metadata.get("preprocessing") or {})
         self.meta = (
-            f"{getattr(store, 'backbone_id', '')} · {view.site} · {view.tokens} · "
+            f"{store.backbone_id} · {view.site} · {view.tokens} · "
             f"{stats.frequency.numel()} latents · {stats.n_images} images · {stats.n_rows} tokens"
         )
 

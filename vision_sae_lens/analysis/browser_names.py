@@ -178,12 +178,14 @@ def save_names(names: BrowserNames, out: Path) -> None:
         write_names(names.doc, out / NAMES_FILE)
 
 
-def _problems(doc: dict[str, Any], sae: SAE, store: Any, *, need_hash: bool = False) -> list[str]:
+def _problems(
+    doc: dict[str, Any], sae: SAE, store: ActivationStoreReader, *, need_hash: bool = False
+) -> list[str]:
     from vision_sae_lens.backbones.recorded import weights_sha256
 
     problems = names_problems(
         doc, hook_name=sae.cfg.metadata.hook_name, d_sae=int(sae.cfg.d_sae),
-        weights_sha256=weights_sha256(sae), store_fingerprint=getattr(store, "fingerprint", None),
+        weights_sha256=weights_sha256(sae), store_fingerprint=store.fingerprint,
     )  # fmt: skip
     if need_hash and not (doc.get("sae") or {}).get("weights_sha256"):
         problems.append("it records no weights hash of the SAE it names")
