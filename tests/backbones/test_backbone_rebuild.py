@@ -90,3 +90,11 @@ def test_a_pretrained_store_rebuilds_without_weights_and_a_forged_hash_is_refuse
     forged = {**store.metadata, "backbone_weights_sha256": "0" * 64}
     with pytest.raises(VisionSAELensError, match="weights hash to"):
         backbone_for("store", forged)
+
+
+def test_a_local_folders_id_is_recorded_by_its_name_only(tmp_path):
+    from vision_sae_lens.backbones.recorded import portable_backbone_id
+
+    assert portable_backbone_id(str(tmp_path / "private" / "my-clip")) == "local-dir:my-clip"
+    assert portable_backbone_id("open_clip:ViT-B-16/openai") == "open_clip:ViT-B-16/openai"
+    assert portable_backbone_id("demo:shapes-clip") == "demo:shapes-clip"
