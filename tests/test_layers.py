@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import vision_sae_lens
@@ -17,22 +18,24 @@ from vision_sae_lens._layers import STAGES, layer_of
 PACKAGE = Path(vision_sae_lens.__file__).parent
 
 
+def imports(source: str) -> Iterator[tuple[int, str]]:
+    """``(line, module)`` of every import in ``source``, wherever it stands (a function, ``TYPE_CHECKING``)."""
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            # `from pkg import x` imports the module pkg.x when there is one, else pkg's attribute x.
+            yield from ((node.lineno, _module_or_parent(f"{node.module}.{a.name}")) for a in node.names)
+        elif isinstance(node, ast.Import):
+            yield from ((node.lineno, a.name) for a in node.names)
+
+
 def upward_imports(module: str, source: str) -> list[str]:
     """``"line: imported.module (layer)"`` for each import in ``source`` of a layer above ``module``'s."""
     own = layer_of(module)
     found = []
-    for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            # `from pkg import x` imports the module pkg.x when there is one, else pkg's attribute x.
-            names = [_module_or_parent(f"{node.module}.{a.name}") for a in node.names]
-        elif isinstance(node, ast.Import):
-            names = [a.name for a in node.names]
-        else:
-            continue
-        for name in names:
-            target = layer_of(name)
-            if own is not None and target is not None and target > own:
-                found.append(f"{node.lineno}: {name} ({'/'.join(STAGES[target]) or 'the package'})")
+    for line, name in imports(source):
+        target = layer_of(name)
+        if own is not None and target is not None and target > own:
+            found.append(f"{line}: {name} ({'/'.join(STAGES[target]) or 'the package'})")
     return found
 
 
@@ -72,22 +75,15 @@ def test_the_check_catches_upward_imports_and_allows_downward_ones():
     )
 
 
-def _imported_modules(path: Path) -> set[str]:
-    """The package modules ``path`` imports, by any import (module level, in a function, for types only)."""
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            found |= {_module_or_parent(f"{node.module}.{a.name}") for a in node.names}
-        elif isinstance(node, ast.Import):
-            found |= {a.name for a in node.names}
-    return {name for name in found if name.startswith(vision_sae_lens.__name__)}
-
-
 def import_circles(stage: str) -> list[list[str]]:
     """Every circle of imports among the modules of ``stage`` (its ``__init__`` left out: it re-exports)."""
     folder = PACKAGE / stage
     edges = {
-        _module_name(p): _imported_modules(p) for p in sorted(folder.glob("*.py")) if p.name != "__init__.py"
+        _module_name(p): {
+            name for _, name in imports(p.read_text()) if name.startswith(vision_sae_lens.__name__)
+        }
+        for p in sorted(folder.glob("*.py"))
+        if p.name != "__init__.py"
     }
     circles, done = [], set()
 
