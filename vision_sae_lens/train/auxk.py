@@ -40,7 +40,10 @@ class ReluAuxK:
     ) -> torch.Tensor:
         parent: Any = super()
         return parent.calculate_topk_aux_loss(
-            sae_in=sae_in, sae_out=sae_out, hidden_pre=hidden_pre.relu(), dead_neuron_mask=dead_neuron_mask
+            sae_in=sae_in,
+            sae_out=sae_out,
+            hidden_pre=_relu_if_needed(hidden_pre, dead_neuron_mask),
+            dead_neuron_mask=dead_neuron_mask,
         )
 
     def calculate_matryoshka_aux_loss(
@@ -56,9 +59,17 @@ class ReluAuxK:
             sae_in=sae_in,
             sae_out=sae_out,
             feature_acts=feature_acts,
-            hidden_pre=hidden_pre.relu(),
+            hidden_pre=_relu_if_needed(hidden_pre, dead_neuron_mask),
             dead_neuron_mask=dead_neuron_mask,
         )
+
+
+def _relu_if_needed(hidden_pre: torch.Tensor, dead_neuron_mask: torch.Tensor | None) -> torch.Tensor:
+    # SAELens' AuxK losses are 0 without a dead latent and never read hidden_pre then: skip the (batch, d_sae)
+    # copy on those steps (most of a healthy run).
+    if dead_neuron_mask is None or not bool(dead_neuron_mask.any()):
+        return hidden_pre
+    return hidden_pre.relu()
 
 
 class ReluAuxKTopKTrainingSAE(ReluAuxK, TopKTrainingSAE):
